@@ -1,0 +1,3 @@
+"""salond: the Salon audio-room daemon."""
+
+__version__ = "0.1.0"
