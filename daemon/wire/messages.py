@@ -12,7 +12,7 @@ Decoding never raises anything but :class:`MessageError`, whose ``code`` is an
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -164,7 +164,8 @@ class RoomSnapshot(msgspec.Struct, kw_only=True):
 class _Request(msgspec.Struct, tag_field="type", kw_only=True):
     """Base of every request. Unknown fields are ignored so that the protocol can grow."""
 
-    id: int
+    # At most 2**53 - 1 so that clients with JavaScript-style numbers can echo it exactly.
+    id: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 
 
 class Hello(_Request, kw_only=True, tag="hello"):
@@ -388,7 +389,7 @@ Request = Union[
 ]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    cls.__struct_config__.tag: cls
     for cls in Request.__args__  # type: ignore[attr-defined]
 }
 
@@ -579,7 +580,7 @@ Event = Union[
 ]
 
 EVENT_TYPES: dict[str, type[_Event]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    cls.__struct_config__.tag: cls
     for cls in Event.__args__  # type: ignore[attr-defined]
 }
 
@@ -600,10 +601,11 @@ _id_decoder = msgspec.json.Decoder(_IdOnly)
 _encoder = msgspec.json.Encoder()
 
 
-def _request_id(data: bytes) -> int | None:
+def peek_request_id(data: bytes) -> int | None:
+    """The integer ``id`` of a message that may be otherwise invalid, or None."""
     try:
         found = _id_decoder.decode(data).id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
     return found if isinstance(found, int) else None
 
@@ -616,12 +618,16 @@ def decode_request(data: bytes) -> Request:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        request_id = _request_id(data)
+        request_id = peek_request_id(data)
         if text.endswith("at `$.type`"):
             raise MessageError(ErrorCode.UNKNOWN_TYPE, text, request_id) from None
         raise MessageError(ErrorCode.BAD_MESSAGE, text, request_id) from None
     except msgspec.DecodeError as exc:
         raise MessageError(ErrorCode.BAD_MESSAGE, f"not a JSON object: {exc}") from None
+    except UnicodeDecodeError:
+        raise MessageError(ErrorCode.BAD_MESSAGE, "message is not valid UTF-8") from None
+    except RecursionError:
+        raise MessageError(ErrorCode.BAD_MESSAGE, "message is nested too deeply") from None
 
 
 def decode_server_message(data: bytes) -> ServerMessage:
@@ -629,11 +635,15 @@ def decode_server_message(data: bytes) -> ServerMessage:
     if len(data) > MAX_MESSAGE_SIZE:
         raise MessageError(ErrorCode.TOO_LARGE, f"message of {len(data)} bytes exceeds 65536")
     try:
-        return _server_decoder.decode(data)  # type: ignore[no-any-return]
+        return _server_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise MessageError(ErrorCode.BAD_MESSAGE, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MessageError(ErrorCode.BAD_MESSAGE, f"not a JSON object: {exc}") from None
+    except UnicodeDecodeError:
+        raise MessageError(ErrorCode.BAD_MESSAGE, "message is not valid UTF-8") from None
+    except RecursionError:
+        raise MessageError(ErrorCode.BAD_MESSAGE, "message is nested too deeply") from None
 
 
 def encode(message: msgspec.Struct) -> bytes:

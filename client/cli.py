@@ -1,0 +1,397 @@
+"""``salon``: the reference command-line client.
+
+    salon rooms --server 127.0.0.1:4460 --fingerprint sha256:...
+    salon create book-club --title "Book club" --policy approval --topic books
+    salon join lobby --record lobby.wav --duration 15
+    salon join book-club --play talk.wav          # raises a hand, speaks once invited
+
+While joined, type a command and Enter: ``h`` raise/lower hand, ``m`` mute/unmute,
+``a`` accept an invitation to speak, ``q`` leave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from salon.client.connection import (
+    ConnectionLost,
+    RequestError,
+    SalonClient,
+    ServerVerificationError,
+    load_guest_key,
+)
+from salon.daemon.wire import messages as msg
+
+DEFAULT_SERVER = "127.0.0.1:4460"
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server and identity")
+    group.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT of salond")
+    group.add_argument("--fingerprint", help="pinned SHA-256 fingerprint of the server certificate")
+    group.add_argument("--cafile", help="CA bundle that signed the server certificate")
+    group.add_argument(
+        "--insecure", action="store_true", help="do not verify the server (local development only)"
+    )
+    group.add_argument("--name", default="Salon listener", help="your display name")
+    group.add_argument("--token", help="an access token issued by the server's operator")
+    group.add_argument(
+        "--guest-key-file",
+        type=Path,
+        help="file holding your guest key (default: ~/.config/salon/guest_key)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salon", description="Salon audio-room client.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rooms = sub.add_parser("rooms", help="list live and scheduled rooms")
+    rooms.add_argument("--topic")
+    rooms.add_argument("--json", action="store_true", help="machine-readable output")
+    add_connection_options(rooms)
+
+    create = sub.add_parser("create", help="create a room (you become its owner)")
+    add_room_settings(create)
+    add_connection_options(create)
+
+    join = sub.add_parser("join", help="join a room: listen, record, speak")
+    join.add_argument("room")
+    join.add_argument("--invite", help="invite token")
+    join.add_argument("--create", action="store_true", help="create the room first if missing")
+    join.add_argument("--title", default=None, help="title when --create makes the room")
+    join.add_argument("--policy", choices=["open", "approval", "invite"], default="open")
+    join.add_argument("--topic", action="append", default=[], dest="topics")
+    join.add_argument("--play", type=Path, help="speak this audio file (any common format)")
+    join.add_argument("--record", type=Path, help="write what you hear to a 48 kHz mono WAV")
+    join.add_argument("--duration", type=float, help="leave after this many seconds")
+    join.add_argument("--raise-hand", action="store_true", help="raise your hand on entry")
+    join.add_argument("--quiet", action="store_true", help="no live speaking line")
+    join.add_argument("--no-input", action="store_true", help="ignore standard input")
+    add_connection_options(join)
+
+    invite = sub.add_parser("invite", help="create an invite link for a room you moderate")
+    invite.add_argument("room")
+    invite.add_argument("--role", choices=["listener", "speaker"], default="listener")
+    invite.add_argument("--expires-in", type=float)
+    invite.add_argument("--max-uses", type=int)
+    add_connection_options(invite)
+
+    bot = sub.add_parser("bot", help="open a room and speak an audio file in a loop")
+    bot.add_argument("room")
+    bot.add_argument("--play", type=Path, help="audio file (default: a chime)")
+    bot.add_argument("--title", default="Salon bot room")
+    bot.add_argument("--once", action="store_true", help="play the file once, then leave")
+    add_connection_options(bot)
+    return parser
+
+
+def add_room_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("room", help="room id (a slug: a-z, 0-9, - and _)")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--policy", choices=["open", "approval", "invite"], default="open")
+    parser.add_argument("--topic", action="append", default=[], dest="topics")
+    parser.add_argument("--max-speakers", type=int, default=10)
+    parser.add_argument("--mute-on-join", action="store_true")
+    parser.add_argument("--persistent", action="store_true")
+    parser.add_argument("--description", default="")
+
+
+def split_server(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"salon: --server must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def connect(args: argparse.Namespace) -> SalonClient:
+    host, port = split_server(args.server)
+    if args.token:
+        credentials = {"token": args.token}
+    else:
+        credentials = {"guest_key": load_guest_key(args.guest_key_file)}
+    return await SalonClient.connect(
+        host,
+        port,
+        display_name=args.name,
+        credentials=credentials,
+        fingerprint=args.fingerprint,
+        cafile=args.cafile,
+        insecure=args.insecure,
+    )
+
+
+def format_room(room: dict[str, Any]) -> str:
+    topics = ", ".join(room.get("topics") or []) or "-"
+    state = room["state"] if room["state"] != "live" else f"{room['policy']}"
+    return (
+        f"{room['room']:<20} {room['title'][:40]:<40} {state:<9} "
+        f"{room['speakers']:>3} on stage {room['listeners']:>5} listening  [{topics}]"
+    )
+
+
+async def cmd_rooms(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    try:
+        rooms = await client.list_rooms(args.topic)
+    finally:
+        await client.close()
+    if args.json:
+        print(json.dumps(rooms, indent=2, sort_keys=True))
+    elif not rooms:
+        print("no rooms")
+    else:
+        for room in rooms:
+            print(format_room(room))
+    return 0
+
+
+async def cmd_create(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    try:
+        room = await client.create_room(
+            args.title,
+            room=args.room,
+            policy=args.policy,
+            topics=args.topics,
+            max_speakers=args.max_speakers,
+            mute_on_join=args.mute_on_join,
+            persistent=args.persistent,
+            description=args.description,
+        )
+    finally:
+        await client.close()
+    print(f"created {room['room']}: {room['title']} ({room['policy']})")
+    return 0
+
+
+async def cmd_invite(args: argparse.Namespace) -> int:
+    client = await connect(args)
+    try:
+        await client.join(args.room)
+        result = await client.call(
+            "create_invite", role=args.role, expires_in=args.expires_in, max_uses=args.max_uses
+        )
+        await client.leave()
+    finally:
+        await client.close()
+    print(result["invite"]["token"])
+    return 0
+
+
+class LiveLine:
+    """One terminal line: who is speaking, their level, and your state."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.names: dict[str, str] = {}
+
+    def show(self, audio: Any, state: str) -> None:
+        if not self.enabled:
+            return
+        parts = []
+        for user, level in sorted(audio.levels.items(), key=lambda item: item[1]):
+            bars = "#" * max(0, (100 - level) // 10)
+            parts.append(f"{self.names.get(user, user)} {bars:<10}")
+        text = " | ".join(parts) or "(silence)"
+        sys.stderr.write(f"\r\x1b[K{state} {text}"[:200])
+        sys.stderr.flush()
+
+
+async def cmd_join(args: argparse.Namespace) -> int:
+    from salon.client.audiofile import WavWriter, frames, read_audio
+    from salon.client.room_audio import RoomAudio
+
+    source = frames(read_audio(args.play)) if args.play else None
+    writer = WavWriter(args.record) if args.record else None
+    client = await connect(args)
+    audio = RoomAudio(
+        client, source=source, sink=writer.write if writer else None, auto_unmute=source is not None
+    )
+    line = LiveLine(not args.quiet)
+    status = {"state": "listening"}
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, msg.RoomState):
+            for participant in event.room.participants:
+                line.names[participant.user] = participant.display_name
+        elif isinstance(event, (msg.ParticipantJoined, msg.ParticipantUpdated)):
+            line.names[event.participant.user] = event.participant.display_name
+        elif isinstance(event, msg.SpeakInvitation):
+            if source is not None:
+                spawn(_call_quietly(client, "accept_speak"))
+            else:
+                note(f"{event.by} invites you to speak: type 'a' to accept")
+        elif isinstance(event, msg.KnockDenied):
+            note(f"not admitted: {event.reason}")
+            status["state"] = "denied"
+        elif isinstance(event, msg.Removed):
+            note(f"removed from {event.room}: {event.reason or 'no reason given'}")
+        elif isinstance(event, msg.RoomClosed):
+            note(f"room closed: {event.reason}")
+        elif isinstance(event, msg.Muted):
+            note(f"muted by {event.by}")
+        elif isinstance(event, msg.ServerShutdown):
+            note(f"server shutting down: {event.reason}")
+
+    def note(text: str) -> None:
+        if line.enabled:
+            sys.stderr.write("\r\x1b[K")
+        print(text, file=sys.stderr, flush=True)
+
+    client.add_listener(on_event)
+    try:
+        if args.create:
+            try:
+                await client.create_room(
+                    args.title or args.room, room=args.room, policy=args.policy, topics=args.topics
+                )
+            except RequestError as exc:
+                if exc.code != "room_exists":
+                    raise
+        result = await client.join(args.room, args.invite)
+        if result["status"] == "knocking":
+            note("knocking: waiting for a host to let you in ...")
+            await client.wait_for_event(
+                (msg.RoomState, msg.KnockDenied),
+                timeout=max(1.0, float(result["expires_at"]) - time.time()) + 5,
+            )
+            if status["state"] == "denied":
+                return 3
+        note(f"joined {args.room} as {client.user}")
+        if source is not None or args.raise_hand:
+            try:
+                await client.call("raise_hand")
+            except RequestError as exc:
+                if exc.code != "already_on_stage":
+                    raise
+        stop = asyncio.Event()
+        if not args.no_input and sys.stdin.isatty():
+            asyncio.get_running_loop().add_reader(
+                sys.stdin.fileno(), _on_stdin, client, audio, stop, note
+            )
+        runner = asyncio.ensure_future(audio.run(args.duration, stop))
+        while not runner.done():
+            await asyncio.sleep(0.1)
+            state = "speaking" if audio.speaking_allowed else "listening"
+            line.show(audio, f"[{state}]")
+            if source is not None and audio.source_done and args.duration is None:
+                stop.set()
+        await runner
+        if client.room:
+            await _call_quietly(client, "leave")
+    except (RequestError, ConnectionLost) as exc:
+        note(f"salon: {exc}")
+        return 1
+    finally:
+        if writer is not None:
+            writer.close()
+        await client.close()
+    note(f"left after {audio.frames_played * 0.02:.1f} s; sent {audio.frames_sent} frames")
+    return 0
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a request in the background, keeping a reference until it is done."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _call_quietly(client: SalonClient, type_: str, **fields: Any) -> None:
+    try:
+        await client.call(type_, **fields)
+    except (RequestError, ConnectionLost) as exc:
+        print(f"{type_}: {exc}", file=sys.stderr)
+
+
+def _on_stdin(client: SalonClient, audio: Any, stop: asyncio.Event, note: Any) -> None:
+    text = sys.stdin.readline().strip().lower()
+    if text in ("q", "quit", "leave", ""):
+        if text != "" or sys.stdin.closed:
+            stop.set()
+        return
+    commands = {
+        "h": "lower_hand" if audio.hand_raised else "raise_hand",
+        "m": "mute" if not audio.muted else "unmute",
+        "a": "accept_speak",
+    }
+    action = commands.get(text[0])
+    if action is None:
+        note("commands: h (raise hand), m (mute/unmute), a (accept invitation), q (leave)")
+        return
+    if action == "raise_hand":
+        audio.hand_raised = True
+    elif action == "lower_hand":
+        audio.hand_raised = False
+    spawn(_call_quietly(client, action))
+
+
+async def cmd_bot(args: argparse.Namespace) -> int:
+    from salon.client.audiofile import read_audio
+    from salon.client.bot import chime, run_bot
+
+    host, port = split_server(args.server)
+    samples = read_audio(args.play) if args.play else chime()
+    credentials = (
+        {"token": args.token} if args.token else {"guest_key": load_guest_key(args.guest_key_file)}
+    )
+    await run_bot(
+        host,
+        port,
+        args.room,
+        samples,
+        name=args.name,
+        title=args.title,
+        credentials=credentials,
+        fingerprint=args.fingerprint,
+        insecure=args.insecure,
+        loop_audio=not args.once,
+    )
+    return 0
+
+
+COMMANDS = {
+    "rooms": cmd_rooms,
+    "create": cmd_create,
+    "join": cmd_join,
+    "invite": cmd_invite,
+    "bot": cmd_bot,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except ServerVerificationError as exc:
+        print(f"salon: {exc}", file=sys.stderr)
+        return 4
+    except (RequestError, ConnectionLost) as exc:
+        print(f"salon: {exc}", file=sys.stderr)
+        return 1
+    except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        print(f"salon: cannot reach the server: {exc or 'timed out'}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

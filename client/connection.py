@@ -1,0 +1,391 @@
+"""The reference client's connection: QUIC to salond, the control stream, media datagrams.
+
+    client = await SalonClient.connect("127.0.0.1", 4460, display_name="Ada",
+                                       fingerprint="sha256:AB:...")
+    await client.join("lobby")
+    async for event in client.events():
+        ...
+
+Requests return the ``result`` of the server's ``ok`` reply, or raise :class:`RequestError`
+carrying the error code from PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events as quic_events
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from salon.daemon.wire import messages as msg
+from salon.daemon.wire.errors import WireError
+from salon.daemon.wire.framing import MessageReader, frame_message
+
+log = logging.getLogger("salon.client")
+
+ALPN = "salon/1"
+# Our clients acknowledge at most every 20 ms instead of aioquic's 1 ms: each ACK costs the
+# server ~29 us to process, and 20 ms stays below the 25 ms max_ack_delay aioquic advertises,
+# so the server's loss detection is not fooled into spurious probes.
+CLIENT_ACK_DELAY = 0.020
+
+
+class RequestError(Exception):
+    """The server answered a request with ``error``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(Exception):
+    """The QUIC connection closed while a request was waiting."""
+
+
+class ServerVerificationError(Exception):
+    """The server's certificate did not match the pinned fingerprint."""
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "sha256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def normalize_fingerprint(text: str) -> str:
+    raw = text.strip().lower().removeprefix("sha256:").replace(":", "")
+    if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
+        raise ValueError("a fingerprint is 32 bytes of SHA-256 in hex, e.g. sha256:AB:CD:...")
+    upper = raw.upper()
+    return "sha256:" + ":".join(upper[i : i + 2] for i in range(0, 64, 2))
+
+
+def load_guest_key(path: Path | None = None) -> str:
+    """This device's guest key (created on first use), so a guest keeps its identity."""
+    if path is None:
+        base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+        path = base / "salon" / "guest_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = base64.b64encode(os.urandom(32)).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        return key
+
+
+class _ClientProtocol(QuicConnectionProtocol):
+    """aioquic glue: control stream bytes and datagrams go to the owning SalonClient."""
+
+    client: SalonClient | None = None
+
+    def quic_event_received(self, event: quic_events.QuicEvent) -> None:
+        client = self.client
+        if client is None:
+            return
+        if isinstance(event, quic_events.DatagramFrameReceived):
+            client._on_datagram(event.data)
+        elif isinstance(event, quic_events.StreamDataReceived):
+            client._on_stream_data(event.stream_id, event.data)
+        elif isinstance(event, quic_events.ConnectionTerminated):
+            client._on_terminated(event.error_code, event.reason_phrase)
+
+
+class SalonClient:
+    """An authenticated ``salon/1`` session."""
+
+    def __init__(self, protocol: _ClientProtocol) -> None:
+        self._protocol = protocol
+        self._quic = protocol._quic
+        self._stream_id = self._quic.get_next_available_stream_id()
+        self._reader = MessageReader()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._closed = asyncio.Event()
+        self.close_reason = ""
+        self.close_code: int | None = None
+        self.on_datagram: Callable[[bytes], None] | None = None
+        self.datagrams_received = 0
+        self.bad_messages = 0
+        self.user = ""
+        self.session = 0
+        self.display_name = ""
+        self.limits: dict[str, Any] = {}
+        self.room: str | None = None
+        self._context_manager: Any = None
+        self._listeners: list[Callable[[Any], None]] = []
+        protocol.client = self
+
+    # ------------------------------------------------------------------ connecting
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        display_name: str,
+        credentials: dict[str, str] | None = None,
+        fingerprint: str | None = None,
+        cafile: str | None = None,
+        insecure: bool = False,
+        server_name: str | None = None,
+        ack_delay: float = CLIENT_ACK_DELAY,
+        timeout: float = 10.0,
+    ) -> SalonClient:
+        """Connect, verify the server, and authenticate with ``hello``.
+
+        Exactly one way of verifying the server is used: a pinned ``fingerprint``, a CA file
+        (``cafile``), the system trust store (neither given), or ``insecure`` for local tests.
+        """
+        configuration = QuicConfiguration(
+            alpn_protocols=[ALPN],
+            is_client=True,
+            max_datagram_frame_size=65536,
+            server_name=server_name or host,
+        )
+        expected = normalize_fingerprint(fingerprint) if fingerprint else None
+        if expected or insecure:
+            # The chain is not checked; for a pin we compare the certificate itself below,
+            # before any credential leaves this process.
+            configuration.verify_mode = ssl.CERT_NONE
+        elif cafile:
+            configuration.load_verify_locations(cafile)
+        manager = quic_connect(
+            host, port, configuration=configuration, create_protocol=_ClientProtocol
+        )
+        protocol = await asyncio.wait_for(manager.__aenter__(), timeout)
+        assert isinstance(protocol, _ClientProtocol)
+        protocol._quic._ack_delay = ack_delay
+        client = cls(protocol)
+        client._context_manager = manager
+        if expected:
+            certificate = protocol._quic.tls._peer_certificate
+            actual = (
+                certificate_fingerprint(certificate.public_bytes(Encoding.DER))
+                if certificate
+                else ""
+            )
+            if actual != expected:
+                await client.close()
+                raise ServerVerificationError(
+                    f"server certificate {actual or 'missing'} does not match pinned {expected}"
+                )
+        if credentials is None:
+            credentials = {"guest_key": load_guest_key()}
+        result = await asyncio.wait_for(
+            client.request(
+                msg.Hello(
+                    id=0,
+                    version=msg.PROTOCOL_VERSION,
+                    display_name=display_name,
+                    credentials=credentials,
+                    client="salon-python/0.1",
+                )
+            ),
+            timeout,
+        )
+        client.user = result["user"]
+        client.session = result["session"]
+        client.display_name = result["display_name"]
+        client.limits = result.get("limits", {})
+        return client
+
+    async def close(self) -> None:
+        """Close the connection politely and wait until it is closed."""
+        manager, self._context_manager = self._context_manager, None
+        if manager is not None:
+            # Leaving aioquic's context closes the connection, waits for it and the socket.
+            try:
+                await asyncio.wait_for(manager.__aexit__(None, None, None), 3.0)
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # ------------------------------------------------------------------ control
+
+    async def request(self, request: Any) -> dict[str, Any]:
+        """Send one request struct (its ``id`` is replaced) and wait for the reply."""
+        if self._closed.is_set():
+            raise ConnectionLost(self.close_reason or "connection closed")
+        request_id = next(self._ids)
+        request.id = request_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self.send_raw(msg.encode(request))
+        try:
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def call(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a request by its type name: ``await client.call("mute", user="bob")``."""
+        cls = msg.REQUEST_TYPES[type_]
+        return await self.request(cls(id=0, **fields))
+
+    def send_raw(self, payload: bytes) -> None:
+        """Send raw control bytes, framed (for tests of the server's error handling)."""
+        self._quic.send_stream_data(self._stream_id, frame_message(payload))
+        self._protocol.transmit()
+
+    def send_raw_stream_bytes(self, data: bytes) -> None:
+        """Send bytes on the control stream without framing (for robustness tests)."""
+        self._quic.send_stream_data(self._stream_id, data)
+        self._protocol.transmit()
+
+    def add_listener(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(event)`` for every event as it arrives (before it is queued)."""
+        self._listeners.append(listener)
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Server-pushed events until the connection closes."""
+        while True:
+            event = await self.next_event()
+            if event is None:
+                return
+            yield event
+
+    async def next_event(self, timeout: float | None = None) -> Any:
+        """The next event (``None`` once closed); raises TimeoutError after ``timeout``."""
+        if self._events.empty() and self._closed.is_set():
+            return None
+        getter = asyncio.ensure_future(self._events.get())
+        closer = asyncio.ensure_future(self._closed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {getter, closer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closer.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if closer in done:
+            return None if self._events.empty() else self._events.get_nowait()
+        raise asyncio.TimeoutError("no event")
+
+    async def wait_for_event(
+        self,
+        type_: type | tuple[type, ...],
+        timeout: float = 5.0,
+        where: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """Skip events until one of ``type_`` (matching ``where``) arrives."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError(f"no {type_} event within {timeout} s")
+            event = await self.next_event(remaining)
+            if event is None:
+                raise ConnectionLost(self.close_reason or "connection closed")
+            if isinstance(event, type_) and (where is None or where(event)):
+                return event
+
+    def drain_events(self) -> list[Any]:
+        """Every event already received, without waiting."""
+        items = []
+        while not self._events.empty():
+            items.append(self._events.get_nowait())
+        return items
+
+    # ------------------------------------------------------------------ media
+
+    def send_datagram(self, data: bytes) -> None:
+        self._quic.send_datagram_frame(data)
+        self._protocol.transmit()
+
+    # ------------------------------------------------------------------ convenience API
+
+    async def list_rooms(self, topic: str | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("list_rooms", topic=topic))["rooms"])
+
+    async def create_room(self, title: str, **fields: Any) -> dict[str, Any]:
+        return dict((await self.call("create_room", title=title, **fields))["room"])
+
+    async def join(self, room: str, invite: str | None = None) -> dict[str, Any]:
+        result = await self.call("join", room=room, invite=invite)
+        if result.get("status") == "joined":
+            self.room = room
+        return result
+
+    async def leave(self) -> None:
+        await self.call("leave")
+        self.room = None
+
+    # ------------------------------------------------------------------ protocol input
+
+    def _on_stream_data(self, stream_id: int, data: bytes) -> None:
+        if stream_id != self._stream_id:
+            return
+        try:
+            payloads = self._reader.feed(data)
+        except WireError as exc:
+            log.error("server sent bad framing: %s", exc)
+            self._protocol.close(error_code=0x1, reason_phrase=str(exc))
+            return
+        for payload in payloads:
+            try:
+                message = msg.decode_server_message(payload)
+            except msg.MessageError as exc:
+                self.bad_messages += 1
+                log.warning("undecodable server message dropped: %s", exc)
+                continue
+            if isinstance(message, msg.Ok):
+                future = self._pending.get(message.re)
+                if future is not None and not future.done():
+                    future.set_result(message.result)
+            elif isinstance(message, msg.Error):
+                future = self._pending.get(message.re) if message.re is not None else None
+                if future is not None and not future.done():
+                    future.set_exception(RequestError(message.code, message.message))
+                else:
+                    self._events.put_nowait(message)
+            else:
+                if isinstance(message, (msg.RoomClosed, msg.Removed)):
+                    self.room = None
+                elif isinstance(message, msg.RoomState):
+                    self.room = message.room.summary.room
+                for listener in self._listeners:
+                    try:
+                        listener(message)
+                    except Exception:
+                        log.exception("event listener failed")
+                self._events.put_nowait(message)
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.datagrams_received += 1
+        callback = self.on_datagram
+        if callback is not None:
+            callback(data)
+
+    def _on_terminated(self, code: int, reason: str) -> None:
+        self.close_code = code
+        self.close_reason = reason
+        self._closed.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(reason or f"closed with code {code}"))

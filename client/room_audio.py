@@ -1,0 +1,161 @@
+"""Audio in a room: keeps the media keys from the server's events, runs the 20 ms clock.
+
+Each tick it encodes and sends one frame of the source (when the server has given this client
+a flow and it is unmuted) and pulls one mixed frame of everyone else for the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from salon.client.codec import OpusEncoder
+from salon.client.connection import SalonClient
+from salon.client.media import MediaReceiver, MediaSender
+from salon.daemon.wire import messages as msg
+
+log = logging.getLogger("salon.client.audio")
+
+FRAME_SECONDS = 0.020
+SILENCE = bytes(960 * 2)
+
+
+class RoomAudio:
+    """Speaks ``source`` frames and hands mixed received frames to ``sink``."""
+
+    def __init__(
+        self,
+        client: SalonClient,
+        *,
+        source: Iterator[bytes] | None = None,
+        sink: Callable[[bytes], None] | None = None,
+        bitrate: int = 32000,
+        auto_unmute: bool = False,
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.sink = sink
+        self.bitrate = bitrate
+        self.auto_unmute = auto_unmute
+        self.receiver = MediaReceiver()
+        self.sender: MediaSender | None = None
+        self.muted = True
+        self.muted_by_moderator = False
+        self.hand_raised = False
+        self.levels: dict[str, int] = {}
+        self.frames_sent = 0
+        self.frames_played = 0
+        self.source_done = False
+        self.on_frame_sent: Callable[[int, float], None] | None = None
+        self.on_frame_played: Callable[[bytes, float], None] | None = None
+        self._unmute_task: asyncio.Task[Any] | None = None
+        client.add_listener(self._on_event)
+        client.on_datagram = self._on_datagram
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, msg.RoomState):
+            for key in event.room.media_keys:
+                self._add_key(key)
+            for participant in event.room.participants:
+                if participant.user == self.client.user:
+                    self._set_mute(participant)
+        elif isinstance(event, msg.MediaKeyEvent):
+            self._add_key(event.key)
+        elif isinstance(event, msg.MediaKeyRevoked):
+            if event.user == self.client.user:
+                self.sender = None
+            else:
+                self.receiver.remove_speaker(event.flow_id)
+        elif isinstance(event, msg.ParticipantUpdated):
+            if event.participant.user == self.client.user:
+                self._set_mute(event.participant)
+        elif isinstance(event, msg.Muted):
+            self.muted = True
+            self.muted_by_moderator = True
+        elif isinstance(event, (msg.RoomClosed, msg.Removed)):
+            self.sender = None
+            self.receiver = MediaReceiver()
+
+    def _set_mute(self, participant: msg.Participant) -> None:
+        self.muted = participant.muted
+        self.muted_by_moderator = participant.muted_by_moderator
+        self.hand_raised = participant.hand_raised
+        if self.sender is not None and self.muted and self.auto_unmute:
+            self._request_unmute()
+
+    def _add_key(self, key: msg.MediaKey) -> None:
+        if key.user == self.client.user:
+            self.sender = MediaSender(
+                key.flow_id, key.ssrc, key.key, OpusEncoder(bitrate=self.bitrate)
+            )
+            if self.auto_unmute and self.muted:
+                self._request_unmute()
+        else:
+            self.receiver.add_speaker(key.user, key.flow_id, key.ssrc, key.key)
+
+    def _request_unmute(self) -> None:
+        if self.muted_by_moderator or (self._unmute_task and not self._unmute_task.done()):
+            return
+        self._unmute_task = asyncio.ensure_future(self._unmute())
+
+    async def _unmute(self) -> None:
+        try:
+            await self.client.call("unmute")
+        except Exception as exc:  # the server's refusal is an answer, not a failure
+            log.info("unmute refused: %s", exc)
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.receiver.receive(data, asyncio.get_running_loop().time())
+
+    # ------------------------------------------------------------------ clock
+
+    @property
+    def speaking_allowed(self) -> bool:
+        return self.sender is not None and not self.muted
+
+    def tick(self, now: float) -> None:
+        """One 20 ms step: send a frame if allowed, play one mixed frame."""
+        if self.source is not None and self.speaking_allowed and not self.source_done:
+            frame = next(self.source, None)
+            if frame is None:
+                self.source_done = True
+            else:
+                assert self.sender is not None
+                datagram = self.sender.send_pcm(frame)
+                if datagram is not None:
+                    self.client.send_datagram(datagram)
+                self.frames_sent += 1
+                if self.on_frame_sent is not None:
+                    self.on_frame_sent(self.frames_sent, now)
+        pcm, levels = self.receiver.pull(now)
+        self.levels = levels
+        self.frames_played += 1
+        if self.sink is not None:
+            self.sink(pcm)
+        if self.on_frame_played is not None:
+            self.on_frame_played(pcm, now)
+
+    async def run(self, duration: float | None = None, stop: asyncio.Event | None = None) -> None:
+        """Tick every 20 ms on a drift-free schedule until ``duration`` or ``stop``."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ticks = 0
+        while not self.client.closed:
+            now = loop.time()
+            if duration is not None and now - start >= duration:
+                return
+            if stop is not None and stop.is_set():
+                return
+            self.tick(now)
+            ticks += 1
+            deadline = start + ticks * FRAME_SECONDS
+            delay = deadline - loop.time()
+            if delay < -0.2:
+                # We fell far behind (a stalled loop): skip ahead rather than burst frames.
+                ticks = int((loop.time() - start) / FRAME_SECONDS) + 1
+                delay = start + ticks * FRAME_SECONDS - loop.time()
+            await asyncio.sleep(max(0.0, delay))

@@ -1,0 +1,177 @@
+"""salond's composition root: config -> TLS -> core -> net (-> plugins, store, admin).
+
+Run ``salond --help``. With no configuration file it runs on the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from salon.daemon import __version__
+from salon.daemon.auth import BuiltinAuthenticator
+from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
+from salon.daemon.core import Limits, SalonCore
+from salon.daemon.tls import TlsError, ensure_certificate, load_material
+
+log = logging.getLogger("salon")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="salond", description="Salon: a self-hosted server for live audio rooms."
+    )
+    parser.add_argument("-c", "--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument("--host", help="address to listen on (server.host)")
+    parser.add_argument("--port", type=int, help="UDP port to listen on (server.port)")
+    parser.add_argument("--state-dir", help="directory for certificates, database, sockets")
+    parser.add_argument("--cert", help="TLS certificate file (tls.certificate)")
+    parser.add_argument("--key", help="TLS private key file (tls.private_key)")
+    parser.add_argument("--demo", action="store_true", help="open a 'lobby' room with a bot")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"salond {__version__}")
+    return parser.parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.state_dir": args.state_dir,
+        "tls.certificate": args.cert,
+        "tls.private_key": args.key,
+        "logging.level": args.log_level,
+        "demo.enabled": True if args.demo else None,
+    }
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+def core_limits(config: Config) -> Limits:
+    limits = config.limits
+    return Limits(
+        knock_ttl=limits.knock_ttl,
+        owner_grace=limits.owner_grace,
+        outlet_queue=limits.outlet_queue,
+        max_rooms_per_user=limits.max_rooms_per_user,
+        max_datagram_size=config.server.max_datagram_size,
+    )
+
+
+class Component(Protocol):
+    """A part of the daemon with a lifetime: plugins, store, admin API, metrics."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Daemon:
+    """A running salond: everything the composition root built, and how to stop it."""
+
+    def __init__(self, config: Config) -> None:
+        from salon.daemon.net.server import SalonServer
+
+        self.config = config
+        config.server.state_dir.mkdir(parents=True, exist_ok=True)
+        if config.tls.certificate is not None and config.tls.private_key is not None:
+            self.tls = load_material(config.tls.certificate, config.tls.private_key)
+        else:
+            self.tls = ensure_certificate(config.tls_dir, config.server.public_name)
+        self.core = SalonCore(core_limits(config))
+        self.server = SalonServer(
+            config,
+            self.core,
+            BuiltinAuthenticator(config.auth.tokens, config.auth.allow_guests),
+            str(self.tls.certificate),
+            str(self.tls.private_key),
+        )
+        self.stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
+        self.components: list[Component] = []
+
+    async def start(self) -> None:
+        host, port = await self.server.start()
+        for component in self.components:
+            await component.start()
+        log.info("salond %s listening on %s:%d (udp, ALPN salon/1)", __version__, host, port)
+        log.info("certificate fingerprint %s", self.tls.fingerprint)
+        if self.config.demo.enabled:
+            from salon.client.bot import run_demo_bot
+
+            self._tasks.append(asyncio.ensure_future(run_demo_bot(self)))
+
+    def join_command(self, room: str) -> str:
+        host, port = self.server.address
+        host = self.config.server.public_name if host in ("0.0.0.0", "::") else host
+        return f"salon join {room} --server {host}:{port} --fingerprint {self.tls.fingerprint}"
+
+    async def stop(self, reason: str = "server shutting down") -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.server.shutdown(reason)
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+        self.stopped.set()
+
+
+async def serve_forever(config: Config) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await stop_requested.wait()
+    log.info("stopping: telling clients and closing rooms")
+    await daemon.stop()
+    log.info("stopped")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("quic").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = resolve_paths(load_config(args.config, overrides_from(args)))
+    except ConfigError as exc:
+        print(f"salond: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
+        return 0
+    setup_logging(config.logging.level)
+    try:
+        asyncio.run(serve_forever(config))
+    except KeyboardInterrupt:
+        pass
+    except (OSError, TlsError) as exc:
+        print(f"salond: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

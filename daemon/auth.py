@@ -1,0 +1,66 @@
+"""Built-in authentication: static operator tokens and stable guest identities.
+
+A guest keeps a random ``guest_key`` on its device; its user id is derived from that key, so the
+same guest is recognised when it reconnects (and keeps being a room's owner) without accounts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from salon.daemon.config import GUEST_PREFIX
+from salon.daemon.core import Identity
+
+MAX_DISPLAY_NAME = 64
+
+
+class AuthError(Exception):
+    """Credentials were refused; the message is safe to send to the client (no secrets)."""
+
+
+def guest_user_id(guest_key: bytes) -> str:
+    """The stable user id of a guest: ``guest-`` + 12 hex digits of SHA-256(key)."""
+    return GUEST_PREFIX + hashlib.sha256(guest_key).hexdigest()[:12]
+
+
+def clean_display_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= MAX_DISPLAY_NAME:
+        raise AuthError(f"display_name must be 1..{MAX_DISPLAY_NAME} characters")
+    return name
+
+
+class BuiltinAuthenticator:
+    """Tokens from ``[auth.tokens]`` and, when allowed, guests identified by their key."""
+
+    def __init__(self, tokens: Mapping[str, str], allow_guests: bool) -> None:
+        self._tokens = dict(tokens)
+        self._allow_guests = allow_guests
+
+    async def authenticate(
+        self, credentials: Mapping[str, str], display_name: str, address: str = ""
+    ) -> Identity:
+        name = clean_display_name(display_name)
+        token = credentials.get("token")
+        if token is not None:
+            for known, user in self._tokens.items():
+                # Constant-time comparison: a token check must not leak prefixes by timing.
+                if hmac.compare_digest(known.encode(), token.encode()):
+                    return Identity(user=user, display_name=name, verified={"token": user})
+            raise AuthError("unknown token")
+        guest_key = credentials.get("guest_key")
+        if guest_key is not None:
+            if not self._allow_guests:
+                raise AuthError("this server does not admit guests")
+            try:
+                raw = base64.b64decode(guest_key, validate=True)
+            except (binascii.Error, ValueError):
+                raise AuthError("guest_key is not base64") from None
+            if len(raw) < 16:
+                raise AuthError("guest_key must hold at least 16 random bytes")
+            return Identity(user=guest_user_id(raw), display_name=name)
+        raise AuthError("no credentials: send a token or a guest_key")

@@ -1,0 +1,196 @@
+"""The media forwarder: checks each speaker datagram and fans it out to the listeners' outlets.
+
+The forwarder knows nothing of rooms or roles (the core tells it who may send on which flow and
+who receives each group), and it never decrypts: it reads the clear RTP header and forwards the
+very same bytes object to every recipient. Recipient lists are rebuilt when membership changes,
+so a packet costs one header peek, one dict lookup, a few comparisons and one deque append per
+recipient.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
+from salon.daemon.wire.errors import WireError
+from salon.daemon.wire.rtp import peek_media
+
+DROP_REASONS = (
+    "too_large",
+    "malformed",
+    "unknown_flow",
+    "wrong_sender",
+    "ssrc_mismatch",
+    "not_speaker",
+    "muted",
+    "queue_full",
+)
+"""Every reason the forwarder counts in :attr:`Forwarder.drops`."""
+
+
+class Outlet:
+    """A session's bounded queue of media datagrams waiting to be sent.
+
+    When the queue is full, appending drops the oldest datagram: late audio is worth less than
+    fresh audio. The network layer pops from ``queue``.
+    """
+
+    __slots__ = ("dropped", "limit", "queue", "session")
+
+    def __init__(self, session: int, limit: int) -> None:
+        self.session = session
+        self.limit = limit
+        self.queue: collections.deque[bytes] = collections.deque(maxlen=limit)
+        self.dropped = 0
+        """Datagrams this outlet lost to a full queue."""
+
+    def __repr__(self) -> str:
+        return f"Outlet(session={self.session}, queued={len(self.queue)}, dropped={self.dropped})"
+
+
+class Flow:
+    """One speaker's media flow: who may send on it, with which SSRC, and who receives it."""
+
+    __slots__ = ("active", "flow_id", "group", "muted", "on_level", "recipients", "session", "ssrc")
+
+    def __init__(self, flow_id: int, session: int, ssrc: int, group: str) -> None:
+        self.flow_id = flow_id
+        self.session = session
+        self.ssrc = ssrc
+        self.group = group
+        self.active = True
+        """False once retired: the speaker left the stage."""
+        self.muted = True
+        """Self-muted or muted by a moderator: packets are dropped."""
+        self.recipients: list[Outlet] = []
+        """Outlets of every member of the group except the sender; replaced, never mutated."""
+        self.on_level: Callable[[int, float], None] | None = None
+        """Called with ``(level, now)`` for each forwarded packet that carries an audio level."""
+
+    def __repr__(self) -> str:
+        return f"Flow(id={self.flow_id}, session={self.session}, group={self.group!r})"
+
+
+class Forwarder:
+    """Routes media datagrams from senders' flows to the outlets of their group."""
+
+    def __init__(self, max_datagram_size: int = MAX_DATAGRAM_SIZE) -> None:
+        self.max_datagram_size = max_datagram_size
+        self.received = 0
+        """Datagrams offered to :meth:`forward`."""
+        self.forwarded = 0
+        """Copies appended to outlets (one datagram to N recipients counts N)."""
+        self.drops: collections.Counter[str] = collections.Counter()
+        """Dropped datagrams by reason (see :data:`DROP_REASONS`)."""
+        self.flows: dict[int, Flow] = {}
+        """Every known flow by id, retired ones included until their sender disconnects."""
+        self._groups: dict[str, dict[int, Outlet]] = {}
+        self._group_flows: dict[str, dict[int, Flow]] = {}
+        self._session_flows: dict[int, list[int]] = {}
+
+    # -- the hot path
+
+    def forward(self, session: int, datagram: bytes, now: float) -> list[Outlet]:
+        """Check a datagram from ``session`` and queue it on every recipient's outlet.
+
+        Returns the outlets that received a copy (shared: do not modify it).
+        """
+        self.received += 1
+        if len(datagram) > self.max_datagram_size:
+            self.drops["too_large"] += 1
+            return []
+        try:
+            header = peek_media(datagram)
+        except WireError:
+            self.drops["malformed"] += 1
+            return []
+        flow = self.flows.get(header.flow_id)
+        if flow is None:
+            self.drops["unknown_flow"] += 1
+            return []
+        if flow.session != session:
+            self.drops["wrong_sender"] += 1
+            return []
+        if header.ssrc != flow.ssrc:
+            self.drops["ssrc_mismatch"] += 1
+            return []
+        if not flow.active:
+            self.drops["not_speaker"] += 1
+            return []
+        if flow.muted:
+            self.drops["muted"] += 1
+            return []
+        level = header.level
+        if level is not None and flow.on_level is not None:
+            flow.on_level(level, now)
+        recipients = flow.recipients
+        full = 0
+        for outlet in recipients:
+            queue = outlet.queue
+            if len(queue) == outlet.limit:
+                # The deque's maxlen drops the oldest on append; only the accounting is ours.
+                outlet.dropped += 1
+                full += 1
+            queue.append(datagram)
+        self.forwarded += len(recipients)
+        if full:
+            self.drops["queue_full"] += full
+        return recipients
+
+    # -- membership (called by the core on joins, leaves and stage changes)
+
+    def join(self, group: str, outlet: Outlet) -> None:
+        """``outlet`` receives every flow of ``group`` from now on (except its own)."""
+        self._groups.setdefault(group, {})[outlet.session] = outlet
+        for flow in self._group_flows.get(group, {}).values():
+            if flow.session != outlet.session:
+                flow.recipients = [*flow.recipients, outlet]
+
+    def leave(self, group: str, session: int) -> None:
+        """``session`` stops receiving the flows of ``group``."""
+        outlets = self._groups.get(group)
+        if outlets is None or outlets.pop(session, None) is None:
+            return
+        if not outlets:
+            del self._groups[group]
+        for flow in self._group_flows.get(group, {}).values():
+            flow.recipients = [o for o in flow.recipients if o.session != session]
+
+    def add_flow(self, flow: Flow) -> None:
+        """Start accepting ``flow`` and fan it out to the other members of its group."""
+        outlets = self._groups.get(flow.group, {})
+        flow.recipients = [o for s, o in outlets.items() if s != flow.session]
+        self.flows[flow.flow_id] = flow
+        self._group_flows.setdefault(flow.group, {})[flow.flow_id] = flow
+        self._session_flows.setdefault(flow.session, []).append(flow.flow_id)
+
+    def retire_flow(self, flow: Flow) -> None:
+        """The speaker left the stage: their packets are dropped as ``not_speaker`` from now on."""
+        flow.active = False
+        flow.recipients = []
+        flow.on_level = None
+        flows = self._group_flows.get(flow.group)
+        if flows is not None:
+            flows.pop(flow.flow_id, None)
+            if not flows:
+                del self._group_flows[flow.group]
+
+    def forget_session(self, session: int) -> None:
+        """The session is gone: forget its flows (they become unknown) and its memberships."""
+        for flow_id in self._session_flows.pop(session, ()):
+            flow = self.flows.pop(flow_id, None)
+            if flow is not None and flow.active:
+                self.retire_flow(flow)
+        for group in [g for g, outlets in self._groups.items() if session in outlets]:
+            self.leave(group, session)
+
+    def drop_group(self, group: str) -> None:
+        """The group is closed: retire its flows and forget its recipients."""
+        for flow in list(self._group_flows.get(group, {}).values()):
+            self.retire_flow(flow)
+        self._groups.pop(group, None)
+
+    def group_sessions(self, group: str) -> list[int]:
+        """Sessions receiving ``group`` (for inspection and tests)."""
+        return list(self._groups.get(group, {}))

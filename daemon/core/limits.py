@@ -1,0 +1,23 @@
+"""Tunable limits of the core; the daemon fills them from its configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Limits:
+    """Time-outs and bounds the core enforces."""
+
+    knock_ttl: float = 120.0
+    """Seconds a knock on an approval room waits for an answer before it expires."""
+    owner_grace: float = 60.0
+    """Seconds a room without its owner (or without anyone) stays live before it closes."""
+    outlet_queue: int = 16
+    """Datagrams buffered per listener; when full the oldest is dropped (~320 ms of audio)."""
+    max_rooms_per_user: int = 5
+    """Rooms (live or scheduled) a user may own at the same time; operators are exempt."""
+    speaking_interval: float = 0.2
+    """Minimum seconds between two ``speaking`` events of one room."""
+    max_datagram_size: int = 1100
+    """Largest media datagram (flow id included) the forwarder accepts."""

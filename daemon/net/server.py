@@ -1,0 +1,432 @@
+"""The QUIC server: accepts connections, runs the control protocol, forwards media.
+
+Glue in the aioquic style: network input goes into the sans-I/O core with ``now``, the core's
+outputs are pulled and written to connections, and every connection touched in one event-loop
+tick is transmitted once at the end of the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.quic.configuration import QuicConfiguration
+
+from salon.daemon import __version__
+from salon.daemon.auth import AuthError
+from salon.daemon.config import Config
+from salon.daemon.core import CoreError, Identity, SalonCore
+from salon.daemon.core.events import CoreEvent, Deliver
+from salon.daemon.net.session import CloseCode, SessionProtocol
+from salon.daemon.stats import ServerStats
+from salon.daemon.wire import messages as msg
+from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
+from salon.daemon.wire.framing import frame_message
+
+log = logging.getLogger("salon.net")
+
+ALPN = "salon/1"
+HELLO_TIMEOUT = 10.0
+# A session that keeps exceeding its message rate this many times in a row is disconnected.
+RATE_STRIKES_TO_CLOSE = 5
+
+
+@dataclass
+class Review:
+    """What the request policy decided about a request the core is about to handle."""
+
+    request: Any
+    """The request to hand to the core (a plugin may have rewritten it, e.g. a title)."""
+    trust: list[str] = field(default_factory=list)
+    """Annotations shown to hosts with a knock (e.g. "first visit", "verified email")."""
+    auto_approve: bool = False
+    """For a knock: admit without asking the host."""
+
+
+class RequestPolicy(Protocol):
+    """Reviews every request before the core sees it; raises CoreError to refuse it."""
+
+    async def review(
+        self, identity: Identity, room: str | None, request: Any, address: str, now: float
+    ) -> Review: ...
+
+
+class AllowAll:
+    """The policy without plugins: every request goes to the core unchanged."""
+
+    async def review(
+        self, identity: Identity, room: str | None, request: Any, address: str, now: float
+    ) -> Review:
+        return Review(request)
+
+
+CommitBarrier = Callable[[], Awaitable[None]]
+"""Awaited after the core accepted a request and before the requester gets ``ok``: the store
+uses it so that an acknowledged action is already on disk."""
+
+
+class Authenticator(Protocol):
+    """Turns a hello's credentials into an identity, or raises AuthError."""
+
+    async def authenticate(
+        self, credentials: Mapping[str, str], display_name: str, address: str
+    ) -> Identity: ...
+
+
+class SalonServer:
+    """Owns the core and every session; the composition root wires plugins and stores to it."""
+
+    def __init__(
+        self,
+        config: Config,
+        core: SalonCore,
+        authenticator: Authenticator,
+        certificate: str,
+        private_key: str,
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.authenticator = authenticator
+        self.stats = ServerStats()
+        self.sessions: dict[int, SessionProtocol] = {}
+        self.observers: list[Callable[[CoreEvent], None]] = []
+        self.policy: RequestPolicy = AllowAll()
+        self.commit_barriers: list[CommitBarrier] = []
+        self._certificate = certificate
+        self._private_key = private_key
+        self._next_session_id = 1
+        self._dirty: set[SessionProtocol] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._core_timer: asyncio.TimerHandle | None = None
+        self._core_timer_at: float | None = None
+        self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._quic_server: QuicServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.shutting_down = False
+        self.address: tuple[str, int] = ("", 0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def quic_configuration(self) -> QuicConfiguration:
+        configuration = QuicConfiguration(
+            alpn_protocols=[ALPN],
+            is_client=False,
+            max_datagram_frame_size=65536,
+            idle_timeout=self.config.server.idle_timeout,
+        )
+        configuration.load_cert_chain(self._certificate, self._private_key)
+        return configuration
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the UDP socket; returns the address actually bound (port 0 picks one)."""
+        self._loop = asyncio.get_running_loop()
+
+        def create_protocol(*args: Any, **kwargs: Any) -> SessionProtocol:
+            session_id = self._next_session_id
+            self._next_session_id += 1
+            return SessionProtocol(*args, server=self, session_id=session_id, **kwargs)
+
+        self._quic_server = await serve(
+            self.config.server.host,
+            self.config.server.port,
+            configuration=self.quic_configuration(),
+            create_protocol=create_protocol,
+        )
+        sockname = self._quic_server._transport.get_extra_info("sockname")  # type: ignore[union-attr]
+        self.address = (sockname[0], sockname[1])
+        return self.address
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Tell every client, close their connections, and stop listening."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        notice = msg.ServerShutdown(reason=reason, reconnect_after=5.0)
+        self.deliver(tuple(self.sessions), notice)
+        self._flush()
+        await asyncio.sleep(0.05)
+        protocols = list(self.sessions.values())
+        for protocol in protocols:
+            protocol.close_with(CloseCode.SERVER_SHUTDOWN, reason)
+        waits = [protocol.wait_closed() for protocol in protocols]
+        if waits:
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*waits), timeout=self.config.server.drain_timeout
+                )
+            except asyncio.TimeoutError:
+                log.warning("drain time-out: %d connections did not close", len(waits))
+        for task in list(self._workers.values()):
+            task.cancel()
+        if self._core_timer is not None:
+            self._core_timer.cancel()
+        if self._quic_server is not None:
+            self._quic_server.close()
+
+    # ------------------------------------------------------------------ protocol callbacks
+
+    def on_handshake(self, protocol: SessionProtocol) -> None:
+        self.stats.connections_total += 1
+        self.sessions[protocol.session_id] = protocol
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inboxes[protocol.session_id] = inbox
+        self._workers[protocol.session_id] = asyncio.ensure_future(
+            self._session_worker(protocol, inbox)
+        )
+        assert self._loop is not None
+        self._loop.call_later(HELLO_TIMEOUT, self._check_hello, protocol)
+        if self.shutting_down:
+            protocol.close_with(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+
+    def _check_hello(self, protocol: SessionProtocol) -> None:
+        if protocol.identity is None and not protocol.closed:
+            self.stats.count_drop("hello_timeout")
+            protocol.close_with(CloseCode.HELLO_TIMEOUT, "no hello within 10 s")
+
+    def on_closed(self, protocol: SessionProtocol, reason: str) -> None:
+        session_id = protocol.session_id
+        self.sessions.pop(session_id, None)
+        self._inboxes.pop(session_id, None)
+        task = self._workers.pop(session_id, None)
+        if task is not None:
+            task.cancel()
+        self._dirty.discard(protocol)
+        if protocol.identity is not None:
+            self.core.disconnect(session_id, time.time())
+            self._pump()
+        log.debug("session %d closed: %s", session_id, reason)
+
+    def on_control_message(self, protocol: SessionProtocol, payload: bytes) -> None:
+        self.stats.messages_in += 1
+        now = time.time()
+        if not protocol.rate.take(now):
+            protocol.rate_strikes += 1
+            self.stats.count_drop("rate_limited")
+            if protocol.rate_strikes >= RATE_STRIKES_TO_CLOSE:
+                protocol.close_with(CloseCode.RATE_ABUSE, "message rate exceeded repeatedly")
+                return
+            self._reply_error(
+                protocol,
+                msg.peek_request_id(payload),
+                msg.ErrorCode.RATE_LIMITED,
+                "too many messages: slow down",
+            )
+            return
+        protocol.rate_strikes = 0
+        inbox = self._inboxes.get(protocol.session_id)
+        if inbox is not None:
+            inbox.put_nowait(payload)
+
+    def on_datagram(self, protocol: SessionProtocol, data: bytes) -> None:
+        """The media hot path: forward one datagram to every other member of the room."""
+        self.stats.datagrams_in += 1
+        if protocol.identity is None:
+            self.stats.count_drop("not_authenticated")
+            return
+        outlets = self.core.receive_datagram(protocol.session_id, data, time.time())
+        if outlets:
+            sessions = self.sessions
+            dirty = self._dirty
+            for outlet in outlets:
+                target = sessions.get(outlet.session)
+                if target is not None:
+                    dirty.add(target)
+            self._schedule_flush()
+        self._pump()
+
+    # ------------------------------------------------------------------ requests
+
+    async def _session_worker(self, protocol: SessionProtocol, inbox: asyncio.Queue[bytes]) -> None:
+        # One worker per session keeps that session's requests strictly in arrival order,
+        # even when a plugin check awaits.
+        while True:
+            payload = await inbox.get()
+            try:
+                await self._handle_payload(protocol, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "internal error handling a message of session %d", protocol.session_id
+                )
+                self._reply_error(
+                    protocol,
+                    msg.peek_request_id(payload),
+                    msg.ErrorCode.INTERNAL_ERROR,
+                    "internal server error",
+                )
+
+    async def _handle_payload(self, protocol: SessionProtocol, payload: bytes) -> None:
+        try:
+            request = msg.decode_request(payload)
+        except msg.MessageError as exc:
+            self._reply_error(protocol, exc.request_id, exc.code, str(exc))
+            return
+        if self.shutting_down:
+            self._reply_error(
+                protocol, request.id, msg.ErrorCode.SHUTTING_DOWN, "server shutting down"
+            )
+            return
+        if isinstance(request, msg.Hello):
+            await self._hello(protocol, request)
+            return
+        if protocol.identity is None:
+            self._reply_error(
+                protocol, request.id, msg.ErrorCode.NOT_AUTHENTICATED, "send hello first"
+            )
+            return
+        if isinstance(request, msg.Ping):
+            self._reply_ok(protocol, request.id, {})
+            return
+        now = time.time()
+        room = self.core.session_room(protocol.session_id)
+        try:
+            review = await self.policy.review(
+                protocol.identity, room, request, protocol.address, now
+            )
+            if protocol.closed:
+                return
+            result = self.core.handle_request(
+                protocol.session_id, review.request, time.time(), trust=review.trust
+            )
+        except CoreError as exc:
+            self._reply_error(protocol, request.id, exc.code, exc.message)
+            self._pump()
+            return
+        self._pump()
+        for barrier in self.commit_barriers:
+            await barrier()
+        self._reply_ok(protocol, request.id, result)
+
+    async def _hello(self, protocol: SessionProtocol, request: msg.Hello) -> None:
+        if protocol.identity is not None:
+            self._reply_error(
+                protocol,
+                request.id,
+                msg.ErrorCode.ALREADY_AUTHENTICATED,
+                "this session is already authenticated",
+            )
+            return
+        if request.version != msg.PROTOCOL_VERSION:
+            self._reply_error(
+                protocol,
+                request.id,
+                msg.ErrorCode.UNSUPPORTED_VERSION,
+                f"this server speaks {msg.PROTOCOL_VERSION}",
+            )
+            return
+        try:
+            identity = await self.authenticator.authenticate(
+                request.credentials, request.display_name, protocol.address
+            )
+        except AuthError as exc:
+            self._reply_error(protocol, request.id, msg.ErrorCode.AUTH_FAILED, str(exc))
+            return
+        if protocol.closed:
+            return
+        self.admit(protocol, identity)
+        limits = self.config.limits
+        self._reply_ok(
+            protocol,
+            request.id,
+            {
+                "session": protocol.session_id,
+                "user": identity.user,
+                "display_name": identity.display_name,
+                "server": f"salond/{__version__}",
+                "version": msg.PROTOCOL_VERSION,
+                "limits": {
+                    "max_message_size": msg.MAX_MESSAGE_SIZE,
+                    "max_datagram_size": min(MAX_DATAGRAM_SIZE, protocol.peer_max_datagram),
+                    "message_rate": limits.message_rate,
+                    "message_burst": limits.message_burst,
+                },
+            },
+        )
+
+    def admit(self, protocol: SessionProtocol, identity: Identity) -> None:
+        """Bind an authenticated identity to the session and give it a media outlet."""
+        protocol.identity = identity
+        self.core.connect(protocol.session_id, identity, time.time())
+        protocol.outlet = self.core.outlet(protocol.session_id)
+
+    # ------------------------------------------------------------------ output
+
+    def _reply_ok(self, protocol: SessionProtocol, request_id: int, result: dict[str, Any]) -> None:
+        self._send(protocol, msg.encode(msg.Ok(re=request_id, result=result)))
+
+    def _reply_error(
+        self, protocol: SessionProtocol, request_id: int | None, code: msg.ErrorCode, text: str
+    ) -> None:
+        self.stats.errors[code.value] += 1
+        self._send(protocol, msg.encode(msg.Error(re=request_id, code=code.value, message=text)))
+
+    def _send(self, protocol: SessionProtocol, payload: bytes) -> None:
+        self.stats.messages_out += 1
+        protocol.send_control(frame_message(payload))
+        self._dirty.add(protocol)
+        self._schedule_flush()
+
+    def deliver(self, sessions: tuple[int, ...], message: Any) -> None:
+        """Send one event to several sessions, encoding and framing it once."""
+        framed = frame_message(msg.encode(message))
+        for session_id in sessions:
+            protocol = self.sessions.get(session_id)
+            if protocol is None:
+                continue
+            protocol.send_control(framed)
+            self.stats.messages_out += 1
+            self._dirty.add(protocol)
+        self._schedule_flush()
+
+    def _pump(self) -> None:
+        """Pull every pending core output, then re-arm the core's timer."""
+        core = self.core
+        event = core.next_event()
+        while event is not None:
+            if isinstance(event, Deliver):
+                self.deliver(event.sessions, event.message)
+            else:
+                for observer in self.observers:
+                    try:
+                        observer(event)
+                    except Exception:
+                        log.exception("observer failed on %s", type(event).__name__)
+            event = core.next_event()
+        self._arm_core_timer()
+
+    def _arm_core_timer(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline == self._core_timer_at:
+            return
+        if self._core_timer is not None:
+            self._core_timer.cancel()
+            self._core_timer = None
+        self._core_timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            delay = max(0.0, deadline - time.time())
+            self._core_timer = self._loop.call_later(delay, self._on_core_timer)
+
+    def _on_core_timer(self) -> None:
+        self._core_timer = None
+        self._core_timer_at = None
+        self.core.handle_timer(time.time())
+        self._pump()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty = self._dirty
+        self._dirty = set()
+        for protocol in dirty:
+            if not protocol.closed:
+                protocol.transmit()
