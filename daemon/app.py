@@ -62,6 +62,7 @@ def core_limits(config: Config) -> Limits:
         owner_grace=limits.owner_grace,
         outlet_queue=limits.outlet_queue,
         max_rooms_per_user=limits.max_rooms_per_user,
+        max_speakers_cap=limits.max_speakers_cap,
         max_datagram_size=config.server.max_datagram_size,
     )
 
@@ -98,6 +99,14 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
         self.components: list[Component] = []
+        if config.admin.enabled:
+            from salon.daemon.admin.server import AdminServer
+
+            self.components.append(AdminServer(self))
+        if config.metrics.enabled:
+            from salon.daemon.metrics import MetricsEndpoint
+
+            self.components.append(MetricsEndpoint(self))
 
     async def start(self) -> None:
         host, port = await self.server.start()

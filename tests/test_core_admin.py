@@ -35,11 +35,9 @@ def test_operator_acts_on_members_including_the_owner() -> None:
     lis = h.join("lis")
     owner = h.sessions["owner"]
     h.drain()
-    assert h.admin("r1", m.Remove, user="owner", reason="abuse") == {"user": "owner"}
+    assert h.admin("r1", m.Remove, user="owner", reason="abuse") == {}
     events = h.drain()
-    assert received(events, m.Removed)[owner] == [
-        m.Removed(room="r1", by="root", reason="abuse")
-    ]
+    assert received(events, m.Removed)[owner] == [m.Removed(room="r1", by="root", reason="abuse")]
     assert h.core.rooms["r1"].owner == "mod"  # the moderator took over
     moderation = of_type(events, ModerationTaken)
     assert [(e.actor, e.action, e.target) for e in moderation] == [("root", "remove", "owner")]
@@ -52,6 +50,17 @@ def test_operator_acts_on_members_including_the_owner() -> None:
     assert h.core.room_snapshot("r1").you == ""
 
 
+def test_banned_owner_loses_the_room() -> None:
+    h = Harness()
+    h.room("owner")
+    h.moderator("mod")
+    h.admin("r1", m.Ban, user="owner", reason="abuse")
+    room = h.core.rooms["r1"]
+    assert room.owner == "mod"
+    assert room.moderators == []
+    h.refuse(h.sessions["owner"], ErrorCode.BANNED, m.Join, room="r1")
+
+
 def test_operator_closes_and_starts_rooms() -> None:
     h = Harness()
     alice = h.connect("alice")
@@ -62,7 +71,9 @@ def test_operator_closes_and_starts_rooms() -> None:
     h.drain()
     assert h.admin("s", m.CloseRoom) == {}
     events = h.drain()
-    assert received(events, m.RoomClosed) == {alice: [m.RoomClosed(room="s", reason="closed_by_operator")]}
+    assert received(events, m.RoomClosed) == {
+        alice: [m.RoomClosed(room="s", reason="closed_by_operator")]
+    }
     assert of_type(events, RoomClosed) == [RoomClosed("s", "closed_by_operator")]
 
 

@@ -101,6 +101,24 @@ def test_drop_reasons(reason: str) -> None:
     assert all(not h.core.outlet(session).queue for session in s.values())
 
 
+def test_checks_apply_in_the_documented_order() -> None:
+    h = Harness()
+    s = stage(h)
+    flow = flow_of(h, "spk")
+    big = bytes(1100)
+    h.core.receive_datagram(s["spk"], media_datagram(999, flow.ssrc, payload=big), h.now)
+    h.core.receive_datagram(s["lis"], media_datagram(flow.flow_id, flow.ssrc, payload=big), h.now)
+    h.core.receive_datagram(s["spk"], media_datagram(flow.flow_id, 1, payload=big), h.now)
+    h.do(s["spk"], m.Mute)
+    h.core.receive_datagram(s["spk"], media_datagram(flow.flow_id, flow.ssrc, payload=big), h.now)
+    assert dict(h.core.forwarder.drops) == {
+        "unknown_flow": 1,
+        "wrong_sender": 1,
+        "ssrc_mismatch": 1,
+        "muted": 1,
+    }
+
+
 def test_size_limit_is_inclusive() -> None:
     h = Harness()
     s = stage(h)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from salon.daemon.core import KnockReceived, Limits, MemberJoined, MemberLeft
+from salon.daemon.core import CoreError, KnockReceived, Limits, MemberJoined, MemberLeft
 from salon.daemon.wire import messages as m
 from salon.daemon.wire.messages import ErrorCode
 from tests.test_core_support import Harness, inbox, of_type, received, recipients
@@ -19,7 +19,13 @@ def test_open_join_sends_state_to_newcomer_and_news_to_others() -> None:
     owner = h.sessions["owner"]
     h.drain()
     lis = h.connect("lis", verified={"email": "lis@example.org"})
-    assert h.do(lis, m.Join, room="r1") == {"status": "joined", "role": "listener"}
+    result = h.do(lis, m.Join, room="r1")
+    assert result == {
+        "status": "joined",
+        "role": "listener",
+        "room": m.to_builtins(h.core.rooms["r1"].summary()),
+    }
+    assert result["room"]["listeners"] == 1
     events = h.drain()
     boxes = inbox(events)
     state = boxes[lis][0]
@@ -116,7 +122,7 @@ def test_knock_goes_to_hosts_only() -> None:
 
 def test_hosts_enter_approval_rooms_directly() -> None:
     h = Harness()
-    owner, mod, _, _ = approval_room(h)
+    _, mod, _, _ = approval_room(h)
     h.do(mod, m.Leave)
     assert h.do(mod, m.Join, room="r1")["role"] == "moderator"
 
@@ -143,13 +149,39 @@ def test_approve_knock_admits_as_listener_and_remembers() -> None:
     assert h.do(bob, m.Join, room="r1")["status"] == "joined"
 
 
+def test_auto_approve_admits_without_knocking_and_only_for_knocks() -> None:
+    h = Harness()
+    owner, mod, _, _ = approval_room(h)
+    bob = h.connect("bob")
+    result = h.core.handle_request(bob, m.Join(id=1, room="r1"), h.now, auto_approve=True)
+    assert result["status"] == "joined" and result["role"] == "listener"
+    events = h.drain()
+    assert received(events, m.Knock) == {}
+    assert of_type(events, KnockReceived) == []
+    assert of_type(events, MemberJoined) == [MemberJoined("r1", "bob", bob, "listener")]
+    # It is not a host's approval: without the plugin's word, the next join knocks.
+    h.do(bob, m.Leave)
+    assert h.do(bob, m.Join, room="r1")["status"] == "knocking"
+    # It never opens an invite-only room, nor lifts a ban.
+    h.do(mod, m.UpdateRoom, policy="invite")
+    carol = h.connect("carol")
+    with pytest.raises(CoreError) as refused:
+        h.core.handle_request(carol, m.Join(id=2, room="r1"), h.now, auto_approve=True)
+    assert refused.value.code is ErrorCode.INVITE_REQUIRED
+    h.do(mod, m.UpdateRoom, policy="approval")
+    h.do(owner, m.Ban, user="carol")
+    with pytest.raises(CoreError) as refused:
+        h.core.handle_request(carol, m.Join(id=3, room="r1"), h.now, auto_approve=True)
+    assert refused.value.code is ErrorCode.BANNED
+
+
 def test_deny_knock_tells_the_requester() -> None:
     h = Harness()
     owner, mod, _, _ = approval_room(h)
     bob = h.connect("bob")
     request_id = h.do(bob, m.Join, room="r1")["request_id"]
     h.drain()
-    assert h.do(owner, m.DenyKnock, request_id=request_id, reason="full") == {"user": "bob"}
+    assert h.do(owner, m.DenyKnock, request_id=request_id, reason="full") == {}
     events = h.drain()
     assert received(events, m.KnockDenied) == {bob: [m.KnockDenied(room="r1", reason="full")]}
     assert recipients(events, m.KnockResolved) == {owner, mod}
@@ -161,7 +193,7 @@ def test_deny_knock_tells_the_requester() -> None:
 
 def test_knock_expires() -> None:
     h = Harness(Limits(knock_ttl=30))
-    owner, mod, _, _ = approval_room(h)
+    owner, _, _, _ = approval_room(h)
     bob = h.connect("bob")
     request_id = h.do(bob, m.Join, room="r1")["request_id"]
     h.drain()
@@ -306,8 +338,7 @@ def test_timed_ban_removes_refuses_and_expires() -> None:
     lis = h.join("lis")
     other = h.join("other")
     h.drain()
-    result = h.do(owner, m.Ban, user="lis", reason="spam", duration=300)
-    assert result == {"user": "lis", "until": h.now + 300}
+    assert h.do(owner, m.Ban, user="lis", reason="spam", duration=300) == {}
     events = h.drain()
     assert received(events, m.Removed) == {
         lis: [m.Removed(room="r1", by="owner", reason="spam", banned=True, until=h.now + 300)]
@@ -330,7 +361,8 @@ def test_permanent_and_pre_emptive_bans_and_unban() -> None:
     h.room("owner")
     owner = h.sessions["owner"]
     mod = h.moderator("mod")
-    assert h.do(mod, m.Ban, user="troll")["until"] is None  # not present: pre-emptive
+    h.do(mod, m.Ban, user="troll")  # not present: pre-emptive
+    assert h.core.rooms["r1"].bans["troll"].until is None
     troll = h.connect("troll")
     error = h.refuse(troll, ErrorCode.BANNED, m.Join, room="r1")
     assert "permanently" in error.message
@@ -338,7 +370,7 @@ def test_permanent_and_pre_emptive_bans_and_unban() -> None:
     h.refuse(troll, ErrorCode.BANNED, m.Join, room="r1")
     h.refuse(owner, ErrorCode.PARTICIPANT_NOT_FOUND, m.Unban, user="nobody")
     h.refuse(owner, ErrorCode.INVALID_VALUE, m.Ban, user="x", duration=-1)
-    assert h.do(mod, m.Unban, user="troll") == {"user": "troll"}
+    assert h.do(mod, m.Unban, user="troll") == {}
     h.do(troll, m.Join, room="r1")
     # A moderator cannot pre-emptively ban another moderator (or the owner) who is away.
     h.moderator("mod2")
@@ -379,7 +411,7 @@ def test_second_session_of_a_user_replaces_the_first() -> None:
     assert old_flow is not None
     laptop = h.connect("bob")
     h.drain()
-    assert h.do(laptop, m.Join, room="r1") == {"status": "joined", "role": "speaker"}
+    assert h.do(laptop, m.Join, room="r1")["role"] == "speaker"
     events = h.drain()
     assert received(events, m.Removed)[phone] == [m.Removed(room="r1", by="bob", reason="replaced")]
     assert h.core.session_room(phone) is None
@@ -405,3 +437,25 @@ def test_owner_replacing_their_own_session_keeps_the_room() -> None:
     assert h.member("owner").role == "owner"
     assert h.member("mod").role == "moderator"
     assert room.close_at is None
+
+
+def test_auto_approve_admits_without_a_knock() -> None:
+    h = Harness()
+    owner, _, _, _ = approval_room(h)
+    bob = h.connect("bob")
+    result = h.core.handle_request(bob, m.Join(id=1, room="r1"), h.now, auto_approve=True)
+    assert result["status"] == "joined"
+    events = h.drain()
+    assert recipients(events, m.Knock) == set()
+    assert h.core.rooms["r1"].knocks == {}
+    # It does not bypass bans or the invite policy.
+    h.do(owner, m.Ban, user="eve")
+    eve = h.connect("eve")
+    with pytest.raises(CoreError) as info:
+        h.core.handle_request(eve, m.Join(id=1, room="r1"), h.now, auto_approve=True)
+    assert info.value.code == ErrorCode.BANNED
+    h.do(owner, m.UpdateRoom, policy="invite")
+    carl = h.connect("carl")
+    with pytest.raises(CoreError) as info:
+        h.core.handle_request(carl, m.Join(id=1, room="r1"), h.now, auto_approve=True)
+    assert info.value.code == ErrorCode.INVITE_REQUIRED

@@ -200,11 +200,11 @@ class Scene:
 def cells() -> list[tuple[str, str, str | None, str]]:
     out: list[tuple[str, str, str | None, str]] = []
     for action, row in UNTARGETED.items():
-        for role, expected in zip(ROLES, row):
+        for role, expected in zip(ROLES, row, strict=True):
             out.append((action, role, None, expected))
     for action, table in TARGETED.items():
         for role, row in table.items():
-            for target_role, expected in zip(ROLES, row):
+            for target_role, expected in zip(ROLES, row, strict=True):
                 out.append((action, role, target_role, expected))
     return out
 

@@ -123,7 +123,9 @@ def talk(h: Harness, user: str, level: int, frames: int = 2) -> None:
     flow = h.member(user).flow
     assert flow is not None
     for _ in range(frames):
-        h.core.receive_datagram(h.sessions[user], media_datagram(flow.flow_id, flow.ssrc, level), h.now)
+        h.core.receive_datagram(
+            h.sessions[user], media_datagram(flow.flow_id, flow.ssrc, level), h.now
+        )
         h.advance(FRAME)
 
 

@@ -95,8 +95,7 @@ async def test_speech_reaches_listener_intact(salond, tmp_path):
             "Speaker",
             "join",
             "e2e",
-            "--invite",
-            invite,
+            f"--invite={invite}",
             "--play",
             str(source_path),
         )
@@ -152,8 +151,7 @@ async def test_moderator_mute_stops_audio_and_outsider_hears_nothing(salond, tmp
             "Speaker",
             "join",
             "mute",
-            "--invite",
-            invite,
+            f"--invite={invite}",
             "--play",
             str(tmp_path / "tone.wav"),
             "--duration",
@@ -208,7 +206,7 @@ async def test_invite_link_admits_with_its_role(salond, tmp_path):
         assert stranger.returncode == 1 and "invite_required" in out
         token = (await host.call("create_invite", role="speaker", max_uses=1))["invite"]["token"]
         guest = start_cli(
-            salond, tmp_path, "Guest", "join", "vip", "--invite", token, "--duration", "2"
+            salond, tmp_path, "Guest", "join", "vip", f"--invite={token}", "--duration", "2"
         )
         participant = await wait_joined(host, "Guest")
         assert participant.role == "speaker"

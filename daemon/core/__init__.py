@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from .errors import CoreError
 from .events import (
+    ApprovalChanged,
+    BanChanged,
     CoreEvent,
     Deliver,
+    InviteChanged,
     KnockReceived,
     MemberJoined,
     MemberLeft,
@@ -17,18 +20,23 @@ from .events import (
     RoleChanged,
     RoomClosed,
     RoomCreated,
+    RoomSettingsChanged,
     SpeakingChanged,
+    SubscriptionChanged,
 )
 from .forwarder import Flow, Forwarder, Outlet
 from .identity import Identity
 from .limits import Limits
 from .permissions import Action
+from .records import RoomRecord, RoomSettings
 from .room import Ban, Invite, JoinRequest, Member, Room
 from .service import SalonCore
 
 __all__ = [
     "Action",
+    "ApprovalChanged",
     "Ban",
+    "BanChanged",
     "CoreError",
     "CoreEvent",
     "Deliver",
@@ -36,6 +44,7 @@ __all__ = [
     "Forwarder",
     "Identity",
     "Invite",
+    "InviteChanged",
     "JoinRequest",
     "KnockReceived",
     "Limits",
@@ -48,6 +57,10 @@ __all__ = [
     "Room",
     "RoomClosed",
     "RoomCreated",
+    "RoomRecord",
+    "RoomSettings",
+    "RoomSettingsChanged",
     "SalonCore",
     "SpeakingChanged",
+    "SubscriptionChanged",
 ]

@@ -11,6 +11,10 @@ from typing import Any, TypeAlias
 
 from salon.daemon.wire import messages
 
+from .forwarder import Outlet
+from .records import RoomSettings
+from .room import Ban, Invite
+
 
 @dataclass
 class Deliver:
@@ -112,7 +116,7 @@ class ModerationTaken:
     """A host or operator acted on a room or one of its members; for the audit log."""
 
     room: str
-    "The room id."
+    "The room id; empty for a server-wide action (``server_ban``, ``server_unban``)."
 
     actor: str
     "The user id of whoever acted (an operator's own user id on the admin path)."
@@ -138,6 +142,168 @@ class KnockReceived:
     "The knock as the hosts see it."
 
 
+@dataclass
+class RoomSettingsChanged:
+    """A room's lasting attributes changed: created, updated, started, owner or moderators.
+
+    For the store; carries a copy of the new values, so it may be handled later."""
+
+    settings: RoomSettings
+    "The room's settings after the change."
+
+
+@dataclass
+class BanChanged:
+    """A ban was set, or lifted (by a host, an operator or its expiry)."""
+
+    room: str | None
+    "The room id; None for a server-wide ban."
+
+    user: str
+    "The banned user's id."
+
+    ban: Ban | None
+    "The ban now in force (never mutated afterwards); None when it was lifted."
+
+
+@dataclass
+class InviteChanged:
+    """An invite link was created, revoked or used (its ``uses`` went up)."""
+
+    invite: Invite
+    "A copy of the invite after the change."
+
+
+@dataclass
+class ApprovalChanged:
+    """A user was admitted after a knock (they re-enter without knocking), or lost that."""
+
+    room: str
+    "The room id."
+
+    user: str
+    "The user's id."
+
+    approved: bool
+    "True: approved; False: the approval was withdrawn (a ban)."
+
+
+@dataclass
+class SubscriptionChanged:
+    """A user subscribed to a scheduled room's reminders, or the subscription ended."""
+
+    room: str
+    "The room id."
+
+    user: str
+    "The user's id."
+
+    subscribed: bool
+    "True: subscribed; False: unsubscribed, banned, or the room started."
+
+
+@dataclass
+class FlowOpened:
+    """A stage member got a media flow: the key that decrypts it, for audio features."""
+
+    room: str
+    "The room id."
+
+    key: messages.MediaKey
+    "The flow's id, SSRC and SRTP key (``key.user`` is the member)."
+
+
+@dataclass
+class FlowClosed:
+    """A media flow was retired: the member left the stage, the room or the server."""
+
+    room: str
+    "The room id."
+
+    user: str
+    "The member's user id."
+
+    flow_id: int
+    "The retired flow."
+
+
+@dataclass
+class RecordingStarted:
+    """A room's recording started; copies of recorded datagrams go to ``outlet``."""
+
+    room: str
+    "The room id."
+
+    recording: str
+    "The recording's id."
+
+    by: str
+    "The host or operator who started it."
+
+    at: float
+    "When it started (the core's clock): the recording's time zero."
+
+    outlet: Outlet
+    "The tap the forwarder fills with the recorded flows' datagrams (never sent anywhere)."
+
+
+@dataclass
+class RecordingTrackAdded:
+    """A consenting stage member's flow is recorded from now on."""
+
+    room: str
+    "The room id."
+
+    recording: str
+    "The recording's id."
+
+    key: messages.MediaKey
+    "The member's flow and SRTP key."
+
+    at: float
+    "When (the core's clock)."
+
+
+@dataclass
+class RecordingTrackRemoved:
+    """A flow is no longer recorded: consent withdrawn, or the member left the stage."""
+
+    room: str
+    "The room id."
+
+    recording: str
+    "The recording's id."
+
+    user: str
+    "The member's user id."
+
+    flow_id: int
+    "The flow no longer recorded."
+
+    at: float
+    "When (the core's clock)."
+
+
+@dataclass
+class RecordingStopped:
+    """A room's recording ended; nothing more reaches its outlet."""
+
+    room: str
+    "The room id."
+
+    recording: str
+    "The recording's id."
+
+    by: str
+    "Who stopped it; empty when the room closed or the recorder failed."
+
+    reason: str
+    "stopped, room_closed or failed."
+
+    at: float
+    "When it ended (the core's clock)."
+
+
 CoreEvent: TypeAlias = (
     Deliver
     | RoomCreated
@@ -148,4 +314,15 @@ CoreEvent: TypeAlias = (
     | SpeakingChanged
     | ModerationTaken
     | KnockReceived
+    | RoomSettingsChanged
+    | BanChanged
+    | InviteChanged
+    | ApprovalChanged
+    | SubscriptionChanged
+    | FlowOpened
+    | FlowClosed
+    | RecordingStarted
+    | RecordingTrackAdded
+    | RecordingTrackRemoved
+    | RecordingStopped
 )

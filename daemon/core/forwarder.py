@@ -17,16 +17,16 @@ from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.rtp import peek_media
 
 DROP_REASONS = (
-    "too_large",
     "malformed",
     "unknown_flow",
     "wrong_sender",
     "ssrc_mismatch",
     "not_speaker",
     "muted",
+    "too_large",
     "queue_full",
 )
-"""Every reason the forwarder counts in :attr:`Forwarder.drops`."""
+"""Every reason the forwarder counts in :attr:`Forwarder.drops`, in the order it checks them."""
 
 
 class Outlet:
@@ -97,9 +97,6 @@ class Forwarder:
         Returns the outlets that received a copy (shared: do not modify it).
         """
         self.received += 1
-        if len(datagram) > self.max_datagram_size:
-            self.drops["too_large"] += 1
-            return []
         try:
             header = peek_media(datagram)
         except WireError:
@@ -120,6 +117,9 @@ class Forwarder:
             return []
         if flow.muted:
             self.drops["muted"] += 1
+            return []
+        if len(datagram) > self.max_datagram_size:
+            self.drops["too_large"] += 1
             return []
         level = header.level
         if level is not None and flow.on_level is not None:
@@ -175,6 +175,19 @@ class Forwarder:
             flows.pop(flow.flow_id, None)
             if not flows:
                 del self._group_flows[flow.group]
+
+    def tap(self, flow: Flow, outlet: Outlet) -> None:
+        """``outlet`` gets a copy of ``flow`` too: a recorder, an audio monitor, a relay.
+
+        A tap is one more recipient (with a session number no real session has), so the hot
+        path does not change; it stays until :meth:`untap` or the flow is retired.
+        """
+        if flow.active and all(o is not outlet for o in flow.recipients):
+            flow.recipients = [*flow.recipients, outlet]
+
+    def untap(self, flow: Flow, outlet: Outlet) -> None:
+        """``outlet`` stops getting copies of ``flow``."""
+        flow.recipients = [o for o in flow.recipients if o is not outlet]
 
     def forget_session(self, session: int) -> None:
         """The session is gone: forget its flows (they become unknown) and its memberships."""

@@ -15,12 +15,12 @@ class HandQueue:
     def __len__(self) -> int:
         return len(self._raised)
 
-    def raise_hand(self, user: str, now: float) -> tuple[int, bool]:
-        """Queue ``user``; return their 1-based position and whether the queue changed."""
+    def raise_hand(self, user: str, now: float) -> bool:
+        """Queue ``user`` at the end unless already queued; return whether the queue changed."""
         if user in self._raised:
-            return list(self._raised).index(user) + 1, False
+            return False
         self._raised[user] = now
-        return len(self._raised), True
+        return True
 
     def lower_hand(self, user: str) -> bool:
         """Take ``user`` out of the queue; return whether they were in it."""

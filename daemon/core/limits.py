@@ -21,3 +21,8 @@ class Limits:
     """Minimum seconds between two ``speaking`` events of one room."""
     max_datagram_size: int = 1100
     """Largest media datagram (flow id included) the forwarder accepts."""
+    reminder_lead: float = 300.0
+    """Seconds before a scheduled room's start when its subscribers get a ``room_reminder``
+    (they get another one at the start time)."""
+    max_speakers_cap: int = 100
+    """Highest ``max_speakers`` a room may have (the protocol allows at most 100)."""

@@ -72,6 +72,9 @@ class Action(str, enum.Enum):
     APPROVE_KNOCK = "approve_knock"
     DENY_KNOCK = "deny_knock"
     START_ROOM = "start_room"
+    START_RECORDING = "start_recording"
+    STOP_RECORDING = "stop_recording"
+    RECORDING_CONSENT = "recording_consent"
 
 
 Outcome: TypeAlias = "ErrorCode | None"
@@ -134,6 +137,9 @@ MATRIX: Final[dict[Action, Rule]] = {
     Action.APPROVE_KNOCK:         _HOSTS,
     Action.DENY_KNOCK:            _HOSTS,
     Action.START_ROOM:            _OWNER,
+    Action.START_RECORDING:       _HOSTS,
+    Action.STOP_RECORDING:        _HOSTS,
+    Action.RECORDING_CONSENT:     Rule(actor=(_OK, _OK, _OK, _NOS)),
 }
 # fmt: on
 

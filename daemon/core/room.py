@@ -168,6 +168,8 @@ class Room:
     bans: dict[str, Ban] = field(default_factory=dict)
     approved_users: set[str] = field(default_factory=set)
     """Users admitted once after a knock; they re-enter without knocking."""
+    subscribers: set[str] = field(default_factory=set)
+    """Users to remind when this scheduled room is about to start (``subscribe_room``)."""
     hands: HandQueue = field(default_factory=HandQueue)
     speaking: SpeakingDetector = field(default_factory=SpeakingDetector)
     key_epochs: dict[str, int] = field(default_factory=dict)
@@ -297,11 +299,12 @@ def check_policy(policy: Any) -> messages.Policy:
     return policy
 
 
-def check_max_speakers(value: Any) -> int:
+def check_max_speakers(value: Any, cap: int = MAX_SPEAKERS) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid("max_speakers must be an integer")
-    if not MIN_SPEAKERS <= value <= MAX_SPEAKERS:
-        raise _invalid(f"max_speakers must be {MIN_SPEAKERS}..{MAX_SPEAKERS}")
+    highest = min(cap, MAX_SPEAKERS)
+    if not MIN_SPEAKERS <= value <= highest:
+        raise _invalid(f"max_speakers must be {MIN_SPEAKERS}..{highest}")
     return value
 
 

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from salon.daemon.wire import messages
@@ -30,6 +30,7 @@ from .ids import INVITE_TOKEN_BYTES, REQUEST_ID_BYTES, random_room_id, random_to
 from .keys import FlowIdAllocator, media_key, new_key_material, new_ssrc
 from .limits import Limits
 from .permissions import HOST_ROLES, OPERATOR, Action, check
+from .records import RoomRecord, room_record, room_settings
 from .room import (
     Ban,
     Invite,
@@ -57,6 +58,7 @@ _ROOM_CLOSE = "close"
 _BAN_EXPIRY = "ban"
 _SPEAKING_EMIT = "speaking"
 _SPEAKING_HOLD = "hold"
+_REMINDER = "reminder"
 
 Result = dict[str, Any]
 
@@ -82,10 +84,6 @@ class _Actor:
     member: Member | None
 
 
-def _error(code: ErrorCode, message: str) -> CoreError:
-    return CoreError(code, message)
-
-
 class SalonCore:
     """Every room of the server, the sessions in them and the media forwarder."""
 
@@ -104,6 +102,8 @@ class SalonCore:
         self._flow_ids = FlowIdAllocator()
         self._speaking_dirty: dict[Room, None] = {}
         self._closed_ids: dict[str, None] = {}
+        self.server_bans: dict[str, Ban] = {}
+        """Server-wide bans by user id (see :meth:`ban_user_globally`); expired ones may linger."""
         self._room_handlers: dict[type, Callable[[_Actor, Any, float], Result]] = {
             messages.RaiseHand: self._raise_hand,
             messages.LowerHand: self._lower_hand,
@@ -133,7 +133,7 @@ class SalonCore:
     def connect(self, session: int, identity: Identity, now: float) -> None:
         """An authenticated session appears; it gets an outlet for media."""
         if session in self._sessions:
-            raise _error(ErrorCode.ALREADY_AUTHENTICATED, f"session {session} is connected")
+            raise CoreError(ErrorCode.ALREADY_AUTHENTICATED, f"session {session} is connected")
         self._sessions[session] = _Session(identity, Outlet(session, self.limits.outlet_queue))
 
     def disconnect(self, session: int, now: float) -> None:
@@ -178,17 +178,20 @@ class SalonCore:
         now: float,
         *,
         trust: list[str] | None = None,
+        auto_approve: bool = False,
     ) -> Result:
         """Perform a client request; return the ``result`` of the ok reply or raise CoreError.
 
         ``trust`` holds the plugins' annotations attached to a knock (``JoinRequestInfo.trust``).
+        ``auto_approve`` (a plugin vouched for the requester) admits a join that would knock on
+        an approval room directly, without asking the hosts.
         """
         state = self._sessions.get(session)
         if state is None:
-            raise _error(ErrorCode.NOT_AUTHENTICATED, "session is not connected")
+            raise CoreError(ErrorCode.NOT_AUTHENTICATED, "session is not connected")
         mark = len(self._events)
         try:
-            result = self._dispatch(session, state, request, now, trust or [])
+            result = self._dispatch(session, state, request, now, trust or [], auto_approve)
         except CoreError:
             self._discard_events(mark)
             raise
@@ -203,7 +206,7 @@ class SalonCore:
         ``CreateRoom`` ignores ``room`` and makes the operator the owner of record.
         """
         if not actor.operator:
-            raise _error(ErrorCode.NOT_PERMITTED, "only an operator may use the admin path")
+            raise CoreError(ErrorCode.NOT_PERMITTED, "only an operator may use the admin path")
         mark = len(self._events)
         try:
             result = self._admin_dispatch(actor, room, request, now)
@@ -214,12 +217,18 @@ class SalonCore:
         return result
 
     def _dispatch(
-        self, session: int, state: _Session, request: Any, now: float, trust: list[str]
+        self,
+        session: int,
+        state: _Session,
+        request: Any,
+        now: float,
+        trust: list[str],
+        auto_approve: bool = False,
     ) -> Result:
         kind = type(request)
         user = state.identity.user
         if kind is messages.Join:
-            return self._join(session, state, request, now, trust)
+            return self._join(session, state, request, now, trust, auto_approve)
         if kind is messages.Leave:
             return self._leave(state, now)
         if kind is messages.CancelKnock:
@@ -228,14 +237,20 @@ class SalonCore:
             return self._create_room(user, request, now, operator=False)
         if kind is messages.StartRoom:
             return self._start_room(user, request.room, now, operator=False)
+        if kind is messages.SubscribeRoom:
+            return self._subscribe(user, request.room, now)
+        if kind is messages.UnsubscribeRoom:
+            return self._unsubscribe(user, request.room)
         if kind in (messages.ListRooms, messages.GetRoom):
             return self._directory_request(request)
         handler = self._room_handlers.get(kind)
         if handler is None:
-            raise _error(ErrorCode.BAD_MESSAGE, f"{kind.__name__} is handled by the session layer")
+            raise CoreError(
+                ErrorCode.BAD_MESSAGE, f"{kind.__name__} is handled by the session layer"
+            )
         room = state.room
         if room is None:
-            raise _error(ErrorCode.NOT_IN_ROOM, "you are not in a room")
+            raise CoreError(ErrorCode.NOT_IN_ROOM, "you are not in a room")
         member = room.members[user]
         return handler(_Actor(user, member.role, room, member), request, now)
 
@@ -251,9 +266,9 @@ class SalonCore:
             return self._directory_request(request)
         handler = self._room_handlers.get(kind)
         if handler is None:
-            raise _error(ErrorCode.INVALID_VALUE, f"{kind.__name__} is not an operator action")
+            raise CoreError(ErrorCode.INVALID_VALUE, f"{kind.__name__} is not an operator action")
         if room_id is None:
-            raise _error(ErrorCode.INVALID_VALUE, "room is required")
+            raise CoreError(ErrorCode.INVALID_VALUE, "room is required")
         room = self._find_room(room_id)
         return handler(_Actor(actor.user, OPERATOR, room, None), request, now)
 
@@ -286,7 +301,7 @@ class SalonCore:
         """The room as session ``viewer`` sees it; None is the operator's view (everything)."""
         found = self.rooms.get(room)
         if found is None:
-            raise _error(ErrorCode.ROOM_NOT_FOUND, f"no room {room}")
+            raise CoreError(ErrorCode.ROOM_NOT_FOUND, f"no room {room}")
         if viewer is None:
             return found.snapshot(None, host_view=True)
         member = self._member_of(found, viewer)
@@ -315,7 +330,7 @@ class SalonCore:
         return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> None:
-        """Expire knocks and bans, close abandoned rooms, pace speaking events."""
+        """Expire knocks and bans, close abandoned rooms, send reminders, pace speaking."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, room, key = heapq.heappop(timers)
@@ -327,6 +342,10 @@ class SalonCore:
                 ban = room.bans.get(key)
                 if ban is not None and not ban.active(now):
                     del room.bans[key]
+                    if self.rooms.get(room.id) is room:
+                        self._emit(events.BanChanged(room.id, key, None))
+            elif kind == _REMINDER:
+                self._remind(room)
             elif kind == _SPEAKING_EMIT:
                 room.speaking_emit_at = None
                 self._speaking_dirty[room] = None
@@ -379,9 +398,9 @@ class SalonCore:
     def _find_room(self, room_id: str) -> Room:
         room = self.rooms.get(room_id)
         if room is None:
-            raise _error(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id}")
+            raise CoreError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id}")
         if room.state == "closed":
-            raise _error(ErrorCode.ROOM_CLOSED, f"room {room_id} is closed")
+            raise CoreError(ErrorCode.ROOM_CLOSED, f"room {room_id} is closed")
         return room
 
     def _create_room(
@@ -390,7 +409,7 @@ class SalonCore:
         title = clean_title(request.title)
         topics = clean_topics(request.topics)
         policy = check_policy(request.policy)
-        max_speakers = check_max_speakers(request.max_speakers)
+        max_speakers = check_max_speakers(request.max_speakers, self.limits.max_speakers_cap)
         mute_on_join = check_flag("mute_on_join", request.mute_on_join)
         persistent = check_flag("persistent", request.persistent)
         scheduled_for = check_time("scheduled_for", request.scheduled_for)
@@ -399,15 +418,16 @@ class SalonCore:
             room_id = check_room_id(request.room)
             existing = self.rooms.get(room_id)
             if existing is not None and existing.state != "closed":
-                raise _error(ErrorCode.ROOM_EXISTS, f"room {room_id} already exists")
+                raise CoreError(ErrorCode.ROOM_EXISTS, f"room {room_id} already exists")
         else:
             room_id = random_room_id(self.random_bytes)
             while room_id in self.rooms:
                 room_id = random_room_id(self.random_bytes)
         if not operator:
+            self._check_server_ban(user, now)
             owned = sum(1 for r in self.rooms.values() if r.owner == user and r.state != "closed")
             if owned >= self.limits.max_rooms_per_user:
-                raise _error(
+                raise CoreError(
                     ErrorCode.ROOM_LIMIT,
                     f"you already own {owned} rooms (at most {self.limits.max_rooms_per_user})",
                 )
@@ -432,16 +452,20 @@ class SalonCore:
         self._closed_ids.pop(room_id, None)
         self.rooms[room_id] = room
         self._emit(events.RoomCreated(room_id, user))
+        self._room_changed(room)
         self._arm_close(room, now)
+        self._arm_reminders(room, now)
         return {"room": to_builtins(room.summary())}
 
     def _start_room(self, user: str, room_id: str, now: float, *, operator: bool) -> Result:
         room = self._find_room(room_id)
         check(Action.START_ROOM, OPERATOR if operator else room.rank_role(user))
         if room.state != "scheduled":
-            raise _error(ErrorCode.INVALID_VALUE, f"room {room_id} is already live")
+            raise CoreError(ErrorCode.INVALID_VALUE, f"room {room_id} is already live")
         room.state = "live"
         self._counts_changed(room)
+        self._room_changed(room)
+        self._notify_started(room)
         self._emit(events.ModerationTaken(room.id, user, "start_room", None, {}))
         self._arm_close(room, now)
         return {"room": to_builtins(room.summary())}
@@ -488,6 +512,7 @@ class SalonCore:
         room.speaking.clear()
         room.approved_users.clear()
         room.invites.clear()
+        room.subscribers.clear()
         room.state = "closed"
         room.close_at = None
         self._emit(events.RoomClosed(room.id, reason))
@@ -501,44 +526,52 @@ class SalonCore:
     # ------------------------------------------------------------------ joining and leaving
 
     def _join(
-        self, session: int, state: _Session, request: messages.Join, now: float, trust: list[str]
+        self,
+        session: int,
+        state: _Session,
+        request: messages.Join,
+        now: float,
+        trust: list[str],
+        auto_approve: bool = False,
     ) -> Result:
         if state.knock is not None and state.knock_room is not None:
-            raise _error(
+            raise CoreError(
                 ErrorCode.KNOCK_PENDING, f"you are already knocking on {state.knock_room.id}"
             )
         if state.room is not None:
-            raise _error(ErrorCode.ALREADY_IN_ROOM, f"you are already in {state.room.id}")
+            raise CoreError(ErrorCode.ALREADY_IN_ROOM, f"you are already in {state.room.id}")
         room = self._find_room(request.room)
         user = state.identity.user
+        self._check_server_ban(user, now)
         ban = room.bans.get(user)
         if ban is not None and ban.active(now):
-            raise _error(ErrorCode.BANNED, _ban_message(room.id, ban))
+            raise CoreError(ErrorCode.BANNED, _ban_message(room.id, ban))
         stored = room.stored_role(user)
         if room.state == "scheduled" and stored != "owner":
-            raise _error(ErrorCode.ROOM_NOT_LIVE, f"room {room.id} has not started yet")
+            raise CoreError(ErrorCode.ROOM_NOT_LIVE, f"room {room.id} has not started yet")
         present = room.members.get(user)
         invite: Invite | None = None
         if stored is None and present is None:
             if request.invite is not None:
                 invite = self._usable_invite(room, request.invite, now)
             elif room.policy == "invite":
-                raise _error(ErrorCode.INVITE_REQUIRED, f"room {room.id} needs an invite")
-            elif room.policy == "approval" and user not in room.approved_users:
+                raise CoreError(ErrorCode.INVITE_REQUIRED, f"room {room.id} needs an invite")
+            elif room.policy == "approval" and user not in room.approved_users and not auto_approve:
                 return self._knock(room, session, state, now, trust)
         role = self._entry_role(room, stored, present, invite)
         if invite is not None:
             invite.uses += 1
+            self._emit(events.InviteChanged(replace(invite)))
         self._enter(room, session, state, role, now)
-        return {"status": "joined", "role": role}
+        return {"status": "joined", "role": role, "room": to_builtins(room.summary())}
 
     def _usable_invite(self, room: Room, token: str, now: float) -> Invite:
         invite = room.invites.get(token)
         if invite is None:
-            raise _error(ErrorCode.INVITE_INVALID, "invite is unknown")
+            raise CoreError(ErrorCode.INVITE_INVALID, "invite is unknown")
         problem = invite.problem(now)
         if problem is not None:
-            raise _error(ErrorCode.INVITE_INVALID, f"invite is {problem}")
+            raise CoreError(ErrorCode.INVITE_INVALID, f"invite is {problem}")
         return invite
 
     @staticmethod
@@ -593,7 +626,7 @@ class SalonCore:
             return self._cancel_knock(state)
         room = state.room
         if room is None:
-            raise _error(ErrorCode.NOT_IN_ROOM, "you are not in a room")
+            raise CoreError(ErrorCode.NOT_IN_ROOM, "you are not in a room")
         self._depart(room, room.members[state.identity.user], "left", now)
         return {}
 
@@ -634,7 +667,9 @@ class SalonCore:
         room.owner = new_owner.user
         if new_owner.user in room.moderators:
             room.moderators.remove(new_owner.user)
-        if old_owner not in room.moderators:
+        ban = room.bans.get(old_owner)
+        # The old owner stays a moderator (for their return) unless they were just banned.
+        if old_owner not in room.moderators and (ban is None or not ban.active(now)):
             room.moderators.append(old_owner)
         room.close_at = None
         previous = room.members.get(old_owner)
@@ -642,6 +677,7 @@ class SalonCore:
             self._change_role(room, previous, "moderator", now)
         self._change_role(room, new_owner, "owner", now)
         self._to_members(room, messages.OwnerChanged(room=room.id, user=new_owner.user))
+        self._room_changed(room)
 
     # ------------------------------------------------------------------ knocks
 
@@ -702,7 +738,7 @@ class SalonCore:
 
     def _cancel_knock(self, state: _Session) -> Result:
         if state.knock is None or state.knock_room is None:
-            raise _error(ErrorCode.NO_KNOCK, "you are not knocking")
+            raise CoreError(ErrorCode.NO_KNOCK, "you are not knocking")
         self._resolve_knock(state.knock_room, state.knock, "cancelled", state.identity.user)
         return {}
 
@@ -717,7 +753,9 @@ class SalonCore:
         knock = self._pending_knock(room, request.request_id)
         state = self._sessions[knock.session]
         self._resolve_knock(room, knock, "approved", actor.user)
-        room.approved_users.add(knock.user)
+        if knock.user not in room.approved_users:
+            room.approved_users.add(knock.user)
+            self._emit(events.ApprovalChanged(room.id, knock.user, True))
         role = self._entry_role(
             room, room.stored_role(knock.user), room.members.get(knock.user), None
         )
@@ -734,13 +772,13 @@ class SalonCore:
         self._moderation(
             actor, "deny_knock", knock.user, request_id=knock.request_id, reason=request.reason
         )
-        return {"user": knock.user}
+        return {}
 
     @staticmethod
     def _pending_knock(room: Room, request_id: str) -> JoinRequest:
         knock = room.knocks.get(request_id)
         if knock is None:
-            raise _error(ErrorCode.REQUEST_NOT_FOUND, f"no pending knock {request_id}")
+            raise CoreError(ErrorCode.REQUEST_NOT_FOUND, f"no pending knock {request_id}")
         return knock
 
     # ------------------------------------------------------------------ roles and the stage
@@ -748,7 +786,7 @@ class SalonCore:
     @staticmethod
     def _self(actor: _Actor) -> Member:
         if actor.member is None:
-            raise _error(ErrorCode.INVALID_VALUE, "user is required: operators are not members")
+            raise CoreError(ErrorCode.INVALID_VALUE, "user is required: operators are not members")
         return actor.member
 
     @staticmethod
@@ -759,13 +797,13 @@ class SalonCore:
     def _present(room: Room, user: str) -> Member:
         member = room.members.get(user)
         if member is None:
-            raise _error(ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not in the room")
+            raise CoreError(ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not in the room")
         return member
 
     @staticmethod
     def _not_self(actor: _Actor, user: str, action: str) -> None:
         if actor.member is not None and user == actor.user:
-            raise _error(ErrorCode.INVALID_VALUE, f"you cannot {action} yourself")
+            raise CoreError(ErrorCode.INVALID_VALUE, f"you cannot {action} yourself")
 
     def _change_role(self, room: Room, member: Member, role: messages.Role, now: float) -> None:
         """Give a present member a new role, moving them on or off the stage as needed."""
@@ -833,11 +871,10 @@ class SalonCore:
     def _raise_hand(self, actor: _Actor, request: messages.RaiseHand, now: float) -> Result:
         member = self._self(actor)
         check(Action.RAISE_HAND, member.role)
-        position, changed = actor.room.hands.raise_hand(member.user, now)
-        if changed:
+        if actor.room.hands.raise_hand(member.user, now):
             self._hand_queue_changed(actor.room)
             self._participant_updated(actor.room, member)
-        return {"position": position}
+        return {}
 
     def _lower_hand(self, actor: _Actor, request: messages.LowerHand, now: float) -> Result:
         room = actor.room
@@ -863,28 +900,27 @@ class SalonCore:
         target = self._present(room, request.user)
         check(Action.INVITE_TO_SPEAK, actor.role, target.role)
         if room.stage_full():
-            raise _error(ErrorCode.STAGE_FULL, f"the stage is full ({room.max_speakers})")
+            raise CoreError(ErrorCode.STAGE_FULL, f"the stage is full ({room.max_speakers})")
         target.invited_by = actor.user
         self._send((target.session,), messages.SpeakInvitation(room=room.id, by=actor.user))
         self._moderation(actor, "invite_to_speak", target.user)
-        return {"user": target.user}
+        return {}
 
     def _accept_speak(self, actor: _Actor, request: messages.AcceptSpeak, now: float) -> Result:
         member = self._self(actor)
         check(Action.ACCEPT_SPEAK, member.role)
         if member.invited_by is None:
-            raise _error(ErrorCode.NO_INVITATION, "nobody invited you to speak")
+            raise CoreError(ErrorCode.NO_INVITATION, "nobody invited you to speak")
         if actor.room.stage_full():
-            raise _error(ErrorCode.STAGE_FULL, f"the stage is full ({actor.room.max_speakers})")
+            raise CoreError(ErrorCode.STAGE_FULL, f"the stage is full ({actor.room.max_speakers})")
         self._change_role(actor.room, member, "speaker", now)
-        assert member.media_key is not None
-        return {"key": to_builtins(member.media_key)}
+        return {}
 
     def _decline_speak(self, actor: _Actor, request: messages.DeclineSpeak, now: float) -> Result:
         member = self._self(actor)
         check(Action.DECLINE_SPEAK, member.role)
         if member.invited_by is None:
-            raise _error(ErrorCode.NO_INVITATION, "nobody invited you to speak")
+            raise CoreError(ErrorCode.NO_INVITATION, "nobody invited you to speak")
         member.invited_by = None
         self._to_hosts(
             actor.room, messages.SpeakInvitationDeclined(room=actor.room.id, user=member.user)
@@ -906,15 +942,7 @@ class SalonCore:
         self._change_role(room, target, "listener", now)
         if other:
             self._moderation(actor, "move_to_audience", target.user)
-        return {"user": target.user}
-
-    @staticmethod
-    def _mute_state(member: Member) -> Result:
-        return {
-            "user": member.user,
-            "muted": member.muted,
-            "muted_by_moderator": member.muted_by_moderator,
-        }
+        return {}
 
     def _mute(self, actor: _Actor, request: messages.Mute, now: float) -> Result:
         room = actor.room
@@ -932,14 +960,14 @@ class SalonCore:
             if newly:
                 self._send((target.session,), messages.Muted(room=room.id, by=actor.user))
             self._moderation(actor, "mute", target.user)
-            return self._mute_state(target)
+            return {}
         member = self._self(actor)
         check(Action.MUTE_SELF, member.role)
         if not member.muted:
             member.muted = True
             self._sync_mute(member)
             self._participant_updated(room, member)
-        return self._mute_state(member)
+        return {}
 
     def _unmute(self, actor: _Actor, request: messages.Unmute, now: float) -> Result:
         room = actor.room
@@ -953,16 +981,16 @@ class SalonCore:
                 self._sync_mute(target)
                 self._participant_updated(room, target)
             self._moderation(actor, "unmute", target.user)
-            return self._mute_state(target)
+            return {}
         member = self._self(actor)
         check(Action.UNMUTE_SELF, member.role)
         if member.muted_by_moderator:
-            raise _error(ErrorCode.MUTED_BY_MODERATOR, "a moderator muted you")
+            raise CoreError(ErrorCode.MUTED_BY_MODERATOR, "a moderator muted you")
         if member.muted:
             member.muted = False
             self._sync_mute(member)
             self._participant_updated(room, member)
-        return self._mute_state(member)
+        return {}
 
     def _remove(self, actor: _Actor, request: messages.Remove, now: float) -> Result:
         room = actor.room
@@ -975,7 +1003,7 @@ class SalonCore:
         )
         self._depart(room, target, "removed", now)
         self._moderation(actor, "remove", target.user, reason=request.reason)
-        return {"user": target.user}
+        return {}
 
     def _ban(self, actor: _Actor, request: messages.Ban, now: float) -> Result:
         room = actor.room
@@ -984,12 +1012,20 @@ class SalonCore:
         duration = check_positive("duration", request.duration)
         check(Action.BAN, actor.role, room.rank_role(user))
         until = now + duration if duration is not None else None
-        room.bans[user] = Ban(reason=request.reason, until=until, by=actor.user)
+        ban = Ban(reason=request.reason, until=until, by=actor.user)
+        room.bans[user] = ban
+        self._emit(events.BanChanged(room.id, user, ban))
         if until is not None:
             self._push_timer(until, _BAN_EXPIRY, room, user)
         if user in room.moderators:
             room.moderators.remove(user)
-        room.approved_users.discard(user)
+            self._room_changed(room)
+        if user in room.approved_users:
+            room.approved_users.discard(user)
+            self._emit(events.ApprovalChanged(room.id, user, False))
+        if user in room.subscribers:
+            room.subscribers.discard(user)
+            self._emit(events.SubscriptionChanged(room.id, user, False))
         for knock in [k for k in room.knocks.values() if k.user == user]:
             self._resolve_knock(room, knock, "denied", actor.user, requester_reason="banned")
         target = room.members.get(user)
@@ -1002,17 +1038,18 @@ class SalonCore:
             )
             self._depart(room, target, "banned", now)
         self._moderation(actor, "ban", user, reason=request.reason, duration=duration, until=until)
-        return {"user": user, "until": until}
+        return {}
 
     def _unban(self, actor: _Actor, request: messages.Unban, now: float) -> Result:
         room = actor.room
         check(Action.UNBAN, actor.role)
         ban = room.bans.get(request.user)
         if ban is None or not ban.active(now):
-            raise _error(ErrorCode.PARTICIPANT_NOT_FOUND, f"{request.user} is not banned")
+            raise CoreError(ErrorCode.PARTICIPANT_NOT_FOUND, f"{request.user} is not banned")
         del room.bans[request.user]
+        self._emit(events.BanChanged(room.id, request.user, None))
         self._moderation(actor, "unban", request.user)
-        return {"user": request.user}
+        return {}
 
     def _promote(self, actor: _Actor, request: messages.Promote, now: float) -> Result:
         room = actor.room
@@ -1021,8 +1058,9 @@ class SalonCore:
         check(Action.PROMOTE, actor.role, target.role)
         room.moderators.append(target.user)
         self._change_role(room, target, "moderator", now)
+        self._room_changed(room)
         self._moderation(actor, "promote", target.user)
-        return {"user": target.user, "role": "moderator"}
+        return {}
 
     def _demote(self, actor: _Actor, request: messages.Demote, now: float) -> Result:
         room = actor.room
@@ -1030,13 +1068,14 @@ class SalonCore:
         self._not_self(actor, user, "demote")
         target = room.members.get(user)
         if target is None and user not in room.moderators:
-            raise _error(ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not in the room")
+            raise CoreError(ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not in the room")
         check(Action.DEMOTE, actor.role, room.rank_role(user))
         room.moderators.remove(user)
         if target is not None:
             self._change_role(room, target, "speaker", now)
+        self._room_changed(room)
         self._moderation(actor, "demote", user)
-        return {"user": user, "role": "speaker" if target is not None else None}
+        return {}
 
     def _transfer_ownership(
         self, actor: _Actor, request: messages.TransferOwnership, now: float
@@ -1048,7 +1087,7 @@ class SalonCore:
         previous = room.owner
         self._hand_over(room, target, now)
         self._moderation(actor, "transfer_ownership", target.user, previous_owner=previous)
-        return {"user": target.user, "role": "owner"}
+        return {}
 
     # ------------------------------------------------------------------ room settings
 
@@ -1063,7 +1102,9 @@ class SalonCore:
         if request.policy is not None:
             wanted["policy"] = check_policy(request.policy)
         if request.max_speakers is not None:
-            wanted["max_speakers"] = check_max_speakers(request.max_speakers)
+            wanted["max_speakers"] = check_max_speakers(
+                request.max_speakers, self.limits.max_speakers_cap
+            )
         if request.mute_on_join is not None:
             wanted["mute_on_join"] = check_flag("mute_on_join", request.mute_on_join)
         if request.description is not None:
@@ -1073,8 +1114,9 @@ class SalonCore:
             setattr(room, key, value)
         if changed:
             self._counts_changed(room)
+            self._room_changed(room)
         self._moderation(actor, "update_room", None, **changed)
-        return {"room": to_builtins(room.summary())}
+        return {}
 
     def _close_room(self, actor: _Actor, request: messages.CloseRoom, now: float) -> Result:
         check(Action.CLOSE_ROOM, actor.role)
@@ -1102,6 +1144,7 @@ class SalonCore:
             max_uses=max_uses,
         )
         room.invites[token] = invite
+        self._emit(events.InviteChanged(replace(invite)))
         self._moderation(
             actor,
             "create_invite",
@@ -1117,11 +1160,12 @@ class SalonCore:
         check(Action.REVOKE_INVITE, actor.role)
         invite = actor.room.invites.get(request.token)
         if invite is None or invite.revoked:
-            raise _error(
+            raise CoreError(
                 ErrorCode.INVITE_INVALID,
                 "invite is unknown" if invite is None else "invite is revoked",
             )
         invite.revoked = True
+        self._emit(events.InviteChanged(replace(invite)))
         self._moderation(actor, "revoke_invite", None, token=request.token)
         return {}
 
@@ -1129,6 +1173,217 @@ class SalonCore:
         check(Action.LIST_INVITES, actor.role)
         usable = [i for i in actor.room.invites.values() if i.problem(now) is None]
         return {"invites": [to_builtins(i.info()) for i in usable]}
+
+    # ------------------------------------------------------------------ records and restore
+
+    def room_record(self, room: str) -> RoomRecord:
+        """A copy of everything of ``room`` that a store keeps (see :mod:`.records`)."""
+        found = self.rooms.get(room)
+        if found is None:
+            raise CoreError(ErrorCode.ROOM_NOT_FOUND, f"no room {room}")
+        return room_record(found)
+
+    def restore_room(self, record: RoomRecord, now: float) -> None:
+        """Bring back a stored room, normally before the first session connects.
+
+        The settings are checked like those of ``create_room`` (a CoreError names what is
+        wrong); ``max_speakers`` is lowered to the current cap; expired bans are dropped.
+        Timers are armed as if the room had been here all along: ban expiries, the reminders of a
+        scheduled room still ahead, the owner's grace period of a live room that is not
+        persistent. No event is emitted: the store already holds what it restores.
+        """
+        settings = record.settings
+        room_id = check_room_id(settings.room)
+        existing = self.rooms.get(room_id)
+        if existing is not None and existing.state != "closed":
+            raise CoreError(ErrorCode.ROOM_EXISTS, f"room {room_id} already exists")
+        if settings.state not in ("scheduled", "live"):
+            raise CoreError(ErrorCode.INVALID_VALUE, "state must be scheduled or live")
+        if not isinstance(settings.owner, str) or not settings.owner:
+            raise CoreError(ErrorCode.INVALID_VALUE, "owner must be a user id")
+        created_at = check_time("created_at", settings.created_at)
+        room = Room(
+            id=room_id,
+            title=clean_title(settings.title),
+            owner=settings.owner,
+            created_at=created_at if created_at is not None else now,
+            topics=clean_topics(list(settings.topics)),
+            policy=check_policy(settings.policy),
+            max_speakers=min(
+                check_max_speakers(settings.max_speakers), self.limits.max_speakers_cap
+            ),
+            mute_on_join=check_flag("mute_on_join", settings.mute_on_join),
+            persistent=check_flag("persistent", settings.persistent),
+            scheduled_for=check_time("scheduled_for", settings.scheduled_for),
+            description=clean_description(settings.description),
+            state=settings.state,
+            moderators=[u for u in dict.fromkeys(settings.moderators) if u != settings.owner],
+        )
+        for user, ban in record.bans.items():
+            if ban.active(now):
+                room.bans[user] = replace(ban)
+                if ban.until is not None:
+                    self._push_timer(ban.until, _BAN_EXPIRY, room, user)
+        for invite in record.invites:
+            room.invites[invite.token] = replace(invite, room=room_id)
+        room.approved_users.update(record.approved_users)
+        if room.state == "scheduled":
+            room.subscribers.update(record.subscribers)
+        dirty = self._speaking_dirty
+        room.speaking.on_change = lambda: dirty.setdefault(room)
+        self.rooms.pop(room_id, None)
+        self._closed_ids.pop(room_id, None)
+        self.rooms[room_id] = room
+        self._arm_close(room, now)
+        self._arm_reminders(room, now)
+
+    def restore_server_ban(self, user: str, ban: Ban, now: float) -> None:
+        """Bring back a stored server-wide ban (ignored if it has expired). Emits nothing."""
+        if ban.active(now):
+            self.server_bans[user] = replace(ban)
+
+    def _room_changed(self, room: Room) -> None:
+        self._emit(events.RoomSettingsChanged(room_settings(room)))
+
+    # ------------------------------------------------------------------ server-wide bans
+
+    def ban_user_globally(
+        self,
+        actor: Identity,
+        user: str,
+        now: float,
+        *,
+        reason: str = "",
+        duration: float | None = None,
+    ) -> Result:
+        """Operator action: ban ``user`` from the whole server, for ``duration`` s or for good.
+
+        The user is removed from every room they are in (``removed`` with ``banned`` true), their
+        knocks are denied, and ``join``, ``create_room`` and ``subscribe_room`` are refused with
+        ``banned`` until the ban ends. Their standing in rooms (ownership, moderator status) is
+        kept for when the ban is lifted. Banning again replaces the ban. Emits ``BanChanged``
+        (room None) and ``ModerationTaken`` (room ``""``, action ``server_ban``); the caller
+        pumps the events like after ``admin_request``. Returns ``{"user", "until"}``.
+        """
+        if not actor.operator:
+            raise CoreError(ErrorCode.NOT_PERMITTED, "only an operator may ban from the server")
+        if not isinstance(user, str) or not 1 <= len(user) <= 256:
+            raise CoreError(ErrorCode.INVALID_VALUE, "user must be a user id")
+        if user == actor.user:
+            raise CoreError(ErrorCode.INVALID_VALUE, "you cannot ban yourself")
+        if not isinstance(reason, str):
+            raise CoreError(ErrorCode.INVALID_VALUE, "reason must be a string")
+        seconds = check_positive("duration", duration)
+        until = now + seconds if seconds is not None else None
+        ban = Ban(reason=reason, until=until, by=actor.user)
+        self.server_bans[user] = ban
+        self._emit(events.BanChanged(None, user, ban))
+        for room in list(self.rooms.values()):
+            if room.state == "closed":
+                continue
+            for knock in [k for k in room.knocks.values() if k.user == user]:
+                self._resolve_knock(room, knock, "denied", actor.user, requester_reason="banned")
+            target = room.members.get(user)
+            if target is not None:
+                self._send(
+                    (target.session,),
+                    messages.Removed(
+                        room=room.id, by=actor.user, reason=reason, banned=True, until=until
+                    ),
+                )
+                self._depart(room, target, "banned", now)
+        detail = {"reason": reason, "duration": seconds, "until": until}
+        self._emit(events.ModerationTaken("", actor.user, "server_ban", user, detail))
+        self._flush_speaking(now)
+        return {"user": user, "until": until}
+
+    def unban_user_globally(self, actor: Identity, user: str, now: float) -> Result:
+        """Operator action: lift ``user``'s server-wide ban (``participant_not_found`` if none).
+
+        Emits ``BanChanged`` (room None, ban None) and ``ModerationTaken`` (room ``""``, action
+        ``server_unban``). Returns ``{}``.
+        """
+        if not actor.operator:
+            raise CoreError(ErrorCode.NOT_PERMITTED, "only an operator may lift a server ban")
+        ban = self.server_bans.get(user)
+        if ban is None or not ban.active(now):
+            raise CoreError(
+                ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not banned from the server"
+            )
+        del self.server_bans[user]
+        self._emit(events.BanChanged(None, user, None))
+        self._emit(events.ModerationTaken("", actor.user, "server_unban", user, {}))
+        return {}
+
+    def active_server_bans(self, now: float) -> dict[str, Ban]:
+        """The server-wide bans in force at ``now``, by user id."""
+        return {user: ban for user, ban in self.server_bans.items() if ban.active(now)}
+
+    def _check_server_ban(self, user: str, now: float) -> None:
+        ban = self.server_bans.get(user)
+        if ban is not None and ban.active(now):
+            raise CoreError(ErrorCode.BANNED, _ban_message("this server", ban))
+
+    # ------------------------------------------------------------------ scheduled rooms
+
+    def _subscribe(self, user: str, room_id: str, now: float) -> Result:
+        room = self._find_room(room_id)
+        self._check_server_ban(user, now)
+        ban = room.bans.get(user)
+        if ban is not None and ban.active(now):
+            raise CoreError(ErrorCode.BANNED, _ban_message(room.id, ban))
+        if room.state != "scheduled":
+            raise CoreError(ErrorCode.INVALID_VALUE, f"room {room_id} is already live: join it")
+        if user not in room.subscribers:
+            room.subscribers.add(user)
+            self._emit(events.SubscriptionChanged(room.id, user, True))
+        return {}
+
+    def _unsubscribe(self, user: str, room_id: str) -> Result:
+        room = self.rooms.get(room_id)
+        if room is not None and user in room.subscribers:
+            room.subscribers.discard(user)
+            self._emit(events.SubscriptionChanged(room.id, user, False))
+        return {}
+
+    def _arm_reminders(self, room: Room, now: float) -> None:
+        """Schedule the reminders of a scheduled room that are still ahead."""
+        start = room.scheduled_for
+        if room.state != "scheduled" or start is None:
+            return
+        lead = self.limits.reminder_lead
+        if lead > 0 and start - lead > now:
+            self._push_timer(start - lead, _REMINDER, room)
+        if start > now:
+            self._push_timer(start, _REMINDER, room)
+
+    def _remind(self, room: Room) -> None:
+        """Send ``room_reminder`` to the sessions of the subscribers and of the owner."""
+        start = room.scheduled_for
+        if room.state != "scheduled" or start is None or self.rooms.get(room.id) is not room:
+            return
+        users = room.subscribers | {room.owner}
+        self._send(
+            (sid for sid, state in self._sessions.items() if state.identity.user in users),
+            messages.RoomReminder(room=room.id, title=room.title, starts_at=start),
+        )
+
+    def _notify_started(self, room: Room) -> None:
+        """The room went live: tell subscribers who are not in it, and end the subscriptions."""
+        if not room.subscribers:
+            return
+        users = room.subscribers
+        self._send(
+            (
+                sid
+                for sid, state in self._sessions.items()
+                if state.identity.user in users and state.room is not room
+            ),
+            messages.RoomStarted(room=room.summary()),
+        )
+        for user in sorted(users):
+            self._emit(events.SubscriptionChanged(room.id, user, False))
+        room.subscribers.clear()
 
     # ------------------------------------------------------------------ speaking
 
