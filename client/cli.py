@@ -6,7 +6,7 @@
     salon join book-club --play talk.wav          # raises a hand, speaks once invited
 
 While joined, type a command and Enter: ``h`` raise/lower hand, ``m`` mute/unmute,
-``a`` accept an invitation to speak, ``q`` leave.
+``a`` accept an invitation to speak, ``y``/``n`` agree to be recorded or withdraw, ``q`` leave.
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--raise-hand", action="store_true", help="raise your hand on entry")
     join.add_argument("--quiet", action="store_true", help="no live speaking line")
     join.add_argument("--no-input", action="store_true", help="ignore standard input")
+    join.add_argument(
+        "--consent",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="agree (or not) to be recorded when the room is recorded while you are on stage "
+        "(default: ask on the terminal, or decline when there is none)",
+    )
     add_connection_options(join)
 
     invite = sub.add_parser("invite", help="create an invite link for a room you moderate")
@@ -195,9 +202,11 @@ class LiveLine:
         self.enabled = enabled and sys.stderr.isatty()
         self.names: dict[str, str] = {}
 
-    def show(self, audio: Any, state: str) -> None:
+    def show(self, audio: Any, state: str, recording: bool = False) -> None:
         if not self.enabled:
             return
+        if recording:
+            state = f"\x1b[31m\u25cf REC\x1b[0m {state}"
         parts = []
         for user, level in sorted(audio.levels.items(), key=lambda item: item[1]):
             bars = "#" * max(0, (100 - level) // 10)
@@ -219,6 +228,8 @@ async def cmd_join(args: argparse.Namespace) -> int:
     )
     line = LiveLine(not args.quiet)
     status = {"state": "listening"}
+    interactive = not args.no_input and sys.stdin.isatty()
+    recording = RecordingState(args.consent if args.consent is not None or interactive else False)
 
     def on_event(event: Any) -> None:
         if isinstance(event, msg.RoomState):
@@ -242,6 +253,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             note(f"muted by {event.by}")
         elif isinstance(event, msg.ServerShutdown):
             note(f"server shutting down: {event.reason}")
+        recording.on_event(event, client, note)
 
     def note(text: str) -> None:
         if line.enabled:
@@ -277,13 +289,13 @@ async def cmd_join(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         if not args.no_input and sys.stdin.isatty():
             asyncio.get_running_loop().add_reader(
-                sys.stdin.fileno(), _on_stdin, client, audio, stop, note
+                sys.stdin.fileno(), _on_stdin, client, audio, stop, note, recording
             )
         runner = asyncio.ensure_future(audio.run(args.duration, stop))
         while not runner.done():
             await asyncio.sleep(0.1)
             state = "speaking" if audio.speaking_allowed else "listening"
-            line.show(audio, f"[{state}]")
+            line.show(audio, f"[{state}]", recording.active)
             if source is not None and audio.source_done and args.duration is None:
                 stop.set()
         await runner
@@ -298,6 +310,48 @@ async def cmd_join(args: argparse.Namespace) -> int:
         await client.close()
     note(f"left after {audio.frames_played * 0.02:.1f} s; sent {audio.frames_sent} frames")
     return 0
+
+
+class RecordingState:
+    """Whether the room is recorded, and this user's answer when asked to be in it.
+
+    ``consent`` is the answer given in advance (``--consent``/``--no-consent``); None means
+    ask the user on the terminal.
+    """
+
+    def __init__(self, consent: bool | None) -> None:
+        self.consent = consent
+        self.active = False
+        self.recorded = False
+        """Whether this user's voice is in the running recording."""
+
+    def on_event(self, event: Any, client: SalonClient, note: Any) -> None:
+        if isinstance(event, msg.RoomState):
+            self.active = event.room.summary.recording
+        elif isinstance(event, msg.RoomUpdated):
+            self.active = event.room.recording
+        elif isinstance(event, msg.RecordingStarted):
+            self.active = True
+            note(f"\u25cf the room is being recorded (started by {event.by})")
+        elif isinstance(event, msg.RecordingStopped):
+            self.active = self.recorded = False
+            note("the recording stopped")
+        elif isinstance(event, msg.RecordingConsentChanged) and event.user == client.user:
+            self.recorded = event.consent
+            note("you are recorded" if event.consent else "you are not recorded")
+        elif isinstance(event, msg.RecordingConsentRequested):
+            if self.consent is None:
+                note("the room is recorded: type 'y' to be in the recording, 'n' to stay out")
+            else:
+                self.answer(client, self.consent, note)
+        elif isinstance(event, (msg.RoomClosed, msg.Removed)):
+            self.active = self.recorded = False
+
+    def answer(self, client: SalonClient, consent: bool, note: Any) -> None:
+        if not self.active:
+            note("the room is not being recorded")
+            return
+        spawn(_call_quietly(client, "recording_consent", consent=consent))
 
 
 _background: set[asyncio.Task[None]] = set()
@@ -317,11 +371,16 @@ async def _call_quietly(client: SalonClient, type_: str, **fields: Any) -> None:
         print(f"{type_}: {exc}", file=sys.stderr)
 
 
-def _on_stdin(client: SalonClient, audio: Any, stop: asyncio.Event, note: Any) -> None:
+def _on_stdin(
+    client: SalonClient, audio: Any, stop: asyncio.Event, note: Any, recording: RecordingState
+) -> None:
     text = sys.stdin.readline().strip().lower()
     if text in ("q", "quit", "leave", ""):
         if text != "" or sys.stdin.closed:
             stop.set()
+        return
+    if text[0] in ("y", "n"):
+        recording.answer(client, text[0] == "y", note)
         return
     commands = {
         "h": "lower_hand" if audio.hand_raised else "raise_hand",
@@ -330,7 +389,10 @@ def _on_stdin(client: SalonClient, audio: Any, stop: asyncio.Event, note: Any) -
     }
     action = commands.get(text[0])
     if action is None:
-        note("commands: h (raise hand), m (mute/unmute), a (accept invitation), q (leave)")
+        note(
+            "commands: h (raise hand), m (mute/unmute), a (accept invitation), "
+            "y/n (agree to be recorded / withdraw), q (leave)"
+        )
         return
     if action == "raise_hand":
         audio.hand_raised = True

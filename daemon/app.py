@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from salon.daemon import __version__
 from salon.daemon.auth import BuiltinAuthenticator
 from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
 from salon.daemon.core import Limits, SalonCore
+from salon.daemon.store import DATABASE_NAME, Persistence, SqliteStore, StoreError
 from salon.daemon.tls import TlsError, ensure_certificate, load_material
 
 log = logging.getLogger("salon")
@@ -79,6 +81,7 @@ class Daemon:
     """A running salond: everything the composition root built, and how to stop it."""
 
     def __init__(self, config: Config) -> None:
+        from salon.daemon.hooks import PluginHost
         from salon.daemon.net.server import SalonServer
 
         self.config = config
@@ -95,10 +98,32 @@ class Daemon:
             str(self.tls.certificate),
             str(self.tls.private_key),
         )
+        # The store is opened and restored into the core before the socket is bound, and
+        # closed last. Acknowledgements wait for its commits (commit-before-ack).
+        self.store = SqliteStore(config.server.state_dir / DATABASE_NAME)
+        self.persistence = Persistence(self.store)
+        self.server.observers.append(self.persistence.observe)
+        self.server.commit_barriers.append(self.store.commit)
+        # Plugins authenticate clients and review every request before the core sees it
+        # (docs/plugin_hooks.md); the built-in guest/token authentication is one of them.
+        self.plugins = PluginHost(config, self.server)
+        self.server.authenticator = self.plugins.authenticator
+        self.server.policy = self.plugins.policy
+        self.server.observers.append(self.plugins.observe)
+        # Recorders run on their own thread, fed with copies of the consenting speakers'
+        # datagrams (daemon/recording); the index of recordings lives in the store.
+        from salon.daemon.recording import RecordingService, StoreRecordingIndex
+
+        self.recordings = RecordingService(
+            config.server.state_dir / "recordings",
+            StoreRecordingIndex(self.store),
+            on_failure=self._recording_failed,
+        )
+        self.server.observers.append(self.recordings.on_core_event)
         self.stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
-        self.components: list[Component] = []
+        self.components: list[Component] = [self.plugins, self.recordings]
         if config.admin.enabled:
             from salon.daemon.admin.server import AdminServer
 
@@ -109,7 +134,13 @@ class Daemon:
             self.components.append(MetricsEndpoint(self))
 
     async def start(self) -> None:
-        host, port = await self.server.start()
+        await self._open_store()
+        try:
+            host, port = await self.server.start()
+        except BaseException:
+            await self.store.stop()
+            raise
+        self.server.after_core_change()  # arm the timers the restore set (bans, reminders)
         for component in self.components:
             await component.start()
         log.info("salond %s listening on %s:%d (udp, ALPN salon/1)", __version__, host, port)
@@ -118,6 +149,26 @@ class Daemon:
             from salon.client.bot import run_demo_bot
 
             self._tasks.append(asyncio.ensure_future(run_demo_bot(self)))
+
+    async def _open_store(self) -> None:
+        """Open the database and restore rooms and bans into the core; StoreError if unusable."""
+        await self.store.start()
+        try:
+            restored = await self.persistence.restore(self.core, time.time())
+        except BaseException:
+            await self.store.stop()
+            raise
+        log.info(
+            "store %s: restored %d rooms and %d server bans",
+            self.store.location,
+            len(restored.rooms),
+            restored.server_bans,
+        )
+
+    def _recording_failed(self, room: str, recording: str) -> None:
+        """A recorder gave up (e.g. the disk is full): end the recording and tell the room."""
+        if self.core.stop_recording(room, recording, "failed", time.time()):
+            self.server.after_core_change()
 
     def join_command(self, room: str) -> str:
         host, port = self.server.address
@@ -130,12 +181,19 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Closing every connection is not anyone's decision: what it changes (owners leaving,
+        # rooms handed over) is not stored, so rooms come back as they were.
+        self.persistence.freeze()
         await self.server.shutdown(reason)
         for component in reversed(self.components):
             try:
                 await component.stop()
             except Exception:
                 log.exception("stopping %s failed", type(component).__name__)
+        try:
+            await self.store.stop()
+        except Exception:
+            log.exception("closing the store failed")
         self.stopped.set()
 
 
@@ -172,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
         return 0
     setup_logging(config.logging.level)
+    from salon.daemon.net.fastpath import install_event_loop_policy
+
+    install_event_loop_policy()  # uvloop when installed (BENCHMARKS.md)
     try:
         asyncio.run(serve_forever(config))
     except KeyboardInterrupt:
         pass
-    except (OSError, TlsError) as exc:
+    except (OSError, TlsError, StoreError, ConfigError) as exc:
         print(f"salond: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -40,6 +40,9 @@ UNTARGETED: dict[str, tuple[str, str, str, str]] = {
     "approve_knock":    (OK,  OK,  NP,  NP),
     "deny_knock":       (OK,  OK,  NP,  NP),
     "start_room":       (OK,  NP,  NP,  NP),
+    "start_recording":  (OK,  OK,  NP,  NP),
+    "stop_recording":   (OK,  OK,  NP,  NP),
+    "recording_consent": (OK, OK,  OK,  NOS),
 }  # fmt: skip
 
 # Actions on a user: per actor role, the outcome for each target role. The owner's "owner"
@@ -122,7 +125,7 @@ MATRIX_ACTION = {
 class Scene:
     """A room with every role twice, a knock, an invite, a ban and pending invitations."""
 
-    def __init__(self, *, scheduled: bool = False) -> None:
+    def __init__(self, *, scheduled: bool = False, recording: bool = False) -> None:
         self.h = h = Harness()
         owner = h.connect("owner")
         if scheduled:
@@ -151,6 +154,8 @@ class Scene:
         h.do(owner, m.UpdateRoom, policy="approval")
         knocker = h.connect("knocker")
         self.request_id = h.do(knocker, m.Join, room="r1")["request_id"]
+        if recording:
+            h.do(owner, m.StartRecording)
         h.drain()
 
     def request(self, action: str, target: str | None) -> tuple[type, dict[str, Any]]:
@@ -173,6 +178,9 @@ class Scene:
             "approve_knock": (m.ApproveKnock, {"request_id": getattr(self, "request_id", "")}),
             "deny_knock": (m.DenyKnock, {"request_id": getattr(self, "request_id", "")}),
             "start_room": (m.StartRoom, {"room": "r1"}),
+            "start_recording": (m.StartRecording, {}),
+            "stop_recording": (m.StopRecording, {}),
+            "recording_consent": (m.RecordingConsent, {"consent": True}),
             "lower_hand_of": (m.LowerHand, user),
             "invite_to_speak": (m.InviteToSpeak, user),
             "move_to_audience": (m.MoveToAudience, user),
@@ -213,7 +221,10 @@ def test_permission_matrix() -> None:
     """Every action x actor role (x target role) behaves as the table says; refusals are inert."""
     walked = 0
     for action, actor_role, target_role, expected in cells():
-        scene = Scene(scheduled=action == "start_room")
+        scene = Scene(
+            scheduled=action == "start_room",
+            recording=action in ("stop_recording", "recording_consent"),
+        )
         target = TARGET_USER[target_role] if target_role is not None else None
         scene.attempt(actor_role, action, target, expected)
         walked += 1

@@ -287,6 +287,10 @@ class InvitesResult(msgspec.Struct, forbid_unknown_fields=True):
     invites: list[messages.InviteInfo]
 
 
+class RecordingResult(msgspec.Struct, forbid_unknown_fields=True):
+    recording: str
+
+
 # The ``result`` of each request's ``ok``; every request not named here returns ``{}``.
 RESULTS: dict[str, Any] = {
     "hello": HelloResult,
@@ -298,6 +302,7 @@ RESULTS: dict[str, Any] = {
     "approve_knock": UserResult,
     "create_invite": InviteResult,
     "list_invites": InvitesResult,
+    "start_recording": RecordingResult,
 }
 
 

@@ -40,6 +40,8 @@ REQUEST_SAMPLES: dict[str, dict[str, Any]] = {
         "description": "bring a record",
     },
     "start_room": {"room": "jazz"},
+    "subscribe_room": {"room": "jazz"},
+    "unsubscribe_room": {"room": "jazz"},
     "join": {"room": "jazz", "invite": "AbCdEfGhIjKlMnOpQrStUv"},
     "cancel_knock": {},
     "leave": {},
@@ -64,6 +66,9 @@ REQUEST_SAMPLES: dict[str, dict[str, Any]] = {
     "create_invite": {"role": "speaker", "expires_in": 600.0, "max_uses": 3},
     "revoke_invite": {"token": "AbCdEfGhIjKlMnOpQrStUv"},
     "list_invites": {},
+    "start_recording": {},
+    "stop_recording": {},
+    "recording_consent": {"consent": True},
 }
 
 SUMMARY = m.RoomSummary(room="jazz", title="Late night jazz", topics=["jazz"], owner="ada")
@@ -92,6 +97,8 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
     ),
     m.RoomUpdated(room=SUMMARY),
     m.RoomClosed(room="jazz", reason="closed_by_host"),
+    m.RoomReminder(room="jazz", title="Late night jazz", starts_at=1700000000.5),
+    m.RoomStarted(room=SUMMARY),
     m.ParticipantJoined(room="jazz", participant=PARTICIPANT),
     m.ParticipantLeft(room="jazz", user="bob", reason="left"),
     m.ParticipantUpdated(room="jazz", participant=PARTICIPANT),
@@ -107,6 +114,10 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
     m.Speaking(room="jazz", speakers=[m.SpeakerLevel(user="bob", level=30)]),
     m.Muted(room="jazz", by="ada"),
     m.Removed(room="jazz", by="ada", reason="spam", banned=True, until=99.0),
+    m.RecordingStarted(room="jazz", by="ada", recording="pW2xK9qLm0Za"),
+    m.RecordingStopped(room="jazz", by="ada", recording="pW2xK9qLm0Za", reason="stopped"),
+    m.RecordingConsentRequested(room="jazz", recording="pW2xK9qLm0Za"),
+    m.RecordingConsentChanged(room="jazz", user="bob", consent=True),
     m.ServerShutdown(reason="maintenance", reconnect_after=30.0),
 ]
 

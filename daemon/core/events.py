@@ -260,9 +260,6 @@ class RecordingTrackAdded:
     key: messages.MediaKey
     "The member's flow and SRTP key."
 
-    at: float
-    "When (the core's clock)."
-
 
 @dataclass
 class RecordingTrackRemoved:
@@ -279,9 +276,6 @@ class RecordingTrackRemoved:
 
     flow_id: int
     "The flow no longer recorded."
-
-    at: float
-    "When (the core's clock)."
 
 
 @dataclass

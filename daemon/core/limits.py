@@ -21,6 +21,8 @@ class Limits:
     """Minimum seconds between two ``speaking`` events of one room."""
     max_datagram_size: int = 1100
     """Largest media datagram (flow id included) the forwarder accepts."""
+    recording_queue: int = 4096
+    """Datagrams buffered for a room's recorder (~8 s of 10 speakers); oldest dropped."""
     reminder_lead: float = 300.0
     """Seconds before a scheduled room's start when its subscribers get a ``room_reminder``
     (they get another one at the start time)."""

@@ -18,6 +18,7 @@ from .hands import HandQueue
 from .identity import Identity
 from .ids import ROOM_ID_PATTERN
 from .permissions import HOST_ROLES, STAGE_ROLES
+from .recording import Recording
 from .speaking import SpeakingDetector
 
 MAX_TITLE = 200
@@ -158,6 +159,8 @@ class Room:
     description: str = ""
     state: messages.RoomStateName = "live"
     recording: bool = False
+    active_recording: Recording | None = None
+    """The recording running now (``recording`` is True exactly while there is one)."""
     moderators: list[str] = field(default_factory=list)
     """Moderators' user ids, earliest promoted first; kept while they are away."""
     members: dict[str, Member] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from .ids import INVITE_TOKEN_BYTES, REQUEST_ID_BYTES, random_room_id, random_to
 from .keys import FlowIdAllocator, media_key, new_key_material, new_ssrc
 from .limits import Limits
 from .permissions import HOST_ROLES, OPERATOR, Action, check
+from .recording import Recording
 from .records import RoomRecord, room_record, room_settings
 from .room import (
     Ban,
@@ -52,6 +53,8 @@ from .room import (
 
 CLOSED_ROOMS_KEPT = 1024
 """Closed rooms remembered (so that joining one says room_closed) before they are forgotten."""
+RECORDING_ID_BYTES = 9
+"""Random bytes of a recording id (12 URL-safe characters)."""
 
 _KNOCK_EXPIRY = "knock"
 _ROOM_CLOSE = "close"
@@ -100,6 +103,9 @@ class SalonCore:
         self._timers: list[tuple[float, int, str, Room, str]] = []
         self._timer_order = itertools.count()
         self._flow_ids = FlowIdAllocator()
+        # Taps (recorders, audio monitors) get session numbers no real session has.
+        self._tap_sessions = itertools.count(-1, -1)
+        self._monitors: list[Outlet] = []
         self._speaking_dirty: dict[Room, None] = {}
         self._closed_ids: dict[str, None] = {}
         self.server_bans: dict[str, Ban] = {}
@@ -126,6 +132,9 @@ class SalonCore:
             messages.ListInvites: self._list_invites,
             messages.ApproveKnock: self._approve_knock,
             messages.DenyKnock: self._deny_knock,
+            messages.StartRecording: self._start_recording,
+            messages.StopRecording: self._stop_recording,
+            messages.RecordingConsent: self._recording_consent,
         }
 
     # ------------------------------------------------------------------ sessions
@@ -495,6 +504,8 @@ class SalonCore:
             self._close(room, "owner_left" if room.members else "empty", now)
 
     def _close(self, room: Room, reason: str, now: float) -> None:
+        if room.active_recording is not None:
+            self._end_recording(room, "", "room_closed", now)
         self._to_members(room, messages.RoomClosed(room=room.id, reason=reason))
         for request in list(room.knocks.values()):
             self._resolve_knock(room, request, "denied", "", requester_reason="closed", hosts=False)
@@ -503,6 +514,8 @@ class SalonCore:
             if state is not None and state.room is room:
                 state.room = None
                 state.outlet.queue.clear()
+            if member.flow is not None:
+                self._emit(events.FlowClosed(room.id, member.user, member.flow.flow_id))
             member.flow = None
             member.media_key = None
             self._emit(events.MemberLeft(room.id, member.user, member.session, "closed"))
@@ -608,6 +621,7 @@ class SalonCore:
         if role == "owner":
             room.close_at = None
         self._send((session,), messages.RoomState(room=room.snapshot(member, member.is_host)))
+        self._ask_consent(room, member)
         self._to_members(
             room,
             messages.ParticipantJoined(room=room.id, participant=room.participant(member)),
@@ -821,6 +835,7 @@ class SalonCore:
             self._open_flow(room, member)
             assert member.media_key is not None
             self._to_members(room, messages.MediaKeyEvent(room=room.id, key=member.media_key))
+            self._ask_consent(room, member)
         elif was_on_stage and not member.on_stage:
             member.muted = True
             member.muted_by_moderator = False
@@ -848,20 +863,167 @@ class SalonCore:
         flow.muted = member.muted or member.muted_by_moderator
         flow.on_level = room.speaking.track(user).update
         self.forwarder.add_flow(flow)
+        for monitor in self._monitors:
+            self.forwarder.tap(flow, monitor)
         member.flow = flow
         member.media_key = media_key(user, flow_id, ssrc, material, epoch)
+        self._emit(events.FlowOpened(room.id, member.media_key))
 
     def _close_flow(self, room: Room, member: Member) -> None:
         flow = member.flow
         if flow is None:
             return
+        recording = room.active_recording
+        if recording is not None:
+            # A new stage turn asks for consent again.
+            recording.consent.pop(member.user, None)
+            self._sync_recorded(room, member)
         self.forwarder.retire_flow(flow)
         room.speaking.forget(member.user)
         member.flow = None
         member.media_key = None
+        self._emit(events.FlowClosed(room.id, member.user, flow.flow_id))
         self._to_members(
             room, messages.MediaKeyRevoked(room=room.id, user=member.user, flow_id=flow.flow_id)
         )
+
+    # ------------------------------------------------------------------ recording
+
+    def _start_recording(
+        self, actor: _Actor, request: messages.StartRecording, now: float
+    ) -> Result:
+        room = actor.room
+        check(Action.START_RECORDING, actor.role)
+        if room.active_recording is not None:
+            raise CoreError(
+                ErrorCode.ALREADY_RECORDING, f"room {room.id} is already being recorded"
+            )
+        recording_id = random_token(self.random_bytes, RECORDING_ID_BYTES)
+        outlet = Outlet(next(self._tap_sessions), self.limits.recording_queue)
+        room.active_recording = Recording(recording_id, room.id, actor.user, now, outlet)
+        room.recording = True
+        self._emit(events.RecordingStarted(room.id, recording_id, actor.user, now, outlet))
+        self._to_members(
+            room, messages.RecordingStarted(room=room.id, by=actor.user, recording=recording_id)
+        )
+        self._counts_changed(room)
+        for member in room.members.values():
+            self._ask_consent(room, member)
+        self._moderation(actor, "start_recording", None, recording=recording_id)
+        return {"recording": recording_id}
+
+    def _stop_recording(self, actor: _Actor, request: messages.StopRecording, now: float) -> Result:
+        room = actor.room
+        check(Action.STOP_RECORDING, actor.role)
+        recording = room.active_recording
+        if recording is None:
+            raise CoreError(ErrorCode.NOT_RECORDING, f"room {room.id} is not being recorded")
+        self._end_recording(room, actor.user, "stopped", now)
+        self._moderation(actor, "stop_recording", None, recording=recording.id)
+        return {"recording": recording.id}
+
+    def _recording_consent(
+        self, actor: _Actor, request: messages.RecordingConsent, now: float
+    ) -> Result:
+        member = self._self(actor)
+        check(Action.RECORDING_CONSENT, member.role)
+        room = actor.room
+        recording = room.active_recording
+        if recording is None:
+            raise CoreError(ErrorCode.NOT_RECORDING, f"room {room.id} is not being recorded")
+        consent = check_flag("consent", request.consent)
+        recording.consent[member.user] = consent
+        self._sync_recorded(room, member)
+        return {"consent": consent, "recording": recording.id}
+
+    def stop_recording(self, room_id: str, recording_id: str, reason: str, now: float) -> bool:
+        """End a recording from outside a request (its recorder failed); False if not running.
+
+        The room's members get ``recording_stopped`` with ``reason``, as after a host's stop.
+        """
+        room = self.rooms.get(room_id)
+        recording = room.active_recording if room is not None else None
+        if room is None or recording is None or recording.id != recording_id:
+            return False
+        self._end_recording(room, "", reason, now)
+        return True
+
+    def add_monitor(self, limit: int) -> tuple[Outlet, list[tuple[str, messages.MediaKey]]]:
+        """A tap on every media flow of every room, now and later, for audio analysis.
+
+        Returns the outlet (the caller drains it off the forwarding path) and the keys of the
+        flows open now; later ones come as ``FlowOpened`` events.
+        """
+        outlet = Outlet(next(self._tap_sessions), limit)
+        self._monitors.append(outlet)
+        keys = []
+        for room in self.rooms.values():
+            for member in room.members.values():
+                if member.flow is not None and member.media_key is not None:
+                    self.forwarder.tap(member.flow, outlet)
+                    keys.append((room.id, member.media_key))
+        return outlet, keys
+
+    def remove_monitor(self, outlet: Outlet) -> None:
+        """Stop a tap made by :meth:`add_monitor`."""
+        if outlet in self._monitors:
+            self._monitors.remove(outlet)
+        for room in self.rooms.values():
+            for member in room.members.values():
+                if member.flow is not None:
+                    self.forwarder.untap(member.flow, outlet)
+
+    def _ask_consent(self, room: Room, member: Member) -> None:
+        recording = room.active_recording
+        if recording is not None and member.on_stage and member.user not in recording.consent:
+            self._send(
+                (member.session,),
+                messages.RecordingConsentRequested(room=room.id, recording=recording.id),
+            )
+
+    def _sync_recorded(self, room: Room, member: Member) -> None:
+        """Tap or untap the member's flow so that exactly the consenting stage is recorded."""
+        recording = room.active_recording
+        if recording is None:
+            return
+        user = member.user
+        flow = member.flow
+        wanted = flow is not None and recording.consent.get(user) is True
+        current = recording.recorded.get(user)
+        if current is not None and (not wanted or flow is None or flow.flow_id != current):
+            if flow is not None and flow.flow_id == current:
+                self.forwarder.untap(flow, recording.outlet)
+            del recording.recorded[user]
+            self._emit(events.RecordingTrackRemoved(room.id, recording.id, user, current))
+            if not wanted:
+                self._to_members(
+                    room, messages.RecordingConsentChanged(room=room.id, user=user, consent=False)
+                )
+        if wanted and flow is not None and user not in recording.recorded:
+            assert member.media_key is not None
+            self.forwarder.tap(flow, recording.outlet)
+            recording.recorded[user] = flow.flow_id
+            self._emit(events.RecordingTrackAdded(room.id, recording.id, member.media_key))
+            self._to_members(
+                room, messages.RecordingConsentChanged(room=room.id, user=user, consent=True)
+            )
+
+    def _end_recording(self, room: Room, by: str, reason: str, now: float) -> None:
+        recording = room.active_recording
+        assert recording is not None
+        for user in list(recording.recorded):
+            member = room.members.get(user)
+            if member is not None and member.flow is not None:
+                self.forwarder.untap(member.flow, recording.outlet)
+        recording.recorded.clear()
+        room.active_recording = None
+        room.recording = False
+        self._to_members(
+            room,
+            messages.RecordingStopped(room=room.id, by=by, recording=recording.id, reason=reason),
+        )
+        self._counts_changed(room)
+        self._emit(events.RecordingStopped(room.id, recording.id, by, reason, now))
 
     @staticmethod
     def _sync_mute(member: Member) -> None:

@@ -23,6 +23,7 @@ from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import CoreEvent, Deliver
 from salon.daemon.net.session import CloseCode, SessionProtocol
+from salon.daemon.net.traffic import UdpTraffic
 from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
@@ -46,6 +47,8 @@ class Review:
     """Annotations shown to hosts with a knock (e.g. "first visit", "verified email")."""
     auto_approve: bool = False
     """For a knock: admit without asking the host."""
+    finish: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+    """Called with the core's result before the ``ok`` reply (e.g. to rank listed rooms)."""
 
 
 class RequestPolicy(Protocol):
@@ -93,6 +96,8 @@ class SalonServer:
         self.core = core
         self.authenticator = authenticator
         self.stats = ServerStats()
+        self.traffic = UdpTraffic()
+        """UDP packets and bytes of the QUIC socket (read by the admin API and metrics)."""
         self.sessions: dict[int, SessionProtocol] = {}
         self.observers: list[Callable[[CoreEvent], None]] = []
         self.policy: RequestPolicy = AllowAll()
@@ -138,6 +143,7 @@ class SalonServer:
             configuration=self.quic_configuration(),
             create_protocol=create_protocol,
         )
+        self.traffic.attach(self._quic_server)
         sockname = self._quic_server._transport.get_extra_info("sockname")  # type: ignore[union-attr]
         self.address = (sockname[0], sockname[1])
         return self.address
@@ -293,7 +299,11 @@ class SalonServer:
             if protocol.closed:
                 return
             result = self.core.handle_request(
-                protocol.session_id, review.request, time.time(), trust=review.trust
+                protocol.session_id,
+                review.request,
+                time.time(),
+                trust=review.trust,
+                auto_approve=review.auto_approve,
             )
         except CoreError as exc:
             self._reply_error(protocol, request.id, exc.code, exc.message)
@@ -302,6 +312,8 @@ class SalonServer:
         self._pump()
         for barrier in self.commit_barriers:
             await barrier()
+        if review.finish is not None:
+            result = await review.finish(result)
         self._reply_ok(protocol, request.id, result)
 
     async def _hello(self, protocol: SessionProtocol, request: msg.Hello) -> None:
@@ -384,6 +396,10 @@ class SalonServer:
             self.stats.messages_out += 1
             self._dirty.add(protocol)
         self._schedule_flush()
+
+    def after_core_change(self) -> None:
+        """Deliver what a call into the core outside a session (the admin API) produced."""
+        self._pump()
 
     def _pump(self) -> None:
         """Pull every pending core output, then re-arm the core's timer."""

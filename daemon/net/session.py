@@ -14,6 +14,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 
 from salon.daemon.core import Identity, Outlet
+from salon.daemon.net.fastpath import DatagramFastPath, SendResult, enabled_by_environment
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
 
@@ -26,6 +27,9 @@ log = logging.getLogger("salon.net")
 # unbounded and never drops, so audio would pile up behind a congested path; we keep it
 # short and let the core's bounded outlet queue (which drops the oldest) absorb the rest.
 AIOQUIC_DATAGRAM_BACKLOG = 8
+
+FASTPATH_ENABLED = enabled_by_environment()
+"""Whether new sessions use the datagram fast path (``SALON_FASTPATH=0`` turns it off)."""
 
 
 class CloseCode:
@@ -79,6 +83,9 @@ class SessionProtocol(QuicConnectionProtocol):
             server.config.limits.message_rate, server.config.limits.message_burst, self._loop.time()
         )
         self.rate_strikes = 0
+        self.fastpath: DatagramFastPath | None = (
+            DatagramFastPath(self._quic) if FASTPATH_ENABLED else None
+        )
 
     # -- aioquic callbacks
 
@@ -141,11 +148,77 @@ class SessionProtocol(QuicConnectionProtocol):
         self.close(error_code=code, reason_phrase=reason)
 
     def transmit(self) -> None:
+        """Send queued audio and whatever else aioquic has pending.
+
+        A connection with nothing but audio to send takes the datagram fast path (see
+        :mod:`salon.daemon.net.fastpath`); anything else goes through aioquic's own writer.
+        """
+        fast = self.fastpath
+        if fast is None:
+            self._transmit_normal()
+            return
+        now = self._loop.time()
+        rearm = False
+        if not fast.quic.fast_clean:
+            # Something called into aioquic since the last check (a packet, a timer, a send).
+            if not fast.refresh() or fast.ack_due(now):
+                self._transmit_normal()
+                return
+            rearm = True
+        outlet = self.outlet
+        if outlet is not None and outlet.queue:
+            queue = outlet.queue
+            if self.peer_max_datagram == 0:
+                self.server.stats.count_drop("peer_no_datagrams", len(queue))
+                queue.clear()
+            else:
+                queued = len(queue)
+                dropped = fast.dropped
+                result = fast.send(queue, self.peer_max_datagram, now, self._transport.sendto)  # type: ignore[union-attr]
+                if fast.dropped != dropped:
+                    self.server.stats.count_drop("peer_limit", fast.dropped - dropped)
+                self.server.stats.datagrams_out += queued - len(queue) - (fast.dropped - dropped)
+                if result == SendResult.FALLBACK:
+                    self._transmit_normal()
+                    return
+                rearm = rearm or fast.armed_pto
+        if rearm:
+            self._arm_timer()
+
+    def _transmit_normal(self) -> None:
         """Move queued audio into aioquic (bounded), then let aioquic send packets."""
         outlet = self.outlet
         if outlet is not None and outlet.queue:
             self._move_outlet_to_quic(outlet)
         super().transmit()
+
+    def _arm_timer(self) -> None:
+        """Re-arm the connection's timer after the fast path, as aioquic's transmit does.
+
+        A timer due earlier than needed is kept: sends only move the loss detection time
+        later, and :meth:`_handle_timer` re-arms a timer that fired early, which is cheaper
+        than moving the timer on every packet.
+        """
+        timer_at = self._quic.get_timer()
+        if self._timer is not None:
+            if timer_at is not None and self._timer_at is not None and self._timer_at <= timer_at:
+                return
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = timer_at
+        if timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+
+    def _handle_timer(self) -> None:
+        if self.fastpath is not None:
+            # get_timer also refreshes aioquic's loss detection time, which fast sends moved.
+            due = self._quic.get_timer()
+            now = max(self._timer_at or 0.0, self._loop.time())
+            if due is not None and due > now:
+                self._timer = self._loop.call_at(due, self._handle_timer)
+                self._timer_at = due
+                return
+        super()._handle_timer()
 
     def _move_outlet_to_quic(self, outlet: Outlet) -> None:
         queue = outlet.queue

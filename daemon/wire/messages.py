@@ -56,6 +56,8 @@ class ErrorCode(str, enum.Enum):
     ALREADY_ON_STAGE = "already_on_stage"
     NO_INVITATION = "no_invitation"
     MUTED_BY_MODERATOR = "muted_by_moderator"
+    ALREADY_RECORDING = "already_recording"
+    NOT_RECORDING = "not_recording"
     INVALID_VALUE = "invalid_value"
     DENIED_BY_PLUGIN = "denied_by_plugin"
     SHUTTING_DOWN = "shutting_down"
@@ -213,6 +215,18 @@ class StartRoom(_Request, kw_only=True, tag="start_room"):
     room: str
 
 
+class SubscribeRoom(_Request, kw_only=True, tag="subscribe_room"):
+    """Be reminded (``room_reminder``, ``room_started``) when scheduled room ``room`` starts."""
+
+    room: str
+
+
+class UnsubscribeRoom(_Request, kw_only=True, tag="unsubscribe_room"):
+    """Stop the reminders of ``room``; succeeds even when not subscribed."""
+
+    room: str
+
+
 class Join(_Request, kw_only=True, tag="join"):
     """Join a room (or knock on an approval room); ``invite`` is an invite token."""
 
@@ -355,6 +369,20 @@ class ListInvites(_Request, kw_only=True, tag="list_invites"):
     """The current room's invite links."""
 
 
+class StartRecording(_Request, kw_only=True, tag="start_recording"):
+    """Owner or moderator starts recording the room; each stage member is asked to consent."""
+
+
+class StopRecording(_Request, kw_only=True, tag="stop_recording"):
+    """Owner or moderator stops the room's recording."""
+
+
+class RecordingConsent(_Request, kw_only=True, tag="recording_consent"):
+    """A stage member agrees (or no longer agrees) to be in the running recording."""
+
+    consent: bool
+
+
 Request = Union[
     Hello,
     Ping,
@@ -362,6 +390,8 @@ Request = Union[
     GetRoom,
     CreateRoom,
     StartRoom,
+    SubscribeRoom,
+    UnsubscribeRoom,
     Join,
     CancelKnock,
     Leave,
@@ -386,6 +416,9 @@ Request = Union[
     CreateInvite,
     RevokeInvite,
     ListInvites,
+    StartRecording,
+    StopRecording,
+    RecordingConsent,
 ]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
@@ -436,6 +469,20 @@ class RoomClosed(_Event, kw_only=True, tag="room_closed"):
 
     room: str
     reason: str
+
+
+class RoomReminder(_Event, kw_only=True, tag="room_reminder"):
+    """A scheduled room you subscribed to (or own) starts at ``starts_at``: soon, or now."""
+
+    room: str
+    title: str
+    starts_at: float
+
+
+class RoomStarted(_Event, kw_only=True, tag="room_started"):
+    """A scheduled room you subscribed to is now live: it can be joined."""
+
+    room: RoomSummary
 
 
 class ParticipantJoined(_Event, kw_only=True, tag="participant_joined"):
@@ -550,6 +597,38 @@ class Removed(_Event, kw_only=True, tag="removed"):
     until: float | None = None
 
 
+class RecordingStarted(_Event, kw_only=True, tag="recording_started"):
+    """A host started recording the room; only consenting stage members are recorded."""
+
+    room: str
+    by: str
+    recording: str
+
+
+class RecordingStopped(_Event, kw_only=True, tag="recording_stopped"):
+    """The room's recording ended (``reason``: stopped, room_closed or failed)."""
+
+    room: str
+    by: str
+    recording: str
+    reason: str
+
+
+class RecordingConsentRequested(_Event, kw_only=True, tag="recording_consent_requested"):
+    """The room is being recorded: answer with recording_consent (you are not recorded until)."""
+
+    room: str
+    recording: str
+
+
+class RecordingConsentChanged(_Event, kw_only=True, tag="recording_consent_changed"):
+    """Stage member ``user`` is now (``consent`` true) or no longer in the recording."""
+
+    room: str
+    user: str
+    consent: bool
+
+
 class ServerShutdown(_Event, kw_only=True, tag="server_shutdown"):
     """The server is stopping; reconnect after ``reconnect_after`` seconds."""
 
@@ -561,6 +640,8 @@ Event = Union[
     RoomState,
     RoomUpdated,
     RoomClosed,
+    RoomReminder,
+    RoomStarted,
     ParticipantJoined,
     ParticipantLeft,
     ParticipantUpdated,
@@ -576,6 +657,10 @@ Event = Union[
     Speaking,
     Muted,
     Removed,
+    RecordingStarted,
+    RecordingStopped,
+    RecordingConsentRequested,
+    RecordingConsentChanged,
     ServerShutdown,
 ]
 

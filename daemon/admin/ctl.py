@@ -1,0 +1,432 @@
+"""``salonctl``: every admin action from a shell or a script.
+
+    salonctl status
+    salonctl rooms [--topic T]
+    salonctl room ROOM
+    salonctl mute ROOM USER
+    salonctl --json rooms          # stable, documented output for scripts (README "Operating")
+
+Human-readable output by default; ``--json`` prints the daemon's result as JSON (sorted keys).
+Exit status: 0 done, 1 the daemon refused (error code on stderr, or as JSON with ``--json``),
+2 bad usage, 3 the admin socket cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from salon.daemon.config import ConfigError
+from salon.daemon.wire.messages import JoinRequestInfo
+
+from .client import AdminClient, AdminConnectionError, AdminError, default_socket_path
+from .protocol import AuditEntry, RoomDetail, StatusInfo
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+Handler = Callable[[AdminClient, argparse.Namespace], Awaitable[Any]]
+
+# Actions aimed at one user of one room: command -> (client method, help).
+USER_ACTIONS: dict[str, tuple[str, str]] = {
+    "invite-to-speak": ("invite_to_speak", "invite a listener onto the stage"),
+    "to-audience": ("move_to_audience", "move a speaker back to the audience"),
+    "lower-hand": ("lower_hand", "lower a listener's raised hand"),
+    "mute": ("mute", "mute a speaker (the server drops their audio)"),
+    "unmute": ("unmute", "lift a moderator mute"),
+    "promote": ("promote", "make a member a moderator"),
+    "demote": ("demote", "turn a moderator back into a speaker"),
+    "transfer": ("transfer_ownership", "hand the room to a member"),
+    "unban": ("unban", "lift a ban"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salonctl",
+        description="Administer a running salond through its admin socket.",
+        epilog="The socket is --socket, else $SALON_ADMIN_SOCKET, else the admin.socket of "
+        "--config (or $SALON_CONFIG), else state/admin.sock.",
+    )
+    parser.add_argument("--socket", type=Path, help="path of salond's admin socket")
+    parser.add_argument("-c", "--config", type=Path, help="salond's configuration file")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", help="server status and counters")
+    rooms = sub.add_parser("rooms", help="live and scheduled rooms")
+    rooms.add_argument("--topic")
+    room = sub.add_parser("room", help="one room: stage, audience, hands, knocks, invites, bans")
+    room.add_argument("room")
+
+    create = sub.add_parser("create", help="create a room (owned by the operator)")
+    create.add_argument("room")
+    create.add_argument("--title", required=True)
+    create.add_argument("--policy", choices=["open", "approval", "invite"], default="open")
+    create.add_argument("--topic", action="append", default=[], dest="topics")
+    create.add_argument("--max-speakers", type=int, default=10)
+    create.add_argument("--mute-on-join", action="store_true")
+    create.add_argument(
+        "--persistent",
+        action="store_true",
+        help="keep the room open without its owner (an operator is never present in it)",
+    )
+    create.add_argument("--description", default="")
+    create.add_argument("--scheduled-for", type=float, help="Unix time the room goes live")
+
+    for name, text in (("close", "close a room for everyone"), ("start", "start a scheduled room")):
+        sub.add_parser(name, help=text).add_argument("room")
+
+    settings = sub.add_parser("set", help="change a room's title, topics, policy, ...")
+    settings.add_argument("room")
+    settings.add_argument("--title")
+    settings.add_argument("--topic", action="append", dest="topics", help="repeat; replaces all")
+    settings.add_argument("--no-topics", action="store_true", help="remove every topic")
+    settings.add_argument("--policy", choices=["open", "approval", "invite"])
+    settings.add_argument("--max-speakers", type=int)
+    settings.add_argument("--mute-on-join", action=argparse.BooleanOptionalAction, default=None)
+    settings.add_argument("--description")
+
+    for name, text in (("approve", "admit a knocking requester"), ("deny", "refuse a knock")):
+        knock = sub.add_parser(name, help=text)
+        knock.add_argument("room")
+        knock.add_argument("who", help="request id, user id or display name of the requester")
+        if name == "deny":
+            knock.add_argument("--reason", default="")
+
+    for name, (_, text) in USER_ACTIONS.items():
+        action = sub.add_parser(name, help=text)
+        action.add_argument("room")
+        action.add_argument("user")
+    remove = sub.add_parser("remove", help="remove a member (they may come back)")
+    remove.add_argument("room")
+    remove.add_argument("user")
+    remove.add_argument("--reason", default="")
+    ban = sub.add_parser("ban", help="remove a user and refuse their return")
+    ban.add_argument("room")
+    ban.add_argument("user")
+    ban.add_argument("--reason", default="")
+    ban.add_argument("--duration", type=float, help="seconds (default: for good)")
+
+    invite = sub.add_parser("invite", help="create an invite link")
+    invite.add_argument("room")
+    invite.add_argument("--role", choices=["listener", "speaker"], default="listener")
+    invite.add_argument("--expires-in", type=float, help="seconds")
+    invite.add_argument("--max-uses", type=int)
+    sub.add_parser("invites", help="a room's usable invite links").add_argument("room")
+    revoke = sub.add_parser("revoke", help="revoke an invite link")
+    revoke.add_argument("room")
+    revoke.add_argument("token")
+
+    audit = sub.add_parser("audit", help="the audit log, newest first")
+    audit.add_argument("--room")
+    audit.add_argument("--limit", type=int, default=50)
+    watch = sub.add_parser("watch", help="print events as they happen (Ctrl-C to stop)")
+    watch.add_argument("--room", help="also stream this room's audio levels")
+    watch.add_argument("--stats", action="store_true", help="include the periodic stats events")
+    watch.add_argument("--count", type=int, help="stop after this many events")
+    return parser
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def when(stamp: float | None) -> str:
+    if stamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def format_room_line(room: dict[str, Any]) -> str:
+    topics = ", ".join(room.get("topics") or []) or "-"
+    state = room["policy"] if room["state"] == "live" else room["state"]
+    return (
+        f"{room['room']:<20} {room['title'][:36]:<36} {state:<9} "
+        f"{room['speakers']:>3} on stage {room['listeners']:>6} listening  [{topics}]"
+    )
+
+
+def format_status(status: StatusInfo) -> str:
+    traffic = status.traffic
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(status.drops.items())) or "none"
+    plugins = ", ".join(f"{k} {v}" for k, v in sorted(status.plugin_errors.items())) or "none"
+    return "\n".join(
+        [
+            f"{status.server} (pid {status.pid}) on {status.address}, up {status.uptime:.0f} s",
+            f"fingerprint   {status.fingerprint}",
+            f"connections   {status.connections} open, {status.connections_total} since start",
+            f"rooms         {status.rooms} live, {status.scheduled_rooms} scheduled;"
+            f" {status.members} members, {status.speakers} on stage",
+            f"packets       {traffic.packets_in} in, {traffic.packets_out} out"
+            f" ({traffic.bytes_in} / {traffic.bytes_out} bytes)",
+            f"media         {status.media_received} received, {status.media_forwarded} forwarded",
+            f"drops         {drops}",
+            f"plugin errors {plugins}",
+        ]
+    )
+
+
+def format_detail(detail: RoomDetail) -> str:
+    s = detail.summary
+    lines = [
+        f"{s.room}: {s.title}  ({s.state}, {s.policy}, owner {s.owner or '-'})",
+        f"topics: {', '.join(s.topics) or '-'}   on stage {s.speakers}/{s.max_speakers},"
+        f" listening {s.listeners}",
+    ]
+    levels = {level.user: level for level in detail.levels}
+    stage = [m for m in detail.participants if m.role != "listener"]
+    audience = [m for m in detail.participants if m.role == "listener"]
+    lines.append("stage:")
+    for m in stage:
+        level = levels.get(m.user)
+        speaking = " speaking" if level is not None and level.speaking else ""
+        muted = " muted-by-moderator" if m.muted_by_moderator else " muted" if m.muted else ""
+        lines.append(f"  {m.role:<9} {m.user:<28} {m.display_name}{muted}{speaking}")
+    lines.append(f"audience ({len(audience)}):")
+    for m in audience:
+        hand = " hand raised" if m.hand_raised else ""
+        lines.append(f"  {m.user:<38} {m.display_name}{hand}")
+    lines.append("hand queue: " + (", ".join(detail.hand_queue) or "-"))
+    lines.append("knocks:" + ("" if detail.knocks else " -"))
+    for k in detail.knocks:
+        verified = ", ".join(f"{a}={v}" for a, v in k.verified.items()) or "nothing verified"
+        trust = "; ".join(k.trust) or "-"
+        lines.append(
+            f"  {k.request_id}  {k.display_name} ({k.user})  {verified}  trust: {trust}"
+            f"  expires {when(k.expires_at)}"
+        )
+    lines.append("invites:" + ("" if detail.invites else " -"))
+    for i in detail.invites:
+        uses = f"{i.uses}/{i.max_uses}" if i.max_uses is not None else f"{i.uses}"
+        lines.append(f"  {i.token}  {i.role}  uses {uses}  expires {when(i.expires_at)}")
+    lines.append("bans:" + ("" if detail.bans else " -"))
+    for b in detail.bans:
+        lines.append(f"  {b.user}  until {when(b.until)}  by {b.by}  {b.reason}")
+    return "\n".join(lines)
+
+
+def format_audit(entry: AuditEntry) -> str:
+    detail = " ".join(f"{k}={v}" for k, v in entry.detail.items() if v not in (None, ""))
+    return (
+        f"{when(entry.at)}  {entry.room:<16} {entry.actor:<24} {entry.action:<18}"
+        f" {entry.target or '-':<24} {detail}"
+    )
+
+
+def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(data), indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+async def cmd_status(client: AdminClient, args: argparse.Namespace) -> None:
+    status = await client.status()
+    emit(args, status, format_status(status))
+
+
+async def cmd_rooms(client: AdminClient, args: argparse.Namespace) -> None:
+    rooms = await client.rooms_raw(args.topic)
+    emit(args, rooms, "\n".join(format_room_line(r) for r in rooms) or "no rooms")
+
+
+async def cmd_room(client: AdminClient, args: argparse.Namespace) -> None:
+    detail = await client.room(args.room)
+    emit(args, detail, format_detail(detail))
+
+
+async def cmd_create(client: AdminClient, args: argparse.Namespace) -> None:
+    room = await client.create_room(
+        args.room,
+        args.title,
+        policy=args.policy,
+        topics=args.topics,
+        max_speakers=args.max_speakers,
+        mute_on_join=args.mute_on_join,
+        persistent=args.persistent,
+        description=args.description,
+        scheduled_for=args.scheduled_for,
+    )
+    emit(args, {"room": room}, f"created {room.room}: {room.title} ({room.policy}, {room.state})")
+
+
+async def cmd_close(client: AdminClient, args: argparse.Namespace) -> None:
+    emit(args, await client.close_room(args.room), f"closed {args.room}")
+
+
+async def cmd_start(client: AdminClient, args: argparse.Namespace) -> None:
+    emit(args, await client.start_room(args.room), f"started {args.room}")
+
+
+async def cmd_set(client: AdminClient, args: argparse.Namespace) -> None:
+    settings: dict[str, Any] = {
+        "title": args.title,
+        "topics": [] if args.no_topics else args.topics,
+        "policy": args.policy,
+        "max_speakers": args.max_speakers,
+        "mute_on_join": args.mute_on_join,
+        "description": args.description,
+    }
+    settings = {key: value for key, value in settings.items() if value is not None}
+    if not settings:
+        raise SystemExit("salonctl set: nothing to change (see salonctl set --help)")
+    await client.update_room(args.room, **settings)
+    room = (await client.room(args.room)).summary
+    emit(args, {"room": room}, format_room_line(msgspec.to_builtins(room)))
+
+
+async def find_knock(client: AdminClient, room: str, who: str) -> JoinRequestInfo:
+    """The knock ``who`` names (its request id, or the requester's user id or display name)."""
+    detail = await client.room(room)
+    for match in (
+        lambda k: k.request_id == who,
+        lambda k: k.user == who,
+        lambda k: k.display_name == who,
+    ):
+        found = [k for k in detail.knocks if match(k)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise AdminError("invalid_value", f"{who!r} names several knocks; use a request id")
+    raise AdminError("request_not_found", f"no pending knock by {who!r} in {room}")
+
+
+async def cmd_approve(client: AdminClient, args: argparse.Namespace) -> None:
+    knock = await find_knock(client, args.room, args.who)
+    result = await client.approve_knock(args.room, knock.request_id)
+    emit(args, result, f"admitted {knock.display_name} ({knock.user}) to {args.room}")
+
+
+async def cmd_deny(client: AdminClient, args: argparse.Namespace) -> None:
+    knock = await find_knock(client, args.room, args.who)
+    result = await client.deny_knock(args.room, knock.request_id, args.reason)
+    emit(args, result, f"denied {knock.display_name} ({knock.user})")
+
+
+def user_action(method: str) -> Handler:
+    async def run(client: AdminClient, args: argparse.Namespace) -> None:
+        result = await getattr(client, method)(args.room, args.user)
+        emit(args, result, f"{args.command}: {args.user} in {args.room}: done")
+
+    return run
+
+
+async def cmd_remove(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.remove(args.room, args.user, args.reason)
+    emit(args, result, f"removed {args.user} from {args.room}")
+
+
+async def cmd_ban(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.ban(args.room, args.user, args.reason, args.duration)
+    emit(args, result, f"banned {args.user} from {args.room} until {when(result.get('until'))}")
+
+
+async def cmd_invite(client: AdminClient, args: argparse.Namespace) -> None:
+    invite = await client.create_invite(args.room, args.role, args.expires_in, args.max_uses)
+    emit(args, {"invite": invite}, invite.token)
+
+
+async def cmd_invites(client: AdminClient, args: argparse.Namespace) -> None:
+    invites = await client.list_invites(args.room)
+    lines = [
+        f"{i.token}  {i.role:<8} uses {i.uses}/{i.max_uses or '-'}  expires {when(i.expires_at)}"
+        for i in invites
+    ]
+    emit(args, invites, "\n".join(lines) or "no usable invite links")
+
+
+async def cmd_revoke(client: AdminClient, args: argparse.Namespace) -> None:
+    emit(args, await client.revoke_invite(args.room, args.token), f"revoked {args.token}")
+
+
+async def cmd_audit(client: AdminClient, args: argparse.Namespace) -> None:
+    entries = await client.audit(args.limit, args.room)
+    emit(args, entries, "\n".join(format_audit(e) for e in entries) or "no entries")
+
+
+async def cmd_watch(client: AdminClient, args: argparse.Namespace) -> None:
+    await client.subscribe(levels_room=args.room, stats_interval=5.0)
+    seen = 0
+    async for event in client.events():
+        if event.kind == "stats" and not args.stats:
+            continue
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(event), sort_keys=True), flush=True)
+        else:
+            data = " ".join(f"{k}={v}" for k, v in event.data.items() if k != "room")
+            print(f"{when(event.at)}  {event.kind:<13} {event.room or '-':<16} {data}", flush=True)
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            return
+    print(f"salonctl: {client.close_reason}", file=sys.stderr)
+
+
+COMMANDS: dict[str, Handler] = {
+    "status": cmd_status,
+    "rooms": cmd_rooms,
+    "room": cmd_room,
+    "create": cmd_create,
+    "close": cmd_close,
+    "start": cmd_start,
+    "set": cmd_set,
+    "approve": cmd_approve,
+    "deny": cmd_deny,
+    "remove": cmd_remove,
+    "ban": cmd_ban,
+    "invite": cmd_invite,
+    "invites": cmd_invites,
+    "revoke": cmd_revoke,
+    "audit": cmd_audit,
+    "watch": cmd_watch,
+    **{name: user_action(method) for name, (method, _) in USER_ACTIONS.items()},
+}
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        path = args.socket or default_socket_path(args.config)
+    except ConfigError as exc:
+        print(f"salonctl: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = await AdminClient.connect(path)
+    except AdminConnectionError as exc:
+        print(f"salonctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        await COMMANDS[args.command](client, args)
+    except AdminError as exc:
+        if args.json:
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True))
+        print(f"salonctl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except AdminConnectionError as exc:
+        print(f"salonctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

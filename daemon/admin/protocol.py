@@ -1,0 +1,316 @@
+"""The admin protocol ``salon-admin/1``: JSON lines over salond's Unix socket.
+
+Shared by the daemon (:mod:`salon.daemon.admin.server`) and its clients
+(:mod:`salon.daemon.admin.client`, ``salon-admin``, ``salonctl``). One JSON object per line,
+UTF-8, at most :data:`MAX_LINE` bytes.
+
+On connect the server sends :class:`Welcome`. The client then sends requests, each with a
+``"type"`` and an ``"id"``; the server answers each with :class:`Ok` or :class:`Error` carrying
+``"re": id``, in order. After ``subscribe`` the server also pushes :class:`Event` lines (no id)
+until the connection closes::
+
+    -> {"type": "rooms", "id": 1}
+    <- {"type": "ok", "re": 1, "result": {"rooms": [...]}}
+    -> {"type": "action", "id": 2, "room": "lobby", "request": {"type": "mute", "user": "bob"}}
+    <- {"type": "ok", "re": 2, "result": {"user": "bob", "muted": true, ...}}
+
+An ``action`` carries a ``salon/1`` request (the ``id`` inside may be left out): the daemon
+performs it through the core's operator path, with the same permission checks and audit trail
+as a host's request from a client.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+from salon.daemon.wire.messages import (
+    InviteInfo,
+    JoinRequestInfo,
+    Participant,
+    RoomSummary,
+)
+
+ADMIN_PROTOCOL = "salon-admin/1"
+MAX_LINE = 1 << 20
+"""Longest line either side sends, in bytes (a room of many thousand listeners fits)."""
+
+EVENT_KINDS = (
+    "room_created",
+    "room_closed",
+    "member_joined",
+    "member_left",
+    "role_changed",
+    "speaking",
+    "knock",
+    "moderation",
+    "levels",
+    "stats",
+    "shutdown",
+)
+"""Every ``kind`` an :class:`Event` may have (see :class:`Event`)."""
+
+
+class AdminProtocolError(ValueError):
+    """A line could not be decoded; ``code`` says why, ``request_id`` echoes its id if any."""
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Traffic(msgspec.Struct, kw_only=True):
+    """UDP traffic of the QUIC socket since start (every packet: media, control, ACKs)."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class StatusInfo(msgspec.Struct, kw_only=True):
+    """The ``status`` result: what the server is and its counters."""
+
+    server: str
+    """``salond/<version>``."""
+    pid: int
+    started_at: float
+    uptime: float
+    address: str
+    """``host:port`` of the QUIC socket."""
+    fingerprint: str
+    connections: int
+    """Client connections open now."""
+    connections_total: int
+    rooms: int
+    """Live rooms."""
+    scheduled_rooms: int
+    members: int
+    """Members of live rooms (speakers and listeners)."""
+    speakers: int
+    traffic: Traffic
+    media_received: int = 0
+    media_forwarded: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    drops: dict[str, int] = {}
+    """Packets or messages dropped, by reason (network layer and forwarder)."""
+    errors: dict[str, int] = {}
+    """Error replies sent to clients, by code."""
+    plugin_errors: dict[str, int] = {}
+    """Plugin failures, by hook."""
+    admin_clients: int = 0
+
+
+class MeterLevel(msgspec.Struct, kw_only=True):
+    """A stage member's smoothed audio level: 0 loudest .. 127 silence (-dBov, RFC 6464)."""
+
+    user: str
+    level: int
+    speaking: bool
+
+
+class BanInfo(msgspec.Struct, kw_only=True):
+    user: str
+    reason: str = ""
+    until: float | None = None
+    by: str = ""
+
+
+class RoomDetail(msgspec.Struct, kw_only=True):
+    """The ``room`` result: everything an operator sees of one room."""
+
+    summary: RoomSummary
+    participants: list[Participant] = []
+    """Present members in order of entry."""
+    moderators: list[str] = []
+    """Moderators of record (present or not), earliest first."""
+    hand_queue: list[str] = []
+    knocks: list[JoinRequestInfo] = []
+    """Pending requests to enter, with each requester's profile."""
+    levels: list[MeterLevel] = []
+    """Every stage member's audio level, loudest first."""
+    invites: list[InviteInfo] = []
+    """Usable invite links."""
+    bans: list[BanInfo] = []
+    """Active bans."""
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    """One action of a host or operator on a room."""
+
+    at: float
+    room: str
+    actor: str
+    action: str
+    target: str | None = None
+    detail: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class _Request(msgspec.Struct, tag_field="type", kw_only=True):
+    id: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class Status(_Request, kw_only=True, tag="status"):
+    """Server status and counters; result :class:`StatusInfo`."""
+
+
+class Rooms(_Request, kw_only=True, tag="rooms"):
+    """Live and scheduled rooms; result ``{"rooms": [RoomSummary]}``."""
+
+    topic: str | None = None
+
+
+class Room(_Request, kw_only=True, tag="room"):
+    """One room in detail; result ``{"room": RoomDetail}``."""
+
+    room: str
+
+
+class Action(_Request, kw_only=True, tag="action"):
+    """Perform a ``salon/1`` request as the operator; result as in PROTOCOL.md."""
+
+    room: str | None = None
+    request: dict[str, Any]
+
+
+class Audit(_Request, kw_only=True, tag="audit"):
+    """Recent audit entries, newest first; result ``{"entries": [AuditEntry]}``."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    room: str | None = None
+
+
+class Subscribe(_Request, kw_only=True, tag="subscribe"):
+    """Start (or change) the event stream; ``levels_room``: also stream that room's levels."""
+
+    levels_room: str | None = None
+    stats_interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+
+
+Request = Union[Status, Rooms, Room, Action, Audit, Subscribe]
+
+REQUEST_TYPES: dict[str, type[_Request]] = {
+    cls.__struct_config__.tag: cls
+    for cls in Request.__args__  # type: ignore[attr-defined]
+}
+
+
+# --------------------------------------------------------------------------- server lines
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type", kw_only=True):
+    """First line the server sends."""
+
+    protocol: str
+    server: str
+    operator: str
+    """The operator identity actions are performed and audited as (``operator:<unix user>``)."""
+
+
+class Ok(msgspec.Struct, tag="ok", tag_field="type", kw_only=True):
+    re: int
+    result: dict[str, Any] = {}
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    """``code`` is a ``salon/1`` error code (PROTOCOL.md) or ``bad_message``/``unknown_type``."""
+
+    re: int | None
+    code: str
+    message: str
+
+
+class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):
+    """Something happened. ``kind`` is one of :data:`EVENT_KINDS`; ``data`` by kind:
+
+    room_created {room, owner} · room_closed {room, reason} · member_joined {room, user, role}
+    · member_left {room, user, reason} · role_changed {room, user, old, new}
+    · speaking {room, speakers} · knock {room, request: JoinRequestInfo}
+    · moderation AuditEntry · levels {room, levels: [MeterLevel]} · stats StatusInfo
+    · shutdown {reason}.
+    """
+
+    kind: Literal[
+        "room_created",
+        "room_closed",
+        "member_joined",
+        "member_left",
+        "role_changed",
+        "speaking",
+        "knock",
+        "moderation",
+        "levels",
+        "stats",
+        "shutdown",
+    ]
+    room: str | None = None
+    at: float = 0.0
+    data: dict[str, Any] = {}
+
+
+ServerLine = Union[Welcome, Ok, Error, Event]
+
+
+# --------------------------------------------------------------------------- codec
+
+_request_decoder = msgspec.json.Decoder(Request)
+_server_decoder = msgspec.json.Decoder(ServerLine)
+_encoder = msgspec.json.Encoder()
+
+
+class _IdOnly(msgspec.Struct):
+    id: Any = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def _peek_id(line: bytes) -> int | None:
+    try:
+        found = _id_decoder.decode(line).id
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+    return found if isinstance(found, int) and not isinstance(found, bool) else None
+
+
+def encode_line(message: msgspec.Struct) -> bytes:
+    """One message as a JSON line (with the trailing newline)."""
+    return _encoder.encode(message) + b"\n"
+
+
+def decode_request(line: bytes) -> Request:
+    """Decode a client line; raises :class:`AdminProtocolError` with a precise reason."""
+    try:
+        return _request_decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        code = "unknown_type" if text.endswith("at `$.type`") else "bad_message"
+        raise AdminProtocolError(code, text, _peek_id(line)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise AdminProtocolError("bad_message", f"not a JSON object: {exc}") from None
+
+
+def decode_server_line(line: bytes) -> ServerLine:
+    """Decode a server line (client side); raises :class:`AdminProtocolError`."""
+    try:
+        return _server_decoder.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise AdminProtocolError("bad_message", str(exc)) from None
+
+
+def convert(data: Any, kind: type[Any]) -> Any:
+    """A result's plain data as the typed struct ``kind`` (client side)."""
+    return msgspec.convert(data, kind)
+
+
+def to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)

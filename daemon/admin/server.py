@@ -1,0 +1,460 @@
+"""The admin API served by salond on a Unix socket (``salon-admin/1``, see :mod:`.protocol`).
+
+Every action goes through the same path as a host's request from a client: the request policy
+(plugins) reviews it, then ``SalonCore.admin_request`` checks permissions with the operator's
+rights and performs it; the core's outputs are delivered at once and the store's commit
+barriers awaited before the answer. Actions are performed as ``operator:<unix user>``, the
+user the kernel says is on the other end of the socket, and the core records each in the audit
+trail (``ModerationTaken``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from salon.daemon import __version__
+from salon.daemon.core import CoreError, Identity, events
+from salon.daemon.wire import messages as wire
+
+from . import protocol as p
+from .socket_path import bind_private_socket, check_socket_path, peer_uid, user_name
+
+if TYPE_CHECKING:
+    from salon.daemon.app import Daemon
+
+log = logging.getLogger("salon.admin")
+
+AUDIT_KEPT = 1000
+"""Audit entries kept in memory when no store is configured."""
+OUTBOX_LIMIT = 2000
+"""Lines queued for one admin client; a client this far behind is disconnected."""
+TICK = 0.2
+"""Seconds between two looks at levels and stats for subscribers."""
+
+
+class AuditTrail:
+    """The most recent audit entries, in memory (the store keeps the durable log)."""
+
+    def __init__(self, kept: int = AUDIT_KEPT) -> None:
+        self._entries: collections.deque[p.AuditEntry] = collections.deque(maxlen=kept)
+
+    def add(self, entry: p.AuditEntry) -> None:
+        self._entries.append(entry)
+
+    def entries(self, limit: int, room: str | None = None) -> list[p.AuditEntry]:
+        """Newest first."""
+        found: list[p.AuditEntry] = []
+        for entry in reversed(self._entries):
+            if room is None or entry.room == room:
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        return found
+
+
+def audit_entry_from(row: Any) -> p.AuditEntry:
+    """An audit row of the store (a mapping or an object) as an :class:`AuditEntry`."""
+    if not isinstance(row, dict):
+        row = {
+            name: getattr(row, name)
+            for name in ("at", "time", "created_at", "room", "actor", "action", "target", "detail")
+            if hasattr(row, name)
+        }
+    at = row.get("at", row.get("time", row.get("created_at", 0.0)))
+    detail = row.get("detail") or {}
+    if isinstance(detail, str):
+        try:
+            detail = msgspec.json.decode(detail)
+        except msgspec.DecodeError:
+            detail = {"text": detail}
+    return p.AuditEntry(
+        at=float(at or 0.0),
+        room=str(row.get("room", "")),
+        actor=str(row.get("actor", "")),
+        action=str(row.get("action", "")),
+        target=row.get("target"),
+        detail=dict(detail) if isinstance(detail, dict) else {"value": detail},
+    )
+
+
+class _Connection:
+    """One admin client: its identity, its outgoing lines and what it subscribed to."""
+
+    def __init__(self, writer: asyncio.StreamWriter, identity: Identity) -> None:
+        self.writer = writer
+        self.identity = identity
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.subscribed = False
+        self.levels_room: str | None = None
+        self.last_levels: list[p.MeterLevel] | None = None
+        self.stats_interval = 1.0
+        self.stats_sent_at = 0.0
+        self.overflowed = False
+
+    def push(self, line: bytes) -> None:
+        if self.overflowed:
+            return
+        if self.outbox.qsize() >= OUTBOX_LIMIT:
+            # Too slow to follow the event stream: better a reconnect than unbounded memory.
+            self.overflowed = True
+            self.outbox.put_nowait(None)
+            return
+        self.outbox.put_nowait(line)
+
+
+class AdminServer:
+    """The admin API component of salond (started after the QUIC server, stopped before)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.path = daemon.config.admin_socket
+        self.audit = AuditTrail()
+        self.started_at = time.time()
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._inode: tuple[int, int] | None = None
+        # Refuse an unsafe path before the daemon binds anything.
+        check_socket_path(self.path)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        sock = bind_private_socket(self.path)
+        info = os.stat(self.path)
+        self._inode = (info.st_dev, info.st_ino)
+        self._server = await asyncio.start_unix_server(
+            self._serve_client, sock=sock, limit=p.MAX_LINE
+        )
+        self.daemon.server.observers.append(self._observe)
+        self._ticker = asyncio.ensure_future(self._tick())
+        log.info("admin API on %s", self.path)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.daemon.server.observers.remove(self._observe)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._broadcast(p.Event(kind="shutdown", at=time.time(), data={"reason": "salond stops"}))
+        for connection in list(self._connections):
+            connection.outbox.put_nowait(None)
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._remove_socket_file()
+
+    def _remove_socket_file(self) -> None:
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino) == self._inode:
+            self.path.unlink()
+
+    # ------------------------------------------------------------------ connections
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid is not None and uid not in (os.geteuid(), 0):
+            # The socket's mode already keeps other users out; this is the second lock.
+            log.warning("admin connection from uid %d refused", uid)
+            writer.close()
+            return
+        identity = Identity(
+            user=f"operator:{user_name(uid)}",
+            display_name=f"operator {user_name(uid)}",
+            operator=True,
+        )
+        connection = _Connection(writer, identity)
+        self._connections.add(connection)
+        sender = asyncio.ensure_future(self._send_lines(connection))
+        connection.push(
+            p.encode_line(
+                p.Welcome(
+                    protocol=p.ADMIN_PROTOCOL,
+                    server=f"salond/{__version__}",
+                    operator=identity.user,
+                )
+            )
+        )
+        try:
+            while not connection.overflowed:
+                try:
+                    line = await reader.readline()
+                except ValueError:
+                    connection.push(
+                        p.encode_line(p.Error(re=None, code="too_large", message="line too long"))
+                    )
+                    break
+                except ConnectionError:
+                    break
+                if not line:
+                    break
+                if line.strip():
+                    connection.push(await self._answer(connection, line))
+        finally:
+            self._connections.discard(connection)
+            connection.outbox.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await sender
+
+    async def _send_lines(self, connection: _Connection) -> None:
+        writer = connection.writer
+        try:
+            while True:
+                line = await connection.outbox.get()
+                if line is None:
+                    break
+                writer.write(line)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, connection: _Connection, line: bytes) -> bytes:
+        try:
+            request = p.decode_request(line)
+        except p.AdminProtocolError as exc:
+            return p.encode_line(p.Error(re=exc.request_id, code=exc.code, message=str(exc)))
+        try:
+            result = await self._perform(connection, request)
+        except CoreError as exc:
+            return p.encode_line(p.Error(re=request.id, code=exc.code.value, message=exc.message))
+        except wire.MessageError as exc:
+            return p.encode_line(p.Error(re=request.id, code=exc.code.value, message=str(exc)))
+        except Exception:
+            log.exception("admin request %s failed", type(request).__name__)
+            return p.encode_line(
+                p.Error(re=request.id, code="internal_error", message="internal server error")
+            )
+        return p.encode_line(p.Ok(re=request.id, result=result))
+
+    async def _perform(self, connection: _Connection, request: Any) -> dict[str, Any]:
+        core = self.daemon.core
+        if isinstance(request, p.Status):
+            return msgspec.to_builtins(self.status())
+        if isinstance(request, p.Rooms):
+            return {"rooms": [wire.to_builtins(s) for s in core.list_rooms(request.topic)]}
+        if isinstance(request, p.Room):
+            return {"room": msgspec.to_builtins(self.room_detail(request.room))}
+        if isinstance(request, p.Audit):
+            entries = await self.audit_entries(request.limit, request.room)
+            return {"entries": msgspec.to_builtins(entries)}
+        if isinstance(request, p.Subscribe):
+            connection.subscribed = True
+            connection.levels_room = request.levels_room
+            connection.last_levels = None
+            connection.stats_interval = request.stats_interval
+            connection.stats_sent_at = 0.0
+            return {}
+        assert isinstance(request, p.Action)
+        return await self.act(connection.identity, request.room, request.request)
+
+    # ------------------------------------------------------------------ operations
+
+    async def act(
+        self, identity: Identity, room: str | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Perform one ``salon/1`` request as ``identity`` (an operator) on ``room``."""
+        request = wire.decode_request(msgspec.json.encode({**fields, "id": 0}))
+        if isinstance(request, wire.CreateRoom | wire.StartRoom):
+            room = None
+        server = self.daemon.server
+        review = await server.policy.review(identity, room, request, "admin", time.time())
+        try:
+            result = self.daemon.core.admin_request(identity, room, review.request, time.time())
+        finally:
+            server.after_core_change()
+        for barrier in server.commit_barriers:
+            await barrier()
+        return result
+
+    def status(self) -> p.StatusInfo:
+        daemon = self.daemon
+        server, core = daemon.server, daemon.core
+        rooms = [r for r in core.rooms.values() if r.state == "live"]
+        counters = server.stats.snapshot(core.forwarder)
+        host, port = server.address
+        traffic = server.traffic
+        now = time.time()
+        return p.StatusInfo(
+            server=f"salond/{__version__}",
+            pid=os.getpid(),
+            started_at=self.started_at,
+            uptime=now - self.started_at,
+            address=f"{host}:{port}",
+            fingerprint=daemon.tls.fingerprint,
+            connections=len(server.sessions),
+            connections_total=counters["connections_total"],
+            rooms=len(rooms),
+            scheduled_rooms=sum(1 for r in core.rooms.values() if r.state == "scheduled"),
+            members=sum(len(r.members) for r in rooms),
+            speakers=sum(r.stage_count() for r in rooms),
+            traffic=p.Traffic(
+                packets_in=traffic.packets_in,
+                packets_out=traffic.packets_out,
+                bytes_in=traffic.bytes_in,
+                bytes_out=traffic.bytes_out,
+            ),
+            media_received=counters["media_received"],
+            media_forwarded=counters["media_forwarded"],
+            messages_in=counters["messages_in"],
+            messages_out=counters["messages_out"],
+            drops=counters["drops"],
+            errors=counters["errors"],
+            plugin_errors=counters["plugin_errors"],
+            admin_clients=len(self._connections),
+        )
+
+    def room_detail(self, room_id: str) -> p.RoomDetail:
+        core = self.daemon.core
+        snapshot = core.room_snapshot(room_id)  # raises room_not_found
+        room = core.rooms[room_id]
+        now = time.time()
+        return p.RoomDetail(
+            summary=snapshot.summary,
+            participants=snapshot.participants,
+            moderators=list(room.moderators),
+            hand_queue=snapshot.hand_queue,
+            knocks=snapshot.knocks,
+            levels=self.levels(room_id),
+            invites=[i.info() for i in room.invites.values() if i.problem(now) is None],
+            bans=[
+                p.BanInfo(user=user, reason=ban.reason, until=ban.until, by=ban.by)
+                for user, ban in room.bans.items()
+                if ban.active(now)
+            ],
+        )
+
+    def levels(self, room_id: str) -> list[p.MeterLevel]:
+        room = self.daemon.core.rooms.get(room_id)
+        if room is None:
+            return []
+        activities = sorted(room.speaking.activities.values(), key=lambda a: a.smoothed)
+        return [
+            p.MeterLevel(user=a.user, level=round(a.smoothed), speaking=a.speaking)
+            for a in activities
+        ]
+
+    async def audit_entries(self, limit: int, room: str | None) -> list[p.AuditEntry]:
+        """From the store when there is one (durable), else from memory."""
+        store = getattr(self.daemon, "store", None)
+        reader = getattr(store, "audit_log", None)
+        if reader is not None:
+            try:
+                rows = reader(limit=limit, room=room)
+                if inspect.isawaitable(rows):
+                    rows = await rows
+                return [audit_entry_from(row) for row in rows]
+            except Exception:
+                log.exception("reading the store's audit log failed; showing recent entries")
+        return self.audit.entries(limit, room)
+
+    # ------------------------------------------------------------------ events
+
+    def _observe(self, event: events.CoreEvent) -> None:
+        now = time.time()
+        kind: str
+        data: dict[str, Any]
+        if isinstance(event, events.ModerationTaken):
+            entry = p.AuditEntry(
+                at=now,
+                room=event.room,
+                actor=event.actor,
+                action=event.action,
+                target=event.target,
+                detail=_plain(event.detail),
+            )
+            self.audit.add(entry)
+            kind, data = "moderation", msgspec.to_builtins(entry)
+        elif isinstance(event, events.RoomCreated):
+            kind, data = "room_created", {"room": event.room, "owner": event.owner}
+        elif isinstance(event, events.RoomClosed):
+            kind, data = "room_closed", {"room": event.room, "reason": event.reason}
+        elif isinstance(event, events.MemberJoined):
+            kind = "member_joined"
+            data = {"room": event.room, "user": event.user, "role": event.role}
+        elif isinstance(event, events.MemberLeft):
+            kind = "member_left"
+            data = {"room": event.room, "user": event.user, "reason": event.reason}
+        elif isinstance(event, events.RoleChanged):
+            kind = "role_changed"
+            data = {"room": event.room, "user": event.user, "old": event.old, "new": event.new}
+        elif isinstance(event, events.SpeakingChanged):
+            kind, data = "speaking", {"room": event.room, "speakers": list(event.speakers)}
+        elif isinstance(event, events.KnockReceived):
+            kind = "knock"
+            data = {"room": event.room, "request": wire.to_builtins(event.request)}
+        else:
+            return
+        if self._connections:
+            self._broadcast(p.Event(kind=kind, room=data.get("room"), at=now, data=data))  # type: ignore[arg-type]
+
+    def _broadcast(self, event: p.Event, to: Iterable[_Connection] | None = None) -> None:
+        line = p.encode_line(event)
+        for connection in list(to if to is not None else self._connections):
+            if connection.subscribed:
+                connection.push(line)
+
+    async def _tick(self) -> None:
+        """Stream levels of watched rooms and periodic stats to subscribers."""
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._tick_once(time.time())
+            except Exception:
+                log.exception("admin tick failed")
+
+    def _tick_once(self, now: float) -> None:
+        status: p.StatusInfo | None = None
+        for connection in list(self._connections):
+            if not connection.subscribed:
+                continue
+            if connection.levels_room is not None:
+                levels = self.levels(connection.levels_room)
+                if levels != connection.last_levels and (levels or connection.last_levels):
+                    connection.last_levels = levels
+                    event = p.Event(
+                        kind="levels",
+                        room=connection.levels_room,
+                        at=now,
+                        data={
+                            "room": connection.levels_room,
+                            "levels": msgspec.to_builtins(levels),
+                        },
+                    )
+                    connection.push(p.encode_line(event))
+            if now - connection.stats_sent_at >= connection.stats_interval:
+                connection.stats_sent_at = now
+                if status is None:
+                    status = self.status()
+                event = p.Event(kind="stats", at=now, data=msgspec.to_builtins(status))
+                connection.push(p.encode_line(event))
+
+
+def _plain(detail: dict[str, Any]) -> dict[str, Any]:
+    """Moderation details as JSON-ready data (they are plain already; be safe)."""
+    try:
+        result = msgspec.to_builtins(detail)
+    except TypeError:
+        return {key: repr(value) for key, value in detail.items()}
+    return dict(result)

@@ -1,0 +1,237 @@
+"""Optional Prometheus metrics endpoint (``[metrics] enabled``), bound to localhost by default.
+
+Values are read from the daemon when Prometheus scrapes, in the event loop's thread (the HTTP
+endpoint is a small asyncio server, not prometheus-client's thread), so the hot path pays
+nothing for them. Plugin latencies are measured around the two places plugins run for a
+client: the request policy (every request) and the authenticator (every hello).
+
+Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connections_total``,
+``rooms{state}``, ``members{place}``, ``udp_packets_total{direction}``,
+``udp_bytes_total{direction}``, ``media_packets_total{direction}``,
+``control_messages_total{direction}``, ``drops_total{reason}``, ``errors_total{code}``,
+``plugin_errors_total{hook}``, ``plugin_seconds{stage}`` (histogram), ``admin_clients``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from salon.daemon.app import Daemon
+
+log = logging.getLogger("salon.metrics")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MAX_REQUEST_HEAD = 16 * 1024
+
+
+class _TimedPolicy:
+    """The server's request policy, timed (observation only)."""
+
+    def __init__(self, inner: Any, histogram: Any) -> None:
+        self.inner = inner
+        self._observe = histogram.labels(stage="review").observe
+
+    async def review(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.inner.review(*args, **kwargs)
+        finally:
+            self._observe(time.perf_counter() - started)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _TimedAuthenticator:
+    """The server's authenticator, timed (observation only)."""
+
+    def __init__(self, inner: Any, histogram: Any) -> None:
+        self.inner = inner
+        self._observe = histogram.labels(stage="authenticate").observe
+
+    async def authenticate(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.inner.authenticate(*args, **kwargs)
+        finally:
+            self._observe(time.perf_counter() - started)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class SalonCollector:
+    """Reads the daemon's counters at scrape time."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        daemon = self.daemon
+        server, core = daemon.server, daemon.core
+        counters = server.stats.snapshot(core.forwarder)
+
+        def counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Any:
+            family = CounterMetricFamily(f"salon_{name}", doc, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            return family
+
+        yield GaugeMetricFamily(
+            "salon_sessions", "Client connections open now.", len(server.sessions)
+        )
+        yield CounterMetricFamily(
+            "salon_connections",
+            "Connections that completed the handshake since start.",
+            counters["connections_total"],
+        )
+        rooms = GaugeMetricFamily("salon_rooms", "Rooms by state.", labels=["state"])
+        members = GaugeMetricFamily(
+            "salon_members", "Members of live rooms, on stage or in the audience.", labels=["place"]
+        )
+        live = [r for r in core.rooms.values() if r.state == "live"]
+        stage = sum(r.stage_count() for r in live)
+        total = sum(len(r.members) for r in live)
+        rooms.add_metric(["live"], len(live))
+        rooms.add_metric(
+            ["scheduled"], sum(1 for r in core.rooms.values() if r.state == "scheduled")
+        )
+        members.add_metric(["stage"], stage)
+        members.add_metric(["audience"], total - stage)
+        yield rooms
+        yield members
+        traffic = server.traffic
+        yield counter(
+            "udp_packets",
+            "UDP packets of the QUIC socket.",
+            "direction",
+            {"in": traffic.packets_in, "out": traffic.packets_out},
+        )
+        yield counter(
+            "udp_bytes",
+            "UDP bytes of the QUIC socket.",
+            "direction",
+            {"in": traffic.bytes_in, "out": traffic.bytes_out},
+        )
+        yield counter(
+            "media_packets",
+            "Media datagrams received from speakers and forwarded copies.",
+            "direction",
+            {"received": counters["media_received"], "forwarded": counters["media_forwarded"]},
+        )
+        yield counter(
+            "control_messages",
+            "Control messages received and sent.",
+            "direction",
+            {"in": counters["messages_in"], "out": counters["messages_out"]},
+        )
+        yield counter(
+            "drops", "Packets or messages dropped, by reason.", "reason", counters["drops"]
+        )
+        yield counter(
+            "errors", "Error replies sent to clients, by code.", "code", counters["errors"]
+        )
+        yield counter(
+            "plugin_errors",
+            "Plugin failures (exceptions, time-outs), by hook.",
+            "hook",
+            counters["plugin_errors"],
+        )
+        admin = next((c for c in daemon.components if type(c).__name__ == "AdminServer"), None)
+        clients = len(getattr(admin, "_connections", ())) if admin is not None else 0
+        yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)
+
+
+class MetricsEndpoint:
+    """The ``/metrics`` HTTP endpoint (a component of salond)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.daemon = daemon
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SalonCollector(daemon))
+        self.plugin_seconds = Histogram(
+            "salon_plugin_seconds",
+            "Time spent in plugin decisions: request review and authentication.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self) -> None:
+        self._instrument()
+        config = self.daemon.config.metrics
+        self._server = await asyncio.start_server(self._serve, config.host, config.port)
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info("metrics on http://%s:%d/metrics", *self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    def _instrument(self) -> None:
+        """Time the policy and authenticator now in place (again if a plugin replaced them)."""
+        server = self.daemon.server
+        if not isinstance(server.policy, _TimedPolicy):
+            server.policy = _TimedPolicy(server.policy, self.plugin_seconds)
+        if not isinstance(server.authenticator, _TimedAuthenticator):
+            server.authenticator = _TimedAuthenticator(server.authenticator, self.plugin_seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        self._instrument()
+        return bytes(generate_latest(self.registry))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+            writer.close()
+            return
+        except ConnectionError:
+            return
+        if len(head) > MAX_REQUEST_HEAD:
+            writer.close()
+            return
+        parts = head.split(b"\r\n", 1)[0].split()
+        method = parts[0] if parts else b""
+        target = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+        if method not in (b"GET", b"HEAD"):
+            status, body, kind = b"405 Method Not Allowed", b"GET only\n", b"text/plain"
+        elif target in (b"/metrics", b"/"):
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            status, body, kind = b"200 OK", self.render(), CONTENT_TYPE_LATEST.encode()
+        else:
+            status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
+        writer.write(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: "
+            + kind
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + (body if method != b"HEAD" else b"")
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()

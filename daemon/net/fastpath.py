@@ -1,0 +1,368 @@
+"""The datagram fast path: send media without running aioquic's whole packet writer.
+
+A listener's connection spends most of its life with nothing to send but audio. For such a
+connection aioquic still builds a packet builder, walks every frame type, allocates and
+flushes for each transmit. The fast path sends the queued media DATAGRAM frames itself, in
+short-header packets built with the connection's own 1-RTT keys, and registers them with
+aioquic's loss recovery and congestion control exactly as aioquic would (packet number, sent
+packets, bytes in flight, PTO, idle timer, pacing). Everything else goes through aioquic.
+
+The rules that keep this correct:
+
+- **Only when nothing else is pending.** :meth:`DatagramFastPath.refresh` checks every source
+  of frames ``QuicConnection._write_application`` knows (ACK due, handshake, path validation,
+  connection ids, flow control updates, pings and probes, CRYPTO, streams, aioquic's own
+  datagram queue, closing, key updates, qlog) and caches the result in ``fast_clean``.
+- **The cache dies on every call into aioquic.** :class:`FastQuicConnection` clears
+  ``fast_clean`` in each public method that changes state (receiving, timers, sending stream
+  data, closing...), so the next transmit checks again.
+- **The timers stay right.** A fast send that puts the first ack-eliciting packet in flight
+  re-arms the loss detection timer; a timer that fires early (because sends moved the PTO
+  later) just re-arms itself (see ``SessionProtocol._handle_timer``).
+- **Anything unusual falls back** to aioquic's normal path: an ACK due, pacing, a datagram
+  aioquic itself holds.
+- **Pinned.** The fast path reads aioquic internals; it only switches on for the version it
+  was written and tested against (:data:`AIOQUIC_VERSION`), and ``SALON_FASTPATH=0`` turns it
+  off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import aioquic
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
+
+log = logging.getLogger("salon.net")
+
+AIOQUIC_VERSION = "1.7.2"
+"""The aioquic release whose internals this module was written and tested against."""
+
+INVALIDATING_METHODS = (
+    "change_connection_id",
+    "close",
+    "connect",
+    "datagrams_to_send",
+    "handle_timer",
+    "receive_datagram",
+    "request_key_update",
+    "reset_stream",
+    "send_datagram_frame",
+    "send_ping",
+    "send_stream_data",
+    "stop_stream",
+)
+"""Public ``QuicConnection`` methods that may change what is pending: each clears the cache."""
+
+READ_ONLY_MEMBERS = (
+    "configuration",
+    "get_next_available_stream_id",
+    "get_peer_address",
+    "get_timer",
+    "next_event",
+    "original_destination_connection_id",
+)
+"""Public ``QuicConnection`` members that leave the cache valid."""
+
+# Short header: fixed bit, then spin bit, key phase, and a 2-byte packet number (as aioquic).
+PACKET_NUMBER_SIZE = 2
+AEAD_TAG_SIZE = 16
+DATAGRAM_FRAME = bytes((QuicFrameType.DATAGRAM_WITH_LENGTH,))
+ONE_RTT = Epoch.ONE_RTT
+ONE_RTT_PACKET = QuicPacketType.ONE_RTT
+CONNECTED = QuicConnectionState.CONNECTED
+
+
+def enabled_by_environment() -> bool:
+    """False when ``SALON_FASTPATH`` is ``0``/``false``/``no``/``off``, or aioquic differs."""
+    if os.environ.get("SALON_FASTPATH", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if aioquic.__version__ != AIOQUIC_VERSION:
+        log.warning(
+            "datagram fast path off: written for aioquic %s, found %s",
+            AIOQUIC_VERSION,
+            aioquic.__version__,
+        )
+        return False
+    return True
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when it is installed (``SALON_UVLOOP=0`` keeps asyncio's loop).
+
+    uvloop reads up to dozens of UDP datagrams per poll instead of one per loop iteration, so
+    the datagrams of one tick are forwarded by one flush. Returns the loop's name.
+    """
+    if os.environ.get("SALON_UVLOOP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+class FastQuicConnection(QuicConnection):
+    """A ``QuicConnection`` whose state-changing calls clear the fast path's cache."""
+
+    fast_clean = False
+    """True while :meth:`DatagramFastPath.refresh` found nothing but datagrams pending and
+    no call into aioquic happened since."""
+
+
+def _invalidating(name: str) -> Callable[..., Any]:
+    original = getattr(QuicConnection, name)
+
+    def method(self: FastQuicConnection, *args: Any, **kwargs: Any) -> Any:
+        self.fast_clean = False
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"FastQuicConnection.{name}"
+    method.__doc__ = original.__doc__
+    return method
+
+
+for _name in INVALIDATING_METHODS:
+    setattr(FastQuicConnection, _name, _invalidating(_name))
+
+
+def adopt(quic: QuicConnection) -> FastQuicConnection:
+    """Give an existing connection the invalidating methods (its state is untouched)."""
+    quic.__class__ = FastQuicConnection
+    assert isinstance(quic, FastQuicConnection)
+    quic.fast_clean = False
+    return quic
+
+
+class SendResult:
+    """What :meth:`DatagramFastPath.send` did with the queue."""
+
+    SENT = 0
+    """The queue is empty (everything sent or dropped)."""
+    BLOCKED = 1
+    """The congestion window is full: the rest waits in the queue for the next ACK."""
+    FALLBACK = 2
+    """The normal path must run (pacing, an ACK due, or the cache is stale)."""
+
+
+class DatagramFastPath:
+    """Sends one connection's queued media datagrams (see the module docstring)."""
+
+    __slots__ = (
+        "_addr",
+        "_cc",
+        "_crypto",
+        "_first_byte",
+        "_loss",
+        "_max_payload",
+        "_pacer",
+        "_path",
+        "_peer_cid",
+        "_space",
+        "armed_pto",
+        "dropped",
+        "packets",
+        "quic",
+        "refreshes",
+    )
+
+    def __init__(self, quic: QuicConnection) -> None:
+        self.quic = adopt(quic)
+        self.packets = 0
+        """Packets sent by the fast path."""
+        self.refreshes = 0
+        """Full checks of the connection state (one per call into aioquic at most)."""
+        self.dropped = 0
+        """Datagrams over the peer's limit or too large for one QUIC packet."""
+        self.armed_pto = False
+        """Set by :meth:`send` when it put the first ack-eliciting packet in flight: the
+        caller must re-arm the connection's timer."""
+        self._space: Any = None
+        self._loss: Any = None
+        self._cc: Any = None
+        self._pacer: Any = None
+        self._crypto: Any = None
+        self._path: Any = None
+        self._addr: Any = None
+        self._peer_cid = b""
+        self._first_byte = 0
+        self._max_payload = 0
+
+    # ------------------------------------------------------------------ the check
+
+    def refresh(self) -> bool:
+        """Check that aioquic has nothing but datagrams to send; cache what sending needs."""
+        self.refreshes += 1
+        quic = self.quic
+        quic.fast_clean = False
+        if (
+            quic._state is not CONNECTED
+            or quic._close_pending
+            or not quic._handshake_confirmed
+            or quic._quic_logger is not None
+            or quic._datagrams_pending
+            or quic._handshake_done_pending
+            or quic._ping_pending
+            or quic._probe_pending
+            or quic._retire_connection_ids
+            or quic._streams_blocked_pending
+            or quic._key_update_pending
+            or len(quic._network_paths) != 1
+            or (quic._is_client and quic._remote_preferred_address is not None)
+        ):
+            return False
+        crypto = quic._cryptos.get(ONE_RTT)
+        if crypto is None or not crypto.send.is_valid() or crypto._update_key_requested:
+            return False
+        path = quic._network_paths[0]
+        if not path.is_validated or path.remote_challenges:
+            return False
+        for connection_id in quic._host_cids:
+            if not connection_id.was_sent:
+                return False
+        if not quic._crypto_streams[ONE_RTT].sender.buffer_is_empty:
+            return False
+        max_data = quic._local_max_data
+        if max_data.used * 2 > max_data.value or max_data.value != max_data.sent:
+            return False
+        for limit in (quic._local_max_streams_bidi, quic._local_max_streams_uni):
+            # aioquic batches MAX_STREAMS: it waits while the peer has enough streams left.
+            if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+                return False
+        for stream in quic._streams.values():
+            sender = stream.sender
+            local = stream.max_stream_data_local
+            if (
+                not sender.buffer_is_empty
+                or sender.reset_pending
+                or stream.receiver.stop_pending
+                or stream.is_finished
+                or (local and stream.receiver.highest_offset * 2 > local)
+                or stream.max_stream_data_local_sent != local
+            ):
+                return False
+
+        peer_cid = quic._peer_cid.cid
+        self._space = quic._spaces[ONE_RTT]
+        self._loss = quic._loss
+        self._cc = quic._loss._cc
+        self._pacer = quic._loss._pacer
+        self._crypto = crypto.send
+        self._path = path
+        self._addr = path.addr
+        self._peer_cid = peer_cid
+        self._first_byte = (
+            PACKET_FIXED_BIT
+            | (quic._spin_bit << 5)
+            | (crypto.key_phase << 2)
+            | (PACKET_NUMBER_SIZE - 1)
+        )
+        self._max_payload = (
+            quic._max_datagram_size - 1 - len(peer_cid) - PACKET_NUMBER_SIZE - AEAD_TAG_SIZE
+        )
+        quic.fast_clean = True
+        return True
+
+    def ack_due(self, now: float) -> bool:
+        """Whether aioquic owes the peer an ACK now (only the normal path writes ACKs)."""
+        ack_at = self._space.ack_at
+        return ack_at is not None and ack_at <= now
+
+    # ------------------------------------------------------------------ sending
+
+    def send(
+        self,
+        queue: collections.deque[bytes],
+        limit: int,
+        now: float,
+        sendto: Callable[[bytes, Any], None],
+    ) -> int:
+        """Send the datagrams of ``queue`` (popping them), several per packet when they fit.
+
+        ``limit`` is the largest datagram the peer accepts; larger ones are dropped and
+        counted in :attr:`dropped`. Returns a :class:`SendResult` value.
+        """
+        quic = self.quic
+        if not quic.fast_clean or quic._datagrams_pending:
+            return SendResult.FALLBACK
+        space = self._space
+        ack_at = space.ack_at
+        if ack_at is not None and ack_at <= now:
+            return SendResult.FALLBACK
+        cc = self._cc
+        pacer = self._pacer
+        loss = self._loss
+        crypto = self._crypto
+        max_payload = self._max_payload
+        header_start = bytes((self._first_byte,)) + self._peer_cid
+        path = self._path
+        addr = self._addr
+        self.armed_pto = space.ack_eliciting_in_flight == 0
+        while queue:
+            if pacer.packet_time is not None and pacer.next_send_time(now) is not None:
+                return SendResult.FALLBACK
+            first = len(queue[0])
+            if first > limit or first + 3 > max_payload:
+                # Over the peer's limit, or too large for any packet (aioquic would block
+                # its queue on it forever): drop it.
+                queue.popleft()
+                self.dropped += 1
+                continue
+            # Pack as many datagrams as fit in one packet.
+            frames: list[bytes] = []
+            size = 0
+            for data in queue:
+                length = len(data)
+                frame_size = length + (3 if length >= 64 else 2)
+                if length > limit or size + frame_size > max_payload:
+                    break
+                if length >= 64:
+                    frames.append(DATAGRAM_FRAME + (0x4000 | length).to_bytes(2, "big") + data)
+                else:
+                    frames.append(DATAGRAM_FRAME + bytes((length,)) + data)
+                size += frame_size
+            packet_size = len(header_start) + PACKET_NUMBER_SIZE + size + AEAD_TAG_SIZE
+            if cc.bytes_in_flight + packet_size > cc.congestion_window:
+                # The rest waits in the queue for the next ACK (which calls transmit).
+                return SendResult.BLOCKED
+            for _ in frames:
+                queue.popleft()
+            packet_number = quic._packet_number
+            header = header_start + (packet_number & 0xFFFF).to_bytes(2, "big")
+            packet = crypto.encrypt_packet(header, b"".join(frames), packet_number)
+            quic._packet_number = packet_number + 1
+            sent_bytes = len(packet)
+            loss.on_packet_sent(
+                packet=QuicSentPacket(
+                    epoch=ONE_RTT,
+                    in_flight=True,
+                    is_ack_eliciting=True,
+                    is_crypto_packet=False,
+                    packet_number=packet_number,
+                    packet_type=ONE_RTT_PACKET,
+                    sent_time=now,
+                    sent_bytes=sent_bytes,
+                ),
+                space=space,
+            )
+            if pacer.packet_time is not None:
+                pacer.update_after_send(now)
+            # As aioquic's _flush_builder: the first ack-eliciting packet since the last one
+            # received restarts the idle timer (RFC 9000 section 10.1).
+            if not quic._ack_eliciting_sent_since_receipt:
+                quic._close_at = now + quic._idle_timeout()
+                quic._ack_eliciting_sent_since_receipt = True
+            path.bytes_sent += sent_bytes
+            self.packets += 1
+            sendto(packet, addr)
+        return SendResult.SENT

@@ -1,0 +1,60 @@
+"""UDP packet and byte counters of the QUIC socket, for the admin API and the metrics endpoint.
+
+aioquic keeps no byte counters once a path is validated, so the server counts at the socket:
+every datagram the QUIC server receives and every one any connection sends, whatever it carries
+(media, control, acknowledgements, handshakes). Counting costs one call and two additions per
+packet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UdpTraffic:
+    """Packets and bytes in and out of one UDP socket since start."""
+
+    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out")
+
+    def __init__(self) -> None:
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def attach(self, quic_server: Any) -> None:
+        """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends.
+
+        Must run before the first connection exists: each connection keeps the transport it
+        was given, so the server's transport is replaced by a counting one here.
+        """
+        transport = quic_server._transport
+        if transport is None or isinstance(transport, _CountingTransport):
+            return
+        quic_server._transport = _CountingTransport(transport, self)
+        received = quic_server.datagram_received
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            self.packets_in += 1
+            self.bytes_in += len(data)
+            received(data, addr)
+
+        # asyncio looks the method up on the protocol for each datagram.
+        quic_server.datagram_received = datagram_received
+
+
+class _CountingTransport:
+    """A datagram transport that counts what goes through ``sendto``."""
+
+    def __init__(self, inner: Any, traffic: UdpTraffic) -> None:
+        self._inner = inner
+        self._traffic = traffic
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        traffic = self._traffic
+        traffic.packets_out += 1
+        traffic.bytes_out += len(data)
+        self._inner.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

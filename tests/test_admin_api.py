@@ -1,0 +1,319 @@
+"""The admin API over its Unix socket, against an in-process salond with real QUIC clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from salon.daemon.admin import protocol as p
+from salon.daemon.admin.client import AdminClient, AdminError
+from salon.daemon.admin.server import AdminServer, AuditTrail, audit_entry_from
+from salon.daemon.admin.socket_path import AdminSocketError, check_socket_path
+from salon.daemon.wire import messages as msg
+from tests.conftest import InProcessDaemon
+
+
+async def admin_of(live: InProcessDaemon) -> AdminClient:
+    client = await AdminClient.connect(live.daemon.config.admin_socket)
+    live.clients.append(client)  # type: ignore[arg-type]  # closed with the clients
+    return client
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_socket_is_private_and_welcomes_the_operator(live: InProcessDaemon) -> None:
+    path = live.daemon.config.admin_socket
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    admin = await admin_of(live)
+    assert admin.welcome is not None
+    assert admin.welcome.protocol == p.ADMIN_PROTOCOL
+    assert admin.welcome.operator.startswith("operator:")
+
+
+async def test_status_counts_connections_rooms_and_traffic(live: InProcessDaemon) -> None:
+    admin = await admin_of(live)
+    await admin.create_room("hall", "Hall", persistent=True)
+    guest = await live.client("Guest")
+    await guest.join("hall")
+    status = await admin.status()
+    assert status.connections == 1
+    assert status.rooms == 1
+    assert status.members == 1
+    assert status.traffic.packets_in > 0 and status.traffic.bytes_out > 0
+    assert status.messages_in >= 2
+    assert status.admin_clients == 1
+    assert status.server.startswith("salond/")
+
+
+async def test_knock_profile_and_approval_through_the_operator_path(
+    live: InProcessDaemon,
+) -> None:
+    admin = await admin_of(live)
+    await admin.create_room("club", "Club", policy="approval", persistent=True)
+    guest = await live.client("Grace Hopper")
+    result = await guest.join("club")
+    assert result["status"] == "knocking"
+    detail = await admin.room("club")
+    [knock] = detail.knocks
+    assert (knock.display_name, knock.user) == ("Grace Hopper", guest.user)
+    assert knock.expires_at > knock.requested_at
+    await admin.approve_knock("club", knock.request_id)
+    state = await guest.wait_for_event(msg.RoomState)
+    assert state.room.summary.room == "club"
+    detail = await admin.room("club")
+    assert [m.user for m in detail.participants] == [guest.user]
+    assert detail.knocks == []
+    entry = (await admin.audit(room="club", limit=10))[0]
+    assert (entry.action, entry.target) == ("approve_knock", guest.user)
+    assert entry.actor == admin.welcome.operator  # type: ignore[union-attr]
+
+
+async def test_actions_use_the_core_permission_checks(live: InProcessDaemon) -> None:
+    admin = await admin_of(live)
+    await admin.create_room("town", "Town", persistent=True)
+    listener = await live.client("Lis")
+    await listener.join("town")
+    with pytest.raises(AdminError) as info:
+        await admin.mute("town", listener.user)  # not on stage
+    assert info.value.code == "not_on_stage"
+    with pytest.raises(AdminError) as info:
+        await admin.remove("nowhere", listener.user)
+    assert info.value.code == "room_not_found"
+    with pytest.raises(AdminError) as info:
+        await admin.act("town", "join", room="town")  # a member's request, not an action
+    assert info.value.code == "invalid_value"
+    with pytest.raises(AdminError) as info:
+        await admin.act("town", "no_such_request")
+    assert info.value.code == "unknown_type"
+    await admin.invite_to_speak("town", listener.user)
+    await listener.wait_for_event(msg.SpeakInvitation)
+    await listener.call("accept_speak")
+    await admin.mute("town", listener.user)
+    [member] = (await admin.room("town")).participants
+    assert member.muted_by_moderator
+    event = await listener.wait_for_event(msg.Muted)
+    assert event.by == admin.welcome.operator  # type: ignore[union-attr]
+    await admin.ban("town", listener.user, reason="spam", duration=60)
+    removed = await listener.wait_for_event(msg.Removed)
+    assert removed.banned and removed.reason == "spam"
+    detail = await admin.room("town")
+    assert [b.user for b in detail.bans] == [listener.user]
+    await admin.unban("town", listener.user)
+    assert (await admin.room("town")).bans == []
+    actions = [e.action for e in await admin.audit(room="town")]
+    assert actions[:4] == ["unban", "ban", "mute", "invite_to_speak"]
+
+
+async def test_room_settings_invites_and_close(live: InProcessDaemon) -> None:
+    admin = await admin_of(live)
+    await admin.create_room("deck", "Deck", persistent=True)
+    await admin.update_room("deck", title="New deck", topics=["Jazz"], policy="invite")
+    summary = (await admin.room("deck")).summary
+    assert (summary.title, summary.topics, summary.policy) == ("New deck", ["jazz"], "invite")
+    invite = await admin.create_invite("deck", role="speaker", max_uses=2)
+    assert [i.token for i in await admin.list_invites("deck")] == [invite.token]
+    speaker = await live.client("Spk")
+    assert (await speaker.join("deck", invite=invite.token))["role"] == "speaker"
+    assert [m.role for m in (await admin.room("deck")).participants] == ["speaker"]
+    await admin.revoke_invite("deck", invite.token)
+    assert (await admin.room("deck")).invites == []
+    await admin.promote("deck", speaker.user)
+    assert (await admin.room("deck")).moderators == [speaker.user]
+    await admin.demote("deck", speaker.user)
+    await admin.close_room("deck")
+    closed = await speaker.wait_for_event(msg.RoomClosed)
+    assert closed.reason == "closed_by_operator"
+    assert [r.room for r in await admin.rooms()] == []
+
+
+async def test_subscription_streams_events_stats_and_levels(live: InProcessDaemon) -> None:
+    admin = await admin_of(live)
+    await admin.subscribe(stats_interval=0.2)
+    await admin.create_room("ev", "Events", persistent=True)
+    guest = await live.client("Eve")
+    await guest.join("ev")
+    await admin.update_room("ev", title="Renamed")
+    kinds: list[str] = []
+    stats: list[p.StatusInfo] = []
+
+    async def collect() -> None:
+        async for event in admin.events():
+            kinds.append(event.kind)
+            if event.kind == "stats":
+                stats.append(p.convert(event.data, p.StatusInfo))
+            if {"room_created", "member_joined", "moderation"} <= set(kinds) and stats:
+                return
+
+    await asyncio.wait_for(collect(), 5)
+    assert stats[-1].rooms == 1
+    await admin.subscribe(levels_room="ev")  # changing the subscription is allowed
+
+
+async def test_bad_lines_get_precise_errors(live: InProcessDaemon) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(live.daemon.config.admin_socket))
+    welcome = p.decode_server_line(await reader.readline())
+    assert isinstance(welcome, p.Welcome)
+    for line, code, re in (
+        (b"not json\n", "bad_message", None),
+        (b'{"type": "frobnicate", "id": 4}\n', "unknown_type", 4),
+        (b'{"type": "room", "id": 5}\n', "bad_message", 5),
+        (b'{"type": "audit", "id": 6, "limit": 0}\n', "bad_message", 6),
+        (b'{"type": "room", "id": 7, "room": "ghost"}\n', "room_not_found", 7),
+        (
+            b'{"type": "action", "id": 8, "room": "x", "request": {"type": "mute", "user": 3}}\n',
+            "bad_message",
+            8,
+        ),
+    ):
+        writer.write(line)
+        await writer.drain()
+        reply = p.decode_server_line(await reader.readline())
+        assert isinstance(reply, p.Error), line
+        assert (reply.code, reply.re) == (code, re), (line, reply)
+    writer.close()
+
+
+def test_unsafe_socket_paths_are_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(AdminSocketError, match="writable by other users"):
+        check_socket_path(shared / "admin.sock")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "admin.sock").write_text("not a socket")
+    with pytest.raises(AdminSocketError, match="is a file, not a socket"):
+        check_socket_path(private / "admin.sock")
+    (private / "link.sock").symlink_to(private / "admin.sock")
+    with pytest.raises(AdminSocketError, match="symbolic link"):
+        check_socket_path(private / "link.sock")
+    # A socket nobody listens on is stale (a salond that died): it is removed.
+    stale = private / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()
+    check_socket_path(stale)
+    assert not stale.exists()
+    # A socket that answers belongs to a running salond: never taken over.
+    busy = private / "busy.sock"
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(busy))
+    listening.listen(1)
+    try:
+        with pytest.raises(AdminSocketError, match="in use"):
+            check_socket_path(busy)
+    finally:
+        listening.close()
+    # A missing directory is created, private.
+    check_socket_path(tmp_path / "new" / "admin.sock")
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
+
+
+def test_salond_refuses_to_start_on_an_unsafe_socket_path(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = tmp_path / "salond.toml"
+    config.write_text(f'[admin]\nsocket = "{shared / "admin.sock"}"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "salon.daemon.app",
+            "-c",
+            str(config),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "writable by other users" in done.stderr
+
+
+async def test_a_second_daemon_does_not_take_over_a_live_socket(live: InProcessDaemon) -> None:
+    with pytest.raises(AdminSocketError, match="in use"):
+        AdminServer(live.daemon)
+    assert (await (await admin_of(live)).status()).admin_clients == 1
+
+
+async def test_socket_file_is_removed_on_stop(tmp_path: Path) -> None:
+    from tests.conftest import run_daemon
+
+    async with run_daemon(tmp_path / "state") as running:
+        path = running.daemon.config.admin_socket
+        assert path.exists()
+    assert not path.exists()
+
+
+async def test_admin_can_be_disabled(tmp_path: Path) -> None:
+    from tests.conftest import run_daemon
+
+    async with run_daemon(tmp_path / "state", **{"admin.enabled": False}) as running:
+        assert not running.daemon.config.admin_socket.exists()
+        assert not any(isinstance(c, AdminServer) for c in running.daemon.components)
+
+
+def test_audit_trail_keeps_the_newest_and_filters_by_room() -> None:
+    trail = AuditTrail(kept=3)
+    for i in range(5):
+        trail.add(p.AuditEntry(at=i, room="a" if i % 2 else "b", actor="x", action=f"act{i}"))
+    assert [e.action for e in trail.entries(10)] == ["act4", "act3", "act2"]
+    assert [e.action for e in trail.entries(10, room="a")] == ["act3"]
+    assert [e.action for e in trail.entries(1)] == ["act4"]
+
+
+def test_store_rows_become_audit_entries() -> None:
+    class Row:
+        at = 5.0
+        room = "r"
+        actor = "alice"
+        action = "ban"
+        target = "bob"
+        detail = {"reason": "spam"}
+
+    assert audit_entry_from(Row()) == p.AuditEntry(
+        at=5.0, room="r", actor="alice", action="ban", target="bob", detail={"reason": "spam"}
+    )
+    assert audit_entry_from(
+        {"time": 1, "room": "r", "actor": "a", "action": "x", "detail": '{"k": 1}'}
+    ).detail == {"k": 1}
+
+
+def test_client_module_imports_no_textual() -> None:
+    script = (
+        "import sys, json\n"
+        "import salon.daemon.admin.client, salon.daemon.admin.ctl\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'textual')))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(output) == []
+
+
+def test_every_event_kind_is_declared() -> None:
+    kinds = typing.get_type_hints(p.Event)["kind"].__args__
+    assert set(p.EVENT_KINDS) == set(kinds)

@@ -1,0 +1,433 @@
+"""The datagram fast path against a real aioquic peer.
+
+Most tests drive two aioquic connections in memory (the aioquic test style: a client and a
+server ``QuicConnection``, packets moved by hand, the clock passed in): the server's datagrams
+go out through :class:`DatagramFastPath`, the client is stock aioquic. The last tests run the
+fast path inside salond over real QUIC on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+import aioquic
+import pytest
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from salon.daemon.net import fastpath as fp
+from salon.daemon.net.fastpath import DatagramFastPath, FastQuicConnection, SendResult
+from salon.daemon.tls import ensure_certificate
+from salon.daemon.wire.datagram import pack_datagram
+from salon.daemon.wire.rtp import (
+    AUDIO_LEVEL_EXTENSION_ID,
+    HeaderExtension,
+    RtpPacket,
+    pack_audio_level,
+)
+
+CLIENT_ADDR = ("1.2.3.4", 1234)
+SERVER_ADDR = ("2.3.4.5", 4433)
+
+
+class Pair:
+    """A connected client (stock aioquic) and server (fast path) with a hand-moved network."""
+
+    def __init__(self, tmp_path: Path, ack_delay: float = 0.020) -> None:
+        tls = ensure_certificate(tmp_path / "tls", "localhost")
+        client_config = QuicConfiguration(
+            alpn_protocols=["salon/1"], is_client=True, max_datagram_frame_size=65536
+        )
+        client_config.verify_mode = 0  # ssl.CERT_NONE
+        server_config = QuicConfiguration(
+            alpn_protocols=["salon/1"], is_client=False, max_datagram_frame_size=65536
+        )
+        server_config.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        self.now = 1000.0
+        self.client = QuicConnection(configuration=client_config)
+        self.client._ack_delay = ack_delay
+        self.server = QuicConnection(
+            configuration=server_config,
+            original_destination_connection_id=self.client.original_destination_connection_id,
+        )
+        self.fast = DatagramFastPath(self.server)
+        self.wire: list[bytes] = []
+        self.client.connect(SERVER_ADDR, now=self.now)
+        for _ in range(10):
+            self.client_to_server()
+            self.server_to_client()
+        assert self.server._handshake_confirmed and self.client._handshake_confirmed
+        self.client_events()
+        # Let the last handshake packets be acknowledged: nothing in flight either way.
+        for _ in range(3):
+            self.advance(0.05)
+        assert self.server._loss.bytes_in_flight == 0
+        assert self.client._loss.bytes_in_flight == 0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for connection in (self.client, self.server):
+            timer = connection.get_timer()
+            if timer is not None and timer <= self.now:
+                connection.handle_timer(self.now)
+        self.client_to_server()
+        self.server_to_client()
+
+    def client_to_server(self) -> int:
+        count = 0
+        for data, _ in self.client.datagrams_to_send(self.now):
+            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+            count += 1
+        return count
+
+    def server_to_client(self) -> int:
+        count = 0
+        for data, _ in self.server.datagrams_to_send(self.now):
+            self.client.receive_datagram(data, SERVER_ADDR, self.now)
+            count += 1
+        return count
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        assert addr == CLIENT_ADDR
+        self.wire.append(data)
+
+    def deliver_wire(self, drop: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        for index, data in enumerate(self.wire):
+            if index not in drop:
+                self.client.receive_datagram(data, SERVER_ADDR, self.now)
+        self.wire.clear()
+
+    def fast_send(self, datagrams: list[bytes], limit: int = 1100) -> int:
+        queue = collections.deque(datagrams)
+        if not self.server.fast_clean:
+            assert self.fast.refresh()
+        result = self.fast.send(queue, limit, self.now, self.sendto)
+        assert not queue or result != SendResult.SENT
+        return result
+
+    def client_events(self) -> list[events.QuicEvent]:
+        found = []
+        while (event := self.client.next_event()) is not None:
+            found.append(event)
+        return found
+
+    def received(self) -> list[bytes]:
+        return [e.data for e in self.client_events() if isinstance(e, events.DatagramFrameReceived)]
+
+
+def media(seq: int, size: int = 81) -> bytes:
+    packet = RtpPacket(
+        payload_type=111,
+        sequence_number=seq,
+        timestamp=seq * 960,
+        ssrc=0x1234,
+        extensions=[HeaderExtension(AUDIO_LEVEL_EXTENSION_ID, pack_audio_level(True, 30))],
+        payload=bytes([seq % 256]) * size,
+    )
+    return pack_datagram(1, packet.serialize())
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return Pair(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- pinning
+
+
+def test_pinned_aioquic_version_and_api():
+    assert aioquic.__version__ == fp.AIOQUIC_VERSION
+    public = {name for name in dir(QuicConnection) if not name.startswith("_")}
+    # A new public method could change what is pending without clearing the cache.
+    assert public == set(fp.INVALIDATING_METHODS) | set(fp.READ_ONLY_MEMBERS)
+
+
+def test_every_state_changing_call_clears_the_cache(pair: Pair):
+    server = pair.server
+    assert isinstance(server, FastQuicConnection)
+    stream_id = 1  # a server-initiated bidirectional stream
+    calls = {
+        "send_stream_data": lambda: server.send_stream_data(stream_id, b"x"),
+        "send_ping": lambda: server.send_ping(7),
+        "send_datagram_frame": lambda: server.send_datagram_frame(b"d"),
+        "datagrams_to_send": lambda: server.datagrams_to_send(pair.now),
+        "handle_timer": lambda: server.handle_timer(pair.now),
+        "request_key_update": lambda: server.request_key_update(),
+    }
+    for name, call in calls.items():
+        pair.server_to_client()
+        pair.advance(0.05)
+        pair.fast.refresh()
+        server.fast_clean = True
+        call()
+        assert not server.fast_clean, name
+
+
+# ---------------------------------------------------------------------------------- delivery
+
+
+def test_datagrams_arrive_intact_and_several_share_a_packet(pair: Pair):
+    datagrams = [media(seq) for seq in range(5)]
+    assert pair.fast_send(datagrams) == SendResult.SENT
+    # Five 100-byte datagrams fit one 1200-byte packet.
+    assert len(pair.wire) == 1
+    assert pair.fast.packets == 1
+    pair.deliver_wire()
+    assert pair.received() == datagrams
+
+
+def test_a_full_packet_spills_into_the_next(pair: Pair):
+    datagrams = [media(seq, size=400) for seq in range(7)]
+    queue = collections.deque(datagrams)
+    assert pair.fast.refresh()
+    while queue:
+        result = pair.fast.send(queue, 1100, pair.now, pair.sendto)
+        # aioquic paces bursts; the fast path hands over to it (or, here, waits a little).
+        assert result in (SendResult.SENT, SendResult.FALLBACK)
+        pair.now += 0.001
+    assert len(pair.wire) == 4  # two 420-byte datagrams per packet
+    assert all(len(packet) <= pair.server._max_datagram_size for packet in pair.wire)
+    pair.deliver_wire()
+    assert pair.received() == datagrams
+
+
+def test_oversized_and_over_limit_datagrams_are_dropped_not_stuck(pair: Pair):
+    big = b"\x01" + bytes(1190)  # cannot fit in a 1200-byte packet
+    over_limit = media(1, size=300)
+    ok = media(2)
+    assert pair.fast_send([big, over_limit, ok], limit=200) == SendResult.SENT
+    assert pair.fast.dropped == 2
+    pair.deliver_wire()
+    assert pair.received() == [ok]
+
+
+def test_packet_numbers_continue_aioquic_sequence(pair: Pair):
+    before = pair.server._packet_number
+    pair.fast_send([media(1)])
+    assert pair.server._packet_number == before + 1
+    pair.deliver_wire()
+    # aioquic's own next packet (control data) follows the fast one without a gap.
+    pair.server.send_stream_data(1, b"hello")
+    pair.server_to_client()
+    assert pair.server._packet_number == before + 2
+    assert [e.data for e in pair.client_events() if isinstance(e, events.StreamDataReceived)] == [
+        b"hello"
+    ]
+
+
+# ---------------------------------------------------------------------------------- ACKs, cc
+
+
+def test_acks_clear_what_the_fast_path_put_in_flight(pair: Pair):
+    loss = pair.server._loss
+    space = pair.server._spaces[fp.ONE_RTT]
+    base = loss.bytes_in_flight
+    assert pair.fast_send([media(1)]) == SendResult.SENT
+    pair.now += 0.005
+    assert pair.fast_send([media(2)]) == SendResult.SENT
+    sent = sum(len(packet) for packet in pair.wire)
+    assert loss.bytes_in_flight == base + sent
+    assert space.ack_eliciting_in_flight >= 2
+    pair.deliver_wire()
+    pair.received()
+    pair.advance(0.025)  # past the client's ACK delay: its ACK reaches the server
+    assert loss.bytes_in_flight == 0
+    assert space.sent_packets == {}
+    assert loss._pto_count == 0
+
+
+def test_loss_of_a_fast_packet_is_detected_by_aioquic(pair: Pair):
+    loss = pair.server._loss
+    for seq in range(5):
+        assert pair.fast_send([media(seq)]) == SendResult.SENT
+        pair.now += 0.005  # audio pace: one packet every few milliseconds
+    pair.deliver_wire(drop={0})
+    pair.advance(0.025)
+    # Later packets were acknowledged: the first is declared lost (packet threshold) and
+    # no longer counts in flight; DATAGRAM frames are not retransmitted.
+    assert loss.bytes_in_flight == 0
+    assert pair.server._spaces[fp.ONE_RTT].sent_packets == {}
+
+
+def test_full_congestion_window_blocks_and_keeps_the_queue(pair: Pair):
+    cc = pair.server._loss._cc
+    cc.bytes_in_flight = cc.congestion_window - 50
+    queue = collections.deque([media(1), media(2)])
+    pair.fast.refresh()
+    assert pair.fast.send(queue, 1100, pair.now, pair.sendto) == SendResult.BLOCKED
+    assert len(queue) == 2 and not pair.wire
+    cc.bytes_in_flight = 0
+    assert pair.fast.send(queue, 1100, pair.now, pair.sendto) == SendResult.SENT
+    assert not queue
+
+
+def test_first_packet_in_flight_asks_for_the_pto_timer(pair: Pair):
+    assert pair.fast_send([media(1)]) == SendResult.SENT
+    assert pair.fast.armed_pto
+    pair.now += 0.005
+    assert pair.fast_send([media(2)]) == SendResult.SENT
+    assert not pair.fast.armed_pto
+    # aioquic's timer now covers the probe timeout of what the fast path sent.
+    timer = pair.server.get_timer()
+    assert timer is not None and timer < pair.now + 1.0
+
+
+def test_probe_timeout_after_unanswered_fast_packets(pair: Pair):
+    pair.fast_send([media(1)])
+    pair.wire.clear()  # lost
+    timer = pair.server.get_timer()
+    assert timer is not None
+    pair.now = timer
+    pair.server.handle_timer(pair.now)
+    assert not pair.server.fast_clean
+    assert not pair.fast.refresh()  # a probe is pending: the normal path sends it
+    probes = pair.server_to_client()
+    assert probes >= 1
+    assert pair.server._loss._pto_count == 1
+
+
+# ---------------------------------------------------------------------------------- fallback
+
+
+def test_pacing_hands_the_rest_to_aioquic(pair: Pair):
+    queue = collections.deque(media(seq, size=1000) for seq in range(10))
+    assert pair.fast.refresh()
+    assert pair.fast.send(queue, 1100, pair.now, pair.sendto) == SendResult.FALLBACK
+    assert 0 < len(queue) < 10
+    assert pair.server._loss._pacer.next_send_time(pair.now) is not None
+
+
+def test_refresh_refuses_while_other_frames_are_pending(pair: Pair):
+    server = pair.server
+    server.send_stream_data(1, b"control")
+    assert not pair.fast.refresh()
+    pair.server_to_client()
+    assert pair.fast.refresh()
+    server.send_ping(1)
+    assert not pair.fast.refresh()
+    pair.server_to_client()
+    pair.client_to_server()
+    assert pair.fast.refresh()
+
+
+def test_ack_due_sends_through_aioquic(pair: Pair):
+    # The client sends something ack-eliciting: the server owes an ACK 1 ms later.
+    pair.client.send_datagram_frame(b"from client")
+    pair.client_to_server()
+    assert pair.fast.refresh()
+    assert not pair.fast.ack_due(pair.now)
+    later = pair.now + 0.002
+    assert pair.fast.ack_due(later)
+    queue = collections.deque([media(1)])
+    assert pair.fast.send(queue, 1100, later, pair.sendto) == SendResult.FALLBACK
+    assert len(queue) == 1
+
+
+def test_datagram_held_by_aioquic_forces_the_normal_path(pair: Pair):
+    pair.fast.refresh()
+    pair.server._datagrams_pending.append(b"aioquic's own")
+    queue = collections.deque([media(1)])
+    assert pair.fast.send(queue, 1100, pair.now, pair.sendto) == SendResult.FALLBACK
+    assert not pair.fast.refresh()
+
+
+def test_closing_connection_never_takes_the_fast_path(pair: Pair):
+    pair.server.close(error_code=0, reason_phrase="bye")
+    assert not pair.fast.refresh()
+
+
+def test_key_update_is_followed(pair: Pair):
+    pair.client.request_key_update()
+    pair.client.send_ping(3)
+    pair.client_to_server()  # the server follows the client's new key phase
+    pair.server_to_client()
+    assert pair.fast.refresh()
+    pair.fast_send([media(9)])
+    pair.deliver_wire()
+    assert pair.received() == [media(9)]
+
+
+def test_switch_off_by_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SALON_FASTPATH", "0")
+    assert not fp.enabled_by_environment()
+    monkeypatch.setenv("SALON_FASTPATH", "1")
+    assert fp.enabled_by_environment()
+
+
+# ---------------------------------------------------------------------------------- in salond
+
+
+async def _room_with_listeners(live, listeners: int):
+    speaker = await live.client("Speaker")
+    await speaker.create_room("Fast", room="fast")
+    await speaker.join("fast")
+    from salon.daemon.wire import messages as msg
+
+    state = await speaker.wait_for_event(msg.RoomState)
+    key = next(k for k in state.room.media_keys if k.user == speaker.user)
+    await speaker.call("unmute")
+    clients = []
+    for index in range(listeners):
+        client = await live.client(f"L{index}")
+        await client.join("fast")
+        clients.append(client)
+    return speaker, key, clients
+
+
+def _speaker_datagram(key, seq: int) -> bytes:
+    packet = RtpPacket(
+        payload_type=111,
+        sequence_number=seq,
+        timestamp=seq * 960,
+        ssrc=key.ssrc,
+        extensions=[HeaderExtension(AUDIO_LEVEL_EXTENSION_ID, pack_audio_level(True, 30))],
+        payload=bytes(97),
+    )
+    return pack_datagram(key.flow_id, packet.serialize())
+
+
+async def test_salond_forwards_through_the_fast_path(live):
+    speaker, key, listeners = await _room_with_listeners(live, 3)
+    received: dict[int, list[bytes]] = {id(c): [] for c in listeners}
+    for client in listeners:
+        client.on_datagram = received[id(client)].append
+    sent = [_speaker_datagram(key, seq) for seq in range(40)]
+    for data in sent:
+        speaker.send_datagram(data)
+        await asyncio.sleep(0.005)
+    for _ in range(100):
+        if all(len(got) == len(sent) for got in received.values()):
+            break
+        await asyncio.sleep(0.02)
+    assert all(got == sent for got in received.values())
+    server = live.daemon.server
+    protocols = [server.sessions[c.session] for c in listeners]
+    assert all(p.fastpath is not None and p.fastpath.packets > 0 for p in protocols)
+    # Every copy was acknowledged in the end, and no probe timeout fired.
+    await asyncio.sleep(0.1)
+    for protocol in protocols:
+        loss = protocol._quic._loss
+        assert loss.bytes_in_flight == 0
+        assert loss._pto_count == 0
+
+
+async def test_salond_without_the_fast_path(live, monkeypatch: pytest.MonkeyPatch):
+    from salon.daemon.net import session
+
+    monkeypatch.setattr(session, "FASTPATH_ENABLED", False)
+    speaker, key, listeners = await _room_with_listeners(live, 2)
+    received: list[bytes] = []
+    listeners[0].on_datagram = received.append
+    sent = [_speaker_datagram(key, seq) for seq in range(10)]
+    for data in sent:
+        speaker.send_datagram(data)
+        await asyncio.sleep(0.005)
+    for _ in range(100):
+        if len(received) == len(sent):
+            break
+        await asyncio.sleep(0.02)
+    assert received == sent
+    assert live.daemon.server.sessions[listeners[0].session].fastpath is None

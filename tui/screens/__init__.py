@@ -1,0 +1,1 @@
+"""The console's screens: rooms (the main screen), one room, dialogs and help."""
