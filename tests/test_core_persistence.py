@@ -23,6 +23,7 @@ from salon.daemon.core import (
     SalonCore,
     SubscriptionChanged,
 )
+from salon.daemon.core.permissions import ALLOWED, MATRIX, ROLES
 from salon.daemon.wire import messages as m
 from salon.daemon.wire.messages import ErrorCode
 from tests.test_core_support import Harness, build_request, dump, of_type, received
@@ -397,3 +398,47 @@ def test_refused_requests_still_change_nothing() -> None:
     with pytest.raises(CoreError):
         h.core.handle_request(h.connect("x"), build_request(m.SubscribeRoom, room="Bad Id"), h.now)
     assert dump(h.core)["rooms"] == before["rooms"]
+
+
+def test_every_action_reserved_to_hosts_is_audited() -> None:
+    """Each action the permission matrix keeps from speakers and listeners leaves an audit
+    entry (reading the invite list aside); a new host action without one fails here."""
+    speaker, listener = ROLES.index("speaker"), ROLES.index("listener")
+    reserved = {
+        action.value
+        for action, rule in MATRIX.items()
+        if rule.actor[speaker] is not ALLOWED and rule.actor[listener] is not ALLOWED
+    }
+    reserved = {"lower_hand" if a == "lower_hand_of" else a for a in reserved}
+    reserved.discard("list_invites")
+    h = Harness()
+    owner = h.connect("owner")
+    h.do(owner, m.CreateRoom, room="later", title="Later", scheduled_for=h.now + 3600)
+    h.do(owner, m.StartRoom, room="later")
+    h.room("owner")
+    h.moderator("mod")
+    lis = h.join("lis")
+    h.do(lis, m.RaiseHand)
+    h.do(owner, m.LowerHand, user="lis")
+    h.do(owner, m.InviteToSpeak, user="lis")
+    h.do(lis, m.AcceptSpeak)
+    h.do(owner, m.Mute, user="lis")
+    h.do(owner, m.Unmute, user="lis")
+    h.do(owner, m.MoveToAudience, user="lis")
+    h.do(owner, m.Remove, user="lis")
+    h.do(owner, m.Ban, user="troll")
+    h.do(owner, m.Unban, user="troll")
+    token = h.do(owner, m.CreateInvite)["invite"]["token"]
+    h.do(owner, m.RevokeInvite, token=token)
+    h.do(owner, m.UpdateRoom, policy="approval")
+    knocks = [h.do(h.connect(user), m.Join, room="r1")["request_id"] for user in ("ama", "ben")]
+    h.do(owner, m.ApproveKnock, request_id=knocks[0])
+    h.do(owner, m.DenyKnock, request_id=knocks[1])
+    h.do(owner, m.StartRecording)
+    h.do(owner, m.StopRecording)
+    h.do(owner, m.Demote, user="mod")
+    h.do(owner, m.TransferOwnership, user="mod")
+    h.do(h.sessions["mod"], m.CloseRoom)
+    audited = of_type(h.drain(), ModerationTaken)
+    assert {event.action for event in audited} == reserved
+    assert all(event.actor in ("owner", "mod") for event in audited)

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -94,7 +95,6 @@ async def code_of(call: Any) -> str:
 # --------------------------------------------------------------------------- restart
 
 
-@pytest.mark.skip(reason="in repair: fails since the interrupted session")
 async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     starts_at = time.time() + 3600
@@ -134,13 +134,19 @@ async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Pat
             await owner.call("update_room", title="Book club (monthly)")
             fan = await clients.connect("fan")
             await fan.call("subscribe_room", room="later")
-            owner_user, moderator_user, knocker_user = owner.user, moderator.user, knocker.user
+            owner_user, moderator_user = owner.user, moderator.user
+            # The members leave before the owner: an owner who leaves while a moderator is
+            # present hands the room over (PROTOCOL.md, `leave`), and that would be stored too.
+            for member in (knocker, moderator, owner):
+                await member.leave()
     finally:
         stop(daemon)
 
     daemon = start_salond(state)
     try:
         assert "restored 2 rooms" in daemon.log_text()
+        [(moderators,)] = read_db(state, "SELECT moderators FROM rooms WHERE id = 'club'")
+        assert json.loads(moderators) == [moderator_user]
         async with clients_of(daemon) as clients:
             guest = await clients.connect("guest")
             rooms = {room["room"]: room for room in await guest.list_rooms()}
@@ -181,7 +187,6 @@ async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Pat
             await owner.call("start_room", room="later")
             started = await fan.wait_for_event(msg.RoomStarted)
             assert started.room.room == "later" and started.room.state == "live"
-            assert {moderator_user, knocker_user} <= {owner_user, moderator_user, knocker_user}
     finally:
         stop(daemon)
 
@@ -279,7 +284,7 @@ def run_salond(state_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "scribbled", "foreign"])
+@pytest.mark.parametrize("damage", ["garbage", "scribbled", "foreign", "directory"])
 async def test_an_unusable_database_stops_salond_and_is_left_alone(
     tmp_path: Path, damage: str
 ) -> None:
@@ -300,18 +305,21 @@ async def test_an_unusable_database_stops_salond_and_is_left_alone(
         assert data.startswith(b"SQLite format 3\x00") and len(data) > 8192
         # Keep the header, scribble over the pages.
         path.write_bytes(data[:100] + b"\xff" * (len(data) - 100))
-    else:
+    elif damage == "foreign":
         db = sqlite3.connect(path)
         db.execute("CREATE TABLE invoices (total REAL)")
         db.commit()
         db.close()
-    before = path.read_bytes()
+    else:  # not readable as a file at all
+        path.mkdir()
+        (path / "keep").write_text("mine")
+    before = path.read_bytes() if path.is_file() else (path / "keep").read_bytes()
     result = await asyncio.to_thread(run_salond, state)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "salond: " in result.stderr and str(path) in result.stderr, output
     assert "listening on" not in output
-    assert path.read_bytes() == before
+    assert (path.read_bytes() if path.is_file() else (path / "keep").read_bytes()) == before
     assert not (state / f"{DATABASE_NAME}-wal").exists() or damage == "foreign"
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from salon.daemon.core import Ban, Invite, RoomSettings
 from salon.daemon.store import SCHEMA_VERSION, AuditEntry, SqliteStore, StoreError
-from salon.daemon.store.sqlite import APPLICATION_ID
+from salon.daemon.store import sqlite as sqlite_module
+from salon.daemon.store.sqlite import APPLICATION_ID, MIGRATIONS, Migration
 
 NOW = 1_700_000_000.0
 
@@ -74,6 +75,56 @@ async def test_reopening_keeps_the_data_and_runs_no_migration_twice(tmp_path: Pa
     await store.start()
     assert len(await store.audit_log()) == 3
     await store.stop()
+
+
+async def test_an_older_database_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        f"{MIGRATIONS[0].sql}\n"
+        f"PRAGMA application_id = {APPLICATION_ID};\n"
+        f"PRAGMA user_version = {MIGRATIONS[0].version};"
+    )
+    db.execute(
+        "INSERT INTO rooms VALUES ('r1', 'Old', 'alice', 1, '[]', 'open', 10, 0, 1, NULL, '',"
+        " 'live', '[\"bob\"]', 1)"
+    )
+    db.execute("INSERT INTO bans VALUES ('r1', 'mallory', 'spam', NULL, 'alice')")
+    db.close()
+    store = SqliteStore(path)
+    await store.start()
+    [record] = (await store.load()).rooms
+    assert (record.settings.title, record.settings.moderators) == ("Old", ("bob",))
+    assert set(record.bans) == {"mallory"}
+    await store.stop()
+    db = raw(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "recordings" in tables  # added by migration 2
+    db.close()
+
+
+async def test_a_failing_migration_leaves_the_database_at_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "salon.db"
+    store = SqliteStore(path)
+    await store.start()
+    store.save_room(settings())
+    await store.stop()
+    broken = Migration(
+        SCHEMA_VERSION + 1, "broken", "CREATE TABLE extra (x);\nCREATE TABLE rooms (y);"
+    )
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*MIGRATIONS, broken))
+    store = SqliteStore(path)
+    with pytest.raises(StoreError, match="already exists") as info:
+        await store.start()
+    assert str(path) in str(info.value)
+    db = raw(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchall()
+    assert db.execute("SELECT title FROM rooms").fetchall() == [("Late jazz",)]
+    db.close()
 
 
 # --------------------------------------------------------------------------- round trips
@@ -225,6 +276,29 @@ async def test_a_locked_database_fails_the_commit_and_is_retried(tmp_path: Path)
     await store.commit()  # the writer kept the change and retried it
     assert [e.target for e in await store.audit_log()] == ["b"]
     assert store.failures >= 1
+    await store.stop()
+
+
+async def test_a_stalled_commit_does_not_hold_up_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "salon.db"
+    store = SqliteStore(path, busy_timeout=60)
+    await store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer thread will wait for this lock
+    try:
+        store.add_audit(AuditEntry(at=NOW, room="r", actor="a", action="ban", target="1"))
+        commit = asyncio.ensure_future(store.commit())
+        for _ in range(20):  # the event loop keeps running while the write is stuck
+            await asyncio.sleep(0.005)
+        assert not commit.done()
+        # Writes still only queue, and return at once.
+        store.add_audit(AuditEntry(at=NOW, room="r", actor="a", action="ban", target="2"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await asyncio.wait_for(commit, 30)
+    await asyncio.wait_for(store.commit(), 30)
+    assert sorted(e.target or "" for e in await store.audit_log()) == ["1", "2"]
     await store.stop()
 
 

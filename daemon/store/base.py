@@ -1,8 +1,9 @@
 """The store's interface: what salond keeps across restarts, and how it is written and read.
 
 A store keeps rooms' lasting records (:class:`~salon.daemon.core.RoomRecord`), server-wide
-bans and the audit log. Writes are queued and never block the caller (they run on the event
-loop, next to the media path); :meth:`Store.commit` waits until everything queued so far is
+bans and the audit log. Write methods only queue the change and never block the caller (they
+are called on the event loop, next to the media path; the disk I/O happens elsewhere, e.g. on
+the SQLite store's writer thread); :meth:`Store.commit` waits until everything queued so far is
 durable, which is how salond acknowledges a moderation action only once it is on disk.
 :class:`~salon.daemon.store.persistence.Persistence` turns core events into these calls.
 """
