@@ -303,6 +303,21 @@ def test_persistent_room_stays_live_without_owner_or_members() -> None:
     assert h.core.get_timer() is None
 
 
+def test_persistent_room_keeps_its_owner_when_the_owner_leaves() -> None:
+    h = Harness()
+    h.room("owner", persistent=True)
+    owner = h.sessions["owner"]
+    h.moderator("mod")
+    h.do(owner, m.Leave)
+    events = h.drain()
+    room = h.core.rooms["r1"]
+    assert room.owner == "owner"
+    assert h.member("mod").role == "moderator"
+    assert received(events, m.OwnerChanged) == {}
+    h.do(owner, m.Join, room="r1")
+    assert h.member("owner").role == "owner"
+
+
 def test_update_room_validates_and_tells_members() -> None:
     h = Harness()
     h.room("owner")

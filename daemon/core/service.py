@@ -661,7 +661,14 @@ class SalonCore:
         self._to_members(room, messages.ParticipantLeft(room=room.id, user=user, reason=reason))
         self._counts_changed(room)
         self._emit(events.MemberLeft(room.id, user, member.session, reason))
-        if member.role == "owner" and reason != "replaced" and room.state == "live":
+        # A persistent room belongs to its owner beyond any one visit: only an explicit
+        # transfer_ownership hands it over.
+        if (
+            member.role == "owner"
+            and reason != "replaced"
+            and room.state == "live"
+            and not room.persistent
+        ):
             successor = self._successor(room)
             if successor is not None:
                 self._hand_over(room, successor, now)
