@@ -200,6 +200,31 @@ async def test_sync_async_slow_and_raising_implementations():
     assert host.server.stats.plugin_errors == {"known_topics": 2}
 
 
+async def test_a_plain_function_that_blocks_past_the_budget_is_a_failure(monkeypatch):
+    ticks = iter([0.0, 0.01, 10.0, 13.5])
+
+    class Blocking:
+        @hookimpl
+        def known_topics(self) -> list[str]:
+            return ["late"]
+
+    host = make_host(**{"plugins.plugin_timeout": "2"})
+    host.register(Blocking(), "blocking")
+    monkeypatch.setattr(manager_module, "clock", lambda: next(ticks))
+    # Within the budget (10 ms): the answer counts.
+    assert await host.call("known_topics") == [("blocking", ["late"])]
+    # 3.5 s with the event loop held: discarded, counted, the safe default applies.
+    (answer,) = await host.call("known_topics")
+    assert answer == (
+        "blocking",
+        Failure(
+            "blocking",
+            "blocked salond for 3.50 s (budget 2 s): do slow work in an async implementation",
+        ),
+    )
+    assert host.server.stats.plugin_errors == {"known_topics": 1}
+
+
 async def test_refusals_raised_by_plugins_become_deny():
     from salon.daemon.core import CoreError
     from salon.daemon.wire.messages import ErrorCode

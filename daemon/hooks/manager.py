@@ -6,7 +6,9 @@ Calling rules (docs/writing_plugins.md explains them to plugin authors):
   plugins in the order of ``[plugins] enabled``, then the defaults, ``trylast`` last), each
   with only the arguments it names and the ``api`` bound to its own plugin.
 - What an implementation returns is awaited if it is awaitable, for at most
-  ``plugins.plugin_timeout`` seconds.
+  ``plugins.plugin_timeout`` seconds. A plain function cannot be interrupted; one that held
+  the event loop longer than that has its answer discarded, so the budget means the same for
+  both kinds and a blocking plugin shows up in the failure count.
 - An exception or a time-out is logged, counted in ``server.stats.plugin_errors[hook]`` and
   turns into a :class:`Failure`, which each caller replaces by the hook's safe default.
 - Observer hooks never run inside the core's event pump: events are queued per plugin and a
@@ -21,8 +23,9 @@ import contextlib
 import importlib
 import inspect
 import logging
+import sys
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,6 +76,9 @@ LEVEL_INTERVAL = 0.2
 
 FAILURE_LOG_INTERVAL = 60.0
 """Seconds between two log reports of the same plugin failing in the same hook."""
+
+clock = time.perf_counter
+"""The clock that times plain (synchronous) implementations against the budget."""
 
 OBSERVER_BACKLOG = 1000
 """Events queued for one plugin's observers before new ones are dropped (and counted)."""
@@ -240,9 +246,17 @@ class PluginHost:
         """Call one implementation; a refusal it raises becomes Deny, a failure Failure."""
         api = self.apis[impl.plugin_name]
         try:
+            started = clock()
             value = impl.function(*[api if n == "api" else kwargs[n] for n in impl.argnames])
             if inspect.isawaitable(value):
-                value = await asyncio.wait_for(value, self.timeout)
+                value = await self._within_budget(value)
+            elif (blocked := clock() - started) > self.timeout:
+                return self.failed(
+                    hook,
+                    impl.plugin_name,
+                    f"blocked salond for {blocked:.2f} s (budget {self.timeout:g} s):"
+                    " do slow work in an async implementation",
+                )
             return value
         except asyncio.TimeoutError:
             return self.failed(hook, impl.plugin_name, f"no answer within {self.timeout:g} s")
@@ -252,6 +266,13 @@ class PluginHost:
             return Deny(exc.message, exc.code)
         except Exception as exc:
             return self.failed(hook, impl.plugin_name, f"{type(exc).__name__}: {exc}", exc)
+
+    async def _within_budget(self, awaitable: Awaitable[T]) -> T:
+        if sys.version_info >= (3, 11):
+            # Awaited in the caller's task: no task per call, as wait_for makes on 3.11.
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        return await asyncio.wait_for(awaitable, self.timeout)
 
     def failed(
         self, hook: str, plugin: str, error: str, exc: BaseException | None = None
