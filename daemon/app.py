@@ -219,6 +219,17 @@ def setup_logging(level: str) -> None:
     logging.getLogger("quic").setLevel(logging.WARNING)
 
 
+def check_plugins(config: Config) -> None:
+    """Load and configure the enabled plugins as salond would, without binding anything, so
+    that ``--check-config`` catches an unknown plugin or a bad plugin setting (ConfigError)."""
+    from salon.daemon.hooks import PluginHost
+    from salon.daemon.net.server import SalonServer
+
+    core = SalonCore(core_limits(config))
+    server = SalonServer(config, core, BuiltinAuthenticator({}, True), "", "")
+    PluginHost(config, server)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -227,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"salond: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        try:
+            check_plugins(config)
+        except ConfigError as exc:
+            print(f"salond: {exc}", file=sys.stderr)
+            return 1
         print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
         return 0
     setup_logging(config.logging.level)

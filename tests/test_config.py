@@ -462,3 +462,16 @@ def test_resolve_paths_refuses_too_long_socket(tmp_path: Path) -> None:
     disabled = load_config(None, {"server.state_dir": str(deep), "admin.enabled": False})
     assert resolve_paths(disabled).server.state_dir == deep
     assert os.path.isabs(resolve_paths(disabled).admin_socket)
+
+
+def test_check_config_loads_plugins_and_names_a_bad_plugin_setting(tmp_path, capsys):
+    from salon.daemon.app import main
+
+    path = tmp_path / "salond.toml"
+    path.write_text('[plugins]\nenabled = ["text_filter"]\n[plugins.text_filter]\nnonsense = 1\n')
+    assert main(["--check-config", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "plugins.text_filter.nonsense" in err
+    path.write_text('[plugins]\nenabled = ["text_filter"]\n[plugins.text_filter]\nwords = ["x"]\n')
+    assert main(["--check-config", "-c", str(path)]) == 0
+    assert "configuration OK" in capsys.readouterr().out
