@@ -314,6 +314,82 @@ def test_client_module_imports_no_textual() -> None:
     assert json.loads(output) == []
 
 
+def test_console_talks_to_the_daemon_only_through_the_admin_client() -> None:
+    """salon-admin loads no daemon internals (core, net, store, hooks) and no QUIC stack."""
+    script = (
+        "import sys, json\n"
+        "import salon.tui.app\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('salon.', 'aioquic')))))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    daemon_side = {m for m in json.loads(output) if m.startswith(("salon.daemon.", "aioquic"))}
+    allowed = {
+        "salon.daemon.admin",
+        "salon.daemon.admin.client",
+        "salon.daemon.admin.protocol",
+        "salon.daemon.config",  # to find the socket named in salond's configuration
+        "salon.daemon.wire",
+        "salon.daemon.wire.messages",  # the schemas shared with clients
+    }
+    assert daemon_side <= allowed, daemon_side - allowed
+
+
 def test_every_event_kind_is_declared() -> None:
     kinds = typing.get_type_hints(p.Event)["kind"].__args__
     assert set(p.EVENT_KINDS) == set(kinds)
+
+
+async def test_plugins_review_operator_actions_like_a_hosts(tmp_path: Path) -> None:
+    """An admin action meets the same hooks as a client's request; a refusal is not audited."""
+    from salon.daemon.hooks import Deny, hookimpl
+    from tests.test_plugin_support import plugin_daemon
+
+    asked: list[tuple[str, bool, str, str | None]] = []
+
+    class HouseRules:
+        @hookimpl
+        def authorize(self, identity, action, room, target):
+            asked.append((identity.user, identity.operator, action, target))
+            if action == "ban":
+                return Deny("bans go through the moderation team")
+            return None
+
+        @hookimpl
+        def promotion(self, identity, room, target, role):
+            if role == "moderator":
+                return Deny("moderators are elected")
+            return None
+
+    async with plugin_daemon(
+        tmp_path, {"rules": HouseRules()}, **{"admin.enabled": True}
+    ) as running:
+        admin = await admin_of(running)
+        assert admin.welcome is not None
+        operator = admin.welcome.operator
+        await admin.create_room("forum", "Forum", persistent=True)
+        member = await running.client("Member")
+        await member.join("forum")
+        with pytest.raises(AdminError) as info:
+            await admin.ban("forum", member.user, reason="spam")
+        assert (info.value.code, info.value.message) == (
+            "denied_by_plugin",
+            "bans go through the moderation team",
+        )
+        with pytest.raises(AdminError) as info:
+            await admin.promote("forum", member.user)
+        assert (info.value.code, info.value.message) == (
+            "denied_by_plugin",
+            "moderators are elected",
+        )
+        assert [m.user for m in (await admin.room("forum")).participants] == [member.user]
+        await admin.remove("forum", member.user, reason="asked to")
+        removed = await member.wait_for_event(msg.Removed)
+        assert not removed.banned
+        actions = [e.action for e in await admin.audit(room="forum")]
+        assert "ban" not in actions and "promote" not in actions
+        assert actions[0] == "remove"
+    assert (operator, True, "create_room", None) in asked
+    assert (operator, True, "ban", member.user) in asked
+    assert (operator, True, "remove", member.user) in asked

@@ -79,3 +79,16 @@ def test_daemon_refuses_another_user_even_when_the_mode_is_loosened(
     while "admin connection from uid" not in open_salond.log_text():
         assert time.monotonic() < deadline, open_salond.log_text()
         time.sleep(0.05)
+
+
+def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    """Its owner could swap the socket for their own: salond will not serve from there."""
+    import pwd
+
+    from salon.daemon.admin.socket_path import AdminSocketError, check_socket_path
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(AdminSocketError, match="belongs to another user"):
+        check_socket_path(theirs / "admin.sock")

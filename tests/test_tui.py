@@ -1,7 +1,8 @@
 """``salon-admin`` driven by Textual's pilot against a real salond process and real clients.
 
 Audio is real too: a speaker sends an Opus tone over SRTP in QUIC datagrams, a listener
-receives it, and muting the speaker in the console must stop the listener's datagrams.
+decodes it, and muting the speaker in the console must stop the listener's datagrams and turn
+what it plays into silence (a speaker's client that ignores the mute cannot get through).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable
@@ -30,7 +32,7 @@ from salon.tui.screens.room import RoomScreen
 from salon.tui.screens.rooms import RoomsScreen
 from salon.tui.widgets.connection import ConnectionBar
 from salon.tui.widgets.profile import KnockProfile
-from tests.audio_checks import tone
+from tests.audio_checks import band_energy, tone
 from tests.conftest import SalondProcess, start_salond
 
 SIZE = (140, 44)
@@ -92,6 +94,16 @@ class DefiantAudio(RoomAudio):
     @property
     def speaking_allowed(self) -> bool:
         return self.sender is not None
+
+
+def played(heard: list[tuple[float, bytes]], start: float, end: float) -> np.ndarray:
+    """The samples the listener played between two loop times."""
+    chunks = [np.frombuffer(pcm, dtype=np.int16) for at, pcm in heard if start <= at < end]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt((samples.astype(np.float64) ** 2).mean())) if len(samples) else 0.0
 
 
 async def open_console(pilot: Pilot[None], rooms: int) -> None:
@@ -206,10 +218,13 @@ async def test_muting_a_speaker_in_the_tui_stops_audio_at_a_real_listener(
     listener = await guest(salond, "Listener")
     speaking = DefiantAudio(speaker, source=looped(tone([440.0], 2.0)), auto_unmute=True)
     listening = RoomAudio(listener)
+    heard: list[tuple[float, bytes]] = []
+    listening.on_frame_played = lambda pcm, now: heard.append((now, pcm))
     await listener.join("stage")
     assert (await speaker.join("stage", invite=invite.token))["role"] == "speaker"
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(a.run(stop=stop)) for a in (speaking, listening)]
+    loop = asyncio.get_running_loop()
     app = SalonAdminApp(admin_socket(salond))
     try:
         async with app.run_test(size=SIZE) as pilot:
@@ -220,8 +235,13 @@ async def test_muting_a_speaker_in_the_tui_stops_audio_at_a_real_listener(
                 pilot, lambda: "speaking" in column(app, "stage", "level")[0], "speaking meter"
             )
             start = listener.datagrams_received
+            before = loop.time()
             await pilot.pause(1.0)
             assert listener.datagrams_received - start >= 20  # audio flows: ~50 packets/s
+            # The listener decodes the speaker's tone: loud, and at 440 Hz.
+            tone_heard = played(heard, before, loop.time())
+            assert rms(tone_heard) > 1000, rms(tone_heard)
+            assert band_energy(tone_heard, 440.0) > 0.8
             await pilot.press("m")
             await until(
                 pilot, lambda: column(app, "stage", "mic") == ["muted by mod"], "mute shown"
@@ -229,8 +249,11 @@ async def test_muting_a_speaker_in_the_tui_stops_audio_at_a_real_listener(
             dropped_before = (await admin.status()).drops.get("muted", 0)
             await pilot.pause(0.5)  # packets already queued for the listener drain
             muted_at = listener.datagrams_received
+            silent_from = loop.time()
             await pilot.pause(1.5)
             assert listener.datagrams_received == muted_at  # the server stopped the audio
+            after = played(heard, silent_from, loop.time())
+            assert len(after) > 0 and rms(after) < 30, rms(after)  # and the listener hears silence
             assert speaking.frames_sent > 0 and speaking.sender is not None
             assert (await admin.status()).drops.get("muted", 0) > dropped_before
             await until(

@@ -4,11 +4,11 @@
     salonctl rooms [--topic T]
     salonctl room ROOM
     salonctl mute ROOM USER
-    salonctl --json rooms          # stable, documented output for scripts (README "Operating")
+    salonctl --json rooms          # stable, documented output for scripts (docs/admin.md)
 
-Human-readable output by default; ``--json`` prints the daemon's result as JSON (sorted keys).
-Exit status: 0 done, 1 the daemon refused (error code on stderr, or as JSON with ``--json``),
-2 bad usage, 3 the admin socket cannot be reached.
+Human-readable output by default; ``--json`` (before or after the command) prints the daemon's
+result as JSON (sorted keys). Exit status: 0 done, 1 the daemon refused (error code on stderr,
+or as JSON with ``--json``), 2 bad usage, 3 the admin socket cannot be reached.
 """
 
 from __future__ import annotations
@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--room", help="also stream this room's audio levels")
     watch.add_argument("--stats", action="store_true", help="include the periodic stats events")
     watch.add_argument("--count", type=int, help="stop after this many events")
+    # Scripts write ``salonctl rooms --json`` as often as ``salonctl --json rooms``: accept both
+    # (SUPPRESS keeps the top-level value when the option is not repeated after the command).
+    for command in sub.choices.values():
+        command.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        )
     return parser
 
 

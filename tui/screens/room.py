@@ -94,9 +94,9 @@ class RoomScreen(AdminScreen):
             "stage": [
                 ("role", "role"),
                 ("name", "name"),
-                ("user", "user"),
-                ("mic", "mic"),
                 ("level", "level"),
+                ("mic", "mic"),
+                ("user", "user"),
             ],
             "audience": [("name", "name"), ("user", "user"), ("hand", "hand")],
             "hands": [("#", "pos"), ("name", "name"), ("user", "user")],
@@ -176,6 +176,8 @@ class RoomScreen(AdminScreen):
             summary.append(f" · topics: {', '.join(s.topics)}")
         if s.mute_on_join:
             summary.append(" · mute on join")
+        if s.recording:
+            summary.append(" · ● recording", style="bold red")
         if detail.invites:
             summary.append(f" · {len(detail.invites)} invite links")
         if detail.bans:
@@ -192,7 +194,7 @@ class RoomScreen(AdminScreen):
             [
                 (
                     m.user,
-                    [ROLE_MARK[m.role], m.display_name, m.user, mic(m), self._meter(levels, m)],
+                    [ROLE_MARK[m.role], m.display_name, self._meter(levels, m), mic(m), m.user],
                 )
                 for m in stage
             ],

@@ -74,8 +74,8 @@ class RoomsScreen(AdminScreen):
             ("state", "state"),
             ("stage", "stage"),
             ("audience", "audience"),
-            ("owner", "owner"),
             ("topics", "topics"),
+            ("owner", "owner"),
         ):
             table.add_column(label, key=key)
         self.query_one(StatsPanel).show(None)
@@ -120,11 +120,11 @@ class RoomsScreen(AdminScreen):
                 room.room,
                 room.title,
                 room.policy,
-                room.state,
+                f"{room.state} ● rec" if room.recording else room.state,
                 str(room.speakers),
                 str(room.listeners),
-                room.owner,
                 ", ".join(room.topics),
+                room.owner,
                 key=room.room,
             )
         if selected is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-WIDTH = 12
+WIDTH = 10
 FLOOR = 80
 """Levels at or above this many -dBov show an empty meter (room tone, not speech)."""
 
@@ -17,7 +17,7 @@ def loudness(level: int | None) -> float:
 
 
 def meter(level: int | None, speaking: bool, width: int = WIDTH) -> Text:
-    """``▮▮▮▮▮▯▯▯▯▯▯▯ -32`` with the filled part green while speaking, dim otherwise."""
+    """``▮▮▮▮▮▯▯▯▯▯ -32`` with the filled part green while speaking, dim otherwise."""
     filled = round(loudness(level) * width)
     text = Text()
     text.append("▮" * filled, style="bold green" if speaking else "dim green")
