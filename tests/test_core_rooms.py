@@ -334,3 +334,12 @@ def test_update_room_validates_and_tells_members() -> None:
     # Nothing changed: no event.
     h.do(mod, m.UpdateRoom, title="New")
     assert recipients(h.drain(), m.RoomUpdated) == set()
+
+
+def test_random_tokens_never_start_with_a_dash() -> None:
+    from salon.daemon.core.ids import random_token
+
+    # 0xf8 >> 2 == 62, the index of "-" in the urlsafe alphabet: the first draw is redrawn.
+    draws = iter([b"\xf8" * 16, b"\x00" * 16])
+    token = random_token(lambda size: next(draws)[:size], 16)
+    assert token == "A" * 22

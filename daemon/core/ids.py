@@ -22,8 +22,15 @@ REQUEST_ID_BYTES = 9
 
 
 def random_token(random_bytes: RandomBytes, size: int) -> str:
-    """``size`` random bytes as unpadded urlsafe base64."""
-    return base64.urlsafe_b64encode(random_bytes(size)).rstrip(b"=").decode("ascii")
+    """``size`` random bytes as unpadded urlsafe base64, never starting with ``-``.
+
+    A leading ``-`` would read as an option to command-line tools (``salon join --invite``,
+    ``salonctl revoke``); redrawing those (1 in 64) costs less than a bit of entropy.
+    """
+    while True:
+        token = base64.urlsafe_b64encode(random_bytes(size)).rstrip(b"=").decode("ascii")
+        if not token.startswith("-"):
+            return token
 
 
 def random_room_id(random_bytes: RandomBytes) -> str:
