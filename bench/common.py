@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 
-from salon.client.connection import CLIENT_ACK_DELAY
+from salon.client.connection import CLIENT_ACK_DELAY, delay_acks
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.framing import MessageReader, frame_message
 
@@ -92,8 +93,10 @@ class RequestFailed(Exception):
 class BenchProtocol(QuicConnectionProtocol):
     """A ``salon/1`` session without audio: requests, events and raw media datagrams."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ack_delay: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if ack_delay is not None:
+            delay_acks(self._quic, ack_delay)
         self.reader = MessageReader()
         self.stream_id: int | None = None
         self.next_id = 1
@@ -103,8 +106,25 @@ class BenchProtocol(QuicConnectionProtocol):
         self.on_media: Callable[[bytes], None] | None = None
         self.terminated = False
         self.user = ""
+        self.counting = False
+        """While set, UDP packets in and out are counted (the listeners' measurement window)."""
+        self.packets_in = 0
+        self.packets_out = 0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        sendto = transport.sendto
+
+        def counting_sendto(data: bytes, addr: Any = None) -> None:
+            if self.counting:
+                self.packets_out += 1
+            sendto(data, addr)
+
+        transport.sendto = counting_sendto
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.counting:
+            self.packets_in += 1
         # A listener only acknowledges: its ACKs leave on aioquic's ACK timer, so after a
         # packet the load generator only moves the timer earlier when it has to, instead of
         # running aioquic's packet writer for nothing (which would make it the bottleneck).
@@ -146,7 +166,7 @@ class BenchProtocol(QuicConnectionProtocol):
             self.pending.clear()
             self.event_added.set()
 
-    async def call(self, type_: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    async def call(self, type_: str, timeout: float = 90.0, **fields: Any) -> dict[str, Any]:
         if self.stream_id is None:
             self.stream_id = self._quic.get_next_available_stream_id()
         request_id = self.next_id
@@ -199,11 +219,15 @@ async def open_session(
         alpn_protocols=[ALPN], is_client=True, max_datagram_frame_size=65536
     )
     configuration.verify_mode = ssl.CERT_NONE
-    manager = quic_connect(host, port, configuration=configuration, create_protocol=BenchProtocol)
-    protocol = await asyncio.wait_for(manager.__aenter__(), 30.0)
-    assert isinstance(protocol, BenchProtocol)
     # The same acknowledgement delay as the reference client (see client/connection.py).
-    protocol._quic._ack_delay = ack_delay
+    manager = quic_connect(
+        host,
+        port,
+        configuration=configuration,
+        create_protocol=functools.partial(BenchProtocol, ack_delay=ack_delay),
+    )
+    protocol = await asyncio.wait_for(manager.__aenter__(), 90.0)
+    assert isinstance(protocol, BenchProtocol)
     key = base64.b64encode(hashlib.sha256(f"bench/{name}/{index}/{os.getpid()}".encode()).digest())
     result = await protocol.call(
         "hello",
@@ -308,6 +332,18 @@ def process_cpu_seconds(pid: int) -> float:
         fields = handle.read().rsplit(")", 1)[1].split()
     # Fields after the command name start at field 3 (state); utime and stime are 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def udp_receive_buffer_errors() -> int:
+    """The kernel's count of UDP packets dropped because a socket's receive buffer was full."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return 0
+    udp = [line for line in lines if line and line[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return 0
+    return int(udp[1][udp[0].index("RcvbufErrors")])
 
 
 def process_rss_kib(pid: int) -> int:

@@ -181,6 +181,13 @@ async def run_listeners(args: argparse.Namespace) -> None:
     await asyncio.gather(*(connect(index) for index in range(args.count)))
     emit({"ready": True, "pid": os.getpid()})
     window[0], window[1], end = await read_go()
+    protocols = [session.protocol for session in sessions]
+    await sleep_until(window[0])
+    for protocol in protocols:
+        protocol.counting = True
+    await sleep_until(window[1])
+    for protocol in protocols:
+        protocol.counting = False
     await sleep_until(end)
     emit(
         {
@@ -188,6 +195,8 @@ async def run_listeners(args: argparse.Namespace) -> None:
                 "received": received,
                 "latencies_us": latencies.tolist(),
                 "worst_us": sorted(worst.items()),
+                "packets_in": sum(protocol.packets_in for protocol in protocols),
+                "packets_out": sum(protocol.packets_out for protocol in protocols),
                 "cpu": process_cpu_seconds(os.getpid()),
             }
         }

@@ -36,12 +36,14 @@ from bench.common import (
     process_cpu_seconds,
     process_rss_kib,
     start_server,
+    udp_receive_buffer_errors,
 )
 from salon.client.connection import CLIENT_ACK_DELAY
 
 SERVER_ENVS: dict[str, dict[str, str]] = {
     "salond": {},
     "salond-nofast": {"SALON_FASTPATH": "0"},
+    "salond-asyncio": {"SALON_UVLOOP": "0"},
     "naive": {},
 }
 
@@ -73,6 +75,12 @@ class Result:
     loss: float = float("nan")
     rss_growth_kib: int = 0
     loadgen_max_cpu_share: float = 0.0
+    packets_per_copy: float = float("nan")
+    """UDP packets the listeners received from the server per copy (probes and ACKs count)."""
+    acks_per_copy: float = float("nan")
+    """UDP packets the listeners sent to the server (their ACKs) per copy."""
+    rcvbuf_errors: int = 0
+    """UDP packets the kernel dropped on full receive buffers (any socket) during the window."""
     error: str = ""
     worst_ms_by_half_second: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -167,7 +175,7 @@ def run_scenario(
     result = Result(scenario.name, server_kind, scenario.speakers, scenario.listeners)
     children: list[Child] = []
     server: ServerProcess | None = None
-    total_time = scenario.warmup + scenario.window + 120
+    total_time = scenario.warmup + scenario.window + 300
     with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
         try:
             server = start_server(server_kind, Path(tmp) / "state", SERVER_ENVS[server_kind])
@@ -194,8 +202,10 @@ def run_scenario(
                 children.append(child)
                 remaining -= count
                 base += count
-            for child in listeners:
-                child.wait_for("ready", 120)
+                # One process joins at a time: every join makes the server send a notice to
+                # every member, and a storm of hundreds of them at once would delay hellos
+                # past the server's hello timeout.
+                child.wait_for("ready", 180)
             stalled: Child | None = None
             if scenario.stalled:
                 stalled = Child(
@@ -218,6 +228,7 @@ def run_scenario(
                 os.kill(stalled.proc.pid, signal.SIGSTOP)
             time.sleep(max(0.0, (window_start - now_ns()) / 1e9))
             cpu0 = process_cpu_seconds(server.pid)
+            drops0 = udp_receive_buffer_errors()
             rss0 = process_rss_kib(server.pid)
             load0 = {c.proc.pid: process_cpu_seconds(c.proc.pid) for c in children}
             t0 = now_ns()
@@ -225,7 +236,7 @@ def run_scenario(
             if profile is not None:
                 profiler = subprocess.Popen(
                     [
-                        "py-spy",
+                        str(Path(sys.executable).with_name("py-spy")),
                         "record",
                         "--pid",
                         str(server.pid),
@@ -244,6 +255,7 @@ def run_scenario(
                 )
             time.sleep(max(0.0, (window_end - now_ns()) / 1e9))
             cpu1 = process_cpu_seconds(server.pid)
+            result.rcvbuf_errors = udp_receive_buffer_errors() - drops0
             rss1 = process_rss_kib(server.pid)
             load1 = {c.proc.pid: process_cpu_seconds(c.proc.pid) for c in children}
             elapsed = (now_ns() - t0) / 1e9
@@ -260,8 +272,11 @@ def run_scenario(
             latencies: list[int] = []
             worst: dict[int, int] = {}
             delivered = 0
+            packets_in = packets_out = 0
             for child in listeners:
                 data = child.wait_for("result", 60)["result"]
+                packets_in += data["packets_in"]
+                packets_out += data["packets_out"]
                 latencies.extend(data["latencies_us"])
                 for bucket, value in data["worst_us"]:
                     worst[bucket] = max(worst.get(bucket, 0), value)
@@ -284,6 +299,8 @@ def run_scenario(
             result.p999_ms = percentile(latencies, 0.999) / 1000
             result.loss = 1 - delivered / max(1, expected_listeners)
             result.rss_growth_kib = rss1 - rss0
+            result.packets_per_copy = packets_in / max(1, delivered)
+            result.acks_per_copy = packets_out / max(1, delivered)
             result.worst_ms_by_half_second = [worst[b] / 1000 for b in sorted(worst)]
             result.loadgen_max_cpu_share = max(
                 (load1[pid] - load0[pid]) / elapsed for pid in load1 if pid in load0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import itertools
 import logging
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from aioquic import tls
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
@@ -36,10 +38,37 @@ from salon.daemon.wire.framing import MessageReader, frame_message
 log = logging.getLogger("salon.client")
 
 ALPN = "salon/1"
-# Our clients acknowledge at most every 20 ms instead of aioquic's 1 ms: each ACK costs the
-# server ~29 us to process, and 20 ms stays below the 25 ms max_ack_delay aioquic advertises,
-# so the server's loss detection is not fooled into spurious probes.
-CLIENT_ACK_DELAY = 0.020
+ACK_STATE_CHECK = 64
+# Our clients acknowledge media at most every 100 ms instead of aioquic's 1 ms: each ACK costs
+# the server ~29 us to process, about as much as forwarding the audio packet itself, and a
+# listener gets 50 of them a second. The delay is advertised to the server as max_ack_delay
+# (with ACK_DELAY_MARGIN for a busy client's timer) so that its loss detection waits for the
+# ACKs instead of sending probes; control messages are acknowledged at once (see
+# _ClientProtocol.datagram_received) so that big room states are not slowed down.
+CLIENT_ACK_DELAY = 0.100
+ACK_DELAY_MARGIN = 0.025
+
+
+def delay_acks(quic: Any, seconds: float) -> None:
+    """Acknowledge ``quic``'s packets after ``seconds`` and advertise it as ``max_ack_delay``.
+
+    Must run before the connection starts (the transport parameters go in its first packet).
+    """
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+
+    quic._ack_delay = seconds
+    serialize = quic._serialize_transport_parameters
+
+    def serialize_with_delay() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=serialize()))
+        # aioquic advertises 25 ms whatever its _ack_delay; never less than that.
+        params.max_ack_delay = max(25, round((seconds + ACK_DELAY_MARGIN) * 1000))
+        buffer = Buffer(capacity=4096)
+        push_quic_transport_parameters(buffer, params)
+        return buffer.data
+
+    quic._serialize_transport_parameters = serialize_with_delay
 
 
 class RequestError(Exception):
@@ -92,6 +121,23 @@ class _ClientProtocol(QuicConnectionProtocol):
     """aioquic glue: control stream bytes and datagrams go to the owning SalonClient."""
 
     client: SalonClient | None = None
+    datagrams_received = 0
+
+    def __init__(self, *args: Any, ack_delay: float = CLIENT_ACK_DELAY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        delay_acks(self._quic, ack_delay)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        quic = self._quic
+        now = self._loop.time()
+        quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
+        if any(isinstance(event, quic_events.StreamDataReceived) for event in quic._events):
+            # Control data is acknowledged at once: only media ACKs wait (CLIENT_ACK_DELAY).
+            for space in quic._spaces.values():
+                if space.ack_at is not None:
+                    space.ack_at = now
+        self._process_events()
+        self.transmit()
 
     def quic_event_received(self, event: quic_events.QuicEvent) -> None:
         client = self.client
@@ -99,10 +145,21 @@ class _ClientProtocol(QuicConnectionProtocol):
             return
         if isinstance(event, quic_events.DatagramFrameReceived):
             client._on_datagram(event.data)
+            self.datagrams_received += 1
+            if self.datagrams_received % ACK_STATE_CHECK == 0:
+                # A listener answers audio with ACK-only packets, which the server never
+                # acknowledges (RFC 9000 13.2.4); aioquic keeps them until it does. A PING now
+                # and then gets them acknowledged, so a long listen does not grow memory.
+                space = self._quic._spaces.get(tls.Epoch.ONE_RTT)
+                if space is not None and len(space.sent_packets) > ACK_STATE_CHECK:
+                    self._quic.send_ping(0)
         elif isinstance(event, quic_events.StreamDataReceived):
             client._on_stream_data(event.stream_id, event.data)
         elif isinstance(event, quic_events.ConnectionTerminated):
-            client._on_terminated(event.error_code, event.reason_phrase)
+            # An application close (the server's salon/1 close codes) has no frame type.
+            client._on_terminated(
+                event.error_code, event.reason_phrase, application=event.frame_type is None
+            )
 
 
 class SalonClient:
@@ -119,6 +176,9 @@ class SalonClient:
         self._closed = asyncio.Event()
         self.close_reason = ""
         self.close_code: int | None = None
+        self.application_close = False
+        """Whether ``close_code`` is a salon/1 close code (PROTOCOL.md 9.2), not a QUIC one
+        (an idle timeout, a transport error)."""
         self.on_datagram: Callable[[bytes], None] | None = None
         self.datagrams_received = 0
         self.bad_messages = 0
@@ -147,17 +207,21 @@ class SalonClient:
         server_name: str | None = None,
         ack_delay: float = CLIENT_ACK_DELAY,
         timeout: float = 10.0,
+        idle_timeout: float = 60.0,
     ) -> SalonClient:
         """Connect, verify the server, and authenticate with ``hello``.
 
         Exactly one way of verifying the server is used: a pinned ``fingerprint``, a CA file
         (``cafile``), the system trust store (neither given), or ``insecure`` for local tests.
+        ``idle_timeout``: seconds without any packet from the server after which the connection
+        counts as lost (how fast a dead network path is noticed).
         """
         configuration = QuicConfiguration(
             alpn_protocols=[ALPN],
             is_client=True,
             max_datagram_frame_size=65536,
             server_name=server_name or host,
+            idle_timeout=idle_timeout,
         )
         expected = normalize_fingerprint(fingerprint) if fingerprint else None
         if expected or insecure:
@@ -167,11 +231,13 @@ class SalonClient:
         elif cafile:
             configuration.load_verify_locations(cafile)
         manager = quic_connect(
-            host, port, configuration=configuration, create_protocol=_ClientProtocol
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=functools.partial(_ClientProtocol, ack_delay=ack_delay),
         )
         protocol = await asyncio.wait_for(manager.__aenter__(), timeout)
         assert isinstance(protocol, _ClientProtocol)
-        protocol._quic._ack_delay = ack_delay
         client = cls(protocol)
         client._context_manager = manager
         if expected:
@@ -382,8 +448,9 @@ class SalonClient:
         if callback is not None:
             callback(data)
 
-    def _on_terminated(self, code: int, reason: str) -> None:
+    def _on_terminated(self, code: int, reason: str, application: bool = True) -> None:
         self.close_code = code
+        self.application_close = application
         self.close_reason = reason
         self._closed.set()
         for future in self._pending.values():

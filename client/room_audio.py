@@ -33,12 +33,15 @@ class RoomAudio:
         sink: Callable[[bytes], None] | None = None,
         bitrate: int = 32000,
         auto_unmute: bool = False,
+        first_sequence_number: int | None = None,
     ) -> None:
         self.client = client
         self.source = source
         self.sink = sink
         self.bitrate = bitrate
         self.auto_unmute = auto_unmute
+        self.first_sequence_number = first_sequence_number
+        """RTP sequence number of the first own flow (random if None; for tests of the wrap)."""
         self.receiver = MediaReceiver()
         self.sender: MediaSender | None = None
         self.muted = True
@@ -67,7 +70,9 @@ class RoomAudio:
             self._add_key(event.key)
         elif isinstance(event, msg.MediaKeyRevoked):
             if event.user == self.client.user:
-                self.sender = None
+                # A rotated flow is revoked after its successor's key came: keep sending.
+                if self.sender is not None and self.sender.flow_id == event.flow_id:
+                    self.sender = None
             else:
                 self.receiver.remove_speaker(event.flow_id)
         elif isinstance(event, msg.ParticipantUpdated):
@@ -89,9 +94,19 @@ class RoomAudio:
 
     def _add_key(self, key: msg.MediaKey) -> None:
         if key.user == self.client.user:
+            sender = self.sender
+            if sender is not None and (sender.flow_id, sender.ssrc) == (key.flow_id, key.ssrc):
+                return  # the same key again (snapshot and event): keep the SRTP context
+            # A new own key (a new stage turn, or the server rotated the flow at a sequence
+            # number wrap): a fresh SRTP send context and sequence number (PROTOCOL.md 11.3).
             self.sender = MediaSender(
-                key.flow_id, key.ssrc, key.key, OpusEncoder(bitrate=self.bitrate)
+                key.flow_id,
+                key.ssrc,
+                key.key,
+                OpusEncoder(bitrate=self.bitrate),
+                sequence_number=self.first_sequence_number,
             )
+            self.first_sequence_number = None
             if self.auto_unmute and self.muted:
                 self._request_unmute()
         else:

@@ -406,8 +406,12 @@ async def test_salond_forwards_through_the_fast_path(live):
     server = live.daemon.server
     protocols = [server.sessions[c.session] for c in listeners]
     assert all(p.fastpath is not None and p.fastpath.packets > 0 for p in protocols)
-    # Every copy was acknowledged in the end, and no probe timeout fired.
-    await asyncio.sleep(0.1)
+    # Every copy was acknowledged in the end (the listeners delay their ACKs, see
+    # CLIENT_ACK_DELAY), and no probe timeout fired.
+    for _ in range(100):
+        if all(p._quic._loss.bytes_in_flight == 0 for p in protocols):
+            break
+        await asyncio.sleep(0.02)
     for protocol in protocols:
         loss = protocol._quic._loss
         assert loss.bytes_in_flight == 0
@@ -431,3 +435,33 @@ async def test_salond_without_the_fast_path(live, monkeypatch: pytest.MonkeyPatc
         await asyncio.sleep(0.02)
     assert received == sent
     assert live.daemon.server.sessions[listeners[0].session].fastpath is None
+
+
+def test_clients_advertise_their_ack_delay(tmp_path: Path):
+    """The server's loss detection waits for a delayed ACK instead of probing (DESIGN)."""
+    from bench.sansio import Pair as SansIoPair
+    from salon.client.connection import ACK_DELAY_MARGIN, CLIENT_ACK_DELAY
+
+    pair = SansIoPair(tmp_path / "tls", CLIENT_ACK_DELAY)
+    assert pair.client._ack_delay == CLIENT_ACK_DELAY
+    expected = round((CLIENT_ACK_DELAY + ACK_DELAY_MARGIN) * 1000) / 1000
+    assert pair.server._loss.max_ack_delay == pytest.approx(expected)
+
+
+async def test_the_quic_socket_gets_larger_buffers():
+    import socket
+
+    from salon.daemon.net.traffic import enlarge_socket_buffers
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        sock = transport.get_extra_info("socket")
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        received, sent = enlarge_socket_buffers(transport, 1 << 20)
+        # The kernel may cap the request (net.core.rmem_max) but never shrinks the buffer.
+        assert received >= before and sent > 0
+    finally:
+        transport.close()

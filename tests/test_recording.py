@@ -7,6 +7,7 @@ import base64
 import os
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -296,7 +297,7 @@ async def test_service_thread_survives_a_failing_recorder(tmp_path: Path, monkey
         failed.append((room, recording))
         done.set()
 
-    service = RecordingService(tmp_path / "rec", index, on_failure=on_failure)
+    service = RecordingService(tmp_path / "rec", index, on_failure=on_failure, clock=lambda: h.now)
     await service.start()
     try:
 
@@ -317,20 +318,94 @@ async def test_service_thread_survives_a_failing_recorder(tmp_path: Path, monkey
     assert h.core.stop_recording("r1", recording, "failed", h.now)
 
 
-@pytest.mark.skip(reason="in repair: fails since the interrupted session")
 async def test_service_finishes_running_recordings_when_it_stops(tmp_path: Path) -> None:
     h, owner, _speaker = core_with_recording()
     index = JsonRecordingIndex(tmp_path / "recordings.json")
-    service = RecordingService(tmp_path / "rec", index)
+    # The service's clock is the core's: the harness's, not the machine's (a recording that
+    # started at the harness's t=1000 s and ended "now" would be 56 years of silence).
+    service = RecordingService(tmp_path / "rec", index, clock=lambda: h.now)
     await service.start()
     h.do(owner, m.StartRecording)
     started = [e for e in h.drain() if isinstance(e, events.RecordingStarted)]
     service.on_core_event(started[0])
-    await asyncio.sleep(0.1)
+    h.now += 0.5
     await service.stop()
     [info] = index.entries()
-    assert info.status == "complete" and info.ended_at is not None
+    assert info.status == "complete" and info.ended_at == h.now
+    assert info.duration == pytest.approx(0.5)
     check_opusinfo(Path(info.path))
+
+
+async def test_service_refuses_a_start_time_far_from_its_clock(tmp_path: Path) -> None:
+    """A start time the service's clock disagrees with by more than a minute would mean
+    writing that much silence at once: the recording fails instead."""
+    h, owner, _speaker = core_with_recording()
+    index = JsonRecordingIndex(tmp_path / "recordings.json")
+    service = RecordingService(tmp_path / "rec", index, clock=lambda: h.now + 3600)
+    recording = h.do(owner, m.StartRecording)["recording"]
+    for event in h.drain():
+        service.on_core_event(event)
+    service.pump()
+    [info] = index.entries()
+    assert (info.id, info.status) == (recording, "failed")
+    assert service.stats().failed == 1
+    assert not list((tmp_path / "rec").glob("*.opus"))
+
+
+async def test_a_stalled_disk_delays_the_file_not_the_audio(tmp_path: Path, monkeypatch) -> None:
+    """The worker thread stuck in a write: the core still forwards every packet to the room,
+    the recording's outlet keeps its bound (oldest dropped, counted), and once the disk is
+    back the recording completes with what the outlet held."""
+    h, owner, speaker = core_with_recording()
+    index = JsonRecordingIndex(tmp_path / "recordings.json")
+    service = RecordingService(tmp_path / "rec", index, hold=0.2, clock=lambda: h.now)
+    stalled, resume = threading.Event(), threading.Event()
+    advance = RoomRecorder.advance
+
+    def slow_disk(self: RoomRecorder, now: float) -> None:
+        stalled.set()
+        resume.wait(30)
+        advance(self, now)
+
+    monkeypatch.setattr(RoomRecorder, "advance", slow_disk)
+    await service.start()
+    try:
+        h.do(owner, m.StartRecording)
+        h.do(speaker, m.RecordingConsent, consent=True)
+        started = None
+        for event in h.drain():
+            service.on_core_event(event)
+            if isinstance(event, events.RecordingStarted):
+                started = event
+        assert started is not None
+        assert await asyncio.to_thread(stalled.wait, 30)
+        key = h.member("spk").media_key
+        source = MediaSender(key.flow_id, key.ssrc, key.key, OpusEncoder())
+        owner_outlet = h.core.outlet(owner)
+        limit = started.outlet.limit
+        sent = 0
+        for pcm in frames_of(tone([440.0], (limit + 500) * 0.02)):
+            h.now += 0.02
+            datagram = source.send_pcm(pcm)
+            assert datagram is not None
+            outlets = h.core.receive_datagram(speaker, datagram, h.now)
+            # Forwarded to the room as always, whatever the recorder is doing.
+            assert owner_outlet in outlets
+            sent += 1
+        assert len(started.outlet.queue) == limit
+        assert started.outlet.dropped == sent - limit
+    finally:
+        resume.set()
+        await service.stop()
+    [info] = index.entries()
+    assert info.status == "complete" and info.speakers == ["spk"]
+    assert service.stats().drops["queue_full"] == sent - limit
+    check_opusinfo(Path(info.path))
+    # What the outlet kept (the newest packets) is where it was spoken, up to the end.
+    audio = decode_file(Path(info.path), tmp_path)
+    assert len(audio) == round(info.duration * 48000) == sent * FRAME
+    assert onset(audio) == pytest.approx((sent - limit) * 0.02, abs=0.05)
+    assert band_energy(audio[-48000:], 440.0) > 0.9
 
 
 def test_json_index_marks_unfinished_recordings_interrupted(tmp_path: Path) -> None:

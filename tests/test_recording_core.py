@@ -203,3 +203,28 @@ def test_monitors_tap_every_flow() -> None:
     h.core.remove_monitor(outlet)
     send(h, "spk", 1)
     assert len(outlet.queue) == 2
+
+
+def test_recording_ids_never_look_like_command_line_options() -> None:
+    h, owner, _speaker, _listener = stage()
+    ids = set()
+    for _ in range(300):  # a leading "-" comes once in 64 draws
+        ids.add(start(h, owner).recording)
+        h.do(owner, m.StopRecording)
+        h.drain()
+    assert len(ids) == 300
+    assert all(len(i) == 12 and not i.startswith("-") for i in ids)
+    assert any(i.startswith("_") for i in ids)
+
+
+def test_a_moderator_mute_tells_the_target_and_the_hosts_who_and_why() -> None:
+    h, owner, speaker, _listener = stage()
+    h.admin("r1", m.Mute, user="spk", reason="too loud")
+    out = h.drain()
+    [muted] = received(out, m.Muted)[speaker]
+    assert (muted.by, muted.reason) == ("root", "too loud")
+    notices = received(out, m.MemberMuted)
+    assert set(notices) == {owner}
+    assert (notices[owner][0].user, notices[owner][0].reason) == ("spk", "too loud")
+    audit = of_type(out, events.ModerationTaken)[0]
+    assert audit.detail == {"reason": "too loud"}

@@ -1,10 +1,10 @@
 """Shared pieces of the reliability tests: run sizes, recorded figures, a live room with audio.
 
-Sizes: CI runs every reliability test at a reduced size; ``./run soak`` sets ``SALON_SOAK=full``
-and the same tests run at full size. Figures: each test calls :func:`record` with what it tried
-and what happened; the numbers are printed (``pytest -s``) and, when ``SALON_FIGURES`` names a
-file, appended to it as JSON lines (``./run soak`` prints them at the end). RELIABILITY.md
-quotes them.
+Sizes: CI runs every reliability test (marker ``soak``) at a reduced size; ``./run soak`` sets
+``SALON_SOAK=full`` and runs the same tests at full size. Figures: each test calls
+:func:`record` with what it tried and what happened; the numbers are printed (seen with
+``pytest -s``) and, when ``SALON_FIGURES`` names a file, appended to it as JSON lines
+(``SALON_FIGURES=figures.jsonl ./run soak``). RELIABILITY.md quotes them.
 
 This module holds no tests; pytest collects it because of its name and finds none.
 """

@@ -113,6 +113,7 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
     m.MediaKeyRevoked(room="jazz", user="bob", flow_id=7),
     m.Speaking(room="jazz", speakers=[m.SpeakerLevel(user="bob", level=30)]),
     m.Muted(room="jazz", by="ada"),
+    m.MemberMuted(room="jazz", user="bob", by="plugin:loudness_guard", reason="too loud"),
     m.Removed(room="jazz", by="ada", reason="spam", banned=True, until=99.0),
     m.RecordingStarted(room="jazz", by="ada", recording="pW2xK9qLm0Za"),
     m.RecordingStopped(room="jazz", by="ada", recording="pW2xK9qLm0Za", reason="stopped"),

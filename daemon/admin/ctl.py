@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -127,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("room")
     revoke.add_argument("token")
 
+    for name, text in (("record", "start recording a room"), ("stop-recording", "stop it")):
+        sub.add_parser(name, help=text).add_argument("room")
+    recordings = sub.add_parser("recordings", help="recordings, newest first; or one, by id")
+    recordings.add_argument("recording", nargs="?", help="a recording's id: show it")
+    recordings.add_argument("--room", help="only this room's recordings")
+    recordings.add_argument("--limit", type=int, default=100)
+    recordings.add_argument(
+        "--output", type=Path, help="with a recording id: copy its Ogg Opus file here"
+    )
     audit = sub.add_parser("audit", help="the audit log, newest first")
     audit.add_argument("--room")
     audit.add_argument("--limit", type=int, default=50)
@@ -357,6 +367,45 @@ async def cmd_revoke(client: AdminClient, args: argparse.Namespace) -> None:
     emit(args, await client.revoke_invite(args.room, args.token), f"revoked {args.token}")
 
 
+async def cmd_record(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.act(args.room, "start_recording")
+    emit(args, result, f"recording {args.room}: {result['recording']}")
+
+
+async def cmd_stop_recording(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.act(args.room, "stop_recording")
+    emit(args, result, f"stopped recording {result['recording']} of {args.room}")
+
+
+def format_recording(r: dict[str, Any]) -> str:
+    speakers = ", ".join(r["speakers"]) or "-"
+    return (
+        f"{r['id']}  {r['room']:<16} {when(r['started_at'])}  {r['duration']:>8.1f} s"
+        f"  {r['status']:<11} speakers: {speakers}\n    {r['path']}"
+    )
+
+
+async def cmd_recordings(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.request(
+        "recordings", room=args.room, recording=args.recording, limit=args.limit
+    )
+    found: list[dict[str, Any]] = result["recordings"]
+    if args.recording is not None and not found:
+        raise AdminError("recording_not_found", f"no recording {args.recording}")
+    if args.output is not None:
+        if args.recording is None:
+            raise AdminError("bad_usage", "--output needs a recording id")
+        # salonctl talks to a local socket: the file is on this machine, readable by path.
+        try:
+            shutil.copyfile(found[0]["path"], args.output)
+        except OSError as exc:
+            raise AdminError("copy_failed", f"cannot copy {found[0]['path']}: {exc}") from exc
+    human = "\n".join(format_recording(r) for r in found) or "no recordings"
+    if args.output is not None:
+        human += f"\ncopied to {args.output}"
+    emit(args, found, human)
+
+
 async def cmd_audit(client: AdminClient, args: argparse.Namespace) -> None:
     entries = await client.audit(args.limit, args.room)
     emit(args, entries, "\n".join(format_audit(e) for e in entries) or "no entries")
@@ -396,6 +445,9 @@ COMMANDS: dict[str, Handler] = {
     "revoke": cmd_revoke,
     "audit": cmd_audit,
     "watch": cmd_watch,
+    "record": cmd_record,
+    "stop-recording": cmd_stop_recording,
+    "recordings": cmd_recordings,
     **{name: user_action(method) for name, (method, _) in USER_ACTIONS.items()},
 }
 

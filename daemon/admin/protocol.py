@@ -196,7 +196,16 @@ class Subscribe(_Request, kw_only=True, tag="subscribe"):
     stats_interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
 
 
-Request = Union[Status, Rooms, Room, Action, Audit, Subscribe]
+class Recordings(_Request, kw_only=True, tag="recordings"):
+    """Recordings from the index, newest first (only ``room``'s, or only ``recording``, if
+    given); result ``{"recordings": [RecordingInfo]}`` (daemon/recording/index.py)."""
+
+    room: str | None = None
+    recording: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+
+
+Request = Union[Status, Rooms, Room, Action, Audit, Subscribe, Recordings]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
     cls.__struct_config__.tag: cls

@@ -259,6 +259,8 @@ class AdminServer:
         if isinstance(request, p.Audit):
             entries = await self.audit_entries(request.limit, request.room)
             return {"entries": msgspec.to_builtins(entries)}
+        if isinstance(request, p.Recordings):
+            return {"recordings": await self.recordings(request)}
         if isinstance(request, p.Subscribe):
             connection.subscribed = True
             connection.levels_room = request.levels_room
@@ -354,6 +356,14 @@ class AdminServer:
             p.MeterLevel(user=a.user, level=round(a.smoothed), speaking=a.speaking)
             for a in activities
         ]
+
+    async def recordings(self, request: p.Recordings) -> list[dict[str, Any]]:
+        """The recordings index (daemon/recording), as plain dicts, newest first."""
+        index = self.daemon.recordings.index
+        if request.recording is not None:
+            found = await index.get(request.recording)
+            return [] if found is None else [found.to_dict()]
+        return [info.to_dict() for info in (await index.recordings(request.room))[: request.limit]]
 
     async def audit_entries(self, limit: int, room: str | None) -> list[p.AuditEntry]:
         """From the store when there is one (durable), else from memory."""

@@ -5,6 +5,12 @@ who receives each group), and it never decrypts: it reads the clear RTP header a
 very same bytes object to every recipient. Recipient lists are rebuilt when membership changes,
 so a packet costs one header peek, one dict lookup, a few comparisons and one deque append per
 recipient.
+
+The forwarder also watches each flow's RTP sequence number, with one comparison per packet: when
+it jumps back by more than half its range (the 16-bit counter wrapped) it calls the flow's
+``on_seq_jump``, so that the core can rotate the flow before the rollover counter of a late
+receiver goes wrong (PROTOCOL.md 11.8). Setting ``last_seq`` to :data:`NOTIFY_FIRST_PACKET`
+makes the same comparison report a flow's first forwarded packet.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ DROP_REASONS = (
     "queue_full",
 )
 """Every reason the forwarder counts in :attr:`Forwarder.drops`, in the order it checks them."""
+
+SEQ_WRAP_DISTANCE = 0x8000
+"""A sequence number this far below the previous one means the counter wrapped (RFC 3711 3.3.1)."""
+NOTIFY_FIRST_PACKET = 0x20000
+"""A ``last_seq`` above any sequence number plus :data:`SEQ_WRAP_DISTANCE`: the next packet
+reports to ``on_seq_jump``."""
 
 
 class Outlet:
@@ -52,7 +64,19 @@ class Outlet:
 class Flow:
     """One speaker's media flow: who may send on it, with which SSRC, and who receives it."""
 
-    __slots__ = ("active", "flow_id", "group", "muted", "on_level", "recipients", "session", "ssrc")
+    __slots__ = (
+        "active",
+        "flow_id",
+        "group",
+        "last_seq",
+        "muted",
+        "on_level",
+        "on_seq_jump",
+        "predecessor",
+        "recipients",
+        "session",
+        "ssrc",
+    )
 
     def __init__(self, flow_id: int, session: int, ssrc: int, group: str) -> None:
         self.flow_id = flow_id
@@ -67,6 +91,14 @@ class Flow:
         """Outlets of every member of the group except the sender; replaced, never mutated."""
         self.on_level: Callable[[int, float], None] | None = None
         """Called with ``(level, now)`` for each forwarded packet that carries an audio level."""
+        self.last_seq = 0
+        """RTP sequence number of the last forwarded packet (0 before the first)."""
+        self.on_seq_jump: Callable[[Flow, float], None] | None = None
+        """Called with ``(flow, now)`` before forwarding a packet whose sequence number is more
+        than :data:`SEQ_WRAP_DISTANCE` below ``last_seq`` (a wrap, or the first packet after
+        ``last_seq`` was set to :data:`NOTIFY_FIRST_PACKET`)."""
+        self.predecessor: Flow | None = None
+        """The flow this one replaces while both are forwarded (a rotation's grace period)."""
 
     def __repr__(self) -> str:
         return f"Flow(id={self.flow_id}, session={self.session}, group={self.group!r})"
@@ -121,6 +153,10 @@ class Forwarder:
         if len(datagram) > self.max_datagram_size:
             self.drops["too_large"] += 1
             return []
+        seq = header.sequence_number
+        if seq + SEQ_WRAP_DISTANCE < flow.last_seq and flow.on_seq_jump is not None:
+            flow.on_seq_jump(flow, now)
+        flow.last_seq = seq
         level = header.level
         if level is not None and flow.on_level is not None:
             flow.on_level(level, now)
@@ -170,6 +206,8 @@ class Forwarder:
         flow.active = False
         flow.recipients = []
         flow.on_level = None
+        flow.on_seq_jump = None
+        flow.predecessor = None
         flows = self._group_flows.get(flow.group)
         if flows is not None:
             flows.pop(flow.flow_id, None)
@@ -186,8 +224,11 @@ class Forwarder:
             flow.recipients = [*flow.recipients, outlet]
 
     def untap(self, flow: Flow, outlet: Outlet) -> None:
-        """``outlet`` stops getting copies of ``flow``."""
+        """``outlet`` stops getting copies of ``flow`` (and of the flow it is replacing)."""
         flow.recipients = [o for o in flow.recipients if o is not outlet]
+        old = flow.predecessor
+        if old is not None:
+            old.recipients = [o for o in old.recipients if o is not outlet]
 
     def forget_session(self, session: int) -> None:
         """The session is gone: forget its flows (they become unknown) and its memberships."""

@@ -11,6 +11,9 @@ SRTP_PROFILE = "AEAD_AES_128_GCM"
 MASTER_KEY_LENGTH = 16
 MASTER_SALT_LENGTH = 12
 KEY_MATERIAL_LENGTH = MASTER_KEY_LENGTH + MASTER_SALT_LENGTH
+ROTATION_GRACE = 2.0
+"""Seconds a flow rotated at a sequence number wrap is still forwarded if its speaker does not
+switch to the new flow sooner (PROTOCOL.md 11.8): packets already in flight are not lost."""
 
 
 class FlowIdAllocator:

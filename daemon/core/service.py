@@ -24,10 +24,10 @@ from salon.daemon.wire.messages import ErrorCode, to_builtins
 
 from . import events
 from .errors import CoreError
-from .forwarder import Flow, Forwarder, Outlet
+from .forwarder import NOTIFY_FIRST_PACKET, Flow, Forwarder, Outlet
 from .identity import Identity
 from .ids import INVITE_TOKEN_BYTES, REQUEST_ID_BYTES, random_room_id, random_token
-from .keys import FlowIdAllocator, media_key, new_key_material, new_ssrc
+from .keys import ROTATION_GRACE, FlowIdAllocator, media_key, new_key_material, new_ssrc
 from .limits import Limits
 from .permissions import HOST_ROLES, OPERATOR, Action, check
 from .recording import Recording
@@ -62,6 +62,7 @@ _BAN_EXPIRY = "ban"
 _SPEAKING_EMIT = "speaking"
 _SPEAKING_HOLD = "hold"
 _REMINDER = "reminder"
+_ROTATION = "rotation"
 
 Result = dict[str, Any]
 
@@ -103,6 +104,8 @@ class SalonCore:
         self._timers: list[tuple[float, int, str, Room, str]] = []
         self._timer_order = itertools.count()
         self._flow_ids = FlowIdAllocator()
+        # New flow id of a rotation in its grace period -> recording that recorded the old flow.
+        self._rotations: dict[int, str | None] = {}
         # Taps (recorders, audio monitors) get session numbers no real session has.
         self._tap_sessions = itertools.count(-1, -1)
         self._monitors: list[Outlet] = []
@@ -355,6 +358,10 @@ class SalonCore:
                         self._emit(events.BanChanged(room.id, key, None))
             elif kind == _REMINDER:
                 self._remind(room)
+            elif kind == _ROTATION:
+                for member in room.members.values():
+                    if member.flow is not None and member.flow.flow_id == int(key):
+                        self._end_rotation(room, member)
             elif kind == _SPEAKING_EMIT:
                 room.speaking_emit_at = None
                 self._speaking_dirty[room] = None
@@ -515,6 +522,10 @@ class SalonCore:
                 state.room = None
                 state.outlet.queue.clear()
             if member.flow is not None:
+                if member.flow.predecessor is not None:
+                    old = member.flow.predecessor.flow_id
+                    self._rotations.pop(member.flow.flow_id, None)
+                    self._emit(events.FlowClosed(room.id, member.user, old))
                 self._emit(events.FlowClosed(room.id, member.user, member.flow.flow_id))
             member.flow = None
             member.media_key = None
@@ -869,6 +880,7 @@ class SalonCore:
         flow = Flow(flow_id, member.session, ssrc, room.id)
         flow.muted = member.muted or member.muted_by_moderator
         flow.on_level = room.speaking.track(user).update
+        flow.on_seq_jump = self._seq_jump
         self.forwarder.add_flow(flow)
         for monitor in self._monitors:
             self.forwarder.tap(flow, monitor)
@@ -880,6 +892,7 @@ class SalonCore:
         flow = member.flow
         if flow is None:
             return
+        self._end_rotation(room, member)
         recording = room.active_recording
         if recording is not None:
             # A new stage turn asks for consent again.
@@ -894,6 +907,67 @@ class SalonCore:
             room, messages.MediaKeyRevoked(room=room.id, user=member.user, flow_id=flow.flow_id)
         )
 
+    # ------------------------------------------------------------------ rotation at a seq wrap
+
+    def _seq_jump(self, flow: Flow, now: float) -> None:
+        """The forwarder saw ``flow``'s sequence number wrap, or a new flow's first packet."""
+        state = self._sessions.get(flow.session)
+        room = self.rooms.get(flow.group)
+        member = room.members.get(state.identity.user) if state and room else None
+        if room is None or member is None or member.session != flow.session:
+            flow.on_seq_jump = None
+            return
+        if member.flow is flow and flow.predecessor is not None:
+            # The speaker switched to the rotated flow: the old one is no longer needed.
+            self._end_rotation(room, member)
+        elif member.flow is flow:
+            self._rotate_flow(room, member, now)
+
+    def _rotate_flow(self, room: Room, member: Member, now: float) -> None:
+        """Give a speaker whose sequence number wrapped a new flow (PROTOCOL.md 11.8).
+
+        A receiver that joined after the wrap would assume the wrong rollover counter; on a new
+        flow every receiver starts from ROC 0 again. The old flow is forwarded until the speaker's
+        first packet on the new one, or :data:`ROTATION_GRACE` seconds, then revoked.
+        """
+        old = member.flow
+        assert old is not None
+        old.on_seq_jump = None
+        recording = room.active_recording
+        recorded = recording is not None and recording.recorded.get(member.user) == old.flow_id
+        self._open_flow(room, member)
+        flow = member.flow
+        assert flow is not None and member.media_key is not None
+        flow.predecessor = old
+        flow.last_seq = NOTIFY_FIRST_PACKET
+        self._rotations[flow.flow_id] = recording.id if recording and recorded else None
+        if recording is not None and recorded:
+            # Consent is per stage turn, and this is the same turn: record the new flow too.
+            self.forwarder.tap(flow, recording.outlet)
+            recording.recorded[member.user] = flow.flow_id
+            self._emit(events.RecordingTrackAdded(room.id, recording.id, member.media_key))
+        self._to_members(room, messages.MediaKeyEvent(room=room.id, key=member.media_key))
+        self._push_timer(now + ROTATION_GRACE, _ROTATION, room, str(flow.flow_id))
+
+    def _end_rotation(self, room: Room, member: Member) -> None:
+        """Retire the flow that ``member``'s current flow replaced, if it is still forwarded."""
+        flow = member.flow
+        old = flow.predecessor if flow is not None else None
+        if flow is None or old is None:
+            return
+        flow.predecessor = None
+        recording_id = self._rotations.pop(flow.flow_id, None)
+        self.forwarder.retire_flow(old)
+        recording = room.active_recording
+        if recording is not None and recording.id == recording_id:
+            self._emit(
+                events.RecordingTrackRemoved(room.id, recording.id, member.user, old.flow_id)
+            )
+        self._emit(events.FlowClosed(room.id, member.user, old.flow_id))
+        self._to_members(
+            room, messages.MediaKeyRevoked(room=room.id, user=member.user, flow_id=old.flow_id)
+        )
+
     # ------------------------------------------------------------------ recording
 
     def _start_recording(
@@ -906,6 +980,9 @@ class SalonCore:
                 ErrorCode.ALREADY_RECORDING, f"room {room.id} is already being recorded"
             )
         recording_id = random_token(self.random_bytes, RECORDING_ID_BYTES)
+        if recording_id.startswith("-"):
+            # Never looks like an option on a command line (``salonctl recordings ID``).
+            recording_id = "_" + recording_id[1:]
         outlet = Outlet(next(self._tap_sessions), self.limits.recording_queue)
         room.active_recording = Recording(recording_id, room.id, actor.user, now, outlet)
         room.recording = True
@@ -1036,6 +1113,8 @@ class SalonCore:
     def _sync_mute(member: Member) -> None:
         if member.flow is not None:
             member.flow.muted = member.muted or member.muted_by_moderator
+            if member.flow.predecessor is not None:
+                member.flow.predecessor.muted = member.flow.muted
 
     def _raise_hand(self, actor: _Actor, request: messages.RaiseHand, now: float) -> Result:
         member = self._self(actor)
@@ -1127,8 +1206,17 @@ class SalonCore:
             if changed:
                 self._participant_updated(room, target)
             if newly:
-                self._send((target.session,), messages.Muted(room=room.id, by=actor.user))
-            self._moderation(actor, "mute", target.user)
+                # The muted member and the hosts learn who muted and why (e.g. a plugin).
+                muted = messages.Muted(room=room.id, by=actor.user, reason=request.reason)
+                self._send((target.session,), muted)
+                self._to_hosts(
+                    room,
+                    messages.MemberMuted(
+                        room=room.id, user=target.user, by=actor.user, reason=request.reason
+                    ),
+                )
+            detail = {"reason": request.reason} if request.reason else {}
+            self._moderation(actor, "mute", target.user, **detail)
             return {}
         member = self._self(actor)
         check(Action.MUTE_SELF, member.role)

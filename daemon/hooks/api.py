@@ -22,6 +22,8 @@ from .results import AudioLevel
 from .settings import PluginSettings
 
 if TYPE_CHECKING:
+    from salon.daemon.recording.monitor import AudioMonitor
+
     from .manager import PluginHost
 
 T = TypeVar("T")
@@ -164,3 +166,15 @@ class SalonAPI:
     def unsubscribe_audio_levels(self, room: str | None = None) -> None:
         """Stop a subscription made with :meth:`subscribe_audio_levels`."""
         self._host.unsubscribe_levels(self.name, room)
+
+    def monitor_audio(self) -> AudioMonitor:
+        """Start measuring every stage member's level on their *decoded* audio, not the level
+        senders write in their packets (which a client can fake). The monitor decrypts and
+        decodes on its own thread, off the forwarding path (daemon/recording/monitor.py); read
+        it with ``monitor.levels(room)`` and stop it with ``monitor.stop()`` at ``shutdown``."""
+        from salon.daemon.recording.monitor import AudioMonitor
+
+        monitor = AudioMonitor(self._host.core)
+        self._host.server.observers.append(monitor.on_core_event)
+        monitor.start()
+        return monitor

@@ -67,6 +67,7 @@ BUNDLED = {
     "topic_directory": "salon.plugins.topic_directory:TopicDirectory",
     "webhooks": "salon.plugins.webhooks:Webhooks",
     "floor_control": "salon.plugins.floor_control:FloorControl",
+    "loudness_guard": "salon.plugins.loudness_guard:LoudnessGuard",
 }
 """The plugins shipped with salond, by entry point name. pyproject.toml registers each one
 under ``salon.plugins``; this table is the fallback when the installed metadata predates it."""

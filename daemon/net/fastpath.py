@@ -79,6 +79,9 @@ DATAGRAM_FRAME = bytes((QuicFrameType.DATAGRAM_WITH_LENGTH,))
 ONE_RTT = Epoch.ONE_RTT
 ONE_RTT_PACKET = QuicPacketType.ONE_RTT
 CONNECTED = QuicConnectionState.CONNECTED
+NO_HANDLERS: Any = ()
+"""Shared by every fast packet: aioquic only iterates over these lists once sent."""
+new_object = object.__new__
 
 
 def enabled_by_environment() -> bool:
@@ -342,19 +345,22 @@ class DatagramFastPath:
             packet = crypto.encrypt_packet(header, b"".join(frames), packet_number)
             quic._packet_number = packet_number + 1
             sent_bytes = len(packet)
-            loss.on_packet_sent(
-                packet=QuicSentPacket(
-                    epoch=ONE_RTT,
-                    in_flight=True,
-                    is_ack_eliciting=True,
-                    is_crypto_packet=False,
-                    packet_number=packet_number,
-                    packet_type=ONE_RTT_PACKET,
-                    sent_time=now,
-                    sent_bytes=sent_bytes,
-                ),
-                space=space,
-            )
+            # A QuicSentPacket without its dataclass __init__ (twice as fast): the same fields,
+            # and no delivery handlers or qlog frames to allocate lists for.
+            sent = new_object(QuicSentPacket)
+            sent.__dict__ = {
+                "epoch": ONE_RTT,
+                "in_flight": True,
+                "is_ack_eliciting": True,
+                "is_crypto_packet": False,
+                "packet_number": packet_number,
+                "packet_type": ONE_RTT_PACKET,
+                "sent_time": now,
+                "sent_bytes": sent_bytes,
+                "delivery_handlers": NO_HANDLERS,
+                "quic_logger_frames": NO_HANDLERS,
+            }
+            loss.on_packet_sent(packet=sent, space=space)
             if pacer.packet_time is not None:
                 pacer.update_after_send(now)
             # As aioquic's _flush_builder: the first ack-eliciting packet since the last one

@@ -23,7 +23,7 @@ from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import CoreEvent, Deliver
 from salon.daemon.net.session import CloseCode, SessionProtocol
-from salon.daemon.net.traffic import UdpTraffic
+from salon.daemon.net.traffic import UdpTraffic, enlarge_socket_buffers
 from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
@@ -144,6 +144,7 @@ class SalonServer:
             create_protocol=create_protocol,
         )
         self.traffic.attach(self._quic_server)
+        enlarge_socket_buffers(self._quic_server._transport)  # see SOCKET_BUFFER_BYTES
         sockname = self._quic_server._transport.get_extra_info("sockname")  # type: ignore[union-attr]
         self.address = (sockname[0], sockname[1])
         return self.address
@@ -186,17 +187,22 @@ class SalonServer:
             self._session_worker(protocol, inbox)
         )
         assert self._loop is not None
-        self._loop.call_later(HELLO_TIMEOUT, self._check_hello, protocol)
+        protocol.hello_timer = self._loop.call_later(HELLO_TIMEOUT, self._check_hello, protocol)
         if self.shutting_down:
             protocol.close_with(CloseCode.SERVER_SHUTDOWN, "server shutting down")
 
     def _check_hello(self, protocol: SessionProtocol) -> None:
+        protocol.hello_timer = None
         if protocol.identity is None and not protocol.closed:
             self.stats.count_drop("hello_timeout")
             protocol.close_with(CloseCode.HELLO_TIMEOUT, "no hello within 10 s")
 
     def on_closed(self, protocol: SessionProtocol, reason: str) -> None:
         session_id = protocol.session_id
+        if protocol.hello_timer is not None:
+            # A pending timer would keep the closed connection in memory for its 10 s.
+            protocol.hello_timer.cancel()
+            protocol.hello_timer = None
         self.sessions.pop(session_id, None)
         self._inboxes.pop(session_id, None)
         task = self._workers.pop(session_id, None)
@@ -365,6 +371,9 @@ class SalonServer:
     def admit(self, protocol: SessionProtocol, identity: Identity) -> None:
         """Bind an authenticated identity to the session and give it a media outlet."""
         protocol.identity = identity
+        if protocol.hello_timer is not None:
+            protocol.hello_timer.cancel()
+            protocol.hello_timer = None
         self.core.connect(protocol.session_id, identity, time.time())
         protocol.outlet = self.core.outlet(protocol.session_id)
 

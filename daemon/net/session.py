@@ -7,9 +7,11 @@ the server, and keeps the connection's outgoing datagram queue short.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 
@@ -28,6 +30,19 @@ log = logging.getLogger("salon.net")
 # short and let the core's bounded outlet queue (which drops the oldest) absorb the rest.
 AIOQUIC_DATAGRAM_BACKLOG = 8
 
+# How many bytes of control messages may wait, unacknowledged, for one client. A client that
+# never reads its control stream (so never grants flow-control credit) would otherwise make the
+# server buffer every later event for it; past this it is closed with ``control_backlog``.
+MAX_CONTROL_BACKLOG = 1 << 20
+
+# A connection that only receives audio answers it with ACK-only packets, which the peer never
+# acknowledges (RFC 9000 13.2.4), and aioquic keeps every sent packet until it is acknowledged:
+# a speaker's connection would grow by 50 packets a second for as long as it talks. Every
+# ACK_STATE_CHECK datagrams received, a PING goes out if more than ACK_STATE_LIMIT sent packets
+# wait; the peer's ACK of it releases them all.
+ACK_STATE_CHECK = 64
+ACK_STATE_LIMIT = 64
+
 FASTPATH_ENABLED = enabled_by_environment()
 """Whether new sessions use the datagram fast path (``SALON_FASTPATH=0`` turns it off)."""
 
@@ -40,6 +55,7 @@ class CloseCode:
     HELLO_TIMEOUT = 0x2
     SERVER_SHUTDOWN = 0x3
     RATE_ABUSE = 0x5
+    CONTROL_BACKLOG = 0x7
 
 
 class TokenBucket:
@@ -83,6 +99,10 @@ class SessionProtocol(QuicConnectionProtocol):
             server.config.limits.message_rate, server.config.limits.message_burst, self._loop.time()
         )
         self.rate_strikes = 0
+        self.backlog_exceeded = False
+        self.datagrams_received = 0
+        self.hello_timer: asyncio.TimerHandle | None = None
+        """Closes the session if no hello succeeds in time; cancelled once it is moot."""
         self.fastpath: DatagramFastPath | None = (
             DatagramFastPath(self._quic) if FASTPATH_ENABLED else None
         )
@@ -92,6 +112,9 @@ class SessionProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.DatagramFrameReceived):
             self.server.on_datagram(self, event.data)
+            self.datagrams_received += 1
+            if self.datagrams_received % ACK_STATE_CHECK == 0:
+                self._release_ack_state()
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
         elif isinstance(event, events.HandshakeCompleted):
@@ -129,13 +152,30 @@ class SessionProtocol(QuicConnectionProtocol):
         if event.end_stream:
             self.close_with(CloseCode.NO_ERROR, "control stream closed")
 
+    def _release_ack_state(self) -> None:
+        space = self._quic._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and len(space.sent_packets) > ACK_STATE_LIMIT:
+            self._quic.send_ping(0)
+
     # -- sending
 
     def send_control(self, framed: bytes) -> None:
         """Queue an already framed control message; the server flushes once per loop tick."""
-        if self.control_stream_id is None or self.closed:
+        if self.control_stream_id is None or self.closed or self.backlog_exceeded:
             return
         self._quic.send_stream_data(self.control_stream_id, framed)
+        stream = self._quic._streams.get(self.control_stream_id)
+        if stream is None:
+            return
+        sender = stream.sender
+        if sender._buffer_stop - sender._buffer_start > MAX_CONTROL_BACKLOG:
+            # Closed on the next tick, not here: this may run while the server is delivering
+            # an event to several sessions, and closing produces events of its own.
+            self.backlog_exceeded = True
+            self.server.stats.count_drop("control_backlog")
+            self._loop.call_soon(
+                self.close_with, CloseCode.CONTROL_BACKLOG, "control stream not read"
+            )
 
     def send_message_payload(self, payload: bytes) -> None:
         self.send_control(frame_message(payload))

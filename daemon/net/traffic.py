@@ -8,7 +8,37 @@ packet.
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
+
+log = logging.getLogger("salon.net")
+
+SOCKET_BUFFER_BYTES = 1024 * 1024
+"""Receive and send buffer asked for on the QUIC socket.
+
+One socket carries every listener's ACKs: with the kernel's default buffer (about 200 KiB,
+a few hundred small packets at the kernel's per-packet accounting) a pause of the event loop of
+a few tens of milliseconds at a few thousand packets per second overflows it, and the packets
+dropped then include the speakers' audio. The kernel caps the request at ``net.core.rmem_max``
+/ ``wmem_max``.
+"""
+
+
+def enlarge_socket_buffers(transport: Any, size: int = SOCKET_BUFFER_BYTES) -> tuple[int, int]:
+    """Ask for ``size``-byte buffers on ``transport``'s socket; returns what the kernel gave."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return (0, 0)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError as exc:  # a platform without the option: keep the default
+            log.debug("cannot set socket buffer: %s", exc)
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+    )
 
 
 class UdpTraffic:

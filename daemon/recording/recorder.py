@@ -125,39 +125,75 @@ class RoomRecorder:
 
     def receive(self, datagram: bytes, arrival: float, trusted: bool = True) -> None:
         """Take in one datagram that arrived at ``arrival`` (``trusted``: stamped in time)."""
+        opened = self._open(datagram)
+        if opened is not None:
+            track, packet = opened
+            position = self.frame_at(arrival)
+            track.add(
+                packet.sequence_number,
+                packet.timestamp,
+                packet.payload,
+                position if trusted else None,
+                fallback=position,
+            )
+
+    def receive_batch(self, datagrams: Iterable[bytes], now: float, trusted: bool) -> None:
+        """Take in the datagrams that arrived since the previous batch, the last one by
+        ``now``. ``trusted``: the batch was taken promptly, so ``now`` is their arrival time.
+
+        An untrusted batch (the worker was held up) may span seconds. A flow that starts in it
+        is placed so that its *newest* packet arrived ``now``, the older ones before it by
+        their RTP timestamps, not all of them from ``now`` on (which would push the backlog
+        past the end of the recording).
+        """
+        if trusted:
+            for datagram in datagrams:
+                self.receive(datagram, now)
+            return
+        opened = [o for o in map(self._open, datagrams) if o is not None]
+        newest: dict[int, int] = {}
+        for track, packet in opened:
+            newest[id(track)] = packet.timestamp
+        position = self.frame_at(now)
+        for track, packet in opened:
+            behind = (newest[id(track)] - packet.timestamp) % 2**32
+            frames = behind / FRAME_SAMPLES if behind < 2**31 else 0.0
+            track.add(
+                packet.sequence_number,
+                packet.timestamp,
+                packet.payload,
+                None,
+                fallback=position - frames,
+            )
+
+    def _open(self, datagram: bytes) -> tuple[Track, RtpPacket] | None:
+        """The track and clear RTP packet of a datagram, or None (dropped and counted)."""
         stats = self.stats
         stats.datagrams += 1
         try:
             flow_id, srtp = unpack_datagram(datagram)
         except WireError:
             stats.drops["malformed"] += 1
-            return
+            return None
         track = self._tracks.get(flow_id)
         if track is None:
             stats.drops["unknown_flow"] += 1
-            return
+            return None
         try:
             packet = RtpPacket.parse(self._srtp.unprotect(flow_id, srtp))
         except SrtpError as exc:
             stats.drops[exc.reason] += 1
-            return
+            return None
         except WireError:
             stats.drops["malformed"] += 1
-            return
+            return None
         if packet.ssrc != self._ssrcs.get(flow_id) or packet.payload_type != OPUS_PAYLOAD_TYPE:
             stats.drops["malformed"] += 1
-            return
+            return None
         if not packet.payload:
             stats.drops["malformed"] += 1
-            return
-        position = self.frame_at(arrival)
-        track.add(
-            packet.sequence_number,
-            packet.timestamp,
-            packet.payload,
-            position if trusted else None,
-            fallback=position,
-        )
+            return None
+        return track, packet
 
     def advance(self, now: float) -> None:
         """Write every frame older than the hold (call it every few tens of milliseconds)."""

@@ -41,6 +41,10 @@ DEFAULT_POLL = 0.02
 _TRUSTED_GAP = 0.1
 """A drain this long after the previous one may hold late-stamped datagrams: their arrival
 times are not used to place audio (see :class:`~.track.Track`)."""
+MAX_CLOCK_SKEW = 60.0
+"""Seconds a recording's start time may differ from the service's clock. The service's clock
+must be the core's (wall-clock time in salond); further apart, the first write would be that
+much silence at once, so the recording fails instead."""
 
 
 @dataclass
@@ -270,6 +274,17 @@ class RecordingService:
             "SALON_ROOM": command.room,
             "SALON_RECORDING": command.recording,
         }
+        skew = self.clock() - command.at
+        if abs(skew) > MAX_CLOCK_SKEW:
+            log.error(
+                "cannot start recording %s of %s: its start time is %.0f s from the "
+                "recorder's clock",
+                command.recording,
+                command.room,
+                skew,
+            )
+            self._record_failure(replace(info, status="failed", ended_at=command.at))
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             recorder = RoomRecorder(
@@ -370,5 +385,4 @@ def _take_all(outlet: Outlet) -> list[bytes]:
 
 
 def _receive(recorder: RoomRecorder, batch: list[bytes], now: float, trusted: bool) -> None:
-    for datagram in batch:
-        recorder.receive(datagram, now, trusted)
+    recorder.receive_batch(batch, now, trusted)

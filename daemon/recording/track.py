@@ -35,8 +35,10 @@ REANCHOR_FRAMES = 3
 """How far (in frames) the arrival estimate must move before a talk spurt is placed anew."""
 TRANSIT_WINDOW = 500
 """Packets (10 s of speech) over which the smallest transit is taken."""
-MAX_PENDING = 1500
-"""Packets held per track at most (30 s); older ones are decoded or dropped first."""
+MAX_PENDING = 6000
+"""Packets held per track at most (2 minutes); the oldest are dropped beyond it. More than the
+core's recording outlet holds (``Limits.recording_queue``, 4096), so that after the worker was
+held up, nothing the outlet kept is lost here."""
 _RESYNC_DISTANCE = 3000
 
 
@@ -155,11 +157,14 @@ class Track:
         assert self._offset is not None
         return (ts - self._base_ts) // FRAME_SAMPLES + self._offset
 
-    def render(self, horizon: int) -> Iterator[tuple[int, bytes]]:
-        """Decode every packet placed before frame ``horizon``: yields ``(frame, pcm)``.
+    def render(self, horizon: int) -> list[tuple[int, bytes]]:
+        """Decode every packet placed before frame ``horizon``: a list of ``(frame, pcm)``.
 
-        Frames come out in increasing order; frames between them are silence.
+        Frames come in increasing order; frames between them are silence. A list, not a
+        generator: a caller that stopped reading half-way would leave the track's state
+        behind the packets already taken out of it.
         """
+        out: list[tuple[int, bytes]] = []
         packets = self._packets
         while packets:
             seq = min(packets)
@@ -175,14 +180,15 @@ class Track:
                 self._offset += self._last_frame + 1 - frame
                 frame = self._last_frame + 1
             if frame >= horizon:
-                return
+                break
             del packets[seq]
-            yield from self._recover(seq, ts, payload, frame)
-            yield frame, self._decode(payload)
+            out.extend(self._recover(seq, ts, payload, frame))
+            out.append((frame, self._decode(payload)))
             self.stats.frames += 1
             self._last_seq, self._last_ts, self._last_frame = seq, ts, frame
+        return out
 
-    def flush(self) -> Iterator[tuple[int, bytes]]:
+    def flush(self) -> list[tuple[int, bytes]]:
         """Decode everything still held (the track ends)."""
         return self.render(2**62)
 

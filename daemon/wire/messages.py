@@ -162,12 +162,14 @@ class RoomSnapshot(msgspec.Struct, kw_only=True):
 
 # --------------------------------------------------------------------------- requests
 
+MAX_REQUEST_ID = 2**53 - 1
+"""The largest request id (so that clients with JavaScript-style numbers can echo it exactly)."""
+
 
 class _Request(msgspec.Struct, tag_field="type", kw_only=True):
     """Base of every request. Unknown fields are ignored so that the protocol can grow."""
 
-    # At most 2**53 - 1 so that clients with JavaScript-style numbers can echo it exactly.
-    id: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    id: Annotated[int, msgspec.Meta(ge=0, le=MAX_REQUEST_ID)]
 
 
 class Hello(_Request, kw_only=True, tag="hello"):
@@ -289,6 +291,7 @@ class Mute(_Request, kw_only=True, tag="mute"):
     """Mute yourself (no ``user``) or, as a moderator, mute ``user`` (enforced by the server)."""
 
     user: str | None = None
+    reason: str = ""
 
 
 class Unmute(_Request, kw_only=True, tag="unmute"):
@@ -585,6 +588,16 @@ class Muted(_Event, kw_only=True, tag="muted"):
 
     room: str
     by: str
+    reason: str = ""
+
+
+class MemberMuted(_Event, kw_only=True, tag="member_muted"):
+    """To the hosts: ``by`` (a host, an operator or a plugin) muted stage member ``user``."""
+
+    room: str
+    user: str
+    by: str
+    reason: str = ""
 
 
 class Removed(_Event, kw_only=True, tag="removed"):
@@ -656,6 +669,7 @@ Event = Union[
     MediaKeyRevoked,
     Speaking,
     Muted,
+    MemberMuted,
     Removed,
     RecordingStarted,
     RecordingStopped,
@@ -687,12 +701,15 @@ _encoder = msgspec.json.Encoder()
 
 
 def peek_request_id(data: bytes) -> int | None:
-    """The integer ``id`` of a message that may be otherwise invalid, or None."""
+    """The ``id`` of a message that may be otherwise invalid, or None when it has no id a
+    request may carry (an integer from 0 to 2^53-1): an out-of-range id is not echoed."""
     try:
         found = _id_decoder.decode(data).id
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
-    return found if isinstance(found, int) else None
+    if isinstance(found, int) and 0 <= found <= MAX_REQUEST_ID:
+        return found
+    return None
 
 
 def decode_request(data: bytes) -> Request:

@@ -1,0 +1,174 @@
+"""The forwarding cost without sockets: CPU per copy of aioquic's send path and of the fast path.
+
+Two ``QuicConnection`` objects in one process, packets moved by hand, the clock passed in (the
+aioquic test style): the server sends one audio datagram every 20 ms of simulated time, the
+client (stock aioquic, acknowledging after ``ack_delay``) receives it and sends its ACKs back.
+The process's own CPU time is measured around the server's two jobs, per copy:
+
+- sending: aioquic's ``send_datagram_frame`` + ``datagrams_to_send`` (what the naive forwarder
+  runs), or :class:`~salon.daemon.net.fastpath.DatagramFastPath` (what salond runs);
+- acknowledgements: ``receive_datagram`` of the client's ACK packets.
+
+No system call is inside the measured code, so the figures hold up on a busy machine better
+than the load runs' (which add ``sendto``/``recvfrom`` and the event loop).
+
+Run alone: ``python bench/sansio.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from bench.common import media_datagram
+from salon.client.connection import CLIENT_ACK_DELAY, delay_acks
+from salon.daemon.net.fastpath import DatagramFastPath, SendResult
+from salon.daemon.tls import ensure_certificate
+
+CLIENT_ADDR = ("10.0.0.2", 40000)
+SERVER_ADDR = ("10.0.0.1", 4460)
+FRAME = 0.020
+
+
+class Pair:
+    """A connected client and server ``QuicConnection``, handshake done, nothing in flight."""
+
+    def __init__(self, tls_dir: Path, ack_delay: float) -> None:
+        tls = ensure_certificate(tls_dir, "localhost")
+        client_config = QuicConfiguration(
+            alpn_protocols=["salon/1"], is_client=True, max_datagram_frame_size=65536
+        )
+        client_config.verify_mode = 0  # ssl.CERT_NONE
+        server_config = QuicConfiguration(
+            alpn_protocols=["salon/1"], is_client=False, max_datagram_frame_size=65536
+        )
+        server_config.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        self.now = 1000.0
+        self.client = QuicConnection(configuration=client_config)
+        delay_acks(self.client, ack_delay)
+        self.server = QuicConnection(
+            configuration=server_config,
+            original_destination_connection_id=self.client.original_destination_connection_id,
+        )
+        self.client.connect(SERVER_ADDR, now=self.now)
+        for _ in range(20):
+            self.exchange()
+            self.now += 0.05
+            for connection in (self.client, self.server):
+                timer = connection.get_timer()
+                if timer is not None and timer <= self.now:
+                    connection.handle_timer(self.now)
+        while self.client.next_event() is not None:
+            pass
+        while self.server.next_event() is not None:
+            pass
+        if not (self.server._handshake_confirmed and self.server._loss.bytes_in_flight == 0):
+            raise RuntimeError("the in-memory handshake did not settle")
+
+    def exchange(self) -> None:
+        for data, _ in self.client.datagrams_to_send(self.now):
+            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+        for data, _ in self.server.datagrams_to_send(self.now):
+            self.client.receive_datagram(data, SERVER_ADDR, self.now)
+
+
+def measure(path: str, ack_delay: float, copies: int = 5000) -> dict[str, Any]:
+    """CPU µs per copy of ``path`` ("aioquic" or "fast") with the client's ``ack_delay``."""
+    with tempfile.TemporaryDirectory(prefix="salon-sansio-") as tmp:
+        pair = Pair(Path(tmp), ack_delay)
+    server, client = pair.server, pair.client
+    fast = DatagramFastPath(server) if path == "fast" else None
+    wire: list[bytes] = []
+
+    def sendto(data: bytes, addr: Any) -> None:
+        wire.append(data)
+
+    clock = time.process_time
+    send_cpu = ack_cpu = 0.0
+    acks = 0
+    for seq in range(copies):
+        pair.now += FRAME
+        now = pair.now
+        data = media_datagram(5, 0x1234, 0, seq, 0)
+        started = clock()
+        if fast is not None:
+            if not fast.quic.fast_clean:
+                fast.refresh()
+            if fast.send(collections.deque((data,)), 1200, now, sendto) != SendResult.SENT:
+                raise RuntimeError("the fast path did not send")
+        else:
+            server.send_datagram_frame(data)
+            for packet, _ in server.datagrams_to_send(now):
+                wire.append(packet)
+        send_cpu += clock() - started
+        for packet in wire:
+            client.receive_datagram(packet, SERVER_ADDR, now)
+        wire.clear()
+        while client.next_event() is not None:
+            pass
+        timer = client.get_timer()
+        if timer is not None and timer <= now:
+            client.handle_timer(now)
+        replies = client.datagrams_to_send(now)
+        started = clock()
+        for packet, _ in replies:
+            server.receive_datagram(packet, CLIENT_ADDR, now)
+            acks += 1
+        while server.next_event() is not None:
+            pass
+        ack_cpu += clock() - started
+    return {
+        "path": path,
+        "ack_delay": ack_delay,
+        "send_us": send_cpu / copies * 1e6,
+        "ack_us": ack_cpu / copies * 1e6,
+        "acks_per_copy": acks / copies,
+    }
+
+
+def run(copies: int = 5000) -> list[dict[str, Any]]:
+    """The naive combination (aioquic's path, ACK after 20 ms) and salond's, plus the two mixes."""
+    return [
+        measure("aioquic", 0.020, copies),
+        measure("aioquic", CLIENT_ACK_DELAY, copies),
+        measure("fast", 0.020, copies),
+        measure("fast", CLIENT_ACK_DELAY, copies),
+    ]
+
+
+def summary_lines(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| send path | listener ACK delay | send µs/copy | ACK µs/copy | ACKs/copy"
+        " | total µs/copy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result['path']} | {result['ack_delay'] * 1000:.0f} ms | {result['send_us']:.1f}"
+            f" | {result['ack_us']:.1f} | {result['acks_per_copy']:.2f}"
+            f" | {result['send_us'] + result['ack_us']:.1f} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copies", type=int, default=5000)
+    args = parser.parse_args(argv)
+    print("\n".join(summary_lines(run(args.copies))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The benchmarks still run: tiny versions of ``bench/run_all.py``'s runs, checked by counts.
+
+Nothing here asserts a time or a rate (the machine may be busy); the figures themselves are
+for ``./run bench`` and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.run_all import NAIVE, parse_args, plan, stalled_summary, table
+from bench.scenarios import Result, Scenario, run_scenario
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("server", ["salond", NAIVE])
+def test_a_tiny_broadcast_forwards_every_copy(server: str) -> None:
+    scenario = Scenario("smoke", listeners=3, warmup=0.5, window=1.0, per_process=2)
+    result = run_scenario(scenario, server)
+    assert result.error == "", result.error
+    assert result.copies_per_s > 0
+    assert math.isfinite(result.cpu_us_per_copy) and result.cpu_us_per_copy > 0
+    assert 0.0 <= result.loss <= 1.0
+    assert math.isfinite(result.p50_ms) and result.p50_ms <= result.p99_ms <= result.p999_ms
+
+
+def test_a_tiny_conference_counts_copies_to_speakers() -> None:
+    scenario = Scenario("smoke", speakers=2, listeners=2, warmup=0.5, window=1.0)
+    result = run_scenario(scenario, "salond")
+    assert result.error == "", result.error
+    note = next(note for note in result.notes if note.startswith("copies expected"))
+    expected, delivered = (
+        int(word.strip(",")) for word in note.split() if word.strip(",").isdigit()
+    )
+    # Each speaker's packets go to the 2 listeners and to the other speaker.
+    assert expected > 0 and 0 < delivered <= expected
+
+
+def test_the_mouth_to_ear_bench_hears_the_speaker() -> None:
+    pytest.importorskip("opuslib")
+    from bench.mouth_to_ear import run, summary_lines
+
+    result = run(2.0)
+    assert result["media_packets_per_s"] > 0
+    assert result["up_bytes_per_s"] > 0 and result["media_bytes_per_s"] > 0
+    assert result["down_bytes_per_s"] > 0
+    assert 0 <= result["heard"] <= result["bursts"]
+    assert len(summary_lines(result)) == 2
+
+
+def test_the_plan_and_the_table() -> None:
+    args = parse_args(["--quick"])
+    names = [scenario.name for scenario in plan(args)]
+    assert names[0] == "broadcast 1->50" and any(name.startswith("stalled") for name in names)
+    rows = []
+    for scenario in ("broadcast 1->50", "stalled 1->50+1"):
+        for server, cost, p99 in (("salond", 20.0, 5.0), (NAIVE, 100.0, 40.0)):
+            result = Result(scenario, server, 1, 50, cpu_us_per_copy=cost, p99_ms=p99, loss=0.0)
+            if scenario.startswith("stalled"):
+                result.p99_ms += 1.0
+            rows.append((result, 1.0))
+    lines = table(rows, ["salond", NAIVE])
+    assert lines[0].startswith("| scenario | server |")
+    salond_row = next(line for line in lines if "| broadcast 1->50 | salond |" in line)
+    assert "| 0.20 |" in salond_row
+    summary = stalled_summary(rows)
+    assert len(summary) == 2 and "+1.0 ms" in summary[0]

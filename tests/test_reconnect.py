@@ -1,0 +1,346 @@
+"""Reconnect: the client library comes back after a network drop or a daemon restart.
+
+Clients built on :class:`ReconnectingClient` sit in a room as owner, moderator, speaker (joined
+with a speaker invite) and listener. Then the network path is cut (a UDP relay drops every
+packet for longer than the idle timeout), or the daemon is stopped and started again on the
+same port and state. Each client must notice, reconnect with backoff, and be back in the room
+with its role; the speaker's audio must reach a listener again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from salon.client.connection import SalonClient
+from salon.client.reconnect import Backoff, ReconnectingClient
+from salon.client.room_audio import RoomAudio
+from tests.conftest import run_daemon
+from tests.test_reliability_support import AudioProbe, record, tone_frames
+
+pytestmark = pytest.mark.soak
+
+ROLES = {"Host": "owner", "Mod": "moderator", "Voice": "speaker", "Ear": "listener"}
+
+
+def guest_key(name: str) -> str:
+    return base64.b64encode(hashlib.sha256(f"reconnect/{name}".encode()).digest()).decode()
+
+
+class Relay(asyncio.DatagramProtocol):
+    """A UDP relay between clients and the daemon that can cut the path (drop everything)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.cut = False
+        self.dropped = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.upstreams: dict[Any, asyncio.DatagramTransport] = {}
+        self.address: tuple[str, int] = ("", 0)
+        self.opening: set[asyncio.Future[None]] = set()
+        self.waiting: dict[Any, list[bytes]] = {}
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.address = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.cut:
+            self.dropped += 1
+            return
+        upstream = self.upstreams.get(addr)
+        if upstream is not None:
+            upstream.sendto(data)
+        elif addr in self.waiting:
+            self.waiting[addr].append(data)
+        else:
+            self.waiting[addr] = [data]
+            self.opening.add(asyncio.ensure_future(self._open(addr)))
+
+    async def _open(self, addr: Any) -> None:
+        relay = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, _: Any) -> None:
+                if relay.cut:
+                    relay.dropped += 1
+                elif relay.transport is not None:
+                    relay.transport.sendto(data, addr)
+
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(Back, remote_addr=self.target)
+        self.upstreams[addr] = transport
+        for data in self.waiting.pop(addr):
+            transport.sendto(data)
+
+    def close(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def relay_to(host: str, port: int) -> AsyncIterator[Relay]:
+    loop = asyncio.get_running_loop()
+    _, relay = await loop.create_datagram_endpoint(
+        lambda: Relay((host, port)), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+def reconnecting(
+    host: str, port: int, fingerprint: str, name: str, on_connected: Any = None
+) -> ReconnectingClient:
+    async def connect() -> SalonClient:
+        return await SalonClient.connect(
+            host,
+            port,
+            display_name=name,
+            fingerprint=fingerprint,
+            credentials={"guest_key": guest_key(name)},
+            idle_timeout=2.0,
+            # Short, so that attempts during the outage fail and the backoff shows; on a busy
+            # machine a slow handshake is simply one more failed attempt.
+            timeout=1.5,
+        )
+
+    return ReconnectingClient(
+        connect, backoff=Backoff(initial=0.2, maximum=1.0), keepalive=0.5, on_connected=on_connected
+    )
+
+
+class Speaker:
+    """Plays a tone through RoomAudio on whatever connection the speaker has now."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.audio: RoomAudio | None = None
+
+    def attach(self, client: SalonClient) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.audio = RoomAudio(client, source=tone_frames(seconds=120.0), auto_unmute=True)
+        self.task = asyncio.ensure_future(self.audio.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+async def seat(
+    owner: ReconnectingClient, cast: dict[str, ReconnectingClient], room: str, speaker: Speaker
+) -> str:
+    """Owner opens ``room``; the others join in their roles. Returns the speaker invite."""
+    await owner.start()
+    await owner.call("create_room", title="Reconnect", room=room, persistent=True)
+    await owner.join(room)
+    invite = (await owner.call("create_invite", role="speaker"))["invite"]["token"]
+    for name, client in cast.items():
+        if client is owner:
+            continue
+        connection = await client.start()
+        if name == "Voice":
+            speaker.attach(connection)
+            await client.join(room, invite=invite)
+        else:
+            await client.join(room)
+    await owner.call("promote", user=cast["Mod"].client.user)  # type: ignore[union-attr]
+    return invite
+
+
+def roles_in(daemon: Any, room: str, cast: dict[str, ReconnectingClient]) -> dict[str, str]:
+    members = daemon.core.rooms[room].members
+    found = {}
+    for name, client in cast.items():
+        assert client.client is not None
+        member = members.get(client.client.user)
+        found[name] = member.role if member is not None else "absent"
+    return found
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def hears_tone(listener: SalonClient, frames: int = 10) -> int:
+    """Listen on a fresh RoomAudio until ``frames`` loud frames arrived; returns how many."""
+    probe = AudioProbe()
+    audio = RoomAudio(listener)
+    audio.on_frame_played = probe
+    # The RoomAudio must learn the speaker's key: it reads it from a fresh room_state.
+    task = asyncio.ensure_future(audio.run())
+    try:
+        room = listener.room
+        assert room is not None
+        await listener.leave()
+        await listener.join(room)
+        await eventually(lambda: probe.loud >= frames, 20.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return probe.loud
+
+
+async def test_clients_reconnect_and_rejoin_after_a_network_drop(tmp_path):
+    async with run_daemon(tmp_path / "state", **{"server.idle_timeout": 2.0}) as live:
+        observer = await live.client("Observer")
+
+        async def keep_alive() -> None:
+            # The daemon's idle timeout is 2 s here: a listener in a silent room must ping.
+            while True:
+                await asyncio.sleep(0.5)
+                await observer.call("ping")
+
+        pinging = asyncio.ensure_future(keep_alive())
+        async with relay_to(live.host, live.port) as relay:
+            host, port = relay.address
+            speaker = Speaker()
+            cast = {
+                name: reconnecting(
+                    host,
+                    port,
+                    live.fingerprint,
+                    name,
+                    speaker.attach if name == "Voice" else None,
+                )
+                for name in ROLES
+            }
+            try:
+                await seat(cast["Host"], cast, "talk", speaker)
+                await observer.join("talk")
+                assert roles_in(live.daemon, "talk", cast) == ROLES
+                await hears_tone(observer)
+                users = {name: c.client.user for name, c in cast.items() if c.client}
+                # The path goes dead for longer than the idle timeout on both sides.
+                relay.cut = True
+                await eventually(lambda: not any(c.connected for c in cast.values()), 15.0)
+                await asyncio.sleep(2.0)  # reconnect attempts fail while the path is cut
+                relay.cut = False
+                await eventually(lambda: all(c.reconnects == 1 for c in cast.values()), 30.0)
+                await eventually(lambda: roles_in(live.daemon, "talk", cast) == ROLES, 10.0)
+                assert {n: c.client.user for n, c in cast.items() if c.client} == users
+                assert live.daemon.core.rooms["talk"].owner == users["Host"]
+                heard = await hears_tone(observer)
+                outages = {name: c.outages[0] for name, c in cast.items()}
+                assert all(o.rejoined == "joined" for o in outages.values())
+                # The old sessions were reclaimed: one session per client (and the observer).
+                await eventually(lambda: len(live.daemon.server.sessions) == len(cast) + 1)
+                record(
+                    "reconnect_network_drop",
+                    clients=len(cast),
+                    roles_restored=sum(
+                        roles_in(live.daemon, "talk", cast)[n] == r for n, r in ROLES.items()
+                    ),
+                    attempts={n: o.attempts for n, o in outages.items()},
+                    seconds_to_rejoin={n: round(o.seconds, 2) for n, o in outages.items()},
+                    packets_dropped_by_cut=relay.dropped,
+                    loud_frames_heard_after=heard,
+                )
+            finally:
+                pinging.cancel()
+                await speaker.stop()
+                await asyncio.gather(*(c.close() for c in cast.values()))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_clients_reconnect_and_rejoin_after_a_daemon_restart(tmp_path: Path):
+    state = tmp_path / "state"
+    port = free_udp_port()
+    settings = {"server.host": "127.0.0.1", "server.port": port, "limits.owner_grace": 60.0}
+    speaker = Speaker()
+    cast: dict[str, ReconnectingClient] = {}
+    try:
+        async with run_daemon(state, **settings) as first:
+            cast = {
+                name: reconnecting(
+                    first.host,
+                    port,
+                    first.fingerprint,
+                    name,
+                    speaker.attach if name == "Voice" else None,
+                )
+                for name in ROLES
+            }
+            invite = await seat(cast["Host"], cast, "lasting", speaker)
+            assert roles_in(first.daemon, "lasting", cast) == ROLES
+            fingerprint = first.fingerprint
+        # The daemon is down: every client saw server_shutdown and is trying to come back.
+        await eventually(lambda: not any(c.connected for c in cast.values()), 10.0)
+        await asyncio.sleep(1.5)
+        async with run_daemon(state, **settings) as second:
+            assert second.fingerprint == fingerprint  # same certificate: the pin still holds
+            await eventually(lambda: all(c.reconnects == 1 for c in cast.values()), 30.0)
+            await eventually(lambda: roles_in(second.daemon, "lasting", cast) == ROLES, 10.0)
+            listener = await second.client("After")
+            await listener.join("lasting")
+            heard = await hears_tone(listener)
+            room = second.daemon.core.rooms["lasting"]
+            assert room.invites[invite].uses == 2  # the speaker used its invite again
+            outages = {name: c.outages[0] for name, c in cast.items()}
+            record(
+                "reconnect_daemon_restart",
+                clients=len(cast),
+                roles_restored=len(ROLES),
+                attempts={n: o.attempts for n, o in outages.items()},
+                seconds_to_rejoin={n: round(o.seconds, 2) for n, o in outages.items()},
+                loud_frames_heard_after=heard,
+            )
+            await speaker.stop()
+            await asyncio.gather(*(c.close() for c in cast.values()))
+    finally:
+        await speaker.stop()
+        await asyncio.gather(*(c.close() for c in cast.values()))
+
+
+def test_backoff_grows_with_jitter_up_to_its_maximum():
+    backoff = Backoff(initial=1.0, maximum=60.0, rng=random.Random(4))
+    delays = [backoff.delay(attempt) for attempt in range(10)]
+    for attempt, delay in enumerate(delays):
+        base = min(60.0, 2.0**attempt)
+        assert base <= delay <= min(60.0, base * 1.5)
+    assert delays[-1] == 60.0
+    # Two clients lost at the same moment do not come back at the same moment.
+    other = Backoff(initial=1.0, maximum=60.0, rng=random.Random(5))
+    assert [other.delay(a) for a in range(5)] != delays[:5]
+
+
+async def test_no_reconnect_after_rate_abuse(live):
+    async def connect() -> SalonClient:
+        return await live.client("Flooder")
+
+    session = ReconnectingClient(connect, backoff=Backoff(initial=0.1, maximum=0.2))
+    client = await session.start()
+    for index in range(400):
+        client.send_raw(b'{"type": "ping", "id": %d}' % (index + 1000))
+    await eventually(lambda: bool(session.stopped_reason), 15.0)
+    assert client.close_code == 0x5 and client.application_close
+    await asyncio.sleep(0.5)
+    assert session.reconnects == 0 and not session.connected
+    await session.close()
+    record("no_reconnect_after_rate_abuse", closed_with="rate_abuse 0x5", reconnects=0)
