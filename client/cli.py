@@ -7,6 +7,10 @@
 
 While joined, type a command and Enter: ``h`` raise/lower hand, ``m`` mute/unmute,
 ``a`` accept an invitation to speak, ``y``/``n`` agree to be recorded or withdraw, ``q`` leave.
+
+``join`` survives a network drop or a server restart: it reconnects with backoff, rejoins the
+room with its role and carries on playing and recording (silence for the gap), unless
+``--no-reconnect`` or the server ended the session on purpose (removed, banned, closed for abuse).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from salon.client.connection import (
     ServerVerificationError,
     load_guest_key,
 )
+from salon.client.reconnect import Backoff, Outage, ReconnectingClient
 from salon.daemon.wire import messages as msg
 
 DEFAULT_SERVER = "127.0.0.1:4460"
@@ -78,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--quiet", action="store_true", help="no live speaking line")
     join.add_argument("--no-input", action="store_true", help="ignore standard input")
     join.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="end when the connection is lost (default: reconnect with backoff and rejoin)",
+    )
+    join.add_argument(
         "--consent",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -120,7 +130,7 @@ def split_server(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def connect(args: argparse.Namespace) -> SalonClient:
+async def connect(args: argparse.Namespace, **options: Any) -> SalonClient:
     host, port = split_server(args.server)
     if args.token:
         credentials = {"token": args.token}
@@ -134,6 +144,7 @@ async def connect(args: argparse.Namespace) -> SalonClient:
         fingerprint=args.fingerprint,
         cafile=args.cafile,
         insecure=args.insecure,
+        **options,
     )
 
 
@@ -216,22 +227,35 @@ class LiveLine:
         sys.stderr.flush()
 
 
+# A joined client pings every KEEPALIVE seconds and counts the connection as lost after
+# IDLE_TIMEOUT seconds without a packet; it then reconnects, waiting RECONNECT_INITIAL seconds
+# doubling up to RECONNECT_MAXIMUM between attempts (with jitter).
+KEEPALIVE = 5.0
+IDLE_TIMEOUT = 15.0
+RECONNECT_INITIAL, RECONNECT_MAXIMUM = 1.0, 30.0
+
+
 async def cmd_join(args: argparse.Namespace) -> int:
     from salon.client.audiofile import WavWriter, frames, read_audio
     from salon.client.room_audio import RoomAudio
 
     source = frames(read_audio(args.play)) if args.play else None
     writer = WavWriter(args.record) if args.record else None
-    client = await connect(args)
-    audio = RoomAudio(
-        client, source=source, sink=writer.write if writer else None, auto_unmute=source is not None
-    )
     line = LiveLine(not args.quiet)
     status = {"state": "listening"}
     interactive = not args.no_input and sys.stdin.isatty()
     recording = RecordingState(args.consent if args.consent is not None or interactive else False)
+    stop = asyncio.Event()
+    if not args.verbose:
+        # The reconnects are reported on the terminal by on_retry and on_reconnected below.
+        logging.getLogger("salon.client.reconnect").setLevel(logging.CRITICAL)
 
-    def on_event(event: Any) -> None:
+    def note(text: str) -> None:
+        if line.enabled:
+            sys.stderr.write("\r\x1b[K")
+        print(text, file=sys.stderr, flush=True)
+
+    def on_event(event: Any, client: SalonClient) -> None:
         if isinstance(event, msg.RoomState):
             for participant in event.room.participants:
                 line.names[participant.user] = participant.display_name
@@ -246,21 +270,60 @@ async def cmd_join(args: argparse.Namespace) -> int:
             note(f"not admitted: {event.reason}")
             status["state"] = "denied"
         elif isinstance(event, msg.Removed):
+            # A deliberate end (removed, banned, replaced): leave, never rejoin.
             note(f"removed from {event.room}: {event.reason or 'no reason given'}")
+            stop.set()
         elif isinstance(event, msg.RoomClosed):
             note(f"room closed: {event.reason}")
+            stop.set()
         elif isinstance(event, msg.Muted):
             note(f"muted by {event.by}")
         elif isinstance(event, msg.ServerShutdown):
             note(f"server shutting down: {event.reason}")
         recording.on_event(event, client, note)
 
-    def note(text: str) -> None:
-        if line.enabled:
-            sys.stderr.write("\r\x1b[K")
-        print(text, file=sys.stderr, flush=True)
+    def listen(client: SalonClient) -> None:
+        # Only the connection of the moment speaks: a replaced one's late events are ignored.
+        client.add_listener(
+            lambda event: on_event(event, client) if client is audio.client else None
+        )
 
-    client.add_listener(on_event)
+    def on_connected(client: SalonClient) -> None:
+        # Before the rejoin: the audio path must see the new connection's room_state.
+        listen(client)
+        audio.rebind(client)
+
+    def on_retry(outage: Outage, delay: float) -> None:
+        if outage.attempts == 0:
+            note(f"connection lost ({outage.reason}), reconnecting in {delay:.0f} s")
+        else:
+            note(f"server unreachable, retrying in {delay:.0f} s")
+
+    def on_reconnected(outage: Outage) -> None:
+        if outage.rejoined == "joined":
+            note(f"back in {args.room} (after {outage.seconds:.1f} s)")
+            if source is not None or args.raise_hand:
+                spawn(_raise_hand(session))
+        elif outage.rejoined == "knocking":
+            note(f"reconnected: knocking to re-enter {args.room} ...")
+        else:
+            note(f"reconnected, but could not rejoin {args.room}: {session.rejoin_error}")
+            stop.set()
+
+    session = ReconnectingClient(
+        lambda: connect(args, idle_timeout=IDLE_TIMEOUT),
+        backoff=Backoff(initial=RECONNECT_INITIAL, maximum=RECONNECT_MAXIMUM),
+        keepalive=KEEPALIVE,
+        on_connected=on_connected,
+        on_retry=on_retry,
+        on_reconnected=on_reconnected,
+        reconnect=not args.no_reconnect,
+    )
+    client = await session.start()
+    audio = RoomAudio(
+        client, source=source, sink=writer.write if writer else None, auto_unmute=source is not None
+    )
+    listen(client)
     try:
         if args.create:
             try:
@@ -270,7 +333,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             except RequestError as exc:
                 if exc.code != "room_exists":
                     raise
-        result = await client.join(args.room, args.invite)
+        result = await session.join(args.room, args.invite)
         if result["status"] == "knocking":
             note("knocking: waiting for a host to let you in ...")
             await client.wait_for_event(
@@ -281,35 +344,52 @@ async def cmd_join(args: argparse.Namespace) -> int:
                 return 3
         note(f"joined {args.room} as {client.user}")
         if source is not None or args.raise_hand:
-            try:
-                await client.call("raise_hand")
-            except RequestError as exc:
-                if exc.code != "already_on_stage":
-                    raise
-        stop = asyncio.Event()
-        if not args.no_input and sys.stdin.isatty():
+            await _raise_hand(session)
+        if interactive:
             asyncio.get_running_loop().add_reader(
-                sys.stdin.fileno(), _on_stdin, client, audio, stop, note, recording
+                sys.stdin.fileno(), _on_stdin, session, audio, stop, note, recording
             )
-        runner = asyncio.ensure_future(audio.run(args.duration, stop))
+        runner = asyncio.ensure_future(audio.run(args.duration, stop, across_reconnects=True))
         while not runner.done():
             await asyncio.sleep(0.1)
-            state = "speaking" if audio.speaking_allowed else "listening"
+            if session.stopped_reason:
+                stop.set()
+            if not session.connected:
+                state = "reconnecting"
+            else:
+                state = "speaking" if audio.speaking_allowed else "listening"
             line.show(audio, f"[{state}]", recording.active)
             if source is not None and audio.source_done and args.duration is None:
                 stop.set()
         await runner
-        if client.room:
-            await _call_quietly(client, "leave")
+        if session.stopped_reason:
+            note(f"salon: {session.stopped_reason}")
+            return 1
+        if session.connected and audio.client.room:
+            await _call_quietly(session, "leave")
     except (RequestError, ConnectionLost) as exc:
         note(f"salon: {exc}")
         return 1
     finally:
         if writer is not None:
             writer.close()
-        await client.close()
+        await session.close()
     note(f"left after {audio.frames_played * 0.02:.1f} s; sent {audio.frames_sent} frames")
     return 0
+
+
+async def _raise_hand(session: ReconnectingClient) -> None:
+    try:
+        await session.call("raise_hand")
+    except RequestError as exc:
+        if exc.code != "already_on_stage":
+            note_error("raise_hand", exc)
+    except ConnectionLost as exc:
+        note_error("raise_hand", exc)
+
+
+def note_error(type_: str, exc: Exception) -> None:
+    print(f"{type_}: {exc}", file=sys.stderr)
 
 
 class RecordingState:
@@ -347,7 +427,7 @@ class RecordingState:
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.active = self.recorded = False
 
-    def answer(self, client: SalonClient, consent: bool, note: Any) -> None:
+    def answer(self, client: SalonClient | ReconnectingClient, consent: bool, note: Any) -> None:
         if not self.active:
             note("the room is not being recorded")
             return
@@ -364,15 +444,21 @@ def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-async def _call_quietly(client: SalonClient, type_: str, **fields: Any) -> None:
+async def _call_quietly(
+    client: SalonClient | ReconnectingClient, type_: str, **fields: Any
+) -> None:
     try:
         await client.call(type_, **fields)
     except (RequestError, ConnectionLost) as exc:
-        print(f"{type_}: {exc}", file=sys.stderr)
+        note_error(type_, exc)
 
 
 def _on_stdin(
-    client: SalonClient, audio: Any, stop: asyncio.Event, note: Any, recording: RecordingState
+    client: ReconnectingClient,
+    audio: Any,
+    stop: asyncio.Event,
+    note: Any,
+    recording: RecordingState,
 ) -> None:
     text = sys.stdin.readline().strip().lower()
     if text in ("q", "quit", "leave", ""):

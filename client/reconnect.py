@@ -86,6 +86,9 @@ class ReconnectingClient:
         backoff: Backoff | None = None,
         keepalive: float | None = 5.0,
         on_connected: Callable[[SalonClient], Any] | None = None,
+        on_retry: Callable[[Outage, float], Any] | None = None,
+        on_reconnected: Callable[[Outage], Any] | None = None,
+        reconnect: bool = True,
     ) -> None:
         self._connect = connect
         self.backoff = backoff or Backoff()
@@ -93,6 +96,12 @@ class ReconnectingClient:
         self.on_connected = on_connected
         """Called with each new connection before it rejoins (e.g. to attach a ``RoomAudio``,
         which must see the ``room_state`` of the join)."""
+        self.on_retry = on_retry
+        """Called before each wait of an outage with the outage and the seconds to wait."""
+        self.on_reconnected = on_reconnected
+        """Called once a lost connection is replaced (and the room rejoined, if it could be)."""
+        self.reconnect = reconnect
+        """False: only watch the connection; a loss sets ``stopped_reason``."""
         self.client: SalonClient | None = None
         self.room: str | None = None
         self.invite: str | None = None
@@ -182,6 +191,9 @@ class ReconnectingClient:
             if self._closing:
                 return
             self._connected.clear()
+            if not self.reconnect:
+                self.stopped_reason = f"connection lost: {client.close_reason or 'closed'}"
+                return
             if client.application_close and client.close_code in FINAL_CLOSE_CODES:
                 self.stopped_reason = f"closed with {client.close_code:#x}: {client.close_reason}"
                 log.error("not reconnecting: %s", self.stopped_reason)
@@ -219,6 +231,8 @@ class ReconnectingClient:
             )
         attempt = 0
         while not self._closing:
+            if self.on_retry is not None:
+                self.on_retry(outage, wait)
             await asyncio.sleep(wait)
             outage.attempts += 1
             try:
@@ -246,6 +260,8 @@ class ReconnectingClient:
             outage.reconnected = True
             self._adopt(client)
             log.info("reconnected after %.1f s (%d attempts)", outage.seconds, outage.attempts)
+            if self.on_reconnected is not None:
+                self.on_reconnected(outage)
             return True
         return False
 

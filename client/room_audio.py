@@ -54,7 +54,32 @@ class RoomAudio:
         self.on_frame_sent: Callable[[int, float], None] | None = None
         self.on_frame_played: Callable[[bytes, float], None] | None = None
         self._unmute_task: asyncio.Task[Any] | None = None
-        client.add_listener(self._on_event)
+        self._attach(client)
+
+    def rebind(self, client: SalonClient) -> None:
+        """Carry on over a new connection (after a reconnect), before it rejoins the room.
+
+        The old connection's flows and keys are gone with it: the sender and receiver start
+        afresh and learn the new keys from the ``room_state`` of the rejoin.
+        """
+        if client is self.client:
+            return
+        self.client.on_datagram = None
+        self.client = client
+        self.sender = None
+        self.receiver = MediaReceiver()
+        self.levels = {}
+        self.muted = True
+        self.muted_by_moderator = False
+        self.hand_raised = False
+        self._attach(client)
+
+    def _attach(self, client: SalonClient) -> None:
+        def on_event(event: Any) -> None:
+            if client is self.client:  # not a late event of a replaced connection
+                self._on_event(event)
+
+        client.add_listener(on_event)
         client.on_datagram = self._on_datagram
 
     # ------------------------------------------------------------------ events
@@ -130,7 +155,7 @@ class RoomAudio:
 
     @property
     def speaking_allowed(self) -> bool:
-        return self.sender is not None and not self.muted
+        return self.sender is not None and not self.muted and not self.client.closed
 
     def tick(self, now: float) -> None:
         """One 20 ms step: send a frame if allowed, play one mixed frame."""
@@ -154,12 +179,22 @@ class RoomAudio:
         if self.on_frame_played is not None:
             self.on_frame_played(pcm, now)
 
-    async def run(self, duration: float | None = None, stop: asyncio.Event | None = None) -> None:
-        """Tick every 20 ms on a drift-free schedule until ``duration`` or ``stop``."""
+    async def run(
+        self,
+        duration: float | None = None,
+        stop: asyncio.Event | None = None,
+        *,
+        across_reconnects: bool = False,
+    ) -> None:
+        """Tick every 20 ms on a drift-free schedule until ``duration`` or ``stop``.
+
+        It ends when the connection closes, unless ``across_reconnects``: then it keeps ticking
+        (silence for the sink, nothing sent) until :meth:`rebind` gives it a new connection.
+        """
         loop = asyncio.get_running_loop()
         start = loop.time()
         ticks = 0
-        while not self.client.closed:
+        while across_reconnects or not self.client.closed:
             now = loop.time()
             if duration is not None and now - start >= duration:
                 return
