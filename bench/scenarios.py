@@ -44,6 +44,8 @@ SERVER_ENVS: dict[str, dict[str, str]] = {
     "salond": {},
     "salond-nofast": {"SALON_FASTPATH": "0"},
     "salond-asyncio": {"SALON_UVLOOP": "0"},
+    "salond-nogc": {"SALON_GC_TUNE": "0"},
+    "salond-nobatch": {"SALON_READ_BATCH": "0"},
     "naive": {},
 }
 

@@ -200,6 +200,9 @@ class Daemon:
 async def serve_forever(config: Config) -> None:
     daemon = Daemon(config)
     await daemon.start()
+    from salon.daemon.net.fastpath import tune_garbage_collector
+
+    tune_garbage_collector()  # shorter GC pauses (BENCHMARKS.md)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -465,3 +465,46 @@ async def test_the_quic_socket_gets_larger_buffers():
         assert received >= before and sent > 0
     finally:
         transport.close()
+
+
+async def test_the_quic_socket_is_read_in_batches_and_counted():
+    """Every datagram waiting on the socket is read and counted; sends go out directly."""
+    import socket
+
+    from salon.daemon.net.traffic import READ_BATCH, UdpTraffic
+
+    loop = asyncio.get_running_loop()
+    received: list[tuple[bytes, object]] = []
+
+    class FakeQuicServer(asyncio.DatagramProtocol):
+        _transport: asyncio.DatagramTransport | None = None
+
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            received.append((data, addr))
+
+    transport, server = await loop.create_datagram_endpoint(
+        FakeQuicServer, local_addr=("127.0.0.1", 0)
+    )
+    server._transport = transport
+    traffic = UdpTraffic()
+    traffic.attach(server)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2.0)
+    try:
+        address = transport.get_extra_info("sockname")
+        count = READ_BATCH * 2 + 5
+        for index in range(count):
+            peer.sendto(index.to_bytes(2, "big"), address)
+        for _ in range(200):
+            if len(received) == count:
+                break
+            await asyncio.sleep(0.01)
+        assert [int.from_bytes(data, "big") for data, _ in received] == list(range(count))
+        assert traffic.packets_in == count and traffic.bytes_in == 2 * count
+        server._transport.sendto(b"reply", peer.getsockname())
+        assert peer.recvfrom(100)[0] == b"reply"
+        assert traffic.packets_out == 1 and traffic.bytes_out == 5
+    finally:
+        peer.close()
+        transport.close()
