@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Label
 
 from salon.daemon.admin.client import AdminConnectionError, AdminError
@@ -133,20 +134,35 @@ class RoomsScreen(AdminScreen):
             except Exception:
                 pass
 
+    def _show_stats(self, status: StatusInfo | None) -> None:
+        # Status can arrive while the screen is being mounted or torn down (a reconnect races
+        # with screen changes): then there is no panel to update, and the next status will do.
+        try:
+            panel = self.query_one(StatsPanel)
+        except NoMatches:
+            return
+        panel.show(status)
+
     @on(StatusLoaded)
     def show_status(self, message: StatusLoaded) -> None:
-        self.query_one(StatsPanel).show(message.status)
+        self._show_stats(message.status)
 
     @on(AuditLoaded)
     def show_audit(self, message: AuditLoaded) -> None:
-        self.query_one(AuditLog).show(message.entries)
+        try:
+            self.query_one(AuditLog).show(message.entries)
+        except NoMatches:  # not mounted yet or being torn down, as for the stats
+            pass
 
     def admin_event(self, event: Event) -> None:
         if event.kind == "stats":
-            self.query_one(StatsPanel).show(convert(event.data, StatusInfo))
+            self._show_stats(convert(event.data, StatusInfo))
             self.load_rooms()
         elif event.kind == "moderation":
-            self.query_one(AuditLog).add(convert(event.data, AuditEntry))
+            try:
+                self.query_one(AuditLog).add(convert(event.data, AuditEntry))
+            except NoMatches:  # not mounted yet or being torn down, as for the stats
+                pass
         if event.kind in ROOM_EVENTS:
             self.schedule_rooms_reload()
 
