@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE, pack_datagram, unpack_datagram
-from salon.daemon.wire.errors import WireError
-from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SILENCE_LEVEL, RtpPacket
+from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE, pack_datagram
+from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SILENCE_LEVEL
 
 from .codec import CodecError, OpusDecoder, OpusEncoder
 from .jitter import FrameKind, JitterBuffer, JitterStats
@@ -217,25 +216,11 @@ class MediaReceiver:
             stats.drops["too_large"] += 1
             return False
         try:
-            flow_id, srtp = unpack_datagram(datagram)
-        except WireError:
-            stats.drops["malformed"] += 1
-            return False
-        speaker = self._speakers.get(flow_id)
-        if speaker is None:
-            stats.drops["unknown_flow"] += 1
-            return False
-        try:
-            packet = RtpPacket.parse(self._srtp.unprotect(flow_id, srtp))
+            flow_id, packet = self._srtp.open(datagram)
         except SrtpError as exc:
             stats.drops[exc.reason] += 1
             return False
-        except WireError:
-            stats.drops["malformed"] += 1
-            return False
-        if packet.ssrc != speaker.ssrc:
-            stats.drops["ssrc_mismatch"] += 1
-            return False
+        speaker = self._speakers[flow_id]  # added and removed together with its SRTP flow
         if packet.payload_type != OPUS_PAYLOAD_TYPE or not packet.payload:
             stats.drops["bad_payload_type"] += 1
             return False

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import pylibsrtp
 
+from salon.daemon.wire.datagram import unpack_datagram
+from salon.daemon.wire.errors import WireError
+from salon.daemon.wire.rtp import RtpPacket
+
 SRTP_PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 PROFILE_NAME = "AEAD_AES_128_GCM"
 MASTER_KEY_LENGTH = 16
@@ -127,6 +131,19 @@ class SrtpReceiver:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+    def open(self, datagram: bytes) -> tuple[int, RtpPacket]:
+        """Unpack one media datagram (``flow_id || SRTP``), check and decrypt it: its flow id
+        and clear RTP packet. Raises :class:`SrtpError` whose ``reason`` is the drop reason to
+        count: ``malformed``, ``unknown_flow``, ``ssrc_mismatch`` or an SRTP rejection."""
+        try:
+            flow_id, srtp = unpack_datagram(datagram)
+            packet = RtpPacket.parse(self.unprotect(flow_id, srtp))
+        except WireError as exc:
+            raise SrtpError("malformed", f"bad media datagram: {exc}") from None
+        if packet.ssrc != self._flows[flow_id].ssrc:
+            raise SrtpError("ssrc_mismatch", f"SSRC {packet.ssrc} is not flow {flow_id}'s")
+        return flow_id, packet
 
     def unprotect(self, flow_id: int, data: bytes) -> bytes:
         """Check and decrypt one SRTP packet of ``flow_id``; raise :class:`SrtpError` if bad."""

@@ -23,8 +23,6 @@ import numpy.typing as npt
 from salon.client.codec import OpusEncoder
 from salon.client.mixer import mix_arrays
 from salon.client.srtp import SrtpError, SrtpReceiver, key_from_base64
-from salon.daemon.wire.datagram import unpack_datagram
-from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, RtpPacket
 
 from .oggopus import OggOpusWriter
@@ -88,7 +86,6 @@ class RoomRecorder:
         self._writer = OggOpusWriter(self._stream, comments=comments)
         self._srtp = SrtpReceiver()
         self._tracks: dict[int, Track] = {}
-        self._ssrcs: dict[int, int] = {}
         self._frames: dict[int, list[npt.NDArray[np.int16]]] = {}
         self._written = 0
         self._speakers: dict[str, int] = {}
@@ -101,14 +98,12 @@ class RoomRecorder:
         if flow_id in self._tracks:
             return
         self._srtp.add(flow_id, ssrc, key_from_base64(key_b64))
-        self._ssrcs[flow_id] = ssrc
         self._tracks[flow_id] = Track(user)
 
     def remove_track(self, flow_id: int) -> None:
         """Stop recording a flow: what it sent so far is placed and kept."""
         track = self._tracks.pop(flow_id, None)
         self._srtp.remove(flow_id)
-        self._ssrcs.pop(flow_id, None)
         if track is not None:
             self._collect(track, track.flush())
 
@@ -171,23 +166,12 @@ class RoomRecorder:
         stats = self.stats
         stats.datagrams += 1
         try:
-            flow_id, srtp = unpack_datagram(datagram)
-        except WireError:
-            stats.drops["malformed"] += 1
-            return None
-        track = self._tracks.get(flow_id)
-        if track is None:
-            stats.drops["unknown_flow"] += 1
-            return None
-        try:
-            packet = RtpPacket.parse(self._srtp.unprotect(flow_id, srtp))
+            flow_id, packet = self._srtp.open(datagram)
         except SrtpError as exc:
             stats.drops[exc.reason] += 1
             return None
-        except WireError:
-            stats.drops["malformed"] += 1
-            return None
-        if packet.ssrc != self._ssrcs.get(flow_id) or packet.payload_type != OPUS_PAYLOAD_TYPE:
+        track = self._tracks[flow_id]  # added and removed together with its SRTP flow
+        if packet.payload_type != OPUS_PAYLOAD_TYPE:
             stats.drops["malformed"] += 1
             return None
         if not packet.payload:
