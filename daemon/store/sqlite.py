@@ -276,6 +276,13 @@ def _from_json(text: str, fallback: Any) -> Any:
         return fallback
 
 
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause joining the conditions whose value is not None, and its parameters."""
+    used = [(clause, value) for clause, value in conditions if value is not None]
+    where = " WHERE " + " AND ".join(clause for clause, _ in used) if used else ""
+    return where, [value for _, value in used]
+
+
 class SqliteStore:
     """The :class:`~salon.daemon.store.base.Store` of salond, in one SQLite file."""
 
@@ -641,15 +648,7 @@ class SqliteStore:
     ) -> list[RecordingInfo]:
         from salon.daemon.recording.index import RecordingInfo
 
-        clauses: list[str] = []
-        parameters: list[Any] = []
-        if room is not None:
-            clauses.append("room = ?")
-            parameters.append(room)
-        if recording_id is not None:
-            clauses.append("id = ?")
-            parameters.append(recording_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, parameters = _where(("room = ?", room), ("id = ?", recording_id))
         rows = db.execute(
             f"SELECT {_RECORDING_COLUMNS} FROM recordings{where}"
             " ORDER BY started_at DESC, id LIMIT ?",
@@ -747,15 +746,7 @@ class SqliteStore:
     def _audit(
         db: sqlite3.Connection, limit: int, room: str | None, before: int | None
     ) -> list[AuditEntry]:
-        clauses: list[str] = []
-        parameters: list[Any] = []
-        if room is not None:
-            clauses.append("room = ?")
-            parameters.append(room)
-        if before is not None:
-            clauses.append("id < ?")
-            parameters.append(before)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, parameters = _where(("room = ?", room), ("id < ?", before))
         rows = db.execute(
             "SELECT id, at, room, actor, action, target, detail FROM audit_log"
             f"{where} ORDER BY id DESC LIMIT ?",
