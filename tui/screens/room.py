@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
 from textual.events import DescendantFocus
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
@@ -248,7 +249,13 @@ class RoomScreen(AdminScreen):
                 pass
 
     def show_levels(self, levels: list[MeterLevel]) -> None:
-        table = self.query_one("#stage", DataTable)
+        # Levels stream in continuously, so one can arrive while this screen is still being
+        # composed or already torn down (a reconnect races with screen changes): skip it then,
+        # the next sample will do.
+        try:
+            table = self.query_one("#stage", DataTable)
+        except NoMatches:
+            return
         by_user = {level.user: level for level in levels}
         for row_key in list(table.rows):
             user = str(row_key.value)
