@@ -44,7 +44,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fingerprint", help="pinned SHA-256 fingerprint of the server certificate")
     group.add_argument("--cafile", help="CA bundle that signed the server certificate")
     group.add_argument(
-        "--insecure", action="store_true", help="do not verify the server (local development only)"
+        "--insecure",
+        action="store_true",
+        help="DEVELOPMENT ONLY: accept any server certificate (warns on every connection)",
     )
     group.add_argument("--name", default="Salon listener", help="your display name")
     group.add_argument("--token", help="an access token issued by the server's operator")

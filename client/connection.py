@@ -71,6 +71,12 @@ def delay_acks(quic: Any, seconds: float) -> None:
     quic._serialize_transport_parameters = serialize_with_delay
 
 
+INSECURE_WARNING = (
+    "--insecure: the server at %s:%s is NOT authenticated (any certificate is accepted);"
+    " use this for local development only, never with real credentials"
+)
+
+
 class RequestError(Exception):
     """The server answered a request with ``error``."""
 
@@ -205,6 +211,7 @@ class SalonClient:
         cafile: str | None = None,
         insecure: bool = False,
         server_name: str | None = None,
+        max_datagram_frame_size: int = 65536,
         ack_delay: float = CLIENT_ACK_DELAY,
         timeout: float = 10.0,
         idle_timeout: float = 60.0,
@@ -212,18 +219,24 @@ class SalonClient:
         """Connect, verify the server, and authenticate with ``hello``.
 
         Exactly one way of verifying the server is used: a pinned ``fingerprint``, a CA file
-        (``cafile``), the system trust store (neither given), or ``insecure`` for local tests.
+        (``cafile``), the system trust store (neither given), or ``insecure``: the
+        development-only mode of PROTOCOL.md 2.3, which warns on every connection.
+        ``max_datagram_frame_size``: the transport parameter sent (RFC 9221; 2.2 of the spec).
         ``idle_timeout``: seconds without any packet from the server after which the connection
         counts as lost (how fast a dead network path is noticed).
         """
         configuration = QuicConfiguration(
             alpn_protocols=[ALPN],
             is_client=True,
-            max_datagram_frame_size=65536,
+            max_datagram_frame_size=max_datagram_frame_size,
             server_name=server_name or host,
             idle_timeout=idle_timeout,
         )
         expected = normalize_fingerprint(fingerprint) if fingerprint else None
+        if insecure and not expected:
+            # PROTOCOL.md 2.3: a mode accepting any certificate is for development only and
+            # says so on every connection, since anyone on the path could be the server.
+            log.warning(INSECURE_WARNING, host, port)
         if expected or insecure:
             # The chain is not checked; for a pin we compare the certificate itself below,
             # before any credential leaves this process.

@@ -16,6 +16,8 @@ from salon.daemon.config import GUEST_PREFIX
 from salon.daemon.core import Identity
 
 MAX_DISPLAY_NAME = 64
+GUEST_KEY_BYTES = (16, 64)
+"""Valid lengths of a decoded guest key (PROTOCOL.md section 5); clients make 32 random bytes."""
 
 
 class AuthError(Exception):
@@ -23,7 +25,7 @@ class AuthError(Exception):
 
 
 def guest_user_id(guest_key: bytes) -> str:
-    """The stable user id of a guest: ``guest-`` + 12 hex digits of SHA-256(key)."""
+    """The stable user id of a guest: ``guest-`` + 12 hex digits of SHA-256(all key bytes)."""
     return GUEST_PREFIX + hashlib.sha256(guest_key).hexdigest()[:12]
 
 
@@ -60,7 +62,8 @@ class BuiltinAuthenticator:
                 raw = base64.b64decode(guest_key, validate=True)
             except (binascii.Error, ValueError):
                 raise AuthError("guest_key is not base64") from None
-            if len(raw) < 16:
-                raise AuthError("guest_key must hold at least 16 random bytes")
+            shortest, longest = GUEST_KEY_BYTES
+            if not shortest <= len(raw) <= longest:
+                raise AuthError(f"guest_key must decode to {shortest}..{longest} random bytes")
             return Identity(user=guest_user_id(raw), display_name=name)
         raise AuthError("no credentials: send a token or a guest_key")

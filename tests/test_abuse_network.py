@@ -305,7 +305,7 @@ MALFORMED = [
     (b'{"type": "join", "id": 3, "room": 5}', 3, "bad_message"),
     (b'{"type": "join", "id": 4}', 4, "bad_message"),
     (b'{"type": "fly", "id": 5}', 5, "unknown_type"),
-    (b'{"type": 7, "id": 6}', 6, "unknown_type"),
+    (b'{"type": 7, "id": 6}', 6, "bad_message"),
     (b'{"type": "ping", "id": 18446744073709551616}', None, "bad_message"),
     (b'{"type": "ping", "id": -1}', None, "bad_message"),
     (b'{"type": "ping", "id": "7"}', None, "bad_message"),

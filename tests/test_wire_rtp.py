@@ -322,8 +322,8 @@ def test_peek_golden_packets() -> None:
     assert peek_media(b"\x07" + ONE_BYTE_PACKET) == MediaHeader(
         7, 0x01020304, 0x1234, 0xDEADBEEF, 38
     )
-    # The audio level of a two-byte block is not looked for.
-    assert peek_media(b"\x07" + TWO_BYTE_PACKET) == MediaHeader(7, 0xCAFEBABE, 1, 960, None)
+    # The audio level is read from a two-byte block too (PROTOCOL.md 11.2).
+    assert peek_media(b"\x07" + TWO_BYTE_PACKET) == MediaHeader(7, 0xCAFEBABE, 1, 960, 127)
 
 
 @pytest.mark.parametrize(
@@ -338,6 +338,9 @@ def test_peek_golden_packets() -> None:
         ("bede0001 f0 10a6 00", None),  # id 15 ends the block
         ("bede0001 20a6 0000", None),  # another id only
         ("abcd0001 10a6 0000", None),  # unknown profile
+        ("10000001 0101a6 00", 38),  # two-byte form
+        ("10000002 0301aa00 0101a600", 38),  # two-byte form, audio level second
+        ("10000001 01020102", None),  # two-byte form, wrong length for an audio level
     ],
 )
 def test_peek_level(extension: str, level: int | None) -> None:
@@ -446,7 +449,8 @@ def extension_profile(data: bytes) -> int:
 
 def expected_peek_level(packet: RtpPacket, profile: int) -> int | None:
     level = packet.audio_level
-    return level[1] if level is not None and profile == ONE_BYTE_EXTENSION_PROFILE else None
+    known = profile == ONE_BYTE_EXTENSION_PROFILE or profile & 0xFFF0 == 0x1000
+    return level[1] if level is not None and known else None
 
 
 @given(packets)

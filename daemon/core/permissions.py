@@ -15,6 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
 
 from .errors import CoreError
@@ -174,3 +175,42 @@ def check(action: Action, actor_role: str, target_role: str | None = None) -> No
         if target_role is not None:
             message += f", they are {target_role}"
         raise CoreError(verdict, message + ")")
+
+
+# The action a room request performs, as (naming oneself or no one, naming another member):
+# the caller's own column of the matrix is checked from it before anything else about the
+# request (PROTOCOL.md 3.6), so that a caller without the right learns nothing more.
+_A = Action
+REQUEST_ACTIONS: Final[dict[type, tuple[Action, Action]]] = {
+    messages.ApproveKnock: (_A.APPROVE_KNOCK, _A.APPROVE_KNOCK),
+    messages.DenyKnock: (_A.DENY_KNOCK, _A.DENY_KNOCK),
+    messages.RaiseHand: (_A.RAISE_HAND, _A.RAISE_HAND),
+    messages.LowerHand: (_A.LOWER_HAND, _A.LOWER_HAND_OF),
+    messages.InviteToSpeak: (_A.INVITE_TO_SPEAK, _A.INVITE_TO_SPEAK),
+    messages.AcceptSpeak: (_A.ACCEPT_SPEAK, _A.ACCEPT_SPEAK),
+    messages.DeclineSpeak: (_A.DECLINE_SPEAK, _A.DECLINE_SPEAK),
+    messages.MoveToAudience: (_A.MOVE_SELF_TO_AUDIENCE, _A.MOVE_TO_AUDIENCE),
+    messages.Mute: (_A.MUTE_SELF, _A.MUTE),
+    messages.Unmute: (_A.UNMUTE_SELF, _A.UNMUTE),
+    messages.Remove: (_A.REMOVE, _A.REMOVE),
+    messages.Ban: (_A.BAN, _A.BAN),
+    messages.Unban: (_A.UNBAN, _A.UNBAN),
+    messages.Promote: (_A.PROMOTE, _A.PROMOTE),
+    messages.Demote: (_A.DEMOTE, _A.DEMOTE),
+    messages.TransferOwnership: (_A.TRANSFER_OWNERSHIP, _A.TRANSFER_OWNERSHIP),
+    messages.UpdateRoom: (_A.UPDATE_ROOM, _A.UPDATE_ROOM),
+    messages.CloseRoom: (_A.CLOSE_ROOM, _A.CLOSE_ROOM),
+    messages.CreateInvite: (_A.CREATE_INVITE, _A.CREATE_INVITE),
+    messages.RevokeInvite: (_A.REVOKE_INVITE, _A.REVOKE_INVITE),
+    messages.ListInvites: (_A.LIST_INVITES, _A.LIST_INVITES),
+    messages.StartRecording: (_A.START_RECORDING, _A.START_RECORDING),
+    messages.StopRecording: (_A.STOP_RECORDING, _A.STOP_RECORDING),
+    messages.RecordingConsent: (_A.RECORDING_CONSENT, _A.RECORDING_CONSENT),
+}
+
+
+def check_caller(request: object, actor_role: str, names_other: bool) -> None:
+    """Refuse a room request the caller's role may never make, whatever it names."""
+    actions = REQUEST_ACTIONS.get(type(request))
+    if actions is not None:
+        check(actions[1] if names_other else actions[0], actor_role)

@@ -29,7 +29,7 @@ from .identity import Identity
 from .ids import INVITE_TOKEN_BYTES, REQUEST_ID_BYTES, random_room_id, random_token
 from .keys import ROTATION_GRACE, FlowIdAllocator, media_key, new_key_material, new_ssrc
 from .limits import Limits
-from .permissions import HOST_ROLES, OPERATOR, Action, check
+from .permissions import HOST_ROLES, OPERATOR, Action, check, check_caller
 from .recording import Recording
 from .records import RoomRecord, room_record, room_settings
 from .room import (
@@ -264,7 +264,9 @@ class SalonCore:
         if room is None:
             raise CoreError(ErrorCode.NOT_IN_ROOM, "you are not in a room")
         member = room.members[user]
-        return handler(_Actor(user, member.role, room, member), request, now)
+        actor = _Actor(user, member.role, room, member)
+        check_caller(request, member.role, self._names_other(actor, getattr(request, "user", None)))
+        return handler(actor, request, now)
 
     def _admin_dispatch(
         self, actor: Identity, room_id: str | None, request: Any, now: float

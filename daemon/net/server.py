@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from salon.daemon import __version__
-from salon.daemon.auth import AuthError
+from salon.daemon.auth import AuthError, clean_display_name
 from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import CoreEvent, Deliver
@@ -340,6 +341,12 @@ class SalonServer:
             )
             return
         try:
+            # The client's own value is checked before its credentials (PROTOCOL.md 3.6).
+            clean_display_name(request.display_name)
+        except AuthError as exc:
+            self._reply_error(protocol, request.id, msg.ErrorCode.INVALID_VALUE, str(exc))
+            return
+        try:
             identity = await self.authenticator.authenticate(
                 request.credentials, request.display_name, protocol.address
             )
@@ -359,12 +366,15 @@ class SalonServer:
                 "display_name": identity.display_name,
                 "server": f"salond/{__version__}",
                 "version": msg.PROTOCOL_VERSION,
-                "limits": {
-                    "max_message_size": msg.MAX_MESSAGE_SIZE,
-                    "max_datagram_size": min(MAX_DATAGRAM_SIZE, protocol.peer_max_datagram),
-                    "message_rate": limits.message_rate,
-                    "message_burst": limits.message_burst,
-                },
+                "limits": msgspec.to_builtins(
+                    msg.Limits(
+                        max_message_size=msg.MAX_MESSAGE_SIZE,
+                        max_datagram_size=min(MAX_DATAGRAM_SIZE, protocol.peer_max_datagram),
+                        # An integer when whole, as the spec's example shows it (50, not 50.0).
+                        message_rate=msg.json_number(limits.message_rate),
+                        message_burst=limits.message_burst,
+                    )
+                ),
             },
         )
 

@@ -17,6 +17,7 @@ from aioquic.quic import events
 
 from salon.daemon.core import Identity, Outlet
 from salon.daemon.net.fastpath import DatagramFastPath, SendResult, enabled_by_environment
+from salon.daemon.wire.datagram import payload_limit
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
 
@@ -121,7 +122,10 @@ class SessionProtocol(QuicConnectionProtocol):
             remote = self._quic._remote_max_datagram_frame_size
             # A peer that did not enable DATAGRAM must never be sent one: aioquic would
             # send it anyway and the peer would close the connection.
-            self.peer_max_datagram = min(remote or 0, self.server.config.server.max_datagram_size)
+            # The peer bounds the whole frame (RFC 9221), not the payload (PROTOCOL.md 2.2).
+            self.peer_max_datagram = min(
+                payload_limit(remote or 0), self.server.config.server.max_datagram_size
+            )
             addr = self._quic._network_paths[0].addr if self._quic._network_paths else None
             self.address = str(addr[0]) if addr else ""
             self.server.on_handshake(self)

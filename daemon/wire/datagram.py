@@ -14,6 +14,20 @@ from .varint import decode_varint, encode_varint
 MAX_DATAGRAM_SIZE = 1100
 
 
+def payload_limit(max_datagram_frame_size: int) -> int:
+    """The largest DATAGRAM payload a peer announcing ``max_datagram_frame_size`` accepts.
+
+    RFC 9221 bounds the whole frame: the frame type byte, the length varint (the frames salond
+    sends carry one) and the payload. 0 (DATAGRAM not enabled) and tiny values give 0.
+    """
+    best = 0
+    for length_size in (1, 2, 4, 8):
+        # The largest payload whose length fits a varint of length_size bytes, within the frame.
+        payload = min(max_datagram_frame_size - 1 - length_size, (1 << (8 * length_size - 2)) - 1)
+        best = max(best, payload)
+    return best
+
+
 def pack_datagram(flow_id: int, packet: bytes) -> bytes:
     """Prefix an SRTP ``packet`` with its flow id.
 

@@ -149,6 +149,20 @@ class SpeakerLevel(msgspec.Struct, kw_only=True):
     level: int
 
 
+class Limits(msgspec.Struct, kw_only=True):
+    """The limits in force for a session: the ``limits`` of the ``hello`` result."""
+
+    max_message_size: int
+    max_datagram_size: int
+    message_rate: float
+    message_burst: int
+
+
+def json_number(value: float) -> int | float:
+    """``value`` as a ``number`` field carries it: an integer when whole (50, not 50.0)."""
+    return int(value) if float(value).is_integer() else value
+
+
 class RoomSnapshot(msgspec.Struct, kw_only=True):
     """The full state of a room as the receiving member may see it."""
 
@@ -721,7 +735,9 @@ def decode_request(data: bytes) -> Request:
     except msgspec.ValidationError as exc:
         text = str(exc)
         request_id = peek_request_id(data)
-        if text.endswith("at `$.type`"):
+        # Only a string naming no request is an unknown type; a `type` of the wrong JSON type
+        # (a number, null...) or a missing one is a malformed message like any other.
+        if text.startswith("Invalid value") and text.endswith("at `$.type`"):
             raise MessageError(ErrorCode.UNKNOWN_TYPE, text, request_id) from None
         raise MessageError(ErrorCode.BAD_MESSAGE, text, request_id) from None
     except msgspec.DecodeError as exc:

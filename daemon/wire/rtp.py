@@ -332,9 +332,9 @@ def peek_media(datagram: bytes) -> MediaHeader:
     """Read the flow id and clear RTP header of a media datagram (``varint || SRTP``).
 
     Only what is read is validated: the flow id, the fixed header, the CSRC list, the extension
-    block's bounds and the one-byte extension elements up to the audio level (id 1). The payload
-    and padding are encrypted by SRTP and are not looked at. A two-byte extension block or an
-    audio level element not exactly one byte long gives ``level=None``.
+    block's bounds and the extension elements, one-byte or two-byte form (RFC 8285), up to the
+    audio level (id 1, in any position). The payload and padding are encrypted by SRTP and are
+    not looked at. An audio level element not exactly one byte long gives ``level=None``.
     """
     length = len(datagram)
     if not length:
@@ -407,6 +407,24 @@ def peek_media(datagram: bytes) -> MediaHeader:
                 if extension_id == AUDIO_LEVEL_EXTENSION_ID:
                     if byte & 0x0F == 0:
                         level = datagram[pos + 1] & 0x7F
+                    break
+                pos = next_pos
+        elif profile & TWO_BYTE_EXTENSION_PROFILE_MASK == TWO_BYTE_EXTENSION_PROFILE:
+            # RFC 8285 section 4.3: id byte, length byte, value; a zero byte is padding.
+            while pos < end:
+                extension_id = datagram[pos]
+                if extension_id == 0:
+                    pos += 1
+                    continue
+                if pos + 2 > end:
+                    raise WireError("RTP two-byte header extension element is truncated")
+                value_length = datagram[pos + 1]
+                next_pos = pos + 2 + value_length
+                if next_pos > end:
+                    raise WireError("RTP two-byte header extension element is truncated")
+                if extension_id == AUDIO_LEVEL_EXTENSION_ID:
+                    if value_length == 1:
+                        level = datagram[pos + 2] & 0x7F
                     break
                 pos = next_pos
     return MediaHeader(flow_id, ssrc, sequence_number, timestamp, level)
