@@ -241,20 +241,13 @@ def check_field_table(section: Section, cls: type[msgspec.Struct], with_presence
 # --------------------------------------------------------------------------- result shapes
 
 
-class Limits(msgspec.Struct, forbid_unknown_fields=True):
-    max_message_size: int
-    max_datagram_size: int
-    message_rate: float
-    message_burst: int
-
-
 class HelloResult(msgspec.Struct, forbid_unknown_fields=True):
     session: int
     user: str
     display_name: str
     server: str
     version: str
-    limits: Limits
+    limits: messages.Limits
 
 
 class RoomsResult(msgspec.Struct, forbid_unknown_fields=True):
@@ -291,6 +284,11 @@ class RecordingResult(msgspec.Struct, forbid_unknown_fields=True):
     recording: str
 
 
+class ConsentResult(msgspec.Struct, forbid_unknown_fields=True):
+    consent: bool
+    recording: str
+
+
 # The ``result`` of each request's ``ok``; every request not named here returns ``{}``.
 RESULTS: dict[str, Any] = {
     "hello": HelloResult,
@@ -303,6 +301,8 @@ RESULTS: dict[str, Any] = {
     "create_invite": InviteResult,
     "list_invites": InvitesResult,
     "start_recording": RecordingResult,
+    "stop_recording": RecordingResult,
+    "recording_consent": ConsentResult,
 }
 
 
@@ -314,6 +314,20 @@ def result_field_names(request_type: str) -> list[str]:
             names.append(cls.__struct_config__.tag_field)
         names.extend(name for name in cls.__struct_fields__ if name not in names)
     return list(dict.fromkeys(names))
+
+
+def result_field_types(request_type: str) -> dict[str, str]:
+    """Each result field's type as PROTOCOL.md writes it; a tagged union's tag is an enum."""
+    shape = RESULTS[request_type]
+    members = typing.get_args(shape) or (shape,)
+    found: dict[str, str] = {}
+    tags = [cls.__struct_config__.tag for cls in members if cls.__struct_config__.tag_field]
+    if tags:
+        found[members[0].__struct_config__.tag_field] = render_type(Literal[tuple(tags)])
+    for cls in members:
+        for info in msgspec.structs.fields(cls):
+            found.setdefault(info.name, render_type(info.type))
+    return found
 
 
 def vocabulary(doc: list[Section]) -> set[str]:
@@ -403,6 +417,12 @@ def test_request_result_documented(doc: list[Section], request_type: str) -> Non
     assert len(result_tables) == 1, f"`{request_type}` needs one '| Result field |' table"
     names = [clean_cell(row[0]) for row in result_tables[0]]
     assert names == result_field_names(request_type), f"`{request_type}` result fields {names}"
+    types_ = result_field_types(request_type)
+    for row in result_tables[0]:
+        name = clean_cell(row[0])
+        assert clean_cell(row[1]) == types_[name], (
+            f"`{request_type}` result `{name}` type {row[1]!r}, server sends {types_[name]!r}"
+        )
 
 
 @pytest.mark.parametrize("request_type", list(messages.REQUEST_TYPES))
@@ -427,7 +447,8 @@ def test_request_examples_decode(doc: list[Section], request_type: str) -> None:
             if shape is None:
                 assert reply.result == {}, f"`{request_type}` returns {{}}"
             else:
-                msgspec.convert(reply.result, shape, strict=False)
+                # Strict: an example showing 50.0 for an integer, or "50" for a number, fails.
+                msgspec.convert(reply.result, shape, strict=True)
         else:
             assert reply.code in {code.value for code in messages.ErrorCode}
 
