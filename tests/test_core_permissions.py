@@ -8,6 +8,7 @@ import pytest
 
 from salon.daemon.core import permissions
 from salon.daemon.core.permissions import Action
+from salon.daemon.core.service import SalonCore
 from salon.daemon.wire import messages as m
 from salon.daemon.wire.messages import ErrorCode
 from tests.test_core_support import Harness
@@ -259,3 +260,9 @@ def test_matrix_covers_every_action() -> None:
 def test_outranking(actor: str, target: str, allowed: bool) -> None:
     verdict = permissions.outcome(Action.REMOVE, actor, target)
     assert (verdict is permissions.ALLOWED) is allowed
+
+
+def test_every_room_request_has_its_callers_column_checked_first() -> None:
+    """PROTOCOL.md 3.6 step 6: each room request maps to the matrix row its caller is checked
+    against before its target and values are looked at."""
+    assert set(permissions.REQUEST_ACTIONS) == set(SalonCore()._room_handlers)

@@ -6,9 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE, pack_datagram, unpack_datagram
+from salon.daemon.wire.datagram import (
+    MAX_DATAGRAM_SIZE,
+    pack_datagram,
+    payload_limit,
+    unpack_datagram,
+)
 from salon.daemon.wire.errors import WireError
-from salon.daemon.wire.varint import VARINT_MAX
+from salon.daemon.wire.varint import VARINT_MAX, encode_varint
 
 PACKET = bytes.fromhex("906f0001000003c0cafebabe") + b"srtp payload"
 
@@ -78,3 +83,27 @@ def test_random_bytes_raise_only_wire_error(data: bytes) -> None:
         return
     assert 0 < len(packet) < len(data)
     assert data.endswith(packet)
+
+
+@pytest.mark.parametrize(
+    ("frame_size", "payload"),
+    [
+        (0, 0),
+        (2, 0),
+        (3, 1),
+        (65, 63),
+        (66, 63),
+        (67, 64),
+        (1100, 1097),
+        (1103, 1100),
+        (1220, 1217),
+        (16386, 16383),
+        (16387, 16383),
+        (65536, 65531),
+    ],
+)
+def test_payload_limit_leaves_room_for_the_frame_header(frame_size: int, payload: int) -> None:
+    """RFC 9221 bounds the whole DATAGRAM frame: type byte, length varint and payload."""
+    assert payload_limit(frame_size) == payload
+    if payload:
+        assert 1 + len(encode_varint(payload)) + payload <= frame_size
