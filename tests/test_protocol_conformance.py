@@ -18,11 +18,14 @@ import msgspec
 import pytest
 
 from salon.client.connection import RequestError, SalonClient
+from salon.daemon.core import Identity
 from salon.daemon.core.speaking import SMOOTHING
+from salon.daemon.hooks import Deny, hookimpl
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import pack_datagram
 from salon.daemon.wire.framing import MessageReader
 from salon.daemon.wire.rtp import HeaderExtension, RtpPacket
+from tests.test_plugin_support import guest, plugin_daemon
 from tests.test_protocol_doc import RESULTS
 
 SRTP_TAG = bytes(16)
@@ -373,3 +376,22 @@ async def test_every_message_the_server_sends_has_the_documented_json_types(live
                 msgspec.convert(message.result, shape, strict=True)
     assert checked > 40
     assert len(sent) >= 20
+
+
+class RefuseEverything:
+    """A plugin whose ``authorize`` refuses every request it is asked about."""
+
+    @hookimpl
+    def authorize(self, identity: Identity, action: str) -> Any:
+        return Deny("closed for maintenance")
+
+
+async def test_session_state_comes_before_plugins(tmp_path):
+    async with plugin_daemon(tmp_path, {"refuse": RefuseEverything()}) as running:
+        client = await running.client("Ada", credentials=guest())
+        # Out of place: the session-state code, not the plugin's refusal (3.6 steps 4, 5).
+        assert await code_of(client, "promote", user="someone") == "not_in_room"
+        assert await code_of(client, "cancel_knock") == "no_knock"
+        assert await code_of(client, "leave") == "not_in_room"
+        # In place: the plugin decides.
+        assert await code_of(client, "create_room", title="Nope") == "denied_by_plugin"

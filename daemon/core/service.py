@@ -210,6 +210,32 @@ class SalonCore:
         self._flush_speaking(now)
         return result
 
+    def check_session_state(self, session: int, request: messages.Request) -> None:
+        """Raise the session-state refusal ``request`` would get (PROTOCOL.md 3.6, step 4).
+
+        The server asks before plugins review a request, so that a plugin's refusal never
+        hides that the request was out of place; the handlers check the same again.
+        """
+        state = self._sessions.get(session)
+        if state is None:
+            raise CoreError(ErrorCode.NOT_AUTHENTICATED, "session is not connected")
+        kind = type(request)
+        if kind is messages.Join:
+            if state.knock is not None and state.knock_room is not None:
+                raise CoreError(
+                    ErrorCode.KNOCK_PENDING, f"you are already knocking on {state.knock_room.id}"
+                )
+            if state.room is not None:
+                raise CoreError(ErrorCode.ALREADY_IN_ROOM, f"you are already in {state.room.id}")
+        elif kind is messages.CancelKnock:
+            if state.knock is None or state.knock_room is None:
+                raise CoreError(ErrorCode.NO_KNOCK, "you are not knocking")
+        elif kind is messages.Leave:
+            if state.knock is None and state.room is None:
+                raise CoreError(ErrorCode.NOT_IN_ROOM, "you are not in a room")
+        elif kind in self._room_handlers and state.room is None:
+            raise CoreError(ErrorCode.NOT_IN_ROOM, "you are not in a room")
+
     def admin_request(
         self, actor: Identity, room: str | None, request: messages.Request, now: float
     ) -> Result:

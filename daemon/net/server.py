@@ -300,6 +300,7 @@ class SalonServer:
         now = time.time()
         room = self.core.session_room(protocol.session_id)
         try:
+            self.core.check_session_state(protocol.session_id, request)
             review = await self.policy.review(
                 protocol.identity, room, request, protocol.address, now
             )
