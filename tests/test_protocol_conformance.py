@@ -184,6 +184,10 @@ async def test_order_of_checks(live):
     outsider.send_raw(b'{"type": "promote", "id": 90}')
     error = await outsider.wait_for_event(msg.Error, timeout=5)
     assert (error.re, error.code) == (90, "bad_message")
+    # step 4 for hello: already_authenticated before the version and the display name.
+    assert await code_of(listener, "hello", version="salon/9", display_name=" ") == (
+        "already_authenticated"
+    )
     # step 4 (session state) before step 6 (role).
     assert await code_of(outsider, "promote", user=owner.user) == "not_in_room"
     assert await code_of(listener, "join", room="no-such-room") == "already_in_room"
