@@ -4,6 +4,11 @@
 the keys it changes; ``conf/salond.toml`` lists every key with its default and an explanation.
 Command-line overrides are dotted keys (``{"server.port": 4460}``) applied on top of the file.
 
+Each ``[section]`` is a frozen msgspec Struct: a key is one annotated field with its default and
+a docstring, and its constraints (``Meta(ge=…)``, ``Literal[…]``) are both what msgspec checks
+and what the error says was expected. To add a key: one field in its section's Struct and one
+commented line in ``conf/salond.toml`` (tests/test_config.py holds the two to each other).
+
 Every problem is a :class:`ConfigError` whose lines read ``<file>: <dotted.key>: <what is
 wrong>``, so an operator can fix the file without reading this module. Paths are kept as
 written (relative ones are relative to the current directory); :func:`resolve_paths` makes them
@@ -13,16 +18,20 @@ absolute and fills in the defaults that live under ``server.state_dir``.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
-import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+
+import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,12 +45,17 @@ __all__ = [
     "Config",
     "ConfigError",
     "DemoConfig",
+    "HostName",
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "NameList",
     "PluginsConfig",
+    "Section",
     "ServerConfig",
     "TlsConfig",
+    "Tokens",
+    "convert_table",
     "load_config",
     "resolve_paths",
 ]
@@ -69,16 +83,130 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-# -- value checks ---------------------------------------------------------------------------
+# -- value types ----------------------------------------------------------------------------
 #
-# Each setting carries a check in its field metadata. A check converts a raw TOML value to the
-# field's type or raises _Invalid. ``from_text`` turns a command-line string into the raw value
-# the check expects (``"4460"`` -> 4460); values from TOML files are never coerced.
+# A key's type says what it accepts; the error text is derived from the same type (see
+# _expected), so a new key needs no message of its own. Values from TOML files are never
+# coerced ("4460" is not a port); values typed on a command line are (see _from_text).
+
+_FINITE = sys.float_info.max  # an upper bound that refuses inf (and nan fails every bound)
+
+Port = Annotated[int, Meta(ge=0, le=65535, extra={"note": " (0 picks any free port)"})]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveNumber = Annotated[float, Meta(gt=0, le=_FINITE)]
+"""Seconds, events per second, ...: finite and above zero."""
+NonNegativeNumber = Annotated[float, Meta(ge=0, le=_FINITE)]
+Text = Annotated[str, Meta(pattern=r"\S", extra={"expected": "a non-empty string"})]
 
 
-class _Invalid(Exception):
-    def __init__(self, expected: str, value: Any) -> None:
-        super().__init__(f"expected {expected}, got {_show(value)}")
+class HostName(str):
+    """A DNS name or an IP address."""
+
+
+class NameList(tuple[str, ...]):
+    """A list of distinct non-empty strings (plugin names, ...)."""
+
+
+class Tokens(Mapping[str, str]):
+    """``[auth.tokens]``: static token -> user id, read-only. The tokens are secrets and
+    configurations end up in logs, so the repr shows only how many there are."""
+
+    def __init__(self, entries: Mapping[str, str] | None = None) -> None:
+        self._entries = MappingProxyType(dict(entries or {}))
+
+    def __getitem__(self, token: str) -> str:
+        return self._entries[token]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Tokens(<{len(self)} hidden>)"
+
+
+def _host_name(value: Any) -> HostName:
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+            return HostName(value)
+        except ValueError:
+            pass
+        labels = value.split(".")
+        if len(value) <= 253 and all(_HOST_LABEL.match(label) for label in labels):
+            return HostName(value)
+    raise ValueError
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return Path(value).expanduser()
+
+
+def _name_list(value: Any) -> NameList:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError
+    if len(set(value)) != len(value):
+        raise ValueError
+    return NameList(value)
+
+
+def _names_from_text(text: str) -> Any:
+    # "--set plugins.enabled=a,b" as well as a TOML array literal.
+    if text.strip().startswith("["):
+        return _toml_value(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _tokens(value: Any) -> Tokens:
+    if not isinstance(value, Mapping):
+        raise ValueError
+    for token, user in value.items():
+        # The token is a secret: name it by a short prefix only.
+        shown = repr(token[:4] + "...") if len(token) > 4 else repr(token)
+        if not token.strip():
+            raise ValueError(f"expected non-empty tokens, got {_show(token)}")
+        if not isinstance(user, str) or not user.strip():
+            raise ValueError(f"expected a non-empty user id for token {shown}, got {_show(user)}")
+        if user.startswith(GUEST_PREFIX):
+            raise ValueError(
+                f"expected a user id for token {shown} not starting with {GUEST_PREFIX!r}"
+                f" (reserved for guests), got {_show(user)}"
+            )
+    return Tokens(value)
+
+
+@dataclass(frozen=True)
+class _Custom:
+    """How a type msgspec does not know is read. ``decode`` raises ValueError: without a
+    message for "not this kind of value" (the error then says ``expected``), or with a whole
+    ``expected ..., got ...`` sentence when it knows better."""
+
+    expected: str
+    decode: Callable[[Any], Any]
+    when_optional: str = ""
+    """The expectation when ``""`` is also accepted, meaning "not set"."""
+    from_text: Callable[[str], Any] = str
+
+
+_CUSTOM: dict[type, _Custom] = {
+    Path: _Custom("a non-empty path", _path, when_optional="a path or an empty string"),
+    HostName: _Custom("a DNS name or an IP address", _host_name),
+    NameList: _Custom(
+        "a list of distinct non-empty strings", _name_list, from_text=_names_from_text
+    ),
+    Tokens: _Custom("a table of token = user id strings", _tokens),
+}
+
+
+def _decode(kind: type, value: Any) -> Any:
+    custom = _CUSTOM.get(kind)
+    if custom is None:
+        raise NotImplementedError(f"no decoder for {kind.__name__}")
+    return custom.decode(value)
 
 
 def _show(value: Any) -> str:
@@ -89,186 +217,6 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class _Check:
-    expected = "a value"
-
-    def __call__(self, value: Any) -> Any:
-        raise NotImplementedError
-
-    def from_text(self, text: str) -> Any:
-        return text
-
-
-class _Text(_Check):
-    expected = "a non-empty string"
-
-    def __call__(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise _Invalid(self.expected, value)
-        return value
-
-
-class _HostName(_Check):
-    expected = "a DNS name or an IP address"
-
-    def __call__(self, value: Any) -> str:
-        if isinstance(value, str):
-            try:
-                ipaddress.ip_address(value)
-                return value
-            except ValueError:
-                pass
-            labels = value.split(".")
-            if len(value) <= 253 and all(_HOST_LABEL.match(label) for label in labels):
-                return value
-        raise _Invalid(self.expected, value)
-
-
-class _Choice(_Check):
-    def __init__(self, *options: str) -> None:
-        self.options = options
-        self.expected = "one of " + ", ".join(options)
-
-    def __call__(self, value: Any) -> str:
-        if isinstance(value, str) and value.lower() in self.options:
-            return value.lower()
-        raise _Invalid(self.expected, value)
-
-
-class _Integer(_Check):
-    def __init__(self, low: int, high: int | None = None, note: str = "") -> None:
-        self.low, self.high = low, high
-        if high is not None:
-            self.expected = f"an integer in {low}..{high}"
-        elif low == 1:
-            self.expected = "a positive integer"
-        else:
-            self.expected = f"an integer >= {low}"
-        self.expected += note
-
-    def __call__(self, value: Any) -> int:
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or value < self.low
-            or (self.high is not None and value > self.high)
-        ):
-            raise _Invalid(self.expected, value)
-        return value
-
-    def from_text(self, text: str) -> Any:
-        try:
-            return int(text.strip())
-        except ValueError:
-            return text
-
-
-class _Number(_Check):
-    """A finite number of seconds, events per second, ...; positive unless ``zero`` is allowed."""
-
-    def __init__(self, *, zero: bool = False) -> None:
-        self.zero = zero
-        self.expected = "a non-negative number" if zero else "a positive number"
-
-    def __call__(self, value: Any) -> float:
-        if not _is_number(value) or not math.isfinite(value):
-            raise _Invalid(self.expected, value)
-        if value < 0 or (value == 0 and not self.zero):
-            raise _Invalid(self.expected, value)
-        return float(value)
-
-    def from_text(self, text: str) -> Any:
-        try:
-            return float(text.strip())
-        except ValueError:
-            return text
-
-
-class _Boolean(_Check):
-    expected = "true or false"
-    _TEXT = {"true": True, "yes": True, "on": True, "1": True}
-    _TEXT.update({"false": False, "no": False, "off": False, "0": False})
-
-    def __call__(self, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _Invalid(self.expected, value)
-        return value
-
-    def from_text(self, text: str) -> Any:
-        return self._TEXT.get(text.strip().lower(), text)
-
-
-class _PathCheck(_Check):
-    """A filesystem path; ``~`` is expanded. ``optional``: the empty string means "not set"."""
-
-    def __init__(self, *, optional: bool) -> None:
-        self.optional = optional
-        self.expected = "a path or an empty string" if optional else "a non-empty path"
-
-    def __call__(self, value: Any) -> Path | None:
-        if not isinstance(value, str):
-            raise _Invalid(self.expected, value)
-        if not value:
-            if self.optional:
-                return None
-            raise _Invalid(self.expected, value)
-        return Path(value).expanduser()
-
-
-class _Names(_Check):
-    expected = "a list of distinct non-empty strings"
-
-    def __call__(self, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise _Invalid(self.expected, value)
-        if len(set(value)) != len(value):
-            raise _Invalid(self.expected, value)
-        return tuple(value)
-
-    def from_text(self, text: str) -> Any:
-        # "--set plugins.enabled=a,b" as well as a TOML array literal.
-        if text.strip().startswith("["):
-            return _toml_value(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-
-
-class _Tokens(_Check):
-    """``[auth.tokens]``: static token -> user id."""
-
-    expected = "a table of token = user id strings"
-
-    def __call__(self, value: Any) -> Mapping[str, str]:
-        if not isinstance(value, Mapping):
-            raise _Invalid(self.expected, value)
-        for token, user in value.items():
-            # The token is a secret: name it by a short prefix only.
-            shown = repr(token[:4] + "...") if len(token) > 4 else repr(token)
-            if not token.strip():
-                raise _Invalid("non-empty tokens", token)
-            if not isinstance(user, str) or not user.strip():
-                raise _Invalid(f"a non-empty user id for token {shown}", user)
-            if user.startswith(GUEST_PREFIX):
-                raise _Invalid(
-                    f"a user id for token {shown} not starting with {GUEST_PREFIX!r}"
-                    " (reserved for guests)",
-                    user,
-                )
-        return MappingProxyType(dict(value))
-
-
-class _PluginTables(_Check):
-    """``[plugins.<name>]`` tables, kept as read-only mappings for the plugins to validate."""
-
-    expected = "a table"
-
-    def __call__(self, value: Any) -> Mapping[str, Mapping[str, Any]]:
-        return MappingProxyType({name: MappingProxyType(dict(t)) for name, t in value.items()})
-
-
 def _toml_value(text: str) -> Any:
     """A command-line value read as a TOML literal when it is one, else the text itself."""
     try:
@@ -277,161 +225,336 @@ def _toml_value(text: str) -> Any:
         return text
 
 
-def _rule(check: _Check) -> dict[str, _Check]:
-    return {"check": check}
+def _plain(info: mi.Type) -> tuple[mi.Type, dict[str, Any]]:
+    """The type without its Annotated wrapper, and the wrapper's ``extra``."""
+    if isinstance(info, mi.Metadata):
+        return info.type, dict(info.extra or {})
+    return info, {}
 
 
-def _no_entries() -> Mapping[str, Any]:
-    return MappingProxyType({})
+def _expected(info: mi.Type) -> str:
+    """What a key of this type accepts, in the words of an error message."""
+    info, extra = _plain(info)
+    if "expected" in extra:
+        return str(extra["expected"])
+    if isinstance(info, mi.IntType):
+        low = info.ge if info.ge is not None else (info.gt + 1 if info.gt is not None else None)
+        high = info.le if info.le is not None else (info.lt - 1 if info.lt is not None else None)
+        if low is not None and high is not None:
+            text = f"an integer in {low}..{high}"
+        elif low == 1:
+            text = "a positive integer"
+        else:
+            text = "an integer" if low is None else f"an integer >= {low}"
+    elif isinstance(info, mi.FloatType):
+        if info.gt is not None:
+            text = "a positive number" if info.gt == 0 else f"a number > {info.gt:g}"
+        elif info.ge is not None:
+            text = "a non-negative number" if info.ge == 0 else f"a number >= {info.ge:g}"
+        else:
+            text = "a number"
+    elif isinstance(info, mi.BoolType):
+        text = "true or false"
+    elif isinstance(info, mi.StrType):
+        text = "a non-empty string" if info.min_length or info.pattern else "a string"
+    elif isinstance(info, mi.LiteralType):
+        text = "one of " + ", ".join(str(v) for v in info.values)
+    elif isinstance(info, mi.CustomType) and info.cls in _CUSTOM:
+        text = _CUSTOM[info.cls].expected
+    elif isinstance(info, mi.UnionType):
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        first, _ = _plain(others[0])
+        if len(others) == 1 and isinstance(first, mi.CustomType) and first.cls in _CUSTOM:
+            text = _CUSTOM[first.cls].when_optional or _CUSTOM[first.cls].expected
+        else:
+            text = " or ".join(_expected(t) for t in others)
+            if len(others) < len(info.types):
+                text += " or an empty string"
+    elif isinstance(info, (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)):
+        text = "a list"
+    elif isinstance(info, (mi.DictType, mi.StructType)):
+        text = "a table"
+    else:
+        text = "a valid value"
+    return text + str(extra.get("note", ""))
+
+
+def _prepared(value: Any, info: mi.Type) -> Any:
+    """The reading rules msgspec has no switch for: choices are case-insensitive, and an
+    empty string means "not set" for a key that may be unset."""
+    info, _ = _plain(info)
+    if isinstance(info, mi.LiteralType) and isinstance(value, str):
+        return value.lower()
+    optional = isinstance(info, mi.UnionType) and mi.NoneType() in info.types
+    if optional and value == "":
+        return None
+    return value
+
+
+def _from_text(info: mi.Type, text: str) -> Any:
+    """A command-line string as the raw value the key's type expects (``"4460"`` -> 4460)."""
+    info, _ = _plain(info)
+    if isinstance(info, mi.UnionType):
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        return _from_text(others[0], text) if len(others) == 1 else text
+    if isinstance(info, (mi.IntType, mi.FloatType)):
+        try:
+            return (int if isinstance(info, mi.IntType) else float)(text.strip())
+        except ValueError:
+            return text
+    if isinstance(info, mi.BoolType):
+        return _BOOLEAN_TEXT.get(text.strip().lower(), text)
+    if isinstance(info, mi.CustomType) and info.cls in _CUSTOM:
+        return _CUSTOM[info.cls].from_text(text)
+    return text
+
+
+_BOOLEAN_TEXT = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLEAN_TEXT.update({"false": False, "no": False, "off": False, "0": False})
+
+
+# -- turning a table into a Struct ----------------------------------------------------------
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+# msgspec's ValidationError reads "<what> - at `$.key[0]...`" ("- at" absent at the top).
+_ERROR = re.compile(r"(?P<text>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
+_MISSING = re.compile(r"Object missing required field `(?P<key>[^`]*)`")
+_TOP_KEY = re.compile(r"\.([^.\[]+)")
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, mi.Type]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    types = {f.name: f.type for f in info.fields}
+    for f in msgspec.structs.fields(cls):
+        if get_origin(f.type) is Literal:  # msgspec sorts the choices; keep them as written
+            types[f.name] = mi.LiteralType(values=get_args(f.type))
+    return types
+
+
+def convert_table(
+    table: Mapping[str, Any],
+    cls: type[S],
+    where: Callable[[str], str],
+    *,
+    known: Iterable[str] | None = None,
+    hint: str = "",
+) -> S:
+    """``table`` (from TOML) as a ``cls`` Struct, or a :class:`ConfigError` naming every bad key.
+
+    ``where(key)`` is how a line starts (``"conf/salond.toml: server.port"``). msgspec stops
+    at the first problem, so each bad key is noted, set aside and the rest converted again:
+    the operator sees every mistake in one run. ``known`` (default: the Struct's fields) is
+    what an unknown key is compared with for "did you mean"; ``hint`` is added to that line.
+    """
+    types = _fields(cls)
+    remaining = dict(table)
+    problems: list[str] = []
+    while True:
+        prepared = {
+            key: _prepared(value, types[key]) if key in types else value
+            for key, value in remaining.items()
+        }
+        try:
+            result = msgspec.convert(prepared, cls, dec_hook=_decode)
+        except msgspec.ValidationError as exc:
+            key, text = _explain(str(exc), remaining, types, known, hint)
+            problems.append(f"{where(key)}: {text}")
+            if key not in remaining:
+                raise ConfigError(problems) from None
+            del remaining[key]
+            continue
+        if problems:
+            raise ConfigError(problems)
+        return result
+
+
+def _explain(
+    message: str,
+    table: Mapping[str, Any],
+    types: Mapping[str, mi.Type],
+    known: Iterable[str] | None,
+    hint: str,
+) -> tuple[str, str]:
+    """(key, what is wrong) for one msgspec ValidationError message."""
+    match = _ERROR.fullmatch(message)
+    assert match is not None  # the pattern matches any text
+    text, path = match["text"], match["path"] or ""
+    unknown, missing = _UNKNOWN.fullmatch(text), _MISSING.fullmatch(text)
+    if unknown and not path:
+        key = unknown["key"]
+        return key, f"unknown key{_known(key, types if known is None else known)}{hint}"
+    if missing and not path:
+        return missing["key"], f"missing, expected {_expected(types[missing['key']])}"
+    top = _TOP_KEY.match(path)
+    if top is None or top[1] not in types:
+        return "", text  # nothing to point at; not expected from a table of keys
+    key = top[1]
+    if text.startswith("expected "):
+        return key, text  # a decoder's own sentence
+    # Deeper inside the value (a list item, a nested table): say where, in msgspec's words.
+    inside = "" if path == f".{key}" else f" ({text} at {key}{path[len(key) + 1 :]})"
+    return key, f"expected {_expected(types[key])}, got {_show(table.get(key))}{inside}"
+
+
+def _known(name: str, known: Iterable[str]) -> str:
+    names = list(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    suggestion = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (known: {', '.join(names)}){suggestion}"
 
 
 # -- the configuration ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``[section]`` of the file: each field is a key, with its default and a docstring."""
+
+
+class ServerConfig(Section, frozen=True):
     """``[server]``: where salond listens and how its QUIC connections behave."""
 
-    host: str = field(default="127.0.0.1", metadata=_rule(_Text()))
+    host: Text = "127.0.0.1"
     """Address to bind the UDP socket to (``0.0.0.0`` / ``::`` for every interface)."""
-    port: int = field(default=4460, metadata=_rule(_Integer(0, 65535, " (0 picks any free port)")))
+    port: Port = 4460
     """UDP port; 0 lets the system pick a free one (tests)."""
-    state_dir: Path = field(default=Path("state"), metadata=_rule(_PathCheck(optional=False)))
+    state_dir: Path = Path("state")
     """Directory for the database, generated TLS material and the admin socket."""
-    idle_timeout: float = field(default=30.0, metadata=_rule(_Number()))
+    idle_timeout: PositiveNumber = 30.0
     """Seconds without any packet after which a QUIC connection is dropped."""
-    max_datagram_size: int = field(default=1100, metadata=_rule(_Integer(200, 1180)))
+    max_datagram_size: Annotated[int, Meta(ge=200, le=1180)] = 1100
     """Largest QUIC DATAGRAM payload salond sends or accepts, in bytes."""
-    drain_timeout: float = field(default=5.0, metadata=_rule(_Number(zero=True)))
+    drain_timeout: NonNegativeNumber = 5.0
     """On SIGTERM: seconds to tell clients the server is going away before closing."""
-    public_name: str = field(default="localhost", metadata=_rule(_HostName()))
+    public_name: HostName = HostName("localhost")
     """Name clients use to reach the server: in the self-signed certificate and join lines."""
 
 
-@dataclass(frozen=True)
-class TlsConfig:
+class TlsConfig(Section, frozen=True):
     """``[tls]``: certificate and key files; both unset means a generated self-signed pair."""
 
-    certificate: Path | None = field(default=None, metadata=_rule(_PathCheck(optional=True)))
+    certificate: Path | None = None
     """PEM certificate (chain, leaf first); None: self-signed in ``state_dir/tls``."""
-    private_key: Path | None = field(default=None, metadata=_rule(_PathCheck(optional=True)))
+    private_key: Path | None = None
     """PEM private key matching ``certificate``, unencrypted."""
 
 
-@dataclass(frozen=True)
-class AuthConfig:
+class AuthConfig(Section, frozen=True):
     """``[auth]``: who may connect."""
 
-    allow_guests: bool = field(default=True, metadata=_rule(_Boolean()))
+    allow_guests: bool = True
     """Admit clients without credentials under a stable identity derived from their key."""
-    # repr=False: the tokens are secrets, and configurations end up in logs.
-    tokens: Mapping[str, str] = field(
-        default_factory=_no_entries, metadata=_rule(_Tokens()), repr=False
-    )
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
     """``[auth.tokens]``: static token -> user id."""
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
+class LimitsConfig(Section, frozen=True):
     """``[limits]``: timeouts, queue bounds, quotas and rate limits."""
 
-    knock_ttl: float = field(default=120.0, metadata=_rule(_Number()))
+    knock_ttl: PositiveNumber = 120.0
     """Seconds a knock (request to join an approval room) waits before it expires."""
-    owner_grace: float = field(default=60.0, metadata=_rule(_Number(zero=True)))
+    owner_grace: NonNegativeNumber = 60.0
     """Seconds a disconnected owner keeps the room before ownership passes on."""
-    outlet_queue: int = field(default=16, metadata=_rule(_Integer(2, 1024)))
+    outlet_queue: Annotated[int, Meta(ge=2, le=1024)] = 16
     """Datagrams queued per listener before the oldest audio is dropped."""
-    max_rooms_per_user: int = field(default=5, metadata=_rule(_Integer(1)))
+    max_rooms_per_user: PositiveInt = 5
     """Open rooms one user may own at a time."""
-    max_sessions: int = field(default=10000, metadata=_rule(_Integer(1)))
+    max_sessions: PositiveInt = 10000
     """Concurrent client connections; further handshakes are refused."""
-    message_rate: float = field(default=50.0, metadata=_rule(_Number()))
+    message_rate: PositiveNumber = 50.0
     """Control messages per second one session may send on average."""
-    message_burst: int = field(default=100, metadata=_rule(_Integer(1)))
+    message_burst: PositiveInt = 100
     """Control messages one session may send at once above the average rate."""
-    knock_rate: float = field(default=10.0, metadata=_rule(_Number()))
+    knock_rate: PositiveNumber = 10.0
     """Knocks per second accepted from one client address."""
-    max_speakers_cap: int = field(default=100, metadata=_rule(_Integer(1)))
+    max_speakers_cap: PositiveInt = 100
     """Upper bound for any room's speaker limit."""
 
 
-@dataclass(frozen=True)
-class AdminConfig:
+class AdminConfig(Section, frozen=True):
     """``[admin]``: the local admin API used by salon-admin and salonctl."""
 
-    enabled: bool = field(default=True, metadata=_rule(_Boolean()))
+    enabled: bool = True
     """Serve the admin API."""
-    socket: Path | None = field(default=None, metadata=_rule(_PathCheck(optional=True)))
+    socket: Path | None = None
     """Unix socket path; None: ``state_dir/admin.sock``."""
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Section, frozen=True):
     """``[metrics]``: Prometheus-style metrics over HTTP."""
 
-    enabled: bool = field(default=False, metadata=_rule(_Boolean()))
+    enabled: bool = False
     """Serve metrics."""
-    host: str = field(default="127.0.0.1", metadata=_rule(_Text()))
+    host: Text = "127.0.0.1"
     """TCP address of the metrics endpoint."""
-    port: int = field(default=9464, metadata=_rule(_Integer(0, 65535, " (0 picks any free port)")))
+    port: Port = 9464
     """TCP port of the metrics endpoint."""
 
 
-@dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Section, frozen=True):
     """``[demo]``: an always-open room where a bot speaks, to try a client right away."""
 
-    enabled: bool = field(default=False, metadata=_rule(_Boolean()))
+    enabled: bool = False
     """Create the demo room and start its bot."""
-    room: str = field(default="lobby", metadata=_rule(_Text()))
+    room: Text = "lobby"
     """Id of the demo room."""
-    title: str = field(default="Salon demo lobby", metadata=_rule(_Text()))
+    title: Text = "Salon demo lobby"
     """Title of the demo room."""
-    audio: Path | None = field(default=None, metadata=_rule(_PathCheck(optional=True)))
+    audio: Path | None = None
     """Sound file the bot plays in a loop; None: generated speech or tones."""
-    bot_name: str = field(default="Demo bot", metadata=_rule(_Text()))
+    bot_name: Text = "Demo bot"
     """Display name of the bot."""
 
 
-@dataclass(frozen=True)
-class PluginsConfig:
+def _no_plugin_tables() -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({})
+
+
+class PluginsConfig(Section, frozen=True):
     """``[plugins]``: which plugins run, and their own ``[plugins.<name>]`` tables."""
 
-    enabled: tuple[str, ...] = field(default=(), metadata=_rule(_Names()))
+    enabled: NameList = NameList()
     """Names of the installed plugins to load (entry points group ``salon.plugins``)."""
-    plugin_timeout: float = field(default=2.0, metadata=_rule(_Number()))
+    plugin_timeout: PositiveNumber = 2.0
     """Seconds an asynchronous hook may take before salond gives up on it."""
-    settings: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=_no_entries, metadata=_rule(_PluginTables())
-    )
-    """``[plugins.<name>]`` tables by plugin name, as written (each plugin validates its own)."""
+    settings: Mapping[str, Mapping[str, Any]] = msgspec.field(default_factory=_no_plugin_tables)
+    """``[plugins.<name>]`` tables by plugin name, as written (each plugin validates its own);
+    not a key of its own: every table under ``[plugins]`` lands here."""
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(Section, frozen=True):
     """``[logging]``."""
 
-    level: str = field(default="info", metadata=_rule(_Choice("debug", "info", "warning", "error")))
+    level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level logged."""
-    json: bool = field(default=False, metadata=_rule(_Boolean()))
+    json: bool = False
     """One JSON object per line instead of human-readable lines."""
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(msgspec.Struct, frozen=True, kw_only=True):
     """The whole salond configuration. ``Config()`` is the embedded defaults."""
 
-    server: ServerConfig = field(default_factory=ServerConfig)
-    tls: TlsConfig = field(default_factory=TlsConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    source: Path | None = field(default=None, compare=False)
-    """The file this was loaded from; None for defaults and overrides only."""
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    source: Path | None = None
+    """The file this was loaded from; None for defaults and overrides only. Not compared."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _sections())
+
+    __hash__ = None  # type: ignore[assignment]  # sections hold mappings
 
     @property
     def alpn(self) -> str:
@@ -448,10 +571,14 @@ class Config:
         return self.admin.socket or self.server.state_dir / "admin.sock"
 
 
-def _sections() -> dict[str, type]:
-    """Section name -> section dataclass, in file order."""
-    defaults = Config()
-    return {f.name: type(getattr(defaults, f.name)) for f in fields(Config) if f.name != "source"}
+@functools.cache
+def _sections() -> dict[str, type[Section]]:
+    """Section name -> section Struct, in file order."""
+    return {f.name: f.default_factory for f in msgspec.structs.fields(Config) if f.name != "source"}
+
+
+_PLUGIN_TABLES = "settings"
+"""The PluginsConfig field that gathers the ``[plugins.<name>]`` tables (not a key itself)."""
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -536,10 +663,10 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> tuple[str, str
         raise ConfigError(f"{COMMAND_LINE}: {key}: expected a dotted key like server.port")
     section, name = parts[0], parts[1]
     cls = _sections().get(section)
-    check = _field_check(cls, name) if cls is not None else None
+    info = _fields(cls).get(name) if cls is not None else None
     if isinstance(value, str):
-        if check is not None and len(parts) == 2:
-            value = check.from_text(value)
+        if info is not None and len(parts) == 2:
+            value = _from_text(info, value)
         elif section == "plugins" and len(parts) == 3:
             value = _toml_value(value)
     table = raw.setdefault(section, {})
@@ -555,53 +682,34 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> tuple[str, str
     return section, name
 
 
-def _field_check(cls: type, name: str) -> _Check | None:
-    for f in fields(cls):
-        if f.name == name:
-            check: _Check = f.metadata["check"]
-            return check
-    return None
+def _build_section(
+    name: str, cls: type[Section], table: Mapping[str, Any], origin: _Origin
+) -> Section:
+    def where(key: str) -> str:
+        return f"{origin(name, key)}: {name}.{key}"
 
-
-def _build_section(name: str, cls: type, table: Mapping[str, Any], origin: _Origin) -> Any:
-    checks = {f.name: f.metadata["check"] for f in fields(cls)}
+    if cls is not PluginsConfig:
+        return convert_table(table, cls, where)
+    # [plugins.<name>] tables are the plugins' own (each validates its table when loaded);
+    # everything else under [plugins] is a key of PluginsConfig.
+    tables = {key: value for key, value in table.items() if isinstance(value, Mapping)}
+    keys = {key: value for key, value in table.items() if key not in tables}
+    known = [key for key in _fields(PluginsConfig) if key != _PLUGIN_TABLES]
+    hint = "; per-plugin settings go in [plugins.<name>] tables"
     problems: list[str] = []
-    values: dict[str, Any] = {}
-    plugin_tables: dict[str, Any] = {}
-    for key, value in table.items():
-        where = f"{origin(name, key)}: {name}.{key}"
-        check = checks.get(key)
-        if check is None or isinstance(check, _PluginTables):
-            if cls is PluginsConfig and isinstance(value, Mapping):
-                plugin_tables[key] = value
-                continue
-            hint = (
-                "; per-plugin settings go in [plugins.<name>] tables"
-                if cls is PluginsConfig
-                else ""
-            )
-            problems.append(f"{where}: unknown key{_known(key, _public_keys(cls))}{hint}")
-            continue
-        try:
-            values[key] = check(value)
-        except _Invalid as exc:
-            problems.append(f"{where}: {exc}")
-    if cls is PluginsConfig:
-        values["settings"] = _PluginTables()(plugin_tables)
+    if _PLUGIN_TABLES in keys:
+        del keys[_PLUGIN_TABLES]
+        problems.append(
+            f"{where(_PLUGIN_TABLES)}: unknown key{_known(_PLUGIN_TABLES, known)}{hint}"
+        )
+    try:
+        plugins = convert_table(keys, PluginsConfig, where, known=known, hint=hint)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return cls(**values)
-
-
-def _public_keys(cls: type) -> list[str]:
-    return [f.name for f in fields(cls) if not isinstance(f.metadata["check"], _PluginTables)]
-
-
-def _known(name: str, known: Any) -> str:
-    names = list(known)
-    close = difflib.get_close_matches(name, names, n=1)
-    suggestion = f"; did you mean {close[0]!r}?" if close else ""
-    return f" (known: {', '.join(names)}){suggestion}"
+    settings = MappingProxyType({key: MappingProxyType(dict(t)) for key, t in tables.items()})
+    return msgspec.structs.replace(plugins, settings=settings)
 
 
 def _check_relations(config: Config, origin: _Origin) -> None:
@@ -652,6 +760,7 @@ def resolve_paths(config: Config) -> Config:
     def optional(path: Path | None) -> Path | None:
         return _absolute(path) if path is not None else None
 
+    replace = msgspec.structs.replace
     return replace(
         config,
         server=replace(config.server, state_dir=state_dir),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 if sys.version_info >= (3, 11):
@@ -43,8 +43,8 @@ def section_fields() -> dict[str, list[str]]:
     """Section name -> its field names, for every section of Config."""
     defaults = Config()
     return {
-        f.name: [g.name for g in dataclasses.fields(getattr(defaults, f.name))]
-        for f in dataclasses.fields(Config)
+        f.name: [g.name for g in msgspec.structs.fields(getattr(defaults, f.name))]
+        for f in msgspec.structs.fields(Config)
         if f.name != "source"
     }
 
@@ -409,9 +409,9 @@ def test_token_and_plugin_overrides() -> None:
 
 def test_config_is_frozen() -> None:
     config = Config()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         config.server.port = 1  # type: ignore[misc, unused-ignore]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         config.server = ServerConfig()  # type: ignore[misc, unused-ignore]
 
 
