@@ -58,6 +58,8 @@ __all__ = [
     "convert_table",
     "load_config",
     "resolve_paths",
+    "show_value",
+    "unknown_key",
 ]
 
 ALPN = "salon/1"
@@ -168,13 +170,15 @@ def _tokens(value: Any) -> Tokens:
         # The token is a secret: name it by a short prefix only.
         shown = repr(token[:4] + "...") if len(token) > 4 else repr(token)
         if not token.strip():
-            raise ValueError(f"expected non-empty tokens, got {_show(token)}")
+            raise ValueError(f"expected non-empty tokens, got {show_value(token)}")
         if not isinstance(user, str) or not user.strip():
-            raise ValueError(f"expected a non-empty user id for token {shown}, got {_show(user)}")
+            raise ValueError(
+                f"expected a non-empty user id for token {shown}, got {show_value(user)}"
+            )
         if user.startswith(GUEST_PREFIX):
             raise ValueError(
                 f"expected a user id for token {shown} not starting with {GUEST_PREFIX!r}"
-                f" (reserved for guests), got {_show(user)}"
+                f" (reserved for guests), got {show_value(user)}"
             )
     return Tokens(value)
 
@@ -209,7 +213,8 @@ def _decode(kind: type, value: Any) -> Any:
     return custom.decode(value)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A TOML value as an error message shows it after "got"."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Mapping):
@@ -386,7 +391,7 @@ def _explain(
     unknown, missing = _UNKNOWN.fullmatch(text), _MISSING.fullmatch(text)
     if unknown and not path:
         key = unknown["key"]
-        return key, f"unknown key{_known(key, types if known is None else known)}{hint}"
+        return key, unknown_key(key, types if known is None else known) + hint
     if missing and not path:
         return missing["key"], f"missing, expected {_expected(types[missing['key']])}"
     top = _TOP_KEY.match(path)
@@ -397,7 +402,12 @@ def _explain(
         return key, text  # a decoder's own sentence
     # Deeper inside the value (a list item, a nested table): say where, in msgspec's words.
     inside = "" if path == f".{key}" else f" ({text} at {key}{path[len(key) + 1 :]})"
-    return key, f"expected {_expected(types[key])}, got {_show(table.get(key))}{inside}"
+    return key, f"expected {_expected(types[key])}, got {show_value(table.get(key))}{inside}"
+
+
+def unknown_key(name: str, known: Iterable[str]) -> str:
+    """``unknown key (known: a, b); did you mean 'a'?`` for a key that is none of ``known``."""
+    return f"unknown key{_known(name, known)}"
 
 
 def _known(name: str, known: Iterable[str]) -> str:
@@ -623,7 +633,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     for name, cls in sections.items():
         table = raw.get(name, {})
         if not isinstance(table, Mapping):
-            problems.append(f"{origin(name, '')}: {name}: expected a table, got {_show(table)}")
+            problems.append(
+                f"{origin(name, '')}: {name}: expected a table, got {show_value(table)}"
+            )
             continue
         try:
             built[name] = _build_section(name, cls, table, origin)
@@ -699,9 +711,7 @@ def _build_section(
     problems: list[str] = []
     if _PLUGIN_TABLES in keys:
         del keys[_PLUGIN_TABLES]
-        problems.append(
-            f"{where(_PLUGIN_TABLES)}: unknown key{_known(_PLUGIN_TABLES, known)}{hint}"
-        )
+        problems.append(f"{where(_PLUGIN_TABLES)}: {unknown_key(_PLUGIN_TABLES, known)}{hint}")
     try:
         plugins = convert_table(keys, PluginsConfig, where, known=known, hint=hint)
     except ConfigError as exc:

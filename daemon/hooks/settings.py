@@ -1,20 +1,23 @@
-"""A plugin's own ``[plugins.<name>]`` table, with typed getters whose errors name the key."""
+"""A plugin's own ``[plugins.<name>]`` table: a whole msgspec Struct, or typed getters.
+
+Errors read like salond's own configuration errors (``<file>: plugins.<name>.<key>: ...``),
+because both are produced by :func:`salon.daemon.config.convert_table`.
+"""
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from salon.daemon.config import ConfigError
+import msgspec
+from msgspec import Meta
 
+from salon.daemon.config import ConfigError, convert_table, show_value, unknown_key
 
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a table"
-    return repr(value)
+S = TypeVar("S", bound=msgspec.Struct)
+
+_NON_EMPTY = Annotated[str, Meta(min_length=1)]
 
 
 class PluginSettings(Mapping[str, Any]):
@@ -23,7 +26,8 @@ class PluginSettings(Mapping[str, Any]):
     Every getter raises :class:`~salon.daemon.config.ConfigError` with a line such as
     ``conf/salond.toml: plugins.webhooks.retries: expected an integer >= 0, got -1``, so a
     plugin that validates its settings in its constructor stops salond at start-up with a
-    message the operator can act on.
+    message the operator can act on. :meth:`load` reads the whole table into the plugin's own
+    msgspec Struct instead, with the same kind of messages.
     """
 
     def __init__(self, name: str, table: Mapping[str, Any], source: str = "configuration"):
@@ -45,7 +49,7 @@ class PluginSettings(Mapping[str, Any]):
         return ConfigError(f"{self._source}: plugins.{self.name}.{key}: {text}")
 
     def _invalid(self, key: str, expected: str, value: Any) -> ConfigError:
-        return self.problem(key, f"expected {expected}, got {_show(value)}")
+        return self.problem(key, f"expected {expected}, got {show_value(value)}")
 
     def check_known(self, keys: Iterable[str]) -> None:
         """Refuse keys the plugin does not know (a typo would otherwise be silently ignored)."""
@@ -53,58 +57,61 @@ class PluginSettings(Mapping[str, Any]):
         unknown = [key for key in self._table if key not in known]
         if unknown:
             raise ConfigError(
-                [
-                    f"{self._source}: plugins.{self.name}.{key}: unknown key"
-                    f" (known: {', '.join(known)})"
-                    for key in unknown
-                ]
+                [self.problem(key, unknown_key(key, known)).problems[0] for key in unknown]
             )
 
-    def text(self, key: str, default: str | None = None) -> str | None:
+    def load(self, cls: type[S]) -> S:
+        """The whole table as ``cls``, a msgspec Struct whose fields are the plugin's keys.
+
+        Declare constraints on the fields (``Annotated[int, Meta(ge=1)]``, ``Literal[...]``)
+        and defaults for optional keys; unknown keys, wrong types and values out of range
+        raise one :class:`ConfigError` naming each key and what it expects.
+        """
+        self.check_known(field.name for field in msgspec.structs.fields(cls))
+        return convert_table(
+            self._table, cls, lambda key: f"{self._source}: plugins.{self.name}.{key}"
+        )
+
+    def _get(self, key: str, default: Any, kind: Any, expected: str) -> Any:
         value = self._table.get(key, default)
-        if value is None or (isinstance(value, str) and value):
-            return value
-        raise self._invalid(key, "a non-empty string", value)
+        try:
+            return msgspec.convert(value, kind)
+        except msgspec.ValidationError:
+            raise self._invalid(key, expected, value) from None
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        text: str | None = self._get(key, default, _NON_EMPTY | None, "a non-empty string")
+        return text
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self._table.get(key, default)
-        if isinstance(value, bool):
-            return value
-        raise self._invalid(key, "true or false", value)
+        flag: bool = self._get(key, default, bool, "true or false")
+        return flag
 
     def number(
         self, key: str, default: float, *, minimum: float = 0.0, allow_minimum: bool = True
     ) -> float:
-        value = self._table.get(key, default)
-        if (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (value > minimum or (allow_minimum and value == minimum))
-        ):
-            return float(value)
-        relation = ">=" if allow_minimum else ">"
-        raise self._invalid(key, f"a number {relation} {minimum:g}", value)
+        bound = Meta(ge=minimum) if allow_minimum else Meta(gt=minimum)
+        finite = Meta(le=sys.float_info.max)
+        expected = f"a number {'>=' if allow_minimum else '>'} {minimum:g}"
+        number: float = self._get(key, default, Annotated[float, bound, finite], expected)
+        return number
 
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self._table.get(key, default)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-            return value
-        raise self._invalid(key, f"an integer >= {minimum}", value)
+        kind = Annotated[int, Meta(ge=minimum)]
+        integer: int = self._get(key, default, kind, f"an integer >= {minimum}")
+        return integer
 
     def strings(self, key: str, default: Iterable[str] = ()) -> tuple[str, ...]:
-        value = self._table.get(key)
-        if value is None:
+        if self._table.get(key) is None:
             return tuple(default)
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
-            return tuple(value)
-        raise self._invalid(key, "a list of non-empty strings", value)
+        strings: tuple[str, ...] = self._get(
+            key, None, tuple[_NON_EMPTY, ...], "a list of non-empty strings"
+        )
+        return strings
 
     def table(self, key: str) -> dict[str, Any]:
-        value = self._table.get(key, {})
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise self._invalid(key, "a table", value)
+        table: dict[str, Any] = self._get(key, {}, dict[str, Any], "a table")
+        return table
 
     def string_table(self, key: str) -> dict[str, str]:
         table = self.table(key)
