@@ -289,7 +289,8 @@ def _prepared(value: Any, info: mi.Type) -> Any:
     empty string means "not set" for a key that may be unset."""
     info, _ = _plain(info)
     if isinstance(info, mi.LiteralType) and isinstance(value, str):
-        return value.lower()
+        lowered = value.lower()
+        return lowered if lowered in info.values else value
     optional = isinstance(info, mi.UnionType) and mi.NoneType() in info.types
     if optional and value == "":
         return None
@@ -367,7 +368,8 @@ def convert_table(
             result = msgspec.convert(prepared, cls, dec_hook=_decode)
         except msgspec.ValidationError as exc:
             key, text = _explain(str(exc), remaining, types, known, hint)
-            problems.append(f"{where(key)}: {text}")
+            # No key to name (a check of the whole table): the line names the table.
+            problems.append(f"{where(key).rstrip('.')}: {text}")
             if key not in remaining:
                 raise ConfigError(problems) from None
             del remaining[key]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import msgspec
 import pytest
 
 from salon.daemon.auth import AuthError
@@ -157,6 +159,73 @@ def test_a_plugin_class_gets_its_own_api_and_settings(tmp_path):
     assert plugin.api.name == "configured" and plugin.api.actor.user == "plugin:configured"
     assert plugin.api.data_dir == tmp_path / "plugins" / "configured"
     assert plugin.api.data_dir.is_dir()
+
+
+class GreeterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A plugin's settings declared once, as a Struct (what ``api.settings.load`` reads)."""
+
+    greeting: Annotated[str, msgspec.Meta(min_length=1)] = "hi"
+    repeat: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    mood: Literal["calm", "cheerful"] = "calm"
+    log_file: Path | None = None
+
+
+class Greeter:
+    def __init__(self, api: Any) -> None:
+        self.settings = api.settings.load(GreeterSettings)
+
+
+def test_a_plugin_reads_its_settings_into_a_struct(tmp_path):
+    host = make_host(
+        tmp_path,
+        **{
+            "plugins.greeter.greeting": '"hello"',
+            "plugins.greeter.repeat": "3",
+            "plugins.greeter.mood": '"Cheerful"',
+            "plugins.greeter.log_file": '"~/greeter.log"',
+        },
+    )
+    settings = host.register(Greeter, "greeter").settings
+    assert settings == GreeterSettings(
+        greeting="hello", repeat=3, mood="cheerful", log_file=Path("~/greeter.log").expanduser()
+    )
+    assert make_host().register(Greeter, "greeter").settings == GreeterSettings()
+
+
+def test_struct_settings_errors_name_every_key_and_suggest_a_spelling(tmp_path):
+    path = tmp_path / "salond.toml"
+    path.write_text('[plugins.greeter]\ngreeting = ""\nrepeat = 9\nmood = "grumpy"\n')
+    host = PluginHost(load_config(path), FakeServer())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as caught:
+        host.register(Greeter, "greeter")
+    assert caught.value.problems == [
+        f"{path}: plugins.greeter.greeting: expected a non-empty string, got ''",
+        f"{path}: plugins.greeter.repeat: expected an integer in 1..5, got 9",
+        f"{path}: plugins.greeter.mood: expected one of calm, cheerful, got 'grumpy'",
+    ]
+    path.write_text('[plugins.greeter]\ngreting = "hey"\n')
+    host = PluginHost(load_config(path), FakeServer())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as caught:
+        host.register(Greeter, "greeter")
+    assert str(caught.value) == (
+        f"{path}: plugins.greeter.greting: unknown key"
+        " (known: greeting, repeat, mood, log_file); did you mean 'greeting'?"
+    )
+
+
+def test_struct_settings_report_a_missing_required_key():
+    class Required(msgspec.Struct, frozen=True):
+        endpoint: str
+
+    class NeedsEndpoint:
+        def __init__(self, api: Any) -> None:
+            api.settings.load(Required)
+
+    with pytest.raises(ConfigError) as caught:
+        make_host().register(NeedsEndpoint, "needs")
+    assert str(caught.value) == (
+        "configuration: plugins.needs.endpoint: missing, expected a string"
+    )
 
 
 # ---------------------------------------------------------------------------------- calling
