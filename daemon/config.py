@@ -45,11 +45,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "DemoConfig",
-    "HostName",
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",
-    "NameList",
     "PluginsConfig",
     "Section",
     "ServerConfig",
@@ -90,8 +88,39 @@ class ConfigError(ValueError):
 # A key's type says what it accepts; the error text is derived from the same type (see
 # _expected), so a new key needs no message of its own. Values from TOML files are never
 # coerced ("4460" is not a port); values typed on a command line are (see _from_text).
+#
+# A rule msgspec cannot express goes in the Meta's ``extra``: ``check`` (the raw value ->
+# the value to convert, or ValueError), ``expected`` (the words for the error), ``note``
+# (appended to them), ``from_text`` (how a command-line string is read).
 
 _FINITE = sys.float_info.max  # an upper bound that refuses inf (and nan fails every bound)
+
+
+def _host_name(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        labels = value.split(".")
+        if len(value) <= 253 and all(_HOST_LABEL.match(label) for label in labels):
+            return value
+    raise ValueError
+
+
+def _distinct(value: Any) -> Any:
+    if isinstance(value, list) and len(set(map(repr, value))) != len(value):
+        raise ValueError
+    return value
+
+
+def _names_from_text(text: str) -> Any:
+    # "--set plugins.enabled=a,b" as well as a TOML array literal.
+    if text.strip().startswith("["):
+        return _toml_value(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
 
 Port = Annotated[int, Meta(ge=0, le=65535, extra={"note": " (0 picks any free port)"})]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -99,14 +128,19 @@ PositiveNumber = Annotated[float, Meta(gt=0, le=_FINITE)]
 """Seconds, events per second, ...: finite and above zero."""
 NonNegativeNumber = Annotated[float, Meta(ge=0, le=_FINITE)]
 Text = Annotated[str, Meta(pattern=r"\S", extra={"expected": "a non-empty string"})]
-
-
-class HostName(str):
-    """A DNS name or an IP address."""
-
-
-class NameList(tuple[str, ...]):
-    """A list of distinct non-empty strings (plugin names, ...)."""
+HostName = Annotated[
+    str, Meta(extra={"check": _host_name, "expected": "a DNS name or an IP address"})
+]
+NameList = Annotated[
+    tuple[Annotated[str, Meta(min_length=1)], ...],
+    Meta(
+        extra={
+            "check": _distinct,
+            "expected": "a list of distinct non-empty strings",
+            "from_text": _names_from_text,
+        }
+    ),
+]
 
 
 class Tokens(Mapping[str, str]):
@@ -129,40 +163,6 @@ class Tokens(Mapping[str, str]):
         return f"Tokens(<{len(self)} hidden>)"
 
 
-def _host_name(value: Any) -> HostName:
-    if isinstance(value, str):
-        try:
-            ipaddress.ip_address(value)
-            return HostName(value)
-        except ValueError:
-            pass
-        labels = value.split(".")
-        if len(value) <= 253 and all(_HOST_LABEL.match(label) for label in labels):
-            return HostName(value)
-    raise ValueError
-
-
-def _path(value: Any) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ValueError
-    return Path(value).expanduser()
-
-
-def _name_list(value: Any) -> NameList:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError
-    if len(set(value)) != len(value):
-        raise ValueError
-    return NameList(value)
-
-
-def _names_from_text(text: str) -> Any:
-    # "--set plugins.enabled=a,b" as well as a TOML array literal.
-    if text.strip().startswith("["):
-        return _toml_value(text)
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _tokens(value: Any) -> Tokens:
     if not isinstance(value, Mapping):
         raise ValueError
@@ -183,27 +183,28 @@ def _tokens(value: Any) -> Tokens:
     return Tokens(value)
 
 
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return Path(value).expanduser()
+
+
 @dataclass(frozen=True)
 class _Custom:
-    """How a type msgspec does not know is read. ``decode`` raises ValueError: without a
-    message for "not this kind of value" (the error then says ``expected``), or with a whole
-    ``expected ..., got ...`` sentence when it knows better."""
+    """A value type msgspec does not know, read by ``decode`` (through msgspec's dec_hook)."""
 
     expected: str
     decode: Callable[[Any], Any]
     when_optional: str = ""
     """The expectation when ``""`` is also accepted, meaning "not set"."""
-    from_text: Callable[[str], Any] = str
 
 
 _CUSTOM: dict[type, _Custom] = {
     Path: _Custom("a non-empty path", _path, when_optional="a path or an empty string"),
-    HostName: _Custom("a DNS name or an IP address", _host_name),
-    NameList: _Custom(
-        "a list of distinct non-empty strings", _name_list, from_text=_names_from_text
-    ),
     Tokens: _Custom("a table of token = user id strings", _tokens),
 }
+"""``decode`` and ``check`` raise ValueError: without a message for "not this kind of value"
+(the error then says what the type expects), or with a whole ``expected ..., got ...``."""
 
 
 def _decode(kind: type, value: Any) -> Any:
@@ -285,9 +286,12 @@ def _expected(info: mi.Type) -> str:
 
 
 def _prepared(value: Any, info: mi.Type) -> Any:
-    """The reading rules msgspec has no switch for: choices are case-insensitive, and an
-    empty string means "not set" for a key that may be unset."""
-    info, _ = _plain(info)
+    """The value msgspec is given: after the key's own ``check`` (ValueError if refused), and
+    the reading rules msgspec has no switch for: choices are case-insensitive, and an empty
+    string means "not set" for a key that may be unset."""
+    info, extra = _plain(info)
+    if "check" in extra:
+        value = extra["check"](value)
     if isinstance(info, mi.LiteralType) and isinstance(value, str):
         lowered = value.lower()
         return lowered if lowered in info.values else value
@@ -299,7 +303,9 @@ def _prepared(value: Any, info: mi.Type) -> Any:
 
 def _from_text(info: mi.Type, text: str) -> Any:
     """A command-line string as the raw value the key's type expects (``"4460"`` -> 4460)."""
-    info, _ = _plain(info)
+    info, extra = _plain(info)
+    if "from_text" in extra:
+        return extra["from_text"](text)
     if isinstance(info, mi.UnionType):
         others = [t for t in info.types if not isinstance(t, mi.NoneType)]
         return _from_text(others[0], text) if len(others) == 1 else text
@@ -310,8 +316,6 @@ def _from_text(info: mi.Type, text: str) -> Any:
             return text
     if isinstance(info, mi.BoolType):
         return _BOOLEAN_TEXT.get(text.strip().lower(), text)
-    if isinstance(info, mi.CustomType) and info.cls in _CUSTOM:
-        return _CUSTOM[info.cls].from_text(text)
     return text
 
 
@@ -357,26 +361,34 @@ def convert_table(
     what an unknown key is compared with for "did you mean"; ``hint`` is added to that line.
     """
     types = _fields(cls)
-    remaining = dict(table)
-    problems: list[str] = []
+    order = {key: index for index, key in enumerate(table)}
+    problems: dict[str, str] = {}  # key -> what is wrong, reported in the table's order
+    prepared: dict[str, Any] = {}
+    for key, value in table.items():
+        try:
+            prepared[key] = _prepared(value, types[key]) if key in types else value
+        except ValueError as exc:
+            problems[key] = _refusal(str(exc), types[key], value)
     while True:
-        prepared = {
-            key: _prepared(value, types[key]) if key in types else value
-            for key, value in remaining.items()
-        }
         try:
             result = msgspec.convert(prepared, cls, dec_hook=_decode)
         except msgspec.ValidationError as exc:
-            key, text = _explain(str(exc), remaining, types, known, hint)
-            # No key to name (a check of the whole table): the line names the table.
-            problems.append(f"{where(key).rstrip('.')}: {text}")
-            if key not in remaining:
-                raise ConfigError(problems) from None
-            del remaining[key]
-            continue
+            key, text = _explain(str(exc), table, types, known, hint)
+            problems[key] = text
+            if key in prepared:
+                del prepared[key]
+                continue
         if problems:
-            raise ConfigError(problems)
+            # No key to name (a check of the whole table): the line names the table.
+            lines = sorted(problems.items(), key=lambda item: order.get(item[0], len(order)))
+            raise ConfigError([f"{where(key).rstrip('.')}: {text}" for key, text in lines])
         return result
+
+
+def _refusal(message: str, info: mi.Type, value: Any) -> str:
+    if message.startswith("expected "):
+        return message  # a check's own sentence
+    return f"expected {_expected(info)}, got {show_value(value)}"
 
 
 def _explain(
@@ -400,11 +412,11 @@ def _explain(
     if top is None or top[1] not in types:
         return "", text  # nothing to point at; not expected from a table of keys
     key = top[1]
-    if text.startswith("expected "):
-        return key, text  # a decoder's own sentence
-    # Deeper inside the value (a list item, a nested table): say where, in msgspec's words.
-    inside = "" if path == f".{key}" else f" ({text} at {key}{path[len(key) + 1 :]})"
-    return key, f"expected {_expected(types[key])}, got {show_value(table.get(key))}{inside}"
+    # Deeper inside the value (a list item, a nested table): unless the key's expectation
+    # says it all, say where, in msgspec's words.
+    deeper = path != f".{key}" and "expected" not in _plain(types[key])[1]
+    inside = f" ({text} at {key}{path[len(key) + 1 :]})" if deeper else ""
+    return key, _refusal(text, types[key], table.get(key)) + inside
 
 
 def unknown_key(name: str, known: Iterable[str]) -> str:
@@ -441,7 +453,7 @@ class ServerConfig(Section, frozen=True):
     """Largest QUIC DATAGRAM payload salond sends or accepts, in bytes."""
     drain_timeout: NonNegativeNumber = 5.0
     """On SIGTERM: seconds to tell clients the server is going away before closing."""
-    public_name: HostName = HostName("localhost")
+    public_name: HostName = "localhost"
     """Name clients use to reach the server: in the self-signed certificate and join lines."""
 
 
@@ -528,7 +540,7 @@ def _no_plugin_tables() -> Mapping[str, Mapping[str, Any]]:
 class PluginsConfig(Section, frozen=True):
     """``[plugins]``: which plugins run, and their own ``[plugins.<name>]`` tables."""
 
-    enabled: NameList = NameList()
+    enabled: NameList = ()
     """Names of the installed plugins to load (entry points group ``salon.plugins``)."""
     plugin_timeout: PositiveNumber = 2.0
     """Seconds an asynchronous hook may take before salond gives up on it."""
