@@ -262,7 +262,12 @@ def _expected(info: mi.Type) -> str:
     elif isinstance(info, mi.BoolType):
         text = "true or false"
     elif isinstance(info, mi.StrType):
-        text = "a non-empty string" if info.min_length or info.pattern else "a string"
+        if info.pattern:
+            text = f"a string matching {info.pattern!r}"
+        elif info.min_length:
+            text = "a non-empty string" if info.min_length == 1 else "a longer string"
+        else:
+            text = "a string"
     elif isinstance(info, mi.LiteralType):
         text = "one of " + ", ".join(str(v) for v in info.values)
     elif isinstance(info, mi.CustomType) and info.cls in _CUSTOM:
@@ -435,7 +440,9 @@ def _known(name: str, known: Iterable[str]) -> str:
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A ``[section]`` of the file: each field is a key, with its default and a docstring."""
+    """A ``[section]`` of the file: each field is a key, with its default and a docstring.
+
+    A subclass repeats ``frozen=True`` (msgspec inherits it; mypy wants to see it)."""
 
 
 class ServerConfig(Section, frozen=True):

@@ -231,6 +231,17 @@ def test_invalid_values(tmp_path: Path, toml: str, message: str) -> None:
     assert message in error_of(path)
 
 
+def test_every_key_says_what_it_expects() -> None:
+    """A key added to a section gets its error text from its type: none is left wordless."""
+    for section, names in section_fields().items():
+        for name in names:
+            if (section, name) == ("plugins", "settings"):
+                continue  # not a key: the [plugins.<name>] tables
+            message = error_of(None, {f"{section}.{name}": [{}]})
+            assert message.startswith(f"command line: {section}.{name}: expected "), message
+            assert message.endswith(", got [{}]") and "a valid value" not in message, message
+
+
 @pytest.mark.parametrize(
     ("toml", "attribute", "value"),
     [
