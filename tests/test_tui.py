@@ -138,6 +138,8 @@ async def test_rooms_screen_lists_rooms_live_with_stats_and_audit(
         assert column(app, "rooms", "audience") == ["1", "0"]
         assert column(app, "rooms", "policy") == ["open", "invite"]
         await until(pilot, lambda: "1 open / 1 total" in screen_text(app), "stats panel")
+        # The audit log loads on its own worker: wait for it rather than racing it.
+        await until(pilot, lambda: "create_room" in screen_text(app), "audit log")
         text = screen_text(app)
         for expected in (
             "connected to salond/",
