@@ -13,7 +13,7 @@ from .context import Actor, Concern, CoreContext, TimerKind
 from .errors import CoreError
 from .ids import random_room_id
 from .permissions import OPERATOR, Action, check
-from .records import RoomRecord, room_record
+from .records import RoomRecord, RoomSettings, room_record
 from .results import Done, Result, RoomResult, RoomsResult
 from .room import (
     Room,
@@ -43,14 +43,7 @@ class RoomLifecycle(Concern):
     def create_room(
         self, user: str, request: messages.CreateRoom, now: float, *, operator: bool
     ) -> Result:
-        title = clean_title(request.title)
-        topics = clean_topics(request.topics)
-        policy = check_policy(request.policy)
-        max_speakers = check_max_speakers(request.max_speakers, self.limits.max_speakers_cap)
-        mute_on_join = check_flag("mute_on_join", request.mute_on_join)
-        persistent = check_flag("persistent", request.persistent)
-        scheduled_for = check_time("scheduled_for", request.scheduled_for)
-        description = clean_description(request.description)
+        fields = self._checked_settings(request, speakers_over_cap="refuse")
         if request.room is not None:
             room_id = check_room_id(request.room)
             existing = self.rooms.get(room_id)
@@ -68,31 +61,55 @@ class RoomLifecycle(Concern):
                     ErrorCode.ROOM_LIMIT,
                     f"you already own {owned} rooms (at most {self.limits.max_rooms_per_user})",
                 )
+        scheduled_for = fields["scheduled_for"]
         room = Room(
             id=room_id,
-            title=title,
             owner=user,
             created_at=now,
-            topics=topics,
-            policy=policy,
-            max_speakers=max_speakers,
-            mute_on_join=mute_on_join,
-            persistent=persistent,
-            scheduled_for=scheduled_for,
-            description=description,
             state="scheduled" if scheduled_for is not None and scheduled_for > now else "live",
+            **fields,
         )
+        self._install(room, now)
+        self._emit(events.RoomCreated(room_id, user))
+        self._room_changed(room)
+        return RoomResult(room.summary())
+
+    def _checked_settings(
+        self, given: messages.CreateRoom | RoomSettings, *, speakers_over_cap: str
+    ) -> dict[str, Any]:
+        """The settings a room is made with, each checked (a CoreError names what is wrong).
+
+        One rule for a new room and a restored one; ``max_speakers`` above the current cap is
+        refused (``"refuse"``, a request) or lowered to it (``"lower"``, a stored room).
+        """
+        cap = self.limits.max_speakers_cap
+        if speakers_over_cap == "refuse":
+            max_speakers = check_max_speakers(given.max_speakers, cap)
+        else:
+            max_speakers = min(check_max_speakers(given.max_speakers), cap)
+        topics = given.topics
+        return {
+            "title": clean_title(given.title),
+            # A stored room keeps its topics as a tuple; a request's must be a list.
+            "topics": clean_topics(list(topics) if isinstance(topics, tuple) else topics),
+            "policy": check_policy(given.policy),
+            "max_speakers": max_speakers,
+            "mute_on_join": check_flag("mute_on_join", given.mute_on_join),
+            "persistent": check_flag("persistent", given.persistent),
+            "scheduled_for": check_time("scheduled_for", given.scheduled_for),
+            "description": clean_description(given.description),
+        }
+
+    def _install(self, room: Room, now: float) -> None:
+        """Make ``room`` one of the server's and arm its timers (created or restored)."""
         dirty = self.ctx.speaking_dirty
         room.speaking.on_change = lambda: dirty.setdefault(room)
         # A closed room of the same id is forgotten; the new one starts from scratch.
-        self.rooms.pop(room_id, None)
-        self.ctx.closed_ids.pop(room_id, None)
-        self.rooms[room_id] = room
-        self._emit(events.RoomCreated(room_id, user))
-        self._room_changed(room)
+        self.rooms.pop(room.id, None)
+        self.ctx.closed_ids.pop(room.id, None)
+        self.rooms[room.id] = room
         self.arm_close(room, now)
         self.ctx.schedule.arm_reminders(room, now)
-        return RoomResult(room.summary())
 
     def start_room(self, user: str, room_id: str, now: float, *, operator: bool) -> Result:
         room = self._find_room(room_id)
@@ -232,20 +249,11 @@ class RoomLifecycle(Concern):
         created_at = check_time("created_at", settings.created_at)
         room = Room(
             id=room_id,
-            title=clean_title(settings.title),
             owner=settings.owner,
             created_at=created_at if created_at is not None else now,
-            topics=clean_topics(list(settings.topics)),
-            policy=check_policy(settings.policy),
-            max_speakers=min(
-                check_max_speakers(settings.max_speakers), self.limits.max_speakers_cap
-            ),
-            mute_on_join=check_flag("mute_on_join", settings.mute_on_join),
-            persistent=check_flag("persistent", settings.persistent),
-            scheduled_for=check_time("scheduled_for", settings.scheduled_for),
-            description=clean_description(settings.description),
             state=settings.state,
             moderators=[u for u in dict.fromkeys(settings.moderators) if u != settings.owner],
+            **self._checked_settings(settings, speakers_over_cap="lower"),
         )
         for user, ban in record.bans.items():
             if ban.active(now):
@@ -257,13 +265,7 @@ class RoomLifecycle(Concern):
         room.approved_users.update(record.approved_users)
         if room.state == "scheduled":
             room.subscribers.update(record.subscribers)
-        dirty = self.ctx.speaking_dirty
-        room.speaking.on_change = lambda: dirty.setdefault(room)
-        self.rooms.pop(room_id, None)
-        self.ctx.closed_ids.pop(room_id, None)
-        self.rooms[room_id] = room
-        self.arm_close(room, now)
-        self.ctx.schedule.arm_reminders(room, now)
+        self._install(room, now)
 
     def list_rooms(self, topic: str | None = None) -> list[messages.RoomSummary]:
         """Live rooms (most members first), then scheduled ones (soonest first)."""
