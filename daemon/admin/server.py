@@ -330,31 +330,25 @@ class AdminServer:
     def room_detail(self, room_id: str) -> p.RoomDetail:
         core = self.daemon.core
         snapshot = core.room_snapshot(room_id)  # raises room_not_found
-        room = core.rooms[room_id]
         now = time.time()
         return p.RoomDetail(
             summary=snapshot.summary,
             participants=snapshot.participants,
-            moderators=list(room.moderators),
+            moderators=list(core.rooms[room_id].moderators),
             hand_queue=snapshot.hand_queue,
             knocks=snapshot.knocks,
             levels=self.levels(room_id),
-            invites=[i.info() for i in room.invites.values() if i.problem(now) is None],
+            invites=core.usable_invites(room_id, now),
             bans=[
                 p.BanInfo(user=user, reason=ban.reason, until=ban.until, by=ban.by)
-                for user, ban in room.bans.items()
-                if ban.active(now)
+                for user, ban in core.active_bans(room_id, now).items()
             ],
         )
 
     def levels(self, room_id: str) -> list[p.MeterLevel]:
-        room = self.daemon.core.rooms.get(room_id)
-        if room is None:
-            return []
-        activities = sorted(room.speaking.activities.values(), key=lambda a: a.smoothed)
         return [
-            p.MeterLevel(user=a.user, level=round(a.smoothed), speaking=a.speaking)
-            for a in activities
+            p.MeterLevel(user=m.user, level=m.level, speaking=m.speaking)
+            for m in self.daemon.core.levels(room_id)
         ]
 
     async def recordings(self, request: p.Recordings) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from .errors import CoreError
 from .ids import INVITE_TOKEN_BYTES, random_token
 from .permissions import Action, check
 from .results import Done, InviteResult, InvitesResult, Result
-from .room import Invite, check_invite_role, check_max_uses, check_positive
+from .room import Invite, Room, check_invite_role, check_max_uses, check_positive
 
 
 class Invites(Concern):
@@ -65,5 +65,9 @@ class Invites(Concern):
 
     def list_invites(self, actor: Actor, request: messages.ListInvites, now: float) -> Result:
         check(Action.LIST_INVITES, actor.role)
-        usable = [i for i in actor.room.invites.values() if i.problem(now) is None]
-        return InvitesResult([i.info() for i in usable])
+        return InvitesResult(self.usable(actor.room, now))
+
+    @staticmethod
+    def usable(room: Room, now: float) -> list[messages.InviteInfo]:
+        """The room's invites that would admit someone at ``now``."""
+        return [i.info() for i in room.invites.values() if i.problem(now) is None]

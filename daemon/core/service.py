@@ -312,6 +312,18 @@ class SalonCore:
         activities = sorted(found.speaking.activities.values(), key=lambda a: a.smoothed)
         return [MemberLevel(a.user, round(a.smoothed), a.speaking) for a in activities]
 
+    def usable_invites(self, room: str, now: float) -> list[messages.InviteInfo]:
+        """The invites of ``room`` that would admit someone at ``now`` (``list_invites``)."""
+        found = self.rooms.get(room)
+        return [] if found is None else self._invites.usable(found, now)
+
+    def active_bans(self, room: str, now: float) -> dict[str, Ban]:
+        """The bans of ``room`` in force at ``now``, by user id."""
+        found = self.rooms.get(room)
+        if found is None:
+            return {}
+        return {user: ban for user, ban in found.bans.items() if ban.active(now)}
+
     # ------------------------------------------------------------------ media
 
     def receive_datagram(self, session: int, data: bytes, now: float) -> list[Outlet]:

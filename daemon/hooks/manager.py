@@ -407,12 +407,7 @@ class PluginHost:
         found = self.core.rooms.get(room)
         if found is None or found.state != "live":
             return []
-        levels = [
-            AudioLevel(a.user, round(a.smoothed), a.speaking)
-            for a in found.speaking.activities.values()
-        ]
-        levels.sort(key=lambda level: level.level)
-        return levels
+        return [AudioLevel(m.user, m.level, m.speaking) for m in self.core.levels(room)]
 
     def subscribe_levels(self, plugin: str, room: str | None) -> None:
         self._level_subscriptions.setdefault(plugin, set()).add(room)

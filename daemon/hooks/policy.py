@@ -153,16 +153,8 @@ class PluginPolicy:
     # ------------------------------------------------------------------ joins
 
     def would_knock(self, room_id: str, user: str, invite: str | None) -> bool:
-        """Whether the core would turn this join into a knock (mirrors ``SalonCore._join``)."""
-        room = self.host.core.rooms.get(room_id)
-        if room is None or room.state != "live" or room.policy != "approval":
-            return False
-        if invite is not None or user in room.approved_users or user in room.members:
-            return False
-        ban = room.bans.get(user)
-        if ban is not None and ban.active(time.time()):
-            return False
-        return room.stored_role(user) is None
+        """Whether the core would turn this join into a knock (``SalonCore.would_knock``)."""
+        return self.host.core.would_knock(room_id, user, invite, time.time())
 
     async def _join(
         self, identity: Identity, room: str | None, request: msg.Join, address: str
