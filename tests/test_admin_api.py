@@ -12,11 +12,12 @@ import sys
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from salon.daemon.admin import protocol as p
 from salon.daemon.admin.client import AdminClient, AdminError
-from salon.daemon.admin.server import AdminServer, AuditTrail, audit_entry_from
+from salon.daemon.admin.server import AdminServer, AuditTrail
 from salon.daemon.admin.socket_path import AdminSocketError, check_socket_path
 from salon.daemon.wire import messages as msg
 from tests.conftest import InProcessDaemon
@@ -285,21 +286,20 @@ def test_audit_trail_keeps_the_newest_and_filters_by_room() -> None:
     assert [e.action for e in trail.entries(1)] == ["act4"]
 
 
-def test_store_rows_become_audit_entries() -> None:
-    class Row:
-        at = 5.0
-        room = "r"
-        actor = "alice"
-        action = "ban"
-        target = "bob"
-        detail = {"reason": "spam"}
+async def test_the_store_keeps_the_audit_entries_the_admin_api_serves() -> None:
+    from salon.daemon import store
 
-    assert audit_entry_from(Row()) == p.AuditEntry(
-        at=5.0, room="r", actor="alice", action="ban", target="bob", detail={"reason": "spam"}
+    assert store.AuditEntry is p.AuditEntry  # one audit type, no conversion between layers
+    kept = store.MemoryStore()
+    kept.add_audit(
+        p.AuditEntry(at=5.0, room="r", actor="alice", action="ban", target="bob", detail={"k": 1})
     )
-    assert audit_entry_from(
-        {"time": 1, "room": "r", "actor": "a", "action": "x", "detail": '{"k": 1}'}
-    ).detail == {"k": 1}
+    [entry] = await kept.audit_log()
+    assert entry == p.AuditEntry(
+        at=5.0, room="r", actor="alice", action="ban", target="bob", detail={"k": 1}, id=entry.id
+    )
+    assert entry.id > 0
+    assert p.convert(msgspec.to_builtins(entry), p.AuditEntry) == entry
 
 
 def test_client_module_imports_no_textual() -> None:

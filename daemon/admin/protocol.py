@@ -142,14 +142,27 @@ class RoomDetail(msgspec.Struct, kw_only=True):
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
-    """One action of a host or operator on a room."""
+    """One moderation or admin action: who did what to whom, when, and where.
+
+    The one audit type of salond: the store writes and reads it (``Store.add_audit``,
+    ``Store.audit_log``), the admin API serves it, ``salonctl`` and the console show it.
+    """
 
     at: float
+    """When (Unix time)."""
     room: str
+    """The room acted on; empty for a server-wide action (``server_ban``, ``server_unban``)."""
     actor: str
+    """Who acted: a host's user id, an operator's (admin path) or a plugin's."""
     action: str
+    """What: a request type (ban, mute, update_room...), create_room, server_ban, server_unban."""
     target: str | None = None
+    """Whom: the user acted upon, if any."""
     detail: dict[str, Any] = {}
+    """Action-specific facts (reason, duration, changed fields...); invite tokens are shortened
+    in the store."""
+    id: int = 0
+    """Position in the store's log, increasing (0 for an entry not stored, e.g. without a store)."""
 
 
 # --------------------------------------------------------------------------- requests

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import logging
 import os
 import time
@@ -60,31 +59,6 @@ class AuditTrail:
                 if len(found) >= limit:
                     break
         return found
-
-
-def audit_entry_from(row: Any) -> p.AuditEntry:
-    """An audit row of the store (a mapping or an object) as an :class:`AuditEntry`."""
-    if not isinstance(row, dict):
-        row = {
-            name: getattr(row, name)
-            for name in ("at", "time", "created_at", "room", "actor", "action", "target", "detail")
-            if hasattr(row, name)
-        }
-    at = row.get("at", row.get("time", row.get("created_at", 0.0)))
-    detail = row.get("detail") or {}
-    if isinstance(detail, str):
-        try:
-            detail = msgspec.json.decode(detail)
-        except msgspec.DecodeError:
-            detail = {"text": detail}
-    return p.AuditEntry(
-        at=float(at or 0.0),
-        room=str(row.get("room", "")),
-        actor=str(row.get("actor", "")),
-        action=str(row.get("action", "")),
-        target=row.get("target"),
-        detail=dict(detail) if isinstance(detail, dict) else {"value": detail},
-    )
 
 
 class _Connection:
@@ -365,10 +339,8 @@ class AdminServer:
         reader = getattr(store, "audit_log", None)
         if reader is not None:
             try:
-                rows = reader(limit=limit, room=room)
-                if inspect.isawaitable(rows):
-                    rows = await rows
-                return [audit_entry_from(row) for row in rows]
+                entries: list[p.AuditEntry] = await reader(limit=limit, room=room)
+                return entries
             except Exception:
                 log.exception("reading the store's audit log failed; showing recent entries")
         return self.audit.entries(limit, room)

@@ -11,41 +11,18 @@ durable, which is how salond acknowledges a moderation action only once it is on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from salon.daemon.admin.protocol import AuditEntry
 from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
+
+__all__ = ["AuditEntry", "Store", "StoreError", "StoredState"]
 
 
 class StoreError(Exception):
     """The store cannot be used (unreadable, damaged or foreign file, failed commit).
 
     The message names the file and says what the operator can do about it."""
-
-
-@dataclass
-class AuditEntry:
-    """One moderation or admin action: who did what to whom, when, and where."""
-
-    at: float
-    "When (Unix time)."
-
-    room: str
-    "The room acted on; empty for a server-wide action (``server_ban``, ``server_unban``)."
-
-    actor: str
-    "Who acted: a host's user id, an operator's (admin path) or a plugin's."
-
-    action: str
-    "What: a request type (ban, mute, update_room...), create_room, server_ban, server_unban."
-
-    target: str | None = None
-    "Whom: the user acted upon, if any."
-
-    detail: dict[str, Any] = field(default_factory=dict)
-    "Action-specific facts (reason, duration, changed fields...); invite tokens are shortened."
-
-    id: int = 0
-    "Position in the log, increasing (0 for an entry not yet stored)."
 
 
 @dataclass

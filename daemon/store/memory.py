@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import msgspec
+
 from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
 
 from .base import AuditEntry, StoredState
@@ -86,7 +88,9 @@ class MemoryStore:
             self.subscriptions.discard((room, user))
 
     def add_audit(self, entry: AuditEntry) -> None:
-        self.audit.append(replace(entry, id=next(self._ids), detail=dict(entry.detail)))
+        self.audit.append(
+            msgspec.structs.replace(entry, id=next(self._ids), detail=dict(entry.detail))
+        )
 
     async def commit(self) -> None:
         pass
