@@ -6,6 +6,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import salon.daemon.core
 
@@ -34,3 +35,24 @@ def test_core_imports_no_io_modules() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(output) == [[], []]
+
+
+MAX_CORE_MODULE_LINES = 700
+"""A core module past this has grown a second concern: split it (see SalonCore's modules)."""
+
+
+def test_core_modules_stay_small() -> None:
+    sizes = {
+        path.name: len(path.read_text().splitlines())
+        for path in Path(salon.daemon.core.__path__[0]).glob("*.py")
+    }
+    assert "service.py" in sizes
+    assert {name: n for name, n in sizes.items() if n > MAX_CORE_MODULE_LINES} == {}
+
+
+def test_every_timer_kind_has_one_handler() -> None:
+    from salon.daemon.core import SalonCore
+    from salon.daemon.core.context import TimerKind
+
+    core = SalonCore()
+    assert set(core._ctx._timer_handlers) == set(TimerKind)
