@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from salon.daemon.core import Identity, SalonCore
-from salon.daemon.core.service import MemberLevel
+from salon.daemon.core import Identity, MemberLevel, SalonCore
 from salon.daemon.wire import messages as m
 from tests.test_core_speaking import speaking_room, talk
 from tests.test_core_support import Harness, dump

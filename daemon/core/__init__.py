@@ -1,7 +1,8 @@
 """The sans-I/O core of the daemon: rooms, roles, permissions, policies and the forwarder.
 
 Nothing in this package performs I/O or imports asyncio, aioquic or pluggy: every input is a
-method call carrying the current time and every output is pulled (see :class:`SalonCore`).
+method call carrying the current time and every output is pulled (see :class:`SalonCore`, a
+facade over one module per concern sharing a :class:`~.context.CoreContext`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .permissions import Action
 from .records import RoomRecord, RoomSettings
 from .room import Ban, Invite, JoinRequest, Member, Room
 from .service import SalonCore
+from .speaking_updates import MemberLevel
 
 __all__ = [
     "Action",
@@ -51,6 +53,7 @@ __all__ = [
     "Member",
     "MemberJoined",
     "MemberLeft",
+    "MemberLevel",
     "ModerationTaken",
     "Outlet",
     "RoleChanged",

@@ -36,9 +36,7 @@ class RoomLifecycle(Concern):
 
     def __init__(self, ctx: CoreContext) -> None:
         super().__init__(ctx)
-        ctx.on_timer(
-            TimerKind.ROOM_CLOSE, lambda room, _key, now: self._close_if_abandoned(room, now)
-        )
+        ctx.on_timer(TimerKind.ROOM_CLOSE, self._close_if_abandoned)
 
     def create_room(
         self, user: str, request: messages.CreateRoom, now: float, *, operator: bool
@@ -136,7 +134,7 @@ class RoomLifecycle(Concern):
         room.close_at = now + self.limits.owner_grace
         self._push_timer(room.close_at, TimerKind.ROOM_CLOSE, room)
 
-    def _close_if_abandoned(self, room: Room, now: float) -> None:
+    def _close_if_abandoned(self, room: Room, _key: str, now: float) -> None:
         if room.close_at is None or room.close_at > now or room.state != "live":
             return
         room.close_at = None

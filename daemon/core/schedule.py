@@ -17,7 +17,7 @@ class Schedule(Concern):
 
     def __init__(self, ctx: CoreContext) -> None:
         super().__init__(ctx)
-        ctx.on_timer(TimerKind.REMINDER, lambda room, _key, _now: self._remind(room))
+        ctx.on_timer(TimerKind.REMINDER, self._remind)
 
     def subscribe(self, user: str, room_id: str, now: float) -> Result:
         room = self._find_room(room_id)
@@ -50,7 +50,7 @@ class Schedule(Concern):
         if start > now:
             self._push_timer(start, TimerKind.REMINDER, room)
 
-    def _remind(self, room: Room) -> None:
+    def _remind(self, room: Room, _key: str, _now: float) -> None:
         """Send ``room_reminder`` to the sessions of the subscribers and of the owner."""
         start = room.scheduled_for
         if room.state != "scheduled" or start is None or self.rooms.get(room.id) is not room:

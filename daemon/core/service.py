@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from salon.daemon.wire import messages
@@ -42,19 +41,10 @@ from .records import RoomRecord
 from .results import Result
 from .room import Ban
 from .schedule import Schedule
-from .speaking_updates import SpeakingUpdates
+from .speaking_updates import MemberLevel, SpeakingUpdates
 from .stage import Stage
 
 __all__ = ["CLOSED_ROOMS_KEPT", "RECORDING_ID_BYTES", "MemberLevel", "SalonCore", "TimerKind"]
-
-
-@dataclass(frozen=True)
-class MemberLevel:
-    """A stage member's smoothed audio level: 0 loudest .. 127 silence (-dBov, RFC 6464)."""
-
-    user: str
-    level: int
-    speaking: bool
 
 
 class SalonCore:
@@ -306,11 +296,7 @@ class SalonCore:
 
     def levels(self, room: str) -> list[MemberLevel]:
         """Every stage member's current audio level in ``room``, loudest first ([] if unknown)."""
-        found = self.rooms.get(room)
-        if found is None:
-            return []
-        activities = sorted(found.speaking.activities.values(), key=lambda a: a.smoothed)
-        return [MemberLevel(a.user, round(a.smoothed), a.speaking) for a in activities]
+        return self._speaking.levels(room)
 
     def usable_invites(self, room: str, now: float) -> list[messages.InviteInfo]:
         """The invites of ``room`` that would admit someone at ``now`` (``list_invites``)."""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from salon.daemon.wire import messages
 
 from . import events
 from .context import Concern, CoreContext, TimerKind
 from .room import Room
+
+
+@dataclass(frozen=True)
+class MemberLevel:
+    """A stage member's smoothed audio level: 0 loudest .. 127 silence (-dBov, RFC 6464)."""
+
+    user: str
+    level: int
+    speaking: bool
 
 
 class SpeakingUpdates(Concern):
@@ -26,6 +37,14 @@ class SpeakingUpdates(Concern):
         if room.state != "closed":
             room.speaking.expire(now)
             self.ctx.speaking_dirty[room] = None
+
+    def levels(self, room_id: str) -> list[MemberLevel]:
+        """Every stage member's current level in the room, loudest first ([] if unknown)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return []
+        activities = sorted(room.speaking.activities.values(), key=lambda a: a.smoothed)
+        return [MemberLevel(a.user, round(a.smoothed), a.speaking) for a in activities]
 
     def flush_speaking(self, now: float) -> None:
         while self.ctx.speaking_dirty:
