@@ -68,3 +68,11 @@ def test_the_plan_and_the_table() -> None:
     assert "| 0.20 |" in salond_row
     summary = stalled_summary(rows)
     assert len(summary) == 2 and "+1.0 ms" in summary[0]
+
+
+def test_the_core_bench_reaches_every_listener() -> None:
+    from bench.core import media, requests
+
+    # media() asserts that its first datagram reached every listener before timing.
+    assert math.isfinite(media(3, 20, bare=False)) and media(3, 20, bare=True) >= 0
+    assert requests(3, 20) >= 0
