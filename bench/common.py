@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 
-from salon.client.connection import CLIENT_ACK_DELAY, delay_acks
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.framing import MessageReader, frame_message
+from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -271,10 +271,20 @@ class ServerProcess:
                 self.proc.wait()
 
 
+def _toml(value: bool | int | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
 def start_server(
-    kind: str, state_dir: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+    kind: str,
+    state_dir: Path,
+    tuning: Mapping[str, bool | int | str] | None = None,
+    timeout: float = 30.0,
 ) -> ServerProcess:
-    """Start ``salond`` (kind "salond") or ``bench/naive_forwarder.py`` (kind "naive")."""
+    """Start ``salond`` (kind "salond") or ``bench/naive_forwarder.py`` (kind "naive");
+    ``tuning``: salond's ``[tuning]`` keys that differ from the defaults."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if kind.startswith("naive"):
         command = [
@@ -297,12 +307,17 @@ def start_server(
             "--log-level",
             "info",
         ]
+        if tuning:
+            config = state_dir / "salond.toml"
+            lines = ["[tuning]"] + [f"{key} = {_toml(value)}" for key, value in tuning.items()]
+            config.write_text("\n".join(lines) + "\n")
+            command += ["--config", str(config)]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         cwd=REPO,
     )
     server = ServerProcess(proc=proc, kind=kind)

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import machine_description
-from bench.scenarios import SERVER_ENVS, Result, Scenario, run_scenario
+from bench.scenarios import SERVER_TUNING, Result, Scenario, run_scenario
 from salon.client.connection import CLIENT_ACK_DELAY
 
 NAIVE = "naive"
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=f"salond,{NAIVE}",
-        help=f"servers to compare, from {', '.join(SERVER_ENVS)} (default salond,naive)",
+        help=f"servers to compare, from {', '.join(SERVER_TUNING)} (default salond,naive)",
     )
     parser.add_argument(
         "--only",
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     args.servers = [name for name in args.servers.split(",") if name]
     for name in args.servers:
-        if name not in SERVER_ENVS:
+        if name not in SERVER_TUNING:
             parser.error(f"unknown server {name!r}")
     args.only = set(args.only.split(","))
     return args

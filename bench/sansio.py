@@ -6,7 +6,7 @@ client (stock aioquic, acknowledging after ``ack_delay``) receives it and sends 
 The process's own CPU time is measured around the server's two jobs, per copy:
 
 - sending: aioquic's ``send_datagram_frame`` + ``datagrams_to_send`` (what the naive forwarder
-  runs), or :class:`~salon.daemon.net.fastpath.DatagramFastPath` (what salond runs);
+  runs), or :class:`~salon.quic.fastpath.DatagramFastPath` (what salond runs);
 - acknowledgements: ``receive_datagram`` of the client's ACK packets.
 
 No system call is inside the measured code, so the figures hold up on a busy machine better
@@ -32,9 +32,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from bench.common import media_datagram
-from salon.client.connection import CLIENT_ACK_DELAY, delay_acks
-from salon.daemon.net.fastpath import DatagramFastPath, SendResult
 from salon.daemon.tls import ensure_certificate
+from salon.quic.fastpath import DatagramFastPath, SendResult
+from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
 
 CLIENT_ADDR = ("10.0.0.2", 40000)
 SERVER_ADDR = ("10.0.0.1", 4460)

@@ -40,14 +40,15 @@ from bench.common import (
 )
 from salon.client.connection import CLIENT_ACK_DELAY
 
-SERVER_ENVS: dict[str, dict[str, str]] = {
+SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond": {},
-    "salond-nofast": {"SALON_FASTPATH": "0"},
-    "salond-asyncio": {"SALON_UVLOOP": "0"},
-    "salond-nogc": {"SALON_GC_TUNE": "0"},
-    "salond-nobatch": {"SALON_READ_BATCH": "0"},
+    "salond-nofast": {"fast_path": False},
+    "salond-asyncio": {"event_loop": "asyncio"},
+    "salond-nogc": {"gc_freeze": False, "gc_threshold": 0},
+    "salond-nobatch": {"read_batch": 1},
     "naive": {},
 }
+"""Servers to compare: salond with one ``[tuning]`` measure turned off (conf/salond.toml)."""
 
 
 @dataclass
@@ -180,7 +181,7 @@ def run_scenario(
     total_time = scenario.warmup + scenario.window + 300
     with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
         try:
-            server = start_server(server_kind, Path(tmp) / "state", SERVER_ENVS[server_kind])
+            server = start_server(server_kind, Path(tmp) / "state", SERVER_TUNING[server_kind])
             common = [
                 "--kind",
                 server_kind,

@@ -24,9 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from aioquic import tls
 from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -34,41 +32,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
+from salon.quic.protocol import CLIENT_ACK_DELAY, ClientProtocol
 
 log = logging.getLogger("salon.client")
 
 ALPN = "salon/1"
-ACK_STATE_CHECK = 64
-# Our clients acknowledge media at most every 100 ms instead of aioquic's 1 ms: each ACK costs
-# the server ~29 us to process, about as much as forwarding the audio packet itself, and a
-# listener gets 50 of them a second. The delay is advertised to the server as max_ack_delay
-# (with ACK_DELAY_MARGIN for a busy client's timer) so that its loss detection waits for the
-# ACKs instead of sending probes; control messages are acknowledged at once (see
-# _ClientProtocol.datagram_received) so that big room states are not slowed down.
-CLIENT_ACK_DELAY = 0.100
-ACK_DELAY_MARGIN = 0.025
-
-
-def delay_acks(quic: Any, seconds: float) -> None:
-    """Acknowledge ``quic``'s packets after ``seconds`` and advertise it as ``max_ack_delay``.
-
-    Must run before the connection starts (the transport parameters go in its first packet).
-    """
-    from aioquic.buffer import Buffer
-    from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
-
-    quic._ack_delay = seconds
-    serialize = quic._serialize_transport_parameters
-
-    def serialize_with_delay() -> bytes:
-        params = pull_quic_transport_parameters(Buffer(data=serialize()))
-        # aioquic advertises 25 ms whatever its _ack_delay; never less than that.
-        params.max_ack_delay = max(25, round((seconds + ACK_DELAY_MARGIN) * 1000))
-        buffer = Buffer(capacity=4096)
-        push_quic_transport_parameters(buffer, params)
-        return buffer.data
-
-    quic._serialize_transport_parameters = serialize_with_delay
 
 
 INSECURE_WARNING = (
@@ -123,27 +91,10 @@ def load_guest_key(path: Path | None = None) -> str:
         return key
 
 
-class _ClientProtocol(QuicConnectionProtocol):
+class _ClientProtocol(ClientProtocol):
     """aioquic glue: control stream bytes and datagrams go to the owning SalonClient."""
 
     client: SalonClient | None = None
-    datagrams_received = 0
-
-    def __init__(self, *args: Any, ack_delay: float = CLIENT_ACK_DELAY, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        delay_acks(self._quic, ack_delay)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        quic = self._quic
-        now = self._loop.time()
-        quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
-        if any(isinstance(event, quic_events.StreamDataReceived) for event in quic._events):
-            # Control data is acknowledged at once: only media ACKs wait (CLIENT_ACK_DELAY).
-            for space in quic._spaces.values():
-                if space.ack_at is not None:
-                    space.ack_at = now
-        self._process_events()
-        self.transmit()
 
     def quic_event_received(self, event: quic_events.QuicEvent) -> None:
         client = self.client
@@ -151,14 +102,7 @@ class _ClientProtocol(QuicConnectionProtocol):
             return
         if isinstance(event, quic_events.DatagramFrameReceived):
             client._on_datagram(event.data)
-            self.datagrams_received += 1
-            if self.datagrams_received % ACK_STATE_CHECK == 0:
-                # A listener answers audio with ACK-only packets, which the server never
-                # acknowledges (RFC 9000 13.2.4); aioquic keeps them until it does. A PING now
-                # and then gets them acknowledged, so a long listen does not grow memory.
-                space = self._quic._spaces.get(tls.Epoch.ONE_RTT)
-                if space is not None and len(space.sent_packets) > ACK_STATE_CHECK:
-                    self._quic.send_ping(0)
+            self.count_datagram_received()
         elif isinstance(event, quic_events.StreamDataReceived):
             client._on_stream_data(event.stream_id, event.data)
         elif isinstance(event, quic_events.ConnectionTerminated):
@@ -173,7 +117,7 @@ class SalonClient:
 
     def __init__(self, protocol: _ClientProtocol) -> None:
         self._protocol = protocol
-        self._quic = protocol._quic
+        self._quic = protocol.quic
         self._stream_id = self._quic.get_next_available_stream_id()
         self._reader = MessageReader()
         self._ids = itertools.count(1)
@@ -254,7 +198,7 @@ class SalonClient:
         client = cls(protocol)
         client._context_manager = manager
         if expected:
-            certificate = protocol._quic.tls._peer_certificate
+            certificate = protocol.peer_certificate()
             actual = (
                 certificate_fingerprint(certificate.public_bytes(Encoding.DER))
                 if certificate

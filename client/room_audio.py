@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from salon.client.codec import OpusEncoder
 from salon.client.connection import SalonClient
-from salon.client.media import MediaReceiver, MediaSender
 from salon.daemon.wire import messages as msg
+from salon.media.codec import OpusEncoder
+from salon.media.streams import MediaReceiver, MediaSender
 
 log = logging.getLogger("salon.client.audio")
 

@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +23,7 @@ from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
 from salon.daemon.core import Limits, SalonCore
 from salon.daemon.store import DATABASE_NAME, Persistence, SqliteStore, StoreError
 from salon.daemon.tls import TlsError, ensure_certificate, load_material
+from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collector
 
 log = logging.getLogger("salon")
 
@@ -146,9 +149,8 @@ class Daemon:
         log.info("salond %s listening on %s:%d (udp, ALPN salon/1)", __version__, host, port)
         log.info("certificate fingerprint %s", self.tls.fingerprint)
         if self.config.demo.enabled:
-            from salon.client.bot import run_demo_bot
-
-            self._tasks.append(asyncio.ensure_future(run_demo_bot(self)))
+            for companion in demo_companions():
+                self._tasks.append(asyncio.ensure_future(companion(self)))
 
     async def _open_store(self) -> None:
         """Open the database and restore rooms and bans into the core; StoreError if unusable."""
@@ -197,12 +199,25 @@ class Daemon:
         self.stopped.set()
 
 
+DEMO_ENTRY_POINT_GROUP = "salon.demo"
+"""Where ``--demo`` finds what speaks in the demo room: coroutines taking the started daemon.
+
+The demo bot is a client (``salon.client.bot``), and the daemon never imports the client: the
+package metadata composes them, as it does for plugins, so neither depends on the other."""
+
+
+def demo_companions() -> list[Callable[[Any], Awaitable[None]]]:
+    """The demo's companions that are installed (Salon's own bot); none is only a warning."""
+    found = [ep.load() for ep in metadata.entry_points(group=DEMO_ENTRY_POINT_GROUP)]
+    if not found:
+        log.warning("demo: nothing installed in entry point group %s", DEMO_ENTRY_POINT_GROUP)
+    return found
+
+
 async def serve_forever(config: Config) -> None:
     daemon = Daemon(config)
     await daemon.start()
-    from salon.daemon.net.fastpath import tune_garbage_collector
-
-    tune_garbage_collector()  # shorter GC pauses (BENCHMARKS.md)
+    tune_garbage_collector(config.tuning)  # shorter GC pauses (BENCHMARKS.md)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -249,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
         return 0
     setup_logging(config.logging.level)
-    from salon.daemon.net.fastpath import install_event_loop_policy
-
-    install_event_loop_policy()  # uvloop when installed (BENCHMARKS.md)
+    try:
+        install_event_loop_policy(config.tuning)  # uvloop when installed (BENCHMARKS.md)
+    except ConfigError as exc:
+        print(f"salond: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(serve_forever(config))
     except KeyboardInterrupt:

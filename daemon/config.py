@@ -565,6 +565,28 @@ class LoggingConfig(Section, frozen=True):
     """One JSON object per line instead of human-readable lines."""
 
 
+class TuningConfig(Section, frozen=True):
+    """``[tuning]``: how the salond process runs its event loop, garbage collector and socket.
+
+    The defaults are what BENCHMARKS.md measured best; each key turns one measure off to
+    compare (``bench/run_all.py --servers``) or to rule it out when chasing a problem.
+    """
+
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """``auto``: uvloop when it is installed, else asyncio's; ``uvloop`` requires it."""
+    gc_freeze: bool = True
+    """Once started, move everything alive out of the cyclic collector's reach (``gc.freeze``)."""
+    gc_threshold: Annotated[int, Meta(ge=0, extra={"note": " (0: Python's)"})] = 10000
+    """Allocations between two young-generation collections (older ones at 20); 0 keeps
+    Python's own thresholds (700, 10, 10)."""
+    read_batch: Annotated[int, Meta(ge=1, le=1024)] = 64
+    """Datagrams read from the QUIC socket per loop iteration at most; 1 keeps asyncio's
+    one-per-iteration reader (uvloop batches on its own)."""
+    fast_path: bool = True
+    """Send media in packets built beside aioquic's writer when nothing else is pending
+    (switches itself off on an aioquic release it was not written for)."""
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """The whole salond configuration. ``Config()`` is the embedded defaults."""
 
@@ -577,6 +599,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tuning: TuningConfig = msgspec.field(default_factory=TuningConfig)
     source: Path | None = None
     """The file this was loaded from; None for defaults and overrides only. Not compared."""
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from salon.client.codec import OpusEncoder
-from salon.client.media import MediaSender
 from salon.daemon.core import Flow, events
 from salon.daemon.core.events import Deliver
 from salon.daemon.core.keys import ROTATION_GRACE
 from salon.daemon.recording import JsonRecordingIndex, RecordingService
 from salon.daemon.wire import messages as m
+from salon.media.codec import OpusEncoder
+from salon.media.streams import MediaSender
 from tests.audio_checks import band_energy, tone
 from tests.test_core_support import Harness, media_datagram, of_type, received
 from tests.test_recording import decode_file, frames_of, onset

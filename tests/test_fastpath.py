@@ -18,8 +18,6 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from salon.daemon.net import fastpath as fp
-from salon.daemon.net.fastpath import DatagramFastPath, FastQuicConnection, SendResult
 from salon.daemon.tls import ensure_certificate
 from salon.daemon.wire.datagram import pack_datagram
 from salon.daemon.wire.rtp import (
@@ -28,6 +26,9 @@ from salon.daemon.wire.rtp import (
     RtpPacket,
     pack_audio_level,
 )
+from salon.quic import AIOQUIC_VERSION
+from salon.quic import fastpath as fp
+from salon.quic.fastpath import DatagramFastPath, FastQuicConnection, SendResult
 
 CLIENT_ADDR = ("1.2.3.4", 1234)
 SERVER_ADDR = ("2.3.4.5", 4433)
@@ -139,7 +140,7 @@ def pair(tmp_path: Path) -> Pair:
 
 
 def test_pinned_aioquic_version_and_api():
-    assert aioquic.__version__ == fp.AIOQUIC_VERSION
+    assert aioquic.__version__ == AIOQUIC_VERSION
     public = {name for name in dir(QuicConnection) if not name.startswith("_")}
     # A new public method could change what is pending without clearing the cache.
     assert public == set(fp.INVALIDATING_METHODS) | set(fp.READ_ONLY_MEMBERS)
@@ -350,11 +351,10 @@ def test_key_update_is_followed(pair: Pair):
     assert pair.received() == [media(9)]
 
 
-def test_switch_off_by_environment(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("SALON_FASTPATH", "0")
-    assert not fp.enabled_by_environment()
-    monkeypatch.setenv("SALON_FASTPATH", "1")
-    assert fp.enabled_by_environment()
+def test_switched_off_on_another_aioquic(monkeypatch: pytest.MonkeyPatch):
+    assert fp.supported()
+    monkeypatch.setattr(aioquic, "__version__", "0.0.0")
+    assert not fp.supported()
 
 
 # ---------------------------------------------------------------------------------- in salond
@@ -419,9 +419,7 @@ async def test_salond_forwards_through_the_fast_path(live):
 
 
 async def test_salond_without_the_fast_path(live, monkeypatch: pytest.MonkeyPatch):
-    from salon.daemon.net import session
-
-    monkeypatch.setattr(session, "FASTPATH_ENABLED", False)
+    monkeypatch.setattr(live.daemon.server, "fast_path", False)  # as tuning.fast_path = false
     speaker, key, listeners = await _room_with_listeners(live, 2)
     received: list[bytes] = []
     listeners[0].on_datagram = received.append
@@ -440,7 +438,7 @@ async def test_salond_without_the_fast_path(live, monkeypatch: pytest.MonkeyPatc
 def test_clients_advertise_their_ack_delay(tmp_path: Path):
     """The server's loss detection waits for a delayed ACK instead of probing (DESIGN)."""
     from bench.sansio import Pair as SansIoPair
-    from salon.client.connection import ACK_DELAY_MARGIN, CLIENT_ACK_DELAY
+    from salon.quic.protocol import ACK_DELAY_MARGIN, CLIENT_ACK_DELAY
 
     pair = SansIoPair(tmp_path / "tls", CLIENT_ACK_DELAY)
     assert pair.client._ack_delay == CLIENT_ACK_DELAY
@@ -451,7 +449,7 @@ def test_clients_advertise_their_ack_delay(tmp_path: Path):
 async def test_the_quic_socket_gets_larger_buffers():
     import socket
 
-    from salon.daemon.net.traffic import enlarge_socket_buffers
+    from salon.quic.traffic import enlarge_socket_buffers
 
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
@@ -471,7 +469,9 @@ async def test_the_quic_socket_is_read_in_batches_and_counted():
     """Every datagram waiting on the socket is read and counted; sends go out directly."""
     import socket
 
-    from salon.daemon.net.traffic import READ_BATCH, UdpTraffic
+    from salon.quic.traffic import UdpTraffic
+
+    batch = 8
 
     loop = asyncio.get_running_loop()
     received: list[tuple[bytes, object]] = []
@@ -487,13 +487,13 @@ async def test_the_quic_socket_is_read_in_batches_and_counted():
     )
     server._transport = transport
     traffic = UdpTraffic()
-    traffic.attach(server)
+    traffic.attach(server, read_batch=batch)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.settimeout(2.0)
     try:
         address = transport.get_extra_info("sockname")
-        count = READ_BATCH * 2 + 5
+        count = batch * 2 + 5
         for index in range(count):
             peer.sendto(index.to_bytes(2, "big"), address)
         for _ in range(200):

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from salon.client.audiofile import write_wav
-from salon.client.codec import OpusEncoder
-from salon.client.media import MediaSender
 from salon.daemon.config import ConfigError
 from salon.daemon.hooks import AudioLevel
 from salon.daemon.hooks.settings import PluginSettings
 from salon.daemon.recording.monitor import AudioMonitor
 from salon.daemon.wire import messages as msg
+from salon.media.codec import OpusEncoder
+from salon.media.streams import MediaSender
 from salon.plugins.loudness_guard import LoudnessGuard
 from tests.audio_checks import tone
 from tests.conftest import start_salond
@@ -113,7 +113,7 @@ def test_the_monitor_measures_the_audio_not_the_level_the_sender_claims(monkeypa
     monitor = AudioMonitor(h.core, clock=lambda: h.now)
     monitor.start(thread=False)  # pumped by hand below
     # The sender writes "quiet" (-90 dBov) in every packet while it plays a full-scale tone.
-    monkeypatch.setattr("salon.client.media.measure", lambda pcm: (90, False))
+    monkeypatch.setattr("salon.media.streams.measure", lambda pcm: (90, False))
     key = h.member("liar").media_key
     source = MediaSender(key.flow_id, key.ssrc, key.key, OpusEncoder())
     samples = tone([300.0], 1.0, amplitude=0.95)

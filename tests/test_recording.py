@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 from salon.client.audiofile import read_audio
-from salon.client.codec import OpusEncoder
-from salon.client.media import MediaSender
 from salon.daemon.core import events
 from salon.daemon.recording import (
     JsonRecordingIndex,
@@ -28,6 +26,8 @@ from salon.daemon.recording import (
 from salon.daemon.recording.oggopus import PRE_SKIP, ogg_crc
 from salon.daemon.store import SqliteStore
 from salon.daemon.wire import messages as m
+from salon.media.codec import OpusEncoder
+from salon.media.streams import MediaSender
 from tests.audio_checks import band_energy, tone
 from tests.test_core_support import Harness
 

@@ -28,9 +28,9 @@ from salon.daemon.admin.client import (
     AdminClient,
     AdminConnectionError,
     AdminError,
+    ConfigError,
     default_socket_path,
 )
-from salon.daemon.config import ConfigError
 
 from .messages import ActionFinished, AdminEventReceived, Connected, Disconnected
 from .screens.base import AdminScreen

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+# ConfigError is part of this client's interface: default_socket_path raises it.
+from salon.daemon.config import ConfigError as ConfigError
 from salon.daemon.wire.messages import InviteInfo, RoomSummary
 
 from . import protocol as p

@@ -57,6 +57,18 @@ class Outlet:
         self.dropped = 0
         """Datagrams this outlet lost to a full queue."""
 
+    def take_all(self) -> list[bytes]:
+        """Everything queued now, oldest first; safe on a worker thread while the forwarder
+        appends (what arrives meanwhile stays for the next call)."""
+        queue = self.queue
+        taken = []
+        for _ in range(len(queue)):
+            try:
+                taken.append(queue.popleft())
+            except IndexError:
+                break
+        return taken
+
     def __repr__(self) -> str:
         return f"Outlet(session={self.session}, queued={len(self.queue)}, dropped={self.dropped})"
 

@@ -24,11 +24,12 @@ from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import CoreEvent, Deliver
 from salon.daemon.net.session import CloseCode, SessionProtocol
-from salon.daemon.net.traffic import UdpTraffic, enlarge_socket_buffers
 from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.framing import frame_message
+from salon.quic.fastpath import supported as fastpath_supported
+from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
 log = logging.getLogger("salon.net")
 
@@ -97,6 +98,8 @@ class SalonServer:
         self.core = core
         self.authenticator = authenticator
         self.stats = ServerStats()
+        self.fast_path = config.tuning.fast_path and fastpath_supported()
+        """Whether new sessions send media by the datagram fast path (``tuning.fast_path``)."""
         self.traffic = UdpTraffic()
         """UDP packets and bytes of the QUIC socket (read by the admin API and metrics)."""
         self.sessions: dict[int, SessionProtocol] = {}
@@ -144,9 +147,10 @@ class SalonServer:
             configuration=self.quic_configuration(),
             create_protocol=create_protocol,
         )
-        self.traffic.attach(self._quic_server)
-        enlarge_socket_buffers(self._quic_server._transport)  # see SOCKET_BUFFER_BYTES
-        sockname = self._quic_server._transport.get_extra_info("sockname")  # type: ignore[union-attr]
+        self.traffic.attach(self._quic_server, self.config.tuning.read_batch)
+        transport = server_transport(self._quic_server)
+        enlarge_socket_buffers(transport)  # see SOCKET_BUFFER_BYTES
+        sockname = transport.get_extra_info("sockname")
         self.address = (sockname[0], sockname[1])
         return self.address
 

@@ -20,15 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from salon.client.codec import CodecError, OpusDecoder
-from salon.client.levels import audio_level
-from salon.client.srtp import SrtpError, SrtpReceiver, key_from_base64
 from salon.daemon.core import events
 from salon.daemon.core.forwarder import Outlet
-from salon.daemon.wire.datagram import unpack_datagram
-from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.messages import MediaKey
-from salon.daemon.wire.rtp import RtpPacket
+from salon.media.codec import CodecError, OpusDecoder
+from salon.media.levels import audio_level
+from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 
 log = logging.getLogger("salon.monitor")
 
@@ -146,7 +143,7 @@ class AudioMonitor:
     def pump(self) -> None:
         """One round of the worker's work on the calling thread (tests)."""
         outlet = self._outlet
-        batch = _take_all(outlet) if outlet is not None else []
+        batch = outlet.take_all() if outlet is not None else []
         self._apply_commands()
         self._measure(batch)
 
@@ -180,24 +177,14 @@ class AudioMonitor:
         touched: list[_Flow] = []
         for datagram in batch:
             try:
-                flow_id, srtp = unpack_datagram(datagram)
-            except WireError:
-                self._drop("malformed")
-                continue
-            flow = self._flows.get(flow_id)
-            if flow is None:
-                self._drop("unknown_flow")
-                continue
-            try:
-                packet = RtpPacket.parse(self._srtp.unprotect(flow_id, srtp))
-                pcm = flow.decoder.decode(packet.payload)
+                flow_id, packet = self._srtp.open(datagram)
             except SrtpError as exc:
                 self._drop(exc.reason)
                 continue
-            except (WireError, CodecError):
-                self._drop("malformed")
-                continue
-            if packet.ssrc != flow.ssrc:
+            flow = self._flows[flow_id]  # open() refused flows the receiver does not know
+            try:
+                pcm = flow.decoder.decode(packet.payload)
+            except CodecError:
                 self._drop("malformed")
                 continue
             flow.level += (audio_level(pcm) - flow.level) * SMOOTHING
@@ -213,14 +200,3 @@ class AudioMonitor:
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
-
-
-def _take_all(outlet: Outlet) -> list[bytes]:
-    queue_ = outlet.queue
-    taken = []
-    for _ in range(len(queue_)):
-        try:
-            taken.append(queue_.popleft())
-        except IndexError:
-            break
-    return taken

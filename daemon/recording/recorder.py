@@ -20,10 +20,10 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from salon.client.codec import OpusEncoder
-from salon.client.mixer import mix_arrays
-from salon.client.srtp import SrtpError, SrtpReceiver, key_from_base64
 from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, RtpPacket
+from salon.media.codec import OpusEncoder
+from salon.media.mixer import mix_arrays
+from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 
 from .oggopus import OggOpusWriter
 from .track import Track

@@ -157,7 +157,7 @@ class RecordingService:
         """Do one round of the worker's work on the calling thread (for a service that was
         not started, e.g. in tests): drain the outlets, apply the commands, write."""
         now = self.clock() if now is None else now
-        batches = {rid: _take_all(a.outlet) for rid, a in self._active.items()}
+        batches = {rid: a.outlet.take_all() for rid, a in self._active.items()}
         commands = []
         while True:
             try:
@@ -205,7 +205,7 @@ class RecordingService:
             trusted = now - last <= _TRUSTED_GAP
             last = now
             # Datagrams first, then commands: see the module's docstring.
-            batches = {rid: _take_all(a.outlet) for rid, a in self._active.items()}
+            batches = {rid: a.outlet.take_all() for rid, a in self._active.items()}
             commands = [] if first is None else [first]
             while True:
                 try:
@@ -370,18 +370,6 @@ class RecordingService:
             method(info)
         except Exception:
             log.exception("cannot index recording %s", info.id)
-
-
-def _take_all(outlet: Outlet) -> list[bytes]:
-    """Everything in the outlet now (the forwarder may append meanwhile: that stays)."""
-    queue_ = outlet.queue
-    taken = []
-    for _ in range(len(queue_)):
-        try:
-            taken.append(queue_.popleft())
-        except IndexError:
-            break
-    return taken
 
 
 def _receive(recorder: RoomRecorder, batch: list[bytes], now: float, trusted: bool) -> None:

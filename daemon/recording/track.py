@@ -26,8 +26,9 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from salon.client.codec import CodecError, OpusDecoder
-from salon.daemon.wire.rtp import FRAME_SAMPLES, uint16_gt, uint32_gt
+from salon.daemon.wire.rtp import FRAME_SAMPLES
+from salon.media.codec import CodecError, OpusDecoder
+from salon.media.timeline import unwrap
 
 MAX_CONCEALED = 4
 """Frames concealed after the last good one when packets were lost (then silence)."""
@@ -40,14 +41,6 @@ MAX_PENDING = 6000
 core's recording outlet holds (``Limits.recording_queue``, 4096), so that after the worker was
 held up, nothing the outlet kept is lost here."""
 _RESYNC_DISTANCE = 3000
-
-
-def _unwrap(value: int, reference: int, bits: int) -> int:
-    modulus = 1 << bits
-    ahead = uint16_gt if bits == 16 else uint32_gt
-    if ahead(value, reference % modulus):
-        return reference + ((value - reference) % modulus)
-    return reference - ((reference - value) % modulus)
 
 
 @dataclass
@@ -116,8 +109,8 @@ class Track:
         if self._highest_seq is None:
             self._highest_seq, self._highest_ts, self._base_ts = seq, ts, ts
         else:
-            seq = _unwrap(seq, self._highest_seq, 16)
-            ts = _unwrap(ts, self._highest_ts, 32)
+            seq = unwrap(seq, self._highest_seq, 16)
+            ts = unwrap(ts, self._highest_ts, 32)
             if abs(seq - self._highest_seq) > _RESYNC_DISTANCE:
                 # The sender started a new stream on this flow: place it from scratch.
                 self._resync(seq, ts)

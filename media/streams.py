@@ -179,7 +179,7 @@ class MediaReceiver:
 
         Announcing a flow again with the same SSRC and key changes nothing (the server sends
         keys both in the room snapshot and as events). A malformed key raises
-        :class:`~salon.client.srtp.SrtpError`.
+        :class:`~salon.media.srtp.SrtpError`.
         """
         key = key_from_base64(key_b64)
         current = self._speakers.get(flow_id)

@@ -17,11 +17,17 @@ import numpy as np
 import pytest
 
 from salon.client.audiofile import frames
-from salon.client.codec import OpusEncoder
-from salon.client.media import MediaReceiver, MediaSender
-from salon.client.mixer import mix, mix_arrays
-from salon.client.packetizer import RtpPacketizer
-from salon.client.srtp import (
+from salon.daemon.wire.datagram import pack_datagram, unpack_datagram
+from salon.daemon.wire.rtp import (
+    AUDIO_LEVEL_EXTENSION_ID,
+    OPUS_PAYLOAD_TYPE,
+    RtpPacket,
+    peek_media,
+)
+from salon.media.codec import OpusEncoder
+from salon.media.mixer import mix, mix_arrays
+from salon.media.packetizer import RtpPacketizer
+from salon.media.srtp import (
     AUTH_TAG_LENGTH,
     KEY_LENGTH,
     SrtpError,
@@ -30,13 +36,7 @@ from salon.client.srtp import (
     key_from_base64,
     key_to_base64,
 )
-from salon.daemon.wire.datagram import pack_datagram, unpack_datagram
-from salon.daemon.wire.rtp import (
-    AUDIO_LEVEL_EXTENSION_ID,
-    OPUS_PAYLOAD_TYPE,
-    RtpPacket,
-    peek_media,
-)
+from salon.media.streams import MediaReceiver, MediaSender
 
 RATE = 48000
 FRAME = 960

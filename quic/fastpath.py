@@ -18,21 +18,18 @@ The rules that keep this correct:
   data, closing...), so the next transmit checks again.
 - **The timers stay right.** A fast send that puts the first ack-eliciting packet in flight
   re-arms the loss detection timer; a timer that fires early (because sends moved the PTO
-  later) just re-arms itself (see ``SessionProtocol._handle_timer``).
+  later) just re-arms itself (see ``ServerProtocol._handle_timer``).
 - **Anything unusual falls back** to aioquic's normal path: an ACK due, pacing, a datagram
   aioquic itself holds.
 - **Pinned.** The fast path reads aioquic internals; it only switches on for the version it
-  was written and tested against (:data:`AIOQUIC_VERSION`), and ``SALON_FASTPATH=0`` turns it
-  off.
+  was written and tested against (:data:`salon.quic.AIOQUIC_VERSION`), and the configuration
+  key ``server.fast_path = false`` turns it off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import gc
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +39,9 @@ from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 
-log = logging.getLogger("salon.net")
+from salon.quic import AIOQUIC_VERSION, aioquic_matches
 
-AIOQUIC_VERSION = "1.7.2"
-"""The aioquic release whose internals this module was written and tested against."""
+log = logging.getLogger("salon.net")
 
 INVALIDATING_METHODS = (
     "change_connection_id",
@@ -85,56 +81,16 @@ NO_HANDLERS: Any = ()
 new_object = object.__new__
 
 
-def enabled_by_environment() -> bool:
-    """False when ``SALON_FASTPATH`` is ``0``/``false``/``no``/``off``, or aioquic differs."""
-    if os.environ.get("SALON_FASTPATH", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if aioquic.__version__ != AIOQUIC_VERSION:
-        log.warning(
-            "datagram fast path off: written for aioquic %s, found %s",
-            AIOQUIC_VERSION,
-            aioquic.__version__,
-        )
-        return False
-    return True
-
-
-def install_event_loop_policy() -> str:
-    """Use uvloop when it is installed (``SALON_UVLOOP=0`` keeps asyncio's loop).
-
-    uvloop reads up to dozens of UDP datagrams per poll instead of one per loop iteration, so
-    the datagrams of one tick are forwarded by one flush. Returns the loop's name.
-    """
-    if os.environ.get("SALON_UVLOOP", "1").strip().lower() in ("0", "false", "no", "off"):
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
-
-
-GC_THRESHOLDS = (10_000, 20, 20)
-"""Cyclic garbage collector thresholds for salond (Python's default is ``(700, 10, 10)``)."""
-
-
-def tune_garbage_collector() -> bool:
-    """Make the cyclic garbage collector's pauses rarer and shorter once salond has started.
-
-    Every aioquic connection holds thousands of container objects, and a full collection walks
-    them all while the event loop stands still, which showed as latency spikes in every listener's
-    audio. Everything alive after start-up (modules, configuration, plugins) is frozen out of
-    the collector's reach (``gc.freeze``), and the first generation's threshold is raised so
-    that the short-lived objects of forwarding (sent packets, frames) rarely start a collection.
-    ``SALON_GC_TUNE=0`` keeps Python's defaults. Returns whether it changed anything.
-    """
-    if os.environ.get("SALON_GC_TUNE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    return True
+def supported() -> bool:
+    """Whether the fast path may run: aioquic is the release it was written for."""
+    if aioquic_matches():
+        return True
+    log.warning(
+        "datagram fast path off: written for aioquic %s, found %s",
+        AIOQUIC_VERSION,
+        aioquic.__version__,
+    )
+    return False
 
 
 class FastQuicConnection(QuicConnection):

@@ -28,12 +28,9 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from salon.daemon.wire.rtp import (
-    FRAME_SAMPLES,
-    OPUS_CLOCK_RATE,
-    uint16_gt,
-    uint32_gt,
-)
+from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_CLOCK_RATE
+
+from .timeline import unwrap
 
 DEFAULT_INITIAL_DELAY = 0.040
 DEFAULT_MIN_DELAY = 0.020
@@ -50,16 +47,6 @@ _MAX_PACKETS = 500
 _TOLERANCE = 0.001
 # Transit samples needed before the measured jitter may bring the delay below the initial one.
 _MIN_SAMPLES = 10
-
-
-def _unwrap(value: int, reference: int, bits: int) -> int:
-    """Extend a ``bits``-wide wrapping counter to the unbounded value nearest ``reference``."""
-    modulus = 1 << bits
-    mask = modulus - 1
-    ahead = uint16_gt if bits == 16 else uint32_gt
-    if ahead(value, reference & mask):
-        return reference + ((value - reference) & mask)
-    return reference - ((reference - value) & mask)
 
 
 class FrameKind(str, enum.Enum):
@@ -184,8 +171,8 @@ class JitterBuffer:
     def add(self, sequence_number: int, timestamp: int, payload: bytes, arrival: float) -> None:
         """Take in one packet that arrived at ``arrival`` (seconds, same clock as ``pop``)."""
         if self._highest_seq is not None:
-            seq = _unwrap(sequence_number, self._highest_seq, 16)
-            ts = _unwrap(timestamp, self._highest_ts, 32)
+            seq = unwrap(sequence_number, self._highest_seq, 16)
+            ts = unwrap(timestamp, self._highest_ts, 32)
             reference = self._next_seq if self._started else self._highest_seq
             if abs(seq - reference) > _RESYNC_DISTANCE:
                 self._resync()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from salon.client.jitter import MAX_CONCEALED_RUN, Frame, FrameKind, JitterBuffer
+from salon.media.jitter import MAX_CONCEALED_RUN, Frame, FrameKind, JitterBuffer
 
 FRAME = 960
 TICK = 0.020

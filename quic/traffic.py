@@ -9,7 +9,6 @@ packet.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +53,9 @@ class UdpTraffic:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def attach(self, quic_server: Any) -> None:
-        """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends.
+    def attach(self, quic_server: Any, read_batch: int = 1) -> None:
+        """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends, and read
+        up to ``read_batch`` datagrams per loop iteration (1: asyncio's own reader).
 
         Must run before the first connection exists: each connection keeps the transport it
         was given, so the server's transport is replaced by a counting one here.
@@ -73,24 +73,23 @@ class UdpTraffic:
 
         # asyncio looks the method up on the protocol for each datagram.
         quic_server.datagram_received = datagram_received
-        batch = os.environ.get("SALON_READ_BATCH", "1").strip().lower()
-        if batch not in ("0", "false", "no", "off"):
-            _read_in_batches(transport, datagram_received)
+        if read_batch > 1:
+            _read_in_batches(transport, datagram_received, read_batch)
 
 
-READ_BATCH = 64
-"""Datagrams read from the socket per readiness event at most (see :func:`_read_in_batches`)."""
+def server_transport(quic_server: Any) -> Any:
+    """The datagram transport of an aioquic ``QuicServer`` (None before it is bound)."""
+    return quic_server._transport
 
 
-def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None]) -> bool:
-    """Read up to :data:`READ_BATCH` datagrams per event-loop iteration instead of one.
+def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None], batch: int) -> bool:
+    """Read up to ``batch`` datagrams per event-loop iteration instead of one.
 
     asyncio's selector datagram transport reads one datagram per readiness event, so each of
     the listeners' ACK packets costs a whole loop iteration (a ``select`` and the loop's
     bookkeeping). This replaces its reader with one that drains the socket in batches; the
     connections touched by a batch are still flushed once at the end of the tick. Transports
-    that are not asyncio's selector transport (uvloop batches already) are left alone, and
-    ``SALON_READ_BATCH=0`` keeps asyncio's reader.
+    that are not asyncio's selector transport (uvloop batches already) are left alone.
     """
     sock = getattr(transport, "_sock", None)
     loop: Any = getattr(transport, "_loop", None)
@@ -104,7 +103,7 @@ def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None]) -> 
     protocol = transport._protocol
 
     def read_ready() -> None:
-        for _ in range(READ_BATCH):
+        for _ in range(batch):
             if transport._conn_lost:
                 return
             try:

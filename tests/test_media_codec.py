@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from salon.client import codec
-from salon.client.codec import (
+from salon.media.codec import (
     AudioUnavailable,
     CodecError,
     OpusDecoder,
     OpusEncoder,
     is_dtx,
 )
-from salon.client.levels import SILENCE_LEVEL, VOICE_THRESHOLD, audio_level, is_voice, measure
+from salon.media.levels import SILENCE_LEVEL, VOICE_THRESHOLD, audio_level, is_voice, measure
 
 RATE = 48000
 FRAME = 960

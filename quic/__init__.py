@@ -1,0 +1,29 @@
+"""Salon's one seam onto aioquic's and asyncio's internals, shared by salond and the client.
+
+Everything that reads or replaces a private attribute of aioquic or asyncio lives in this
+package, and nowhere else (``tests/test_layering.py`` scans the other packages):
+
+- :mod:`salon.quic.fastpath`: media sent in packets built beside aioquic's writer, registered
+  with its loss recovery and congestion control;
+- :mod:`salon.quic.protocol`: the QUIC protocols of both sides (server transmit with the fast
+  path and its timer, the bounded hand-over to aioquic's datagram queue, the ACK-state PING,
+  the client's delayed ACKs and immediate acknowledgement of control data, the peer's
+  certificate and limits);
+- :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader.
+
+They were written and tested against one aioquic release, :data:`AIOQUIC_VERSION`, which
+pyproject.toml pins; ``tests/test_quic_seam.py`` checks every internal this package relies on
+and names the one that moved when aioquic is upgraded.
+"""
+
+from __future__ import annotations
+
+import aioquic
+
+AIOQUIC_VERSION = "1.7.2"
+"""The aioquic release whose internals this package was written and tested against."""
+
+
+def aioquic_matches() -> bool:
+    """Whether the installed aioquic is the release this seam was written for."""
+    return bool(aioquic.__version__ == AIOQUIC_VERSION)

@@ -1,0 +1,252 @@
+"""The QUIC protocols of salond and the client: aioquic's, with the internals Salon relies on.
+
+:class:`SalonQuicProtocol` is what both sides share (the connection, the loop, the peer's
+limits, the ACK-state PING); :class:`ServerProtocol` adds the server's transmit (the datagram
+fast path, its timer, the bounded hand-over to aioquic's datagram queue) and
+:class:`ClientProtocol` the client's delayed ACKs. Subclasses use only public names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+from aioquic.tls import Epoch
+
+from salon.quic.fastpath import DatagramFastPath, SendResult
+
+ACK_STATE_CHECK = 64
+"""Every this many datagrams received, :meth:`SalonQuicProtocol.release_ack_state` runs."""
+ACK_STATE_LIMIT = 64
+"""Sent packets waiting for an acknowledgement above which a PING goes out."""
+
+AIOQUIC_DATAGRAM_BACKLOG = 8
+"""How many datagrams may wait inside aioquic for one connection. aioquic's own queue is
+unbounded and never drops, so audio would pile up behind a congested path; it is kept short and
+the caller's bounded queue (which drops the oldest) absorbs the rest."""
+
+
+class SalonQuicProtocol(QuicConnectionProtocol):
+    """aioquic's connection protocol with the internals both sides read under public names."""
+
+    datagrams_received = 0
+
+    @property
+    def quic(self) -> QuicConnection:
+        """The connection (sans-I/O) this protocol drives."""
+        return self._quic
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def remote_max_datagram_frame_size(self) -> int:
+        """The largest DATAGRAM frame the peer accepts; 0 if it did not enable DATAGRAM."""
+        return self._quic._remote_max_datagram_frame_size or 0
+
+    @property
+    def peer_address(self) -> Any:
+        """The peer's (host, port, ...) on the connection's first path; None before one."""
+        paths = self._quic._network_paths
+        return paths[0].addr if paths else None
+
+    def peer_certificate(self) -> Any:
+        """The certificate the peer presented in the handshake (a ``cryptography`` object)."""
+        return self._quic.tls._peer_certificate
+
+    def stream_send_backlog(self, stream_id: int) -> int | None:
+        """Bytes written to ``stream_id`` and not yet acknowledged; None for no such stream."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return None
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def count_datagram_received(self) -> None:
+        """Count one datagram received; every :data:`ACK_STATE_CHECK`, release ACK state.
+
+        A connection that only receives audio answers it with ACK-only packets, which the peer
+        never acknowledges (RFC 9000 13.2.4), and aioquic keeps every sent packet until it is
+        acknowledged: memory would grow by 50 packets a second for as long as audio flows. A
+        PING when more than :data:`ACK_STATE_LIMIT` sent packets wait gets them all
+        acknowledged.
+        """
+        self.datagrams_received += 1
+        if self.datagrams_received % ACK_STATE_CHECK == 0:
+            space = self._quic._spaces.get(Epoch.ONE_RTT)
+            if space is not None and len(space.sent_packets) > ACK_STATE_LIMIT:
+                self._quic.send_ping(0)
+
+
+class ServerProtocol(SalonQuicProtocol):
+    """The server side: queued media leaves by the datagram fast path when it can.
+
+    A subclass gives :meth:`media_queue`, :meth:`media_sent` and :meth:`media_dropped`, and sets
+    :attr:`peer_max_datagram` once the handshake is done.
+    """
+
+    def __init__(self, *args: Any, fast_path: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer_max_datagram = 0
+        """The largest datagram this peer is sent (0: none, it did not enable DATAGRAM)."""
+        self.fastpath: DatagramFastPath | None = DatagramFastPath(self._quic) if fast_path else None
+
+    # -- what the subclass provides
+
+    def media_queue(self) -> collections.deque[bytes] | None:
+        """The bounded queue of media datagrams to send (popped from the left)."""
+        return None
+
+    def media_sent(self, count: int) -> None:
+        """``count`` datagrams left the queue for the peer."""
+
+    def media_dropped(self, reason: str, count: int) -> None:
+        """``count`` datagrams were dropped for ``reason`` (``peer_limit``, ...)."""
+
+    # -- sending
+
+    def transmit(self) -> None:
+        """Send queued media and whatever else aioquic has pending.
+
+        A connection with nothing but media to send takes the datagram fast path (see
+        :mod:`salon.quic.fastpath`); anything else goes through aioquic's own writer.
+        """
+        fast = self.fastpath
+        if fast is None:
+            self._transmit_normal()
+            return
+        now = self._loop.time()
+        rearm = False
+        if not fast.quic.fast_clean:
+            # Something called into aioquic since the last check (a packet, a timer, a send).
+            if not fast.refresh() or fast.ack_due(now):
+                self._transmit_normal()
+                return
+            rearm = True
+        queue = self.media_queue()
+        if queue:
+            if self.peer_max_datagram == 0:
+                self.media_dropped("peer_no_datagrams", len(queue))
+                queue.clear()
+            else:
+                queued = len(queue)
+                dropped = fast.dropped
+                result = fast.send(queue, self.peer_max_datagram, now, self._transport.sendto)  # type: ignore[union-attr]
+                if fast.dropped != dropped:
+                    self.media_dropped("peer_limit", fast.dropped - dropped)
+                self.media_sent(queued - len(queue) - (fast.dropped - dropped))
+                if result == SendResult.FALLBACK:
+                    self._transmit_normal()
+                    return
+                rearm = rearm or fast.armed_pto
+        if rearm:
+            self._arm_timer()
+
+    def _transmit_normal(self) -> None:
+        """Move queued media into aioquic (bounded), then let aioquic send packets."""
+        queue = self.media_queue()
+        if queue:
+            self._move_queue_to_quic(queue)
+        super().transmit()
+
+    def _arm_timer(self) -> None:
+        """Re-arm the connection's timer after the fast path, as aioquic's transmit does.
+
+        A timer due earlier than needed is kept: sends only move the loss detection time
+        later, and :meth:`_handle_timer` re-arms a timer that fired early, which is cheaper
+        than moving the timer on every packet.
+        """
+        timer_at = self._quic.get_timer()
+        if self._timer is not None:
+            if timer_at is not None and self._timer_at is not None and self._timer_at <= timer_at:
+                return
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = timer_at
+        if timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+
+    def _handle_timer(self) -> None:
+        if self.fastpath is not None:
+            # get_timer also refreshes aioquic's loss detection time, which fast sends moved.
+            due = self._quic.get_timer()
+            now = max(self._timer_at or 0.0, self._loop.time())
+            if due is not None and due > now:
+                self._timer = self._loop.call_at(due, self._handle_timer)
+                self._timer_at = due
+                return
+        super()._handle_timer()
+
+    def _move_queue_to_quic(self, queue: collections.deque[bytes]) -> None:
+        if self.peer_max_datagram == 0:
+            self.media_dropped("peer_no_datagrams", len(queue))
+            queue.clear()
+            return
+        pending = self._quic._datagrams_pending
+        room = AIOQUIC_DATAGRAM_BACKLOG - len(pending)
+        limit = self.peer_max_datagram
+        moved = 0
+        while queue and moved < room:
+            data = queue.popleft()
+            if len(data) > limit:
+                self.media_dropped("peer_limit", 1)
+                continue
+            pending.append(data)
+            moved += 1
+        self.media_sent(moved)
+
+
+# Our clients acknowledge media at most every 100 ms instead of aioquic's 1 ms: each ACK costs
+# the server ~29 us to process, about as much as forwarding the audio packet itself, and a
+# listener gets 50 of them a second. The delay is advertised to the server as max_ack_delay
+# (with ACK_DELAY_MARGIN for a busy client's timer) so that its loss detection waits for the
+# ACKs instead of sending probes; control messages are acknowledged at once (see
+# ClientProtocol.datagram_received) so that big room states are not slowed down.
+CLIENT_ACK_DELAY = 0.100
+ACK_DELAY_MARGIN = 0.025
+
+
+def delay_acks(quic: QuicConnection, seconds: float) -> None:
+    """Acknowledge ``quic``'s packets after ``seconds`` and advertise it as ``max_ack_delay``.
+
+    Must run before the connection starts (the transport parameters go in its first packet).
+    """
+    quic._ack_delay = seconds
+    serialize = quic._serialize_transport_parameters
+
+    def serialize_with_delay() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=serialize()))
+        # aioquic advertises 25 ms whatever its _ack_delay; never less than that.
+        params.max_ack_delay = max(25, round((seconds + ACK_DELAY_MARGIN) * 1000))
+        buffer = Buffer(capacity=4096)
+        push_quic_transport_parameters(buffer, params)
+        return buffer.data
+
+    quic._serialize_transport_parameters = serialize_with_delay  # type: ignore[method-assign]
+
+
+class ClientProtocol(SalonQuicProtocol):
+    """The client side: media ACKs delayed by ``ack_delay``, control data acknowledged at once."""
+
+    def __init__(self, *args: Any, ack_delay: float = CLIENT_ACK_DELAY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        delay_acks(self._quic, ack_delay)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        quic = self._quic
+        now = self._loop.time()
+        quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
+        if any(isinstance(event, events.StreamDataReceived) for event in quic._events):
+            # Control data is acknowledged at once: only media ACKs wait (CLIENT_ACK_DELAY).
+            for space in quic._spaces.values():
+                if space.ack_at is not None:
+                    space.ack_at = now
+        self._process_events()
+        self.transmit()
