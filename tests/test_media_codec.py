@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from salon.client import codec
+from salon.media import codec
 from salon.media.codec import (
     AudioUnavailable,
     CodecError,
@@ -128,7 +128,7 @@ def test_missing_libopus_does_not_break_import():
                     raise Exception("Could not find Opus library. Make sure it is installed.")
 
         sys.meta_path.insert(0, NoOpus())
-        from salon.client import codec, media  # importing must still work
+        from salon.media import codec, streams  # importing must still work
         try:
             codec.OpusEncoder()
         except codec.AudioUnavailable as exc:
