@@ -192,8 +192,8 @@ def internal_uses(path: Path, where: str = "") -> list[str]:
         top = module.split(".")[0]
         public = (
             module in PUBLIC_AIOQUIC
-            or bool(names)
-            and all(f"{module}.{name}" in PUBLIC_AIOQUIC for name in names)
+            or (bool(names)
+            and all(f"{module}.{name}" in PUBLIC_AIOQUIC for name in names))
         )
         if top == "aioquic" and not public:
             found.append(f"{where}:{line} imports aioquic internal module {module}")
