@@ -190,10 +190,8 @@ def internal_uses(path: Path, where: str = "") -> list[str]:
     found = []
     for line, module, names in imported_modules(tree):
         top = module.split(".")[0]
-        public = (
-            module in PUBLIC_AIOQUIC
-            or (bool(names)
-            and all(f"{module}.{name}" in PUBLIC_AIOQUIC for name in names))
+        public = module in PUBLIC_AIOQUIC or (
+            bool(names) and all(f"{module}.{name}" in PUBLIC_AIOQUIC for name in names)
         )
         if top == "aioquic" and not public:
             found.append(f"{where}:{line} imports aioquic internal module {module}")
