@@ -6,7 +6,6 @@ import asyncio
 import gc
 import importlib.util
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_event_loop_choice() -> None:
         assert install_event_loop_policy(TuningConfig(event_loop="auto")) == expected
         if not HAS_UVLOOP:
             with pytest.raises(ConfigError, match=r"tuning\.event_loop"):
-                install_event_loop_policy(replace(TuningConfig(), event_loop="uvloop"))
+                install_event_loop_policy(TuningConfig(event_loop="uvloop"))
     finally:
         asyncio.set_event_loop_policy(policy)
 
