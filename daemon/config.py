@@ -503,6 +503,24 @@ class LimitsConfig(Section, frozen=True):
     """Knocks per second accepted from one client address."""
     max_speakers_cap: PositiveInt = 100
     """Upper bound for any room's speaker limit."""
+    guest_connections_per_address: int = field(default=20, metadata=_rule(_Integer(1)))
+    """Guest connections open at once from one source (IPv4 address or IPv6 prefix)."""
+    guest_connect_rate: float = field(default=2.0, metadata=_rule(_Number(zero=True)))
+    """Guest connections per second from one source on average; 0: unlimited."""
+    guest_connect_burst: int = field(default=20, metadata=_rule(_Integer(1)))
+    """Guest connections from one source at once above ``guest_connect_rate``."""
+    guest_rooms_per_address: int = field(default=5, metadata=_rule(_Integer(1)))
+    """Open rooms guests from one source may own together, whatever keys they use."""
+    guest_create_rate: float = field(default=0.1, metadata=_rule(_Number(zero=True)))
+    """Rooms per second guests from one source may create on average; 0: unlimited."""
+    guest_create_burst: int = field(default=5, metadata=_rule(_Integer(1)))
+    """Rooms guests from one source may create at once above ``guest_create_rate``."""
+    ipv6_prefix: int = field(default=64, metadata=_rule(_Integer(16, 128)))
+    """IPv6 addresses count per network of this prefix length (one customer's /64)."""
+    guest_limits_for_users: bool = field(default=False, metadata=_rule(_Boolean()))
+    """Hold authenticated (token) users to the guest limits too; operators never are."""
+    ban_address_memory: float = field(default=86400.0, metadata=_rule(_Number(zero=True)))
+    """Seconds a ban remembers the banned user's address, flagged on knocks; 0: off."""
 
 
 class AdminConfig(Section, frozen=True):

@@ -148,6 +148,12 @@ class SalonCollector:
             "hook",
             counters["plugin_errors"],
         )
+        yield counter(
+            "abuse_refusals",
+            "Requests refused by the per-address guest limits, by limit.",
+            "limit",
+            counters["abuse"],
+        )
         admin = next((c for c in daemon.components if type(c).__name__ == "AdminServer"), None)
         clients = len(getattr(admin, "_connections", ())) if admin is not None else 0
         yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)

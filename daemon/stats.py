@@ -27,6 +27,8 @@ class ServerStats:
     """Things dropped by the network layer, by reason."""
     plugin_errors: Counter[str] = field(default_factory=Counter)
     """Plugin failures (exceptions, time-outs), by hook name."""
+    abuse: Counter[str] = field(default_factory=Counter)
+    """Requests refused by the per-address guest limits, by limit (daemon/abuse.py)."""
 
     def count_drop(self, reason: str, amount: int = 1) -> None:
         self.drops[reason] += amount
@@ -50,5 +52,6 @@ class ServerStats:
             "drops": dict(drops),
             "errors": dict(self.errors),
             "plugin_errors": dict(self.plugin_errors),
+            "abuse": dict(self.abuse),
             **extra,
         }

@@ -130,6 +130,12 @@ class ApprovalHelper:
             if room not in rooms:
                 rooms.add(room)
                 self.save()
+        elif action in ("remove", "ban") and target is not None:
+            # A removed or banned member is not "approved before" any more: they knock again.
+            rooms = self.approved.get(target, set())
+            if room in rooms:
+                rooms.discard(room)
+                self.save()
 
     @hookimpl
     def shutdown(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from salon.daemon.abuse import source_of
 from salon.daemon.core import Identity
 from salon.daemon.hooks import Deny, SalonAPI, hookimpl
 from salon.daemon.wire.messages import ErrorCode
@@ -92,16 +93,21 @@ class JoinFloodLimiter:
         self.room_knocks = _limit(api, "room_knock", 0.0, 20)
         self.room_joins = _limit(api, "room_join", 0.0, 50)
         self.clock = time.monotonic
+        self.ipv6_prefix = api.config.limits.ipv6_prefix
+        self.api = api
 
     @hookimpl(tryfirst=True)
     def join_request(self, identity: Identity, room: str, address: str, knock: bool) -> Deny | None:
         now = self.clock()
+        # Per source: an IPv4 address or an IPv6 prefix (limits.ipv6_prefix), not per key.
+        address = source_of(address, self.ipv6_prefix)
         if self.joins is not None and not self.joins.take(address, now):
             return Deny("too many joins from your address: slow down", ErrorCode.RATE_LIMITED)
         if self.room_joins is not None and not self.room_joins.take(room, now):
             return Deny(f"too many joins into {room}: try again soon", ErrorCode.RATE_LIMITED)
         if knock:
             if self.knocks is not None and not self.knocks.take(address, now):
+                self.api.count_abuse("knocks")
                 return Deny("too many knocks from your address: slow down", ErrorCode.RATE_LIMITED)
             if self.room_knocks is not None and not self.room_knocks.take(room, now):
                 return Deny(f"too many knocks on {room}: try again soon", ErrorCode.RATE_LIMITED)

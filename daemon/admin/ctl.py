@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     recordings.add_argument(
         "--output", type=Path, help="with a recording id: copy its Ogg Opus file here"
     )
+    backup = sub.add_parser(
+        "backup", help="write a consistent copy of the database while salond runs"
+    )
+    backup.add_argument("file", type=Path, help="the new backup file (must not exist)")
     audit = sub.add_parser("audit", help="the audit log, newest first")
     audit.add_argument("--room")
     audit.add_argument("--limit", type=int, default=50)
@@ -175,6 +179,7 @@ def format_status(status: StatusInfo) -> str:
     traffic = status.traffic
     drops = ", ".join(f"{k} {v}" for k, v in sorted(status.drops.items())) or "none"
     plugins = ", ".join(f"{k} {v}" for k, v in sorted(status.plugin_errors.items())) or "none"
+    abuse = ", ".join(f"{k} {v}" for k, v in sorted(status.abuse.items())) or "none"
     return "\n".join(
         [
             f"{status.server} (pid {status.pid}) on {status.address}, up {status.uptime:.0f} s",
@@ -187,6 +192,7 @@ def format_status(status: StatusInfo) -> str:
             f"media         {status.media_received} received, {status.media_forwarded} forwarded",
             f"drops         {drops}",
             f"plugin errors {plugins}",
+            f"abuse refused {abuse}",
         ]
     )
 
@@ -406,6 +412,17 @@ async def cmd_recordings(client: AdminClient, args: argparse.Namespace) -> None:
     emit(args, found, human)
 
 
+async def cmd_backup(client: AdminClient, args: argparse.Namespace) -> None:
+    # The daemon writes the file: give it an absolute path, resolved where salonctl runs.
+    result = await client.request("backup", path=str(args.file.expanduser().absolute()))
+    emit(
+        args,
+        result,
+        f"backup written to {result['path']} ({result['bytes']} bytes,"
+        f" schema {result['schema_version']}, integrity {result['integrity']})",
+    )
+
+
 async def cmd_audit(client: AdminClient, args: argparse.Namespace) -> None:
     entries = await client.audit(args.limit, args.room)
     emit(args, entries, "\n".join(format_audit(e) for e in entries) or "no entries")
@@ -448,6 +465,7 @@ COMMANDS: dict[str, Handler] = {
     "record": cmd_record,
     "stop-recording": cmd_stop_recording,
     "recordings": cmd_recordings,
+    "backup": cmd_backup,
     **{name: user_action(method) for name, (method, _) in USER_ACTIONS.items()},
 }
 

@@ -104,6 +104,8 @@ class StatusInfo(msgspec.Struct, kw_only=True):
     """Error replies sent to clients, by code."""
     plugin_errors: dict[str, int] = {}
     """Plugin failures, by hook."""
+    abuse: dict[str, int] = {}
+    """Requests refused by the per-address guest limits, by limit."""
     admin_clients: int = 0
 
 
@@ -218,7 +220,14 @@ class Recordings(_Request, kw_only=True, tag="recordings"):
     limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
 
 
-Request = Union[Status, Rooms, Room, Action, Audit, Subscribe, Recordings]
+class Backup(_Request, kw_only=True, tag="backup"):
+    """Write a consistent copy of the database to ``path`` (absolute, not existing) while the
+    daemon runs; result ``{"path", "bytes", "schema_version", "integrity"}``."""
+
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+Request = Union[Status, Rooms, Room, Action, Audit, Subscribe, Recordings, Backup]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
     cls.__struct_config__.tag: cls

@@ -17,12 +17,14 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from salon.daemon import __version__
 from salon.daemon.core import CoreError, Identity, events
+from salon.daemon.store import StoreError
 from salon.daemon.wire import messages as wire
 
 from . import protocol as p
@@ -39,6 +41,15 @@ OUTBOX_LIMIT = 2000
 """Lines queued for one admin client; a client this far behind is disconnected."""
 TICK = 0.2
 """Seconds between two looks at levels and stats for subscribers."""
+
+
+class AdminRefusal(Exception):
+    """An admin request that cannot be done; answered with ``code`` and ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class AuditTrail:
@@ -213,6 +224,8 @@ class AdminServer:
             result = await self._perform(connection, request)
         except CoreError as exc:
             return p.encode_line(p.Error(re=request.id, code=exc.code.value, message=exc.message))
+        except AdminRefusal as exc:
+            return p.encode_line(p.Error(re=request.id, code=exc.code, message=exc.message))
         except wire.MessageError as exc:
             return p.encode_line(p.Error(re=request.id, code=exc.code.value, message=str(exc)))
         except Exception:
@@ -235,6 +248,8 @@ class AdminServer:
             return {"entries": msgspec.to_builtins(entries)}
         if isinstance(request, p.Recordings):
             return {"recordings": await self.recordings(request)}
+        if isinstance(request, p.Backup):
+            return await self.backup(request.path)
         if isinstance(request, p.Subscribe):
             connection.subscribed = True
             connection.levels_room = request.levels_room
@@ -298,6 +313,7 @@ class AdminServer:
             drops=counters["drops"],
             errors=counters["errors"],
             plugin_errors=counters["plugin_errors"],
+            abuse=counters["abuse"],
             admin_clients=len(self._connections),
         )
 
@@ -324,6 +340,18 @@ class AdminServer:
             p.MeterLevel(user=m.user, level=m.level, speaking=m.speaking)
             for m in self.daemon.core.levels(room_id)
         ]
+
+    async def backup(self, path: str) -> dict[str, Any]:
+        """``salonctl backup``: the store writes a consistent copy of itself to ``path``."""
+        destination = Path(path)
+        if not destination.is_absolute():
+            raise AdminRefusal("bad_path", f"backup: {path} is not an absolute path")
+        try:
+            result = await self.daemon.store.backup(destination)
+        except StoreError as exc:
+            raise AdminRefusal("backup_failed", str(exc)) from exc
+        log.info("backup of the database written to %s (%d bytes)", path, result["bytes"])
+        return result
 
     async def recordings(self, request: p.Recordings) -> list[dict[str, Any]]:
         """The recordings index (daemon/recording), as plain dicts, newest first."""

@@ -104,6 +104,10 @@ class Moderation(Concern):
             messages.Removed(room=room.id, by=actor.user, reason=request.reason),
         )
         self.ctx.membership.depart(room, target, "removed", now)
+        # In an approval room, whoever is removed must knock again to come back.
+        if target.user in room.approved_users:
+            room.approved_users.discard(target.user)
+            self._emit(events.ApprovalChanged(room.id, target.user, False))
         self._moderation(actor, "remove", target.user, reason=request.reason)
         return Done()
 

@@ -152,6 +152,11 @@ class SalonAPI:
         (shown by the admin API and metrics)."""
         self._host.server.stats.count_drop(f"{self.name}:{reason}", amount)
 
+    def count_abuse(self, limit: str, amount: int = 1) -> None:
+        """Count a refusal by a per-address abuse limit in ``server.stats.abuse[limit]``
+        (``salon_abuse_refusals_total{limit}``)."""
+        self._host.server.stats.abuse[limit] += amount
+
     # ------------------------------------------------------------------ background work
 
     def create_task(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

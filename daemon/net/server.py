@@ -19,10 +19,11 @@ from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from salon.daemon import __version__
+from salon.daemon.abuse import AddressGuard
 from salon.daemon.auth import AuthError, clean_display_name
 from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
-from salon.daemon.core.events import CoreEvent, Deliver
+from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
 from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
@@ -103,7 +104,9 @@ class SalonServer:
         self.traffic = UdpTraffic()
         """UDP packets and bytes of the QUIC socket (read by the admin API and metrics)."""
         self.sessions: dict[int, SessionProtocol] = {}
-        self.observers: list[Callable[[CoreEvent], None]] = []
+        self.guard = AddressGuard(config.limits, self.stats.abuse)
+        """Guest abuse limits per source address, and the addresses bans remember."""
+        self.observers: list[Callable[[CoreEvent], None]] = [self._guard_observer]
         self.policy: RequestPolicy = AllowAll()
         self.commit_barriers: list[CommitBarrier] = []
         self._certificate = certificate
@@ -196,6 +199,12 @@ class SalonServer:
         if self.shutting_down:
             protocol.close_with(CloseCode.SERVER_SHUTDOWN, "server shutting down")
 
+    def _guard_observer(self, event: CoreEvent) -> None:
+        if isinstance(event, RoomClosed):
+            self.guard.room_closed(event.room)
+        elif isinstance(event, BanChanged) and event.ban is not None:
+            self.guard.banned(event.room, event.user, time.time())
+
     def _check_hello(self, protocol: SessionProtocol) -> None:
         protocol.hello_timer = None
         if protocol.identity is None and not protocol.closed:
@@ -214,10 +223,19 @@ class SalonServer:
         if task is not None:
             task.cancel()
         self._dirty.discard(protocol)
+        self.guard.closed(session_id)
         if protocol.identity is not None:
             self.core.disconnect(session_id, time.time())
             self._pump()
-        log.debug("session %d closed: %s", session_id, reason)
+            log.info(
+                "disconnected: session %d %s from %s (%s)",
+                session_id,
+                protocol.identity.user,
+                protocol.address,
+                reason or "closed",
+            )
+        else:
+            log.debug("session %d closed: %s", session_id, reason)
 
     def on_control_message(self, protocol: SessionProtocol, payload: bytes) -> None:
         self.stats.messages_in += 1
@@ -303,13 +321,27 @@ class SalonServer:
             return
         now = time.time()
         room = self.core.session_room(protocol.session_id)
+        identity = protocol.identity
         try:
             self.core.check_session_state(protocol.session_id, request)
-            review = await self.policy.review(
-                protocol.identity, room, request, protocol.address, now
-            )
+            if isinstance(request, msg.CreateRoom):
+                refusal = self.guard.check_create(identity, protocol.address)
+                if refusal is not None:
+                    limit, text = refusal
+                    code = (
+                        msg.ErrorCode.ROOM_LIMIT if limit == "rooms" else msg.ErrorCode.RATE_LIMITED
+                    )
+                    self._reply_error(protocol, request.id, code, text)
+                    return
+            review = await self.policy.review(identity, room, request, protocol.address, now)
             if protocol.closed:
                 return
+            if isinstance(review.request, msg.Join):
+                notes = self.guard.ban_notes(
+                    review.request.room, identity.user, protocol.address, now
+                )
+                if notes:
+                    review.trust = notes + review.trust
             result = self.core.handle_request(
                 protocol.session_id,
                 review.request,
@@ -322,6 +354,10 @@ class SalonServer:
             self._pump()
             return
         self._pump()
+        if isinstance(review.request, msg.CreateRoom):
+            created = result.get("room")
+            if isinstance(created, dict) and isinstance(created.get("room"), str):
+                self.guard.created(created["room"], identity, protocol.address)
         for barrier in self.commit_barriers:
             await barrier()
         if review.finish is not None:
@@ -360,7 +396,18 @@ class SalonServer:
             return
         if protocol.closed:
             return
+        refusal = self.guard.admit(protocol.session_id, identity, protocol.address)
+        if refusal is not None:
+            # Left unauthenticated: the hello timer closes the connection.
+            self._reply_error(protocol, request.id, msg.ErrorCode.RATE_LIMITED, refusal)
+            return
         self.admit(protocol, identity)
+        log.info(
+            "connected: session %d %s from %s",
+            protocol.session_id,
+            identity.user,
+            protocol.address,
+        )
         limits = self.config.limits
         self._reply_ok(
             protocol,

@@ -11,7 +11,8 @@ durable, which is how salond acknowledges a moderation action only once it is on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from salon.daemon.admin.protocol import AuditEntry
 from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
@@ -78,6 +79,12 @@ class Store(Protocol):
 
     def add_audit(self, entry: AuditEntry) -> None:
         """Append an entry to the audit log."""
+
+    async def backup(self, destination: Path) -> dict[str, Any]:
+        """Write a consistent copy of the stored state to the new file ``destination`` while
+        salond runs (``salonctl backup``); StoreError when the store cannot (a server database
+        is backed up with its own tools)."""
+        ...
 
     async def commit(self) -> None:
         """Return once every change queued so far is durable."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
 
-from .base import AuditEntry, StoredState
+from .base import AuditEntry, StoredState, StoreError
 
 
 class MemoryStore:
@@ -91,6 +93,9 @@ class MemoryStore:
         self.audit.append(
             msgspec.structs.replace(entry, id=next(self._ids), detail=dict(entry.detail))
         )
+
+    async def backup(self, destination: Path) -> dict[str, Any]:
+        raise StoreError("this store keeps nothing on disk: there is nothing to back up")
 
     async def commit(self) -> None:
         pass

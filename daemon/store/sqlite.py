@@ -19,6 +19,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -198,6 +199,11 @@ def open_database(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """
     if path.exists() and not path.is_file():
         raise StoreError(f"cannot use the database {path}: it is not a regular file")
+    try:
+        # Created private: SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
     try:
         connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -617,6 +623,55 @@ class SqliteStore:
             "commit_seconds": self.commit_seconds,
             "failures": self.failures,
             "queued": queued,
+        }
+
+    # ------------------------------------------------------------------ backup
+
+    async def backup(self, destination: Path) -> dict[str, Any]:
+        """Write a consistent copy of the database to ``destination`` while salond runs.
+
+        SQLite's online backup API copies one snapshot: every transaction committed before it
+        began (so every acknowledged action, commit-before-ack), nothing half-written, WAL
+        content included. The copy is checked, made 0600, and moved into place atomically;
+        ``destination`` must not exist. Returns its path, size and integrity check.
+        """
+        return await asyncio.to_thread(self._backup, Path(destination))
+
+    def _backup(self, destination: Path) -> dict[str, Any]:
+        if destination.exists() or destination.is_symlink():
+            raise StoreError(f"backup: {destination} exists; give a new file name")
+        temporary = destination.with_name(f".{destination.name}.partial")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"backup: cannot create {temporary}: {exc}") from exc
+        try:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            target = sqlite3.connect(str(temporary))
+            try:
+                source.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                source.backup(target)
+                # A self-contained file: no -wal beside it needed to read it.
+                target.execute("PRAGMA journal_mode = DELETE")
+                check = target.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                target.close()
+                source.close()
+            if check != "ok":
+                raise StoreError(f"backup: the copy failed its integrity check: {check}")
+            os.replace(temporary, destination)
+        except sqlite3.Error as exc:
+            temporary.unlink(missing_ok=True)
+            raise StoreError(f"backup of {self.path} to {destination} failed: {exc}") from exc
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return {
+            "path": str(destination),
+            "bytes": destination.stat().st_size,
+            "schema_version": SCHEMA_VERSION,
+            "integrity": check,
         }
 
     # ------------------------------------------------------------------ reads
