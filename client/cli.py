@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Coroutine
@@ -49,7 +50,17 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="DEVELOPMENT ONLY: accept any server certificate (warns on every connection)",
     )
     group.add_argument("--name", default="Salon listener", help="your display name")
-    group.add_argument("--token", help="an access token issued by the server's operator")
+    group.add_argument(
+        "--token",
+        help="an access token issued by the server's operator (visible to other local users"
+        " in the process list: prefer --token-file or SALON_TOKEN)",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding your access token (first line); SALON_TOKEN in the environment"
+        " works too",
+    )
     group.add_argument(
         "--guest-key-file",
         type=Path,
@@ -123,6 +134,26 @@ def add_room_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mute-on-join", action="store_true")
     parser.add_argument("--persistent", action="store_true")
     parser.add_argument("--description", default="")
+
+
+TOKEN_VARIABLE = "SALON_TOKEN"
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The access token from ``--token``, else ``--token-file``, else ``$SALON_TOKEN``."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    token_file: Path | None = getattr(args, "token_file", None)
+    if token_file is not None:
+        try:
+            lines = token_file.expanduser().read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"salon: cannot read the token file {token_file}: {exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise SystemExit(f"salon: the token file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_VARIABLE, "").strip() or None
 
 
 def split_server(text: str) -> tuple[str, int]:
@@ -524,6 +555,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "token"):
+        args.token = resolve_token(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

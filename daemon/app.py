@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -88,7 +91,8 @@ class Daemon:
         from salon.daemon.net.server import SalonServer
 
         self.config = config
-        config.server.state_dir.mkdir(parents=True, exist_ok=True)
+        config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(config.server.state_dir)
         if config.tls.certificate is not None and config.tls.private_key is not None:
             self.tls = load_material(config.tls.certificate, config.tls.private_key)
         else:
@@ -228,12 +232,75 @@ async def serve_forever(config: Config) -> None:
     log.info("stopped")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+PRIVATE_UMASK = 0o077
+"""What salond creates is readable by its own user only (invite tokens, recordings, keys)."""
+
+
+PRIVATE_TREES = ("tls", "recordings", "plugins")
+"""Directories of ``state_dir`` salond owns, made private with everything in them."""
+
+
+def make_private(state_dir: Path) -> list[str]:
+    """Take group and other permissions off ``state_dir``, the database files and the trees
+    salond owns in it (0700 directories, 0600 files), logging each path tightened; returns
+    them. Anything else in ``state_dir`` and symbolic links (whose targets may be shared
+    files, such as a certificate) are left alone."""
+    tightened: list[str] = []
+
+    def tighten(path: Path) -> None:
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            return
+        if stat.S_ISLNK(mode) or not mode & 0o077:
+            return
+        try:
+            os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", path, exc)
+            return
+        tightened.append(str(path))
+        log.info("made %s private (was %o)", path, stat.S_IMODE(mode))
+
+    tighten(state_dir)
+    for suffix in ("", "-wal", "-shm"):
+        tighten(state_dir / f"{DATABASE_NAME}{suffix}")
+    for tree in PRIVATE_TREES:
+        top = state_dir / tree
+        if top.is_symlink() or not top.is_dir():
+            continue
+        tighten(top)
+        for root, directories, files in os.walk(top):
+            for name in directories + files:
+                tighten(Path(root) / name)
+    return tightened
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (``[logging] json = true``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+JsonLogFormatter.converter = time.gmtime
+
+
+def setup_logging(level: str, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("quic").setLevel(logging.WARNING)
 
 
@@ -263,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
         return 0
-    setup_logging(config.logging.level)
+    os.umask(PRIVATE_UMASK)
+    setup_logging(config.logging.level, config.logging.json)
     try:
         install_event_loop_policy(config.tuning)  # uvloop when installed (BENCHMARKS.md)
     except ConfigError as exc:

@@ -9,13 +9,19 @@ Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connecti
 ``rooms{state}``, ``members{place}``, ``udp_packets_total{direction}``,
 ``udp_bytes_total{direction}``, ``media_packets_total{direction}``,
 ``control_messages_total{direction}``, ``drops_total{reason}``, ``errors_total{code}``,
-``plugin_errors_total{hook}``, ``plugin_seconds{stage}`` (histogram), ``admin_clients``.
+``plugin_errors_total{hook}``, ``plugin_seconds{stage}`` (histogram),
+``abuse_refusals_total{limit}``, ``admin_clients``.
+
+``GET /healthz`` on the same listener answers 200 with ``{"status": "serving", ...}`` while
+salond serves, and 503 (``starting``, ``stopping``) otherwise, for load balancers and systemd
+watchdogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -206,6 +212,22 @@ class MetricsEndpoint:
         self._instrument()
         return bytes(generate_latest(self.registry))
 
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: ``serving`` while the QUIC socket is bound and salond is not stopping
+        (HTTP 200), else ``starting`` or ``stopping`` (HTTP 503)."""
+        server = self.daemon.server
+        if server.shutting_down:
+            state = "stopping"
+        elif server.address[1] == 0:
+            state = "starting"
+        else:
+            state = "serving"
+        return {
+            "status": state,
+            "sessions": len(server.sessions),
+            "rooms": sum(1 for r in self.daemon.core.rooms.values() if r.state == "live"),
+        }
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
@@ -226,8 +248,12 @@ class MetricsEndpoint:
             from prometheus_client import CONTENT_TYPE_LATEST
 
             status, body, kind = b"200 OK", self.render(), CONTENT_TYPE_LATEST.encode()
+        elif target == b"/healthz":
+            health = self.health()
+            status = b"200 OK" if health["status"] == "serving" else b"503 Service Unavailable"
+            body, kind = json.dumps(health, sort_keys=True).encode() + b"\n", b"application/json"
         else:
-            status, body, kind = b"404 Not Found", b"see /metrics\n", b"text/plain"
+            status, body, kind = b"404 Not Found", b"see /metrics or /healthz\n", b"text/plain"
         writer.write(
             b"HTTP/1.1 "
             + status

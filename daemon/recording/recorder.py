@@ -11,6 +11,7 @@ clients use, into an Ogg Opus file (:class:`~.oggopus.OggOpusWriter`).
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class RecordingResult:
     bytes: int
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class RoomRecorder:
     """Mixes the recorded flows of one room into an Ogg Opus file."""
 
@@ -81,7 +86,8 @@ class RoomRecorder:
         self.started_at = started_at
         self.hold_frames = max(1, round(hold / FRAME_SECONDS))
         self.stats = RecorderStats()
-        self._stream = stream if stream is not None else open(path, "wb")  # noqa: SIM115
+        # Recordings are private (0600) whatever the process umask.
+        self._stream = stream if stream is not None else open(path, "wb", opener=_private)  # noqa: SIM115
         self._encoder = OpusEncoder(bitrate=bitrate)
         self._writer = OggOpusWriter(self._stream, comments=comments)
         self._srtp = SrtpReceiver()

@@ -168,7 +168,7 @@ class RecordingService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="salon-recorder", daemon=True)
         self._thread.start()
 
@@ -286,7 +286,7 @@ class RecordingService:
             self._record_failure(replace(info, status="failed", ended_at=command.at))
             return
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             recorder = RoomRecorder(
                 path, command.at, comments=comments, hold=self.hold, bitrate=self.bitrate
             )
