@@ -23,7 +23,7 @@ from salon.daemon.abuse import AddressGuard
 from salon.daemon.auth import AuthError, clean_display_name
 from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
-from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, RoomClosed
+from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, ModerationTaken, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
 from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
@@ -204,6 +204,16 @@ class SalonServer:
             self.guard.room_closed(event.room)
         elif isinstance(event, BanChanged) and event.ban is not None:
             self.guard.banned(event.room, event.user, time.time())
+        elif isinstance(event, ModerationTaken):
+            reason = event.detail.get("reason")
+            log.info(
+                "moderation: %s %s %s in %s%s",
+                event.actor,
+                event.action,
+                event.target or "-",
+                event.room or "the server",
+                f" (reason {reason!r})" if reason else "",
+            )
 
     def _check_hello(self, protocol: SessionProtocol) -> None:
         protocol.hello_timer = None
