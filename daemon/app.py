@@ -220,12 +220,13 @@ def demo_companions() -> list[Callable[[Any], Awaitable[None]]]:
 
 async def serve_forever(config: Config) -> None:
     daemon = Daemon(config)
-    await daemon.start()
-    tune_garbage_collector(config.tuning)  # shorter GC pauses (BENCHMARKS.md)
+    # Handlers first: a SIGTERM arriving while salond starts still stops it cleanly.
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    await daemon.start()
+    tune_garbage_collector(config.tuning)  # shorter GC pauses (BENCHMARKS.md)
     await stop_requested.wait()
     log.info("stopping: telling clients and closing rooms")
     await daemon.stop()
