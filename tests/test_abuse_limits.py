@@ -19,6 +19,7 @@ from salon.client.connection import RequestError, SalonClient
 from salon.daemon.abuse import LogThrottle, source_of
 from salon.daemon.wire import messages as msg
 from tests.conftest import run_daemon, start_salond
+from tests.test_reliability_support import monotonic, record
 
 pytestmark = pytest.mark.e2e
 
@@ -109,8 +110,10 @@ async def test_fresh_guest_keys_from_one_address_cannot_own_more_rooms(tmp_path:
                 # Leaving does not close the room at once (limits.owner_grace): it stays open.
                 await asyncio.wait_for(client.close(), 5)
 
+        started = monotonic()
         for start in range(0, keys, 20):
             await asyncio.gather(*(one(i) for i in range(start, min(keys, start + 20))))
+        seconds = monotonic() - started
         assert outcomes.count("created") == 3, outcomes
         assert outcomes.count("room_limit") == keys - 3
         # A token user from the same address is not a guest: not held to the guest limits.
@@ -131,6 +134,14 @@ async def test_fresh_guest_keys_from_one_address_cannot_own_more_rooms(tmp_path:
     refusals = [line for line in daemon.lines if "refused (rooms)" in line]
     # 197 refusals within a few seconds: a handful of log lines, not 197.
     assert 1 <= len(refusals) <= 5, refusals
+    record(
+        "fresh_guest_keys_one_address",
+        keys=keys,
+        rooms_created=outcomes.count("created"),
+        refused_room_limit=outcomes.count("room_limit"),
+        seconds=round(seconds, 1),
+        warning_lines=len(refusals),
+    )
 
 
 async def test_guest_connections_per_address_at_once_and_per_second(tmp_path: Path) -> None:

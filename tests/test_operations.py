@@ -23,6 +23,7 @@ from salon.daemon.metrics import MetricsEndpoint
 from salon.daemon.store import DATABASE_NAME
 from tests.conftest import SalondProcess, run_daemon, salon_cli, start_salond
 from tests.test_abuse_limits import fresh_key, salonctl
+from tests.test_reliability_support import record
 
 pytestmark = pytest.mark.e2e
 
@@ -239,6 +240,14 @@ async def test_a_backup_during_a_burst_of_bans_restores_every_acknowledged_ban(
             for row in read_db(restored / DATABASE_NAME, "SELECT user FROM bans WHERE room='busy'")
         }
         assert before_backup <= banned, f"{len(before_backup - banned)} acknowledged bans lost"
+        record(
+            "backup_during_ban_burst",
+            burst=burst,
+            acked_before_backup=len(before_backup),
+            acked_when_backup_returned=during,
+            restored_bans=len(banned),
+            backup_bytes=backup.stat().st_size,
+        )
         # The restored room enforces them.
         owner = await SalonClient.connect(
             daemon.host,

@@ -64,7 +64,13 @@ async def test_join_limits_per_address_and_per_room(tmp_path):
 
 def limiter(**settings: Any) -> JoinFloodLimiter:
     config = load_config(None, {"limits.knock_rate": "3"})
-    api = SimpleNamespace(config=config, settings=PluginSettings("join_flood", settings))
+    refusals: list[str] = []
+    api = SimpleNamespace(
+        config=config,
+        settings=PluginSettings("join_flood", settings),
+        count_abuse=refusals.append,
+        refusals=refusals,
+    )
     return JoinFloodLimiter(api)  # type: ignore[arg-type]
 
 
@@ -83,6 +89,20 @@ def test_defaults_come_from_limits_knock_rate():
     # Tokens come back with time.
     flood.clock = lambda: 101.0
     assert flood.join_request(identity, "r", "10.0.0.1", knock=True) is None
+    assert flood.api.refusals == ["knocks"]
+
+
+def test_knocks_count_per_ipv6_prefix():
+    flood = limiter()
+    flood.clock = lambda: 100.0
+    identity: Any = None
+    # Every address of one /64 shares a bucket (a new address there is free to take).
+    answers = [
+        flood.join_request(identity, "r", f"2001:db8:7:1::{index:x}", knock=True)
+        for index in range(1, 5)
+    ]
+    assert answers[:3] == [None] * 3 and isinstance(answers[3], Deny)
+    assert flood.join_request(identity, "r", "2001:db8:7:2::1", knock=True) is None
 
 
 def test_rate_limit_forgets_the_least_recently_used(monkeypatch):

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         action = sub.add_parser(name, help=text)
         action.add_argument("room")
         action.add_argument("user")
-    remove = sub.add_parser("remove", help="remove a member (they may come back)")
+    remove = sub.add_parser(
+        "remove", help="remove a member (they may come back; approval rooms: by knocking)"
+    )
     remove.add_argument("room")
     remove.add_argument("user")
     remove.add_argument("--reason", default="")
