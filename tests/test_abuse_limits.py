@@ -275,3 +275,12 @@ async def test_the_operator_creates_rooms_under_required_roles(tmp_path: Path) -
         assert code == 0, err
         # Owned by the operator (operator:<unix user>), who is not held to required_roles.
         assert live.daemon.core.rooms["town-hall"].owner.startswith("operator:")
+        # The console's `n` creates rooms through the same admin client call.
+        from salon.daemon.admin.client import AdminClient
+
+        admin = await AdminClient.connect(socket)
+        try:
+            summary = await admin.create_room("from-console", "From the console")
+        finally:
+            await admin.close()
+        assert summary.room == "from-console"
