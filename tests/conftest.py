@@ -150,11 +150,26 @@ def _guest_key(name: str, index: int) -> str:
     ).decode()
 
 
+LOOPBACK_GUEST_LIMITS = {
+    "limits.guest_connections_per_address": 100_000,
+    "limits.guest_connect_rate": 0.0,
+    "limits.guest_rooms_per_address": 100_000,
+    "limits.guest_create_rate": 0.0,
+}
+"""Every test client comes from 127.0.0.1: the in-process daemons lift the per-address guest
+limits unless a test sets them (tests/test_abuse_limits.py does, with its own values)."""
+
+
 @contextlib.asynccontextmanager
 async def run_daemon(state_dir: Path, **overrides: Any) -> AsyncIterator[InProcessDaemon]:
     from salon.daemon.app import Daemon
 
-    values = {"server.port": 0, "server.state_dir": str(state_dir), **overrides}
+    values = {
+        "server.port": 0,
+        "server.state_dir": str(state_dir),
+        **LOOPBACK_GUEST_LIMITS,
+        **overrides,
+    }
     config = resolve_paths(load_config(None, values))
     daemon = Daemon(config)
     await daemon.start()
