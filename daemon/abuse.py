@@ -136,6 +136,9 @@ class AddressGuard:
         self.create_rate = SourceRate(limits.guest_create_rate, limits.guest_create_burst)
         self._sessions: dict[int, str] = {}
         """Session -> source, for sessions held to the limits."""
+        self._pending: dict[int, str] = {}
+        """Session -> source, for connections that have not said hello yet."""
+        self._pending_count: Counter[str] = Counter()
         self._open: Counter[str] = Counter()
         self._rooms: dict[str, str] = {}
         """Room -> source of the guest who created it, while the room is not closed."""
@@ -162,8 +165,34 @@ class AddressGuard:
 
     # ------------------------------------------------------------------ connections
 
+    def handshake(self, session: int, address: str) -> str | None:
+        """A QUIC handshake completed: None to let it say hello, else why it is refused.
+
+        Until its hello nobody knows who it is, so every such connection counts against
+        ``guest_connections_per_address``: a flood of handshakes that never say hello is held
+        to it too (each would otherwise stay open for the hello time-out)."""
+        source = self.source(address)
+        limit = self.limits.guest_connections_per_address
+        if self._pending_count[source] >= limit:
+            return self._refuse(
+                "connections",
+                source,
+                f"too many connections from your address waiting for hello (at most {limit})",
+            )
+        self._pending[session] = source
+        self._pending_count[source] += 1
+        return None
+
+    def _said_hello(self, session: int) -> None:
+        source = self._pending.pop(session, None)
+        if source is not None:
+            self._pending_count[source] -= 1
+            if self._pending_count[source] <= 0:
+                del self._pending_count[source]
+
     def admit(self, session: int, identity: Identity, address: str) -> str | None:
         """A session said hello as ``identity``: None to admit it, else why it is refused."""
+        self._said_hello(session)
         source = self.source(address)
         self._last_source[identity.user] = source
         self._last_source.move_to_end(identity.user)
@@ -187,6 +216,7 @@ class AddressGuard:
         return None
 
     def closed(self, session: int) -> None:
+        self._said_hello(session)
         source = self._sessions.pop(session, None)
         if source is not None:
             self._open[source] -= 1

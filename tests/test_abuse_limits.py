@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from salon.client.connection import RequestError, SalonClient
-from salon.daemon.abuse import LogThrottle, source_of
+from salon.daemon.abuse import AddressGuard, LogThrottle, source_of
 from salon.daemon.wire import messages as msg
 from tests.conftest import run_daemon, start_salond
 from tests.test_reliability_support import monotonic, record
@@ -73,6 +73,27 @@ def test_a_flood_of_refusals_logs_one_line_per_interval(caplog: pytest.LogCaptur
     assert sum(logged) == 10  # at 0, 10, ..., 90
     assert len(caplog.records) == 11
     assert caplog.records[-1].getMessage() == "refused (9 more like this not logged)"
+
+
+def test_connections_that_never_say_hello_count_too() -> None:
+    from collections import Counter
+
+    from salon.daemon.config import load_config
+    from salon.daemon.core import Identity
+
+    limits = load_config(None, {"limits.guest_connections_per_address": 2}).limits
+    refusals: Counter[str] = Counter()
+    guard = AddressGuard(limits, refusals)
+    assert guard.handshake(1, "2001:db8::1") is None
+    assert guard.handshake(2, "2001:db8::2") is None
+    assert guard.handshake(3, "2001:db8::3") is not None  # same /64, nobody said hello
+    assert guard.handshake(3, "2001:db8:0:1::3") is None  # another /64
+    guard.closed(1)
+    assert guard.handshake(4, "2001:db8::4") is None
+    alice = Identity(user="alice", display_name="Alice")
+    assert guard.admit(4, alice, "2001:db8::4") is None  # a token user: no longer pending
+    assert guard.handshake(5, "2001:db8::5") is None
+    assert refusals == {"connections": 1}
 
 
 # --------------------------------------------------------------------------- rooms per address
@@ -155,6 +176,8 @@ async def test_guest_connections_per_address_at_once_and_per_second(tmp_path: Pa
         error = await refused(live.client("Guest 3"))
         assert error.code == "rate_limited"
         assert "too many connections from your address" in error.message
+        # The refused connection is closed, not left waiting for the hello time-out.
+        await wait_until(lambda: len(live.daemon.server.sessions) == 3, timeout=5.0)
         # A token user is not held to guest limits; a guest leaving frees a place.
         await live.client("Bob", credentials={"token": "token-of-bob"})
         await guests[0].close()

@@ -38,6 +38,8 @@ ALPN = "salon/1"
 HELLO_TIMEOUT = 10.0
 # A session that keeps exceeding its message rate this many times in a row is disconnected.
 RATE_STRIKES_TO_CLOSE = 5
+# Seconds between refusing a hello under the per-address limits and closing the connection.
+REFUSED_CLOSE_DELAY = 0.5
 
 
 @dataclass
@@ -198,6 +200,10 @@ class SalonServer:
         protocol.hello_timer = self._loop.call_later(HELLO_TIMEOUT, self._check_hello, protocol)
         if self.shutting_down:
             protocol.close_with(CloseCode.SERVER_SHUTDOWN, "server shutting down")
+            return
+        refusal = self.guard.handshake(protocol.session_id, protocol.address)
+        if refusal is not None:
+            protocol.close_with(CloseCode.RATE_ABUSE, refusal)
 
     def _guard_observer(self, event: CoreEvent) -> None:
         if isinstance(event, RoomClosed):
@@ -408,8 +414,12 @@ class SalonServer:
             return
         refusal = self.guard.admit(protocol.session_id, identity, protocol.address)
         if refusal is not None:
-            # Left unauthenticated: the hello timer closes the connection.
             self._reply_error(protocol, request.id, msg.ErrorCode.RATE_LIMITED, refusal)
+            # Closed once the error is on its way (the reply is flushed at the end of this tick).
+            assert self._loop is not None
+            self._loop.call_later(
+                REFUSED_CLOSE_DELAY, protocol.close_with, CloseCode.RATE_ABUSE, refusal
+            )
             return
         self.admit(protocol, identity)
         log.info(
