@@ -197,7 +197,15 @@ async def test_guest_connections_per_address_at_once_and_per_second(tmp_path: Pa
 
 
 async def test_room_creation_rate_per_address(tmp_path: Path) -> None:
-    overrides = {"limits.guest_create_rate": 0.001, "limits.guest_create_burst": 2}
+    from salon.daemon.metrics import MetricsEndpoint
+    from tests.test_metrics import samples, scrape
+
+    overrides = {
+        "limits.guest_create_rate": 0.001,
+        "limits.guest_create_burst": 2,
+        "metrics.enabled": True,
+        "metrics.port": 0,
+    }
     async with run_daemon(tmp_path / "state", **overrides) as live:
         for index in range(2):
             client = await live.client(f"Maker {index}")
@@ -206,6 +214,9 @@ async def test_room_creation_rate_per_address(tmp_path: Path) -> None:
         error = await refused(client.create_room("One too many"))
         assert error.code == "rate_limited"
         assert live.daemon.server.stats.abuse == {"create_rate": 1}
+        [endpoint] = [c for c in live.daemon.components if isinstance(c, MetricsEndpoint)]
+        _, body = await scrape(*endpoint.address)
+        assert samples(body)[("salon_abuse_refusals_total", (("limit", "create_rate"),))] == 1
 
 
 async def wait_until(condition: Any, timeout: float = 10.0) -> None:
