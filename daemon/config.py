@@ -503,23 +503,23 @@ class LimitsConfig(Section, frozen=True):
     """Knocks per second accepted from one client address."""
     max_speakers_cap: PositiveInt = 100
     """Upper bound for any room's speaker limit."""
-    guest_connections_per_address: int = field(default=20, metadata=_rule(_Integer(1)))
+    guest_connections_per_address: PositiveInt = 20
     """Guest connections open at once from one source (IPv4 address or IPv6 prefix)."""
-    guest_connect_rate: float = field(default=2.0, metadata=_rule(_Number(zero=True)))
+    guest_connect_rate: NonNegativeNumber = 2.0
     """Guest connections per second from one source on average; 0: unlimited."""
-    guest_connect_burst: int = field(default=20, metadata=_rule(_Integer(1)))
+    guest_connect_burst: PositiveInt = 20
     """Guest connections from one source at once above ``guest_connect_rate``."""
-    guest_rooms_per_address: int = field(default=5, metadata=_rule(_Integer(1)))
+    guest_rooms_per_address: PositiveInt = 5
     """Open rooms guests from one source may own together, whatever keys they use."""
-    guest_create_rate: float = field(default=0.1, metadata=_rule(_Number(zero=True)))
+    guest_create_rate: NonNegativeNumber = 0.1
     """Rooms per second guests from one source may create on average; 0: unlimited."""
-    guest_create_burst: int = field(default=5, metadata=_rule(_Integer(1)))
+    guest_create_burst: PositiveInt = 5
     """Rooms guests from one source may create at once above ``guest_create_rate``."""
-    ipv6_prefix: int = field(default=64, metadata=_rule(_Integer(16, 128)))
+    ipv6_prefix: Annotated[int, Meta(ge=16, le=128)] = 64
     """IPv6 addresses count per network of this prefix length (one customer's /64)."""
-    guest_limits_for_users: bool = field(default=False, metadata=_rule(_Boolean()))
+    guest_limits_for_users: bool = False
     """Hold authenticated (token) users to the guest limits too; operators never are."""
-    ban_address_memory: float = field(default=86400.0, metadata=_rule(_Number(zero=True)))
+    ban_address_memory: NonNegativeNumber = 86400.0
     """Seconds a ban remembers the banned user's address, flagged on knocks; 0: off."""
 
 
