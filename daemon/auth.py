@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from salon.daemon.config import GUEST_PREFIX
 from salon.daemon.core import Identity
+from salon.daemon.wire.text import cell_width, clean_text
 
 MAX_DISPLAY_NAME = 64
 GUEST_KEY_BYTES = (16, 64)
@@ -30,8 +31,9 @@ def guest_user_id(guest_key: bytes) -> str:
 
 
 def clean_display_name(name: str) -> str:
-    name = " ".join(name.split())
-    if not 1 <= len(name) <= MAX_DISPLAY_NAME:
+    """A display name under the text rule (a plugin's answer is cleaned, never trusted)."""
+    name = clean_text(name) if isinstance(name, str) else ""
+    if not 1 <= cell_width(name) <= MAX_DISPLAY_NAME:
         raise AuthError(f"display_name must be 1..{MAX_DISPLAY_NAME} characters")
     return name
 

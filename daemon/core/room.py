@@ -11,6 +11,7 @@ from typing import Any
 
 from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
+from salon.daemon.wire.text import TextError, check_text, clean_text
 
 from .errors import CoreError
 from .forwarder import Flow
@@ -25,6 +26,7 @@ MAX_TITLE = 200
 MAX_TOPICS = 10
 MAX_TOPIC = 40
 MAX_DESCRIPTION = 2000
+MAX_REASON = 200
 MIN_SPEAKERS = 1
 MAX_SPEAKERS = 100
 POLICIES = ("open", "approval", "invite")
@@ -271,11 +273,23 @@ def check_room_id(room: Any) -> str:
     return room
 
 
+def _text(field: str, value: Any, *, limit: int, minimum: int = 1, multiline: bool = False) -> str:
+    """The one text rule (:mod:`salon.daemon.wire.text`) as a CoreError: ``invalid_text`` for a
+    refused character, ``invalid_value`` for a length out of bounds."""
+    try:
+        return check_text(field, value, max_width=limit, min_width=minimum, multiline=multiline)
+    except TextError as exc:
+        if exc.bad_characters:
+            raise CoreError(ErrorCode.INVALID_TEXT, str(exc)) from None
+        if minimum:
+            raise _invalid(f"{field} must be {minimum}..{limit} characters") from None
+        raise _invalid(f"{field} must be at most {limit} characters") from None
+
+
 def clean_title(title: Any) -> str:
-    cleaned = title.strip() if isinstance(title, str) else ""
-    if not 1 <= len(cleaned) <= MAX_TITLE:
+    if not isinstance(title, str):
         raise _invalid(f"title must be 1..{MAX_TITLE} characters")
-    return cleaned
+    return _text("title", title, limit=MAX_TITLE)
 
 
 def clean_topics(topics: Any) -> list[str]:
@@ -286,14 +300,29 @@ def clean_topics(topics: Any) -> list[str]:
     for topic in topics:
         if not isinstance(topic, str):
             raise _invalid("topics must be a list of strings")
-        topic = topic.strip().lower()
-        if not 1 <= len(topic) <= MAX_TOPIC:
-            raise _invalid(f"each of topics must be 1..{MAX_TOPIC} characters")
+        try:
+            topic = _text("topics", topic, limit=MAX_TOPIC).lower()
+        except CoreError as exc:
+            if exc.code is ErrorCode.INVALID_TEXT:
+                raise
+            raise _invalid(f"each of topics must be 1..{MAX_TOPIC} characters") from None
         if topic not in cleaned:
             cleaned.append(topic)
     if len(cleaned) > MAX_TOPICS:
         raise _invalid(f"topics holds at most {MAX_TOPICS} topics")
     return cleaned
+
+
+def clean_reason(reason: Any) -> str:
+    """A moderator's reason (deny, mute, remove, ban): up to 200 characters, may be empty."""
+    if not isinstance(reason, str):
+        raise _invalid("reason must be a string")
+    return _text("reason", reason, limit=MAX_REASON, minimum=0)
+
+
+def restored_text(value: Any, *, multiline: bool = False) -> Any:
+    """Stored text made to pass the text rule (data written before the rule existed)."""
+    return clean_text(value, multiline=multiline) if isinstance(value, str) else value
 
 
 def check_policy(policy: Any) -> messages.Policy:
@@ -320,10 +349,7 @@ def check_flag(name: str, value: Any) -> bool:
 def clean_description(description: Any) -> str:
     if not isinstance(description, str):
         raise _invalid("description must be a string")
-    description = description.strip()
-    if len(description) > MAX_DESCRIPTION:
-        raise _invalid(f"description must be at most {MAX_DESCRIPTION} characters")
-    return description
+    return _text("description", description, limit=MAX_DESCRIPTION, minimum=0, multiline=True)
 
 
 def check_time(name: str, value: Any) -> float | None:

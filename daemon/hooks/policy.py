@@ -22,6 +22,7 @@ from salon.daemon.core import CoreError, Identity, ModerationTaken
 from salon.daemon.net.server import Review
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.messages import ErrorCode
+from salon.daemon.wire.text import clean_text
 
 from .api import PLUGIN_ACTOR_PREFIX
 from .results import Approve, Deny, Failure
@@ -186,7 +187,9 @@ class PluginPolicy:
                 trust.append(value)
             elif isinstance(value, (list, tuple)):
                 trust.extend(str(item) for item in value)
-        trust = list(dict.fromkeys(t[:MAX_TRUST_TEXT] for t in trust if t))[:MAX_TRUST]
+        # Plugin strings reach the hosts' screens: the text rule cleans them like client text.
+        cleaned = (clean_text(str(t))[:MAX_TRUST_TEXT] for t in trust)
+        trust = list(dict.fromkeys(t for t in cleaned if t))[:MAX_TRUST]
         if not (knock and approved_by):
             return Review(request, trust=trust)
         user, plugin = identity.user, approved_by[0]

@@ -20,7 +20,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from salon.daemon import __version__
 from salon.daemon.abuse import AddressGuard
-from salon.daemon.auth import AuthError, clean_display_name
+from salon.daemon.auth import MAX_DISPLAY_NAME, AuthError
 from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, ModerationTaken, RoomClosed
@@ -29,6 +29,7 @@ from salon.daemon.stats import ServerStats
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.framing import frame_message
+from salon.daemon.wire.text import TextError, check_text
 from salon.quic.fastpath import supported as fastpath_supported
 from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
@@ -398,10 +399,12 @@ class SalonServer:
             )
             return
         try:
-            # The client's own value is checked before its credentials (PROTOCOL.md 3.6).
-            clean_display_name(request.display_name)
-        except AuthError as exc:
-            self._reply_error(protocol, request.id, msg.ErrorCode.INVALID_VALUE, str(exc))
+            # The client's own value is checked before its credentials (PROTOCOL.md 3.6): the
+            # text rule refuses control and bidi characters (invalid_text), then the length.
+            check_text("display_name", request.display_name, max_width=MAX_DISPLAY_NAME)
+        except TextError as exc:
+            code = msg.ErrorCode.INVALID_TEXT if exc.bad_characters else msg.ErrorCode.INVALID_VALUE
+            self._reply_error(protocol, request.id, code, str(exc))
             return
         try:
             identity = await self.authenticator.authenticate(

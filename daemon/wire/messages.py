@@ -59,6 +59,7 @@ class ErrorCode(str, enum.Enum):
     ALREADY_RECORDING = "already_recording"
     NOT_RECORDING = "not_recording"
     INVALID_VALUE = "invalid_value"
+    INVALID_TEXT = "invalid_text"
     DENIED_BY_PLUGIN = "denied_by_plugin"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
