@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,7 +27,9 @@ from typing import Any
 import msgspec
 
 from salon.daemon.config import ConfigError
-from salon.daemon.wire.messages import JoinRequestInfo
+from salon.daemon.wire.confusables import confusable, name_warning
+from salon.daemon.wire.messages import JoinRequestInfo, Participant
+from salon.daemon.wire.text import printable
 
 from .client import AdminClient, AdminConnectionError, AdminError, default_socket_path
 from .protocol import AuditEntry, RoomDetail, StatusInfo
@@ -100,14 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("approve", "admit a knocking requester"), ("deny", "refuse a knock")):
         knock = sub.add_parser(name, help=text)
         knock.add_argument("room")
-        knock.add_argument("who", help="request id, user id or display name of the requester")
+        knock.add_argument(
+            "who",
+            help="request id, user id or display name of the requester (a name that is "
+            "ambiguous or only looks like a knock's name is refused: give the user id)",
+        )
         if name == "deny":
             knock.add_argument("--reason", default="")
 
     for name, (_, text) in USER_ACTIONS.items():
         action = sub.add_parser(name, help=text)
         action.add_argument("room")
-        action.add_argument("user")
+        action.add_argument(
+            "user",
+            help="user id" if name == "unban" else "user id or display name of a present member",
+        )
     remove = sub.add_parser(
         "remove", help="remove a member (they may come back; approval rooms: by knocking)"
     )
@@ -224,9 +234,10 @@ def format_detail(detail: RoomDetail) -> str:
     for k in detail.knocks:
         verified = ", ".join(f"{a}={v}" for a, v in k.verified.items()) or "nothing verified"
         trust = "; ".join(k.trust) or "-"
+        warning = name_warning(k.display_name).describe()
         lines.append(
             f"  {k.request_id}  {k.display_name} ({k.user})  {verified}  trust: {trust}"
-            f"  expires {when(k.expires_at)}"
+            f"  expires {when(k.expires_at)}" + (f"  {warning}" if warning else "")
         )
     lines.append("invites:" + ("" if detail.invites else " -"))
     for i in detail.invites:
@@ -247,10 +258,15 @@ def format_audit(entry: AuditEntry) -> str:
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    """Print ``data`` as JSON (which escapes every control character) or ``human`` as text.
+
+    Human output carries names and titles guests chose: :func:`printable` keeps their control
+    and bidi characters from reaching the terminal, whatever the daemon stored.
+    """
     if args.json:
         print(json.dumps(msgspec.to_builtins(data), indent=2, sort_keys=True))
     else:
-        print(human)
+        print(printable(human, multiline=True))
 
 
 # ----------------------------------------------------------------------------- commands
@@ -312,37 +328,94 @@ async def cmd_set(client: AdminClient, args: argparse.Namespace) -> None:
 
 
 async def find_knock(client: AdminClient, room: str, who: str) -> JoinRequestInfo:
-    """The knock ``who`` names (its request id, or the requester's user id or display name)."""
+    """The knock ``who`` names (its request id, or the requester's user id or display name).
+
+    A display name admits nobody when it is ambiguous: two knocks whose names are equal or
+    look alike (``Grace`` and ``Gr\u0430ce`` with a Cyrillic a), or a knock whose name only looks
+    like the one given. Then the user id (or request id) is required.
+    """
     detail = await client.room(room)
-    for match in (
-        lambda k: k.request_id == who,
-        lambda k: k.user == who,
-        lambda k: k.display_name == who,
-    ):
+    for match in (lambda k: k.request_id == who, lambda k: k.user == who):
         found = [k for k in detail.knocks if match(k)]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
             raise AdminError("invalid_value", f"{who!r} names several knocks; use a request id")
-    raise AdminError("request_not_found", f"no pending knock by {who!r} in {room}")
+    return pick_by_name(detail.knocks, who, f"pending knock in {room}", "request_not_found")
+
+
+def pick_by_name(candidates: list[Any], name: str, what: str, missing_code: str) -> Any:
+    """The one candidate (knock or participant) whose display name is ``name``; refuses when
+    another candidate's name is equal or confusable, or when ``name`` only looks like one."""
+    lookalikes = [c for c in candidates if confusable(c.display_name, name)]
+    exact = [c for c in lookalikes if c.display_name == name]
+    if len(lookalikes) > 1:
+        listed = ", ".join(f"{c.display_name!r} ({c.user})" for c in lookalikes)
+        raise AdminError(
+            "ambiguous_name",
+            f"{name!r} matches several names that look alike: {listed}; give the user id",
+        )
+    if lookalikes and not exact:
+        other = lookalikes[0]
+        raise AdminError(
+            "ambiguous_name",
+            f"no {what} is named exactly {name!r}; {other.display_name!r} ({other.user}) only "
+            "looks like it: give the user id to act on it",
+        )
+    if not exact:
+        raise AdminError(missing_code, f"no {what} named {name!r}")
+    return exact[0]
+
+
+async def find_member(client: AdminClient, room: str, who: str) -> Participant:
+    """The present member ``who`` names: a user id, or an unambiguous display name."""
+    detail = await client.room(room)
+    by_id = [m for m in detail.participants if m.user == who]
+    if by_id:
+        return by_id[0]
+    found: Participant = pick_by_name(
+        detail.participants, who, f"member of {room}", "participant_not_found"
+    )
+    return found
 
 
 async def cmd_approve(client: AdminClient, args: argparse.Namespace) -> None:
     knock = await find_knock(client, args.room, args.who)
     result = await client.approve_knock(args.room, knock.request_id)
+    result = {
+        "action": "approve_knock",
+        "room": args.room,
+        "request_id": knock.request_id,
+        "ok": True,
+        **result,
+    }
     emit(args, result, f"admitted {knock.display_name} ({knock.user}) to {args.room}")
 
 
 async def cmd_deny(client: AdminClient, args: argparse.Namespace) -> None:
     knock = await find_knock(client, args.room, args.who)
     result = await client.deny_knock(args.room, knock.request_id, args.reason)
-    emit(args, result, f"denied {knock.display_name} ({knock.user})")
+    done = {
+        "action": "deny_knock",
+        "room": args.room,
+        "user": knock.user,
+        "request_id": knock.request_id,
+        "ok": True,
+        **result,
+    }
+    emit(args, done, f"denied {knock.display_name} ({knock.user})")
 
 
 def user_action(method: str) -> Handler:
     async def run(client: AdminClient, args: argparse.Namespace) -> None:
-        result = await getattr(client, method)(args.room, args.user)
-        emit(args, result, f"{args.command}: {args.user} in {args.room}: done")
+        user, shown = args.user, args.user
+        if args.command != "unban":  # a banned user is not present: unban takes a user id
+            member = await find_member(client, args.room, args.user)
+            user = member.user
+            shown = f"{member.display_name} ({member.user})"
+        result = await getattr(client, method)(args.room, user)
+        done = {"action": method, "room": args.room, "user": user, "ok": True, **result}
+        emit(args, done, f"{args.command}: {shown} in {args.room}: done")
 
     return run
 
@@ -440,7 +513,8 @@ async def cmd_watch(client: AdminClient, args: argparse.Namespace) -> None:
             print(json.dumps(msgspec.to_builtins(event), sort_keys=True), flush=True)
         else:
             data = " ".join(f"{k}={v}" for k, v in event.data.items() if k != "room")
-            print(f"{when(event.at)}  {event.kind:<13} {event.room or '-':<16} {data}", flush=True)
+            line = f"{when(event.at)}  {event.kind:<13} {event.room or '-':<16} {data}"
+            print(printable(line), flush=True)
         seen += 1
         if args.count is not None and seen >= args.count:
             return
@@ -488,7 +562,7 @@ async def run(args: argparse.Namespace) -> int:
     except AdminError as exc:
         if args.json:
             print(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True))
-        print(f"salonctl: {exc.code}: {exc.message}", file=sys.stderr)
+        print(printable(f"salonctl: {exc.code}: {exc.message}"), file=sys.stderr)
         return EXIT_REFUSED
     except AdminConnectionError as exc:
         print(f"salonctl: {exc}", file=sys.stderr)
@@ -504,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``salonctl --json watch | head``): that ends the output, it is
+        # not an error. Point stdout at /dev/null so that the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
