@@ -34,10 +34,11 @@ from salon.daemon.admin.client import (
 
 from .messages import ActionFinished, AdminEventReceived, Connected, Disconnected
 from .screens.base import AdminScreen
-from .screens.dialogs import PromptScreen
+from .screens.dialogs import ConfirmScreen, PromptScreen
 from .screens.help import HelpScreen
 from .screens.room import RoomScreen
 from .screens.rooms import RoomsScreen
+from .text import plain_str
 from .widgets.connection import ConnectionBar
 
 Connector = Callable[[Path], Awaitable[AdminClient]]
@@ -69,8 +70,14 @@ class SalonAdminApp(App[None]):
         """(title, message) of the recent notifications, for tests and the curious."""
 
     def notify(self, message: str, *, title: str = "", **options: Any) -> None:
-        """Show a toast, and remember it in :attr:`notices` (newest last)."""
+        """Show a toast, and remember it in :attr:`notices` (newest last).
+
+        Messages carry names and reasons guests chose: they are shown as plain, printable text,
+        never as markup.
+        """
+        message, title = plain_str(message), plain_str(title)
         self.notices.append((title, message))
+        options.setdefault("markup", False)
         super().notify(message, title=title, **options)
 
     def on_mount(self) -> None:
@@ -223,7 +230,38 @@ class SalonAdminApp(App[None]):
         self.ask(f"Topics of {room} (comma separated):", ", ".join(current), answered)
 
     def set_policy(self, room: str, policy: str) -> None:
-        self.perform(f"{room}: policy {policy}", lambda c: c.update_room(room, policy=policy))
+        """Change a room's join policy; opening a room (anyone may walk in) asks first."""
+
+        def change() -> None:
+            self.perform(f"{room}: policy {policy}", lambda c: c.update_room(room, policy=policy))
+
+        if policy != "open":
+            change()
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                change()
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Open {room} to everyone? Nobody will need approval or an invite to join.",
+                "Open room",
+            ),
+            confirmed,
+        )
+
+    def toggle_recording(self, room: str, recording: bool) -> None:
+        """Start recording ``room``, or stop its recording (asks first: it ends the file)."""
+        if not recording:
+            self.perform(f"{room}: recording started", lambda c: c.act(room, "start_recording"))
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.perform(f"{room}: recording stopped", lambda c: c.act(room, "stop_recording"))
+
+        self.push_screen(ConfirmScreen(f"Stop recording {room}?", "Stop recording"), confirmed)
 
     @work(group="actions")
     async def create_invite_link(self, room: str, role: str) -> None:

@@ -11,6 +11,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
+from ..text import plain
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Yes or no; ``y`` confirms, ``n`` or Escape cancels."""
@@ -27,7 +29,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-body"):
-            yield Label(self.question, id="question")
+            yield Label(plain(self.question), id="question")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", id="no")
@@ -56,7 +58,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-body"):
-            yield Label(self.question, id="question")
+            yield Label(plain(self.question), id="question")
             yield Input(value=self.value, placeholder=self.placeholder, id="answer")
             yield Label("Enter to confirm, Escape to cancel", classes="hint")
 
@@ -147,7 +149,7 @@ class ReasonConfirmScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-body"):
-            yield Label(self.question, id="question")
+            yield Label(plain(self.question), id="question")
             yield Input(placeholder="reason (optional, shown to them)", id="reason")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (enter)", variant="error", id="yes")

@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
 
-KEY_NAMES = {"question_mark": "?", "escape": "esc", "P": "shift+p"}
+KEY_NAMES = {"question_mark": "?", "escape": "esc", "P": "shift+p", "R": "shift+r"}
 
 
 def binding_rows(bindings: list[BindingType]) -> list[tuple[str, str]]:

@@ -18,9 +18,12 @@ from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from salon.daemon.admin.client import AdminClient, AdminConnectionError, AdminError
 from salon.daemon.admin.protocol import Event, MeterLevel, RoomDetail, convert
+from salon.daemon.wire.confusables import name_warning
 from salon.daemon.wire.messages import JoinRequestInfo, Participant
+from salon.daemon.wire.text import printable
 
 from ..messages import RoomGone, RoomLoaded
+from ..text import plain
 from ..widgets.connection import ConnectionBar
 from ..widgets.meter import meter
 from ..widgets.profile import KnockProfile
@@ -59,6 +62,7 @@ class RoomScreen(AdminScreen):
         Binding("t", "edit_title", "Title", show=False),
         Binding("o", "edit_topics", "Topics", show=False),
         Binding("y", "cycle_policy", "Policy", show=False),
+        Binding("R", "toggle_recording", "Record/stop", show=False),
         Binding("c", "close_room", "Close room", show=False),
         Binding("r", "refresh", "Refresh", show=False),
     ]
@@ -161,7 +165,7 @@ class RoomScreen(AdminScreen):
         if self.detail is not None and self.detail.summary.state != "closed":
             self.notify(f"{message.room}: {message.reason}", severity="warning")
         summary = self.query_one("#room-summary", Static)
-        summary.update(Text(f"{message.room} — {message.reason}", style="bold red"))
+        summary.update(plain(f"{message.room} — {message.reason}", style="bold red"))
 
     @on(RoomLoaded)
     def show_room(self, message: RoomLoaded) -> None:
@@ -169,12 +173,13 @@ class RoomScreen(AdminScreen):
         s = detail.summary
         summary = Text()
         summary.append(f"{s.room}", style="bold")
-        summary.append(f" — {s.title}   ")
+        summary.append(f" — {printable(s.title)}   ")
         summary.append(f"{s.state} · {s.policy}", style="bold cyan")
-        summary.append(f" · owner {s.owner or '-'} · {s.speakers}/{s.max_speakers} on stage")
+        summary.append(f" · owner {printable(s.owner or '-')}")
+        summary.append(f" · {s.speakers}/{s.max_speakers} on stage")
         summary.append(f" · {s.listeners} listening")
         if s.topics:
-            summary.append(f" · topics: {', '.join(s.topics)}")
+            summary.append(f" · topics: {printable(', '.join(s.topics))}")
         if s.mute_on_join:
             summary.append(" · mute on join")
         if s.recording:
@@ -182,7 +187,7 @@ class RoomScreen(AdminScreen):
         if detail.invites:
             summary.append(f" · {len(detail.invites)} invite links")
         if detail.bans:
-            summary.append(f" · banned: {', '.join(b.user for b in detail.bans)}")
+            summary.append(f" · banned: {printable(', '.join(b.user for b in detail.bans))}")
         if s.state == "closed":
             summary.append("   CLOSED", style="bold red")
         self.query_one("#room-summary", Static).update(summary)
@@ -195,18 +200,30 @@ class RoomScreen(AdminScreen):
             [
                 (
                     m.user,
-                    [ROLE_MARK[m.role], m.display_name, self._meter(levels, m), mic(m), m.user],
+                    [
+                        ROLE_MARK[m.role],
+                        plain(m.display_name),
+                        self._meter(levels, m),
+                        mic(m),
+                        plain(m.user),
+                    ],
                 )
                 for m in stage
             ],
         )
         self._fill(
             "audience",
-            [(m.user, [m.display_name, m.user, "✋" if m.hand_raised else ""]) for m in audience],
+            [
+                (m.user, [plain(m.display_name), plain(m.user), "✋" if m.hand_raised else ""])
+                for m in audience
+            ],
         )
         self._fill(
             "hands",
-            [(u, [str(i), names.get(u, u), u]) for i, u in enumerate(detail.hand_queue, 1)],
+            [
+                (u, [str(i), plain(names.get(u, u)), plain(u)])
+                for i, u in enumerate(detail.hand_queue, 1)
+            ],
         )
         now = time.time()
         self._fill(
@@ -215,9 +232,9 @@ class RoomScreen(AdminScreen):
                 (
                     k.request_id,
                     [
-                        k.display_name,
-                        k.user,
-                        ", ".join(k.verified) or "guest",
+                        knock_name(k),
+                        plain(k.user),
+                        plain(", ".join(k.verified) or "guest"),
                         f"{max(0.0, now - k.requested_at):.0f} s",
                     ],
                 )
@@ -425,6 +442,10 @@ class RoomScreen(AdminScreen):
         current = self.detail.summary.policy if self.detail else "open"
         self.admin.set_policy(self.room, POLICIES[(POLICIES.index(current) + 1) % len(POLICIES)])
 
+    def action_toggle_recording(self) -> None:
+        recording = bool(self.detail and self.detail.summary.recording)
+        self.admin.toggle_recording(self.room, recording)
+
     def action_close_room(self) -> None:
         room = self.room
 
@@ -464,10 +485,26 @@ class RoomScreen(AdminScreen):
             ("Create invite link", "A listener or speaker invite link", self.action_invite_link),
             ("Set title", "Change the room's title", self.action_edit_title),
             ("Set topics", "Change the room's topics", self.action_edit_topics),
-            ("Cycle policy", "open -> approval -> invite", self.action_cycle_policy),
+            (
+                "Cycle policy",
+                "open -> approval -> invite (opening asks first)",
+                self.action_cycle_policy,
+            ),
+            (
+                "Start / stop recording",
+                "Record the room, or stop its recording (asks first)",
+                self.action_toggle_recording,
+            ),
             ("Close room", "Close the room for everyone (asks first)", self.action_close_room),
             ("Back to rooms", "Return to the rooms list", self.action_back),
         ]
+
+
+def knock_name(knock: JoinRequestInfo) -> Text:
+    """The requester's name, marked ⚠ when it mixes scripts or imitates Latin letters."""
+    if name_warning(knock.display_name):
+        return Text.assemble(("⚠ ", "bold yellow"), plain(knock.display_name))
+    return plain(knock.display_name)
 
 
 def mic(member: Participant) -> Text:

@@ -16,6 +16,7 @@ from salon.daemon.admin.client import AdminConnectionError, AdminError
 from salon.daemon.admin.protocol import AuditEntry, Event, StatusInfo, convert
 
 from ..messages import AuditLoaded, RoomsLoaded, StatusLoaded
+from ..text import plain
 from ..widgets.audit import AuditLog
 from ..widgets.connection import ConnectionBar
 from ..widgets.stats import StatsPanel
@@ -118,14 +119,14 @@ class RoomsScreen(AdminScreen):
         table.clear()
         for room in message.rooms:
             table.add_row(
-                room.room,
-                room.title,
+                plain(room.room),
+                plain(room.title),
                 room.policy,
                 f"{room.state} ● rec" if room.recording else room.state,
                 str(room.speakers),
                 str(room.listeners),
-                ", ".join(room.topics),
-                room.owner,
+                plain(", ".join(room.topics)),
+                plain(room.owner),
                 key=room.room,
             )
         if selected is not None:

@@ -8,6 +8,8 @@ from textual.widgets import DataTable
 
 from salon.daemon.admin.protocol import AuditEntry
 
+from ..text import plain
+
 KEPT = 200
 """Entries shown; older ones stay in the daemon's log (``salonctl audit``)."""
 
@@ -16,7 +18,7 @@ def describe(entry: AuditEntry) -> str:
     return " ".join(f"{k}={v}" for k, v in entry.detail.items() if v not in (None, "", {}))
 
 
-class AuditLog(DataTable[str]):
+class AuditLog(DataTable[object]):
     """Audit entries, newest on top."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -42,9 +44,9 @@ class AuditLog(DataTable[str]):
         for entry in self.entries:
             self.add_row(
                 time.strftime("%H:%M:%S", time.localtime(entry.at)),
-                entry.room,
-                entry.actor,
-                entry.action,
-                entry.target or "-",
-                describe(entry),
+                plain(entry.room),
+                plain(entry.actor),
+                plain(entry.action),
+                plain(entry.target or "-"),
+                plain(describe(entry)),
             )
