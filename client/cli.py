@@ -30,11 +30,14 @@ from salon.client.connection import (
     ConnectionLost,
     RequestError,
     SalonClient,
+    ServerUnreachable,
     ServerVerificationError,
     load_guest_key,
+    normalize_fingerprint,
 )
 from salon.client.reconnect import Backoff, Outage, ReconnectingClient
 from salon.daemon.wire import messages as msg
+from salon.daemon.wire.text import printable
 
 DEFAULT_SERVER = "127.0.0.1:4460"
 
@@ -42,7 +45,11 @@ DEFAULT_SERVER = "127.0.0.1:4460"
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server and identity")
     group.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT of salond")
-    group.add_argument("--fingerprint", help="pinned SHA-256 fingerprint of the server certificate")
+    group.add_argument(
+        "--fingerprint",
+        type=fingerprint_option,
+        help="pinned SHA-256 fingerprint of the server certificate (sha256:AB:CD:...)",
+    )
     group.add_argument("--cafile", help="CA bundle that signed the server certificate")
     group.add_argument(
         "--insecure",
@@ -156,6 +163,16 @@ def resolve_token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_VARIABLE, "").strip() or None
 
 
+def fingerprint_option(text: str) -> str:
+    """``--fingerprint``: refused by argparse with the expected form, never a traceback."""
+    try:
+        return normalize_fingerprint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc} (salond prints it at start; `salonctl status` shows it)"
+        ) from None
+
+
 def split_server(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -182,10 +199,13 @@ async def connect(args: argparse.Namespace, **options: Any) -> SalonClient:
 
 
 def format_room(room: dict[str, Any]) -> str:
-    topics = ", ".join(room.get("topics") or []) or "-"
+    """One line of ``salon rooms``; titles and topics are the rooms' owners' text, so control
+    and bidi characters are replaced before they reach the terminal."""
+    topics = printable(", ".join(room.get("topics") or []) or "-")
     state = room["state"] if room["state"] != "live" else f"{room['policy']}"
+    title = printable(room["title"])[:40]
     return (
-        f"{room['room']:<20} {room['title'][:40]:<40} {state:<9} "
+        f"{printable(room['room']):<20} {title:<40} {state:<9} "
         f"{room['speakers']:>3} on stage {room['listeners']:>5} listening  [{topics}]"
     )
 
@@ -221,7 +241,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
         )
     finally:
         await client.close()
-    print(f"created {room['room']}: {room['title']} ({room['policy']})")
+    print(printable(f"created {room['room']}: {room['title']} ({room['policy']})"))
     return 0
 
 
@@ -254,7 +274,7 @@ class LiveLine:
         parts = []
         for user, level in sorted(audio.levels.items(), key=lambda item: item[1]):
             bars = "#" * max(0, (100 - level) // 10)
-            parts.append(f"{self.names.get(user, user)} {bars:<10}")
+            parts.append(f"{printable(self.names.get(user, user))} {bars:<10}")
         text = " | ".join(parts) or "(silence)"
         sys.stderr.write(f"\r\x1b[K{state} {text}"[:200])
         sys.stderr.flush()
@@ -286,7 +306,8 @@ async def cmd_join(args: argparse.Namespace) -> int:
     def note(text: str) -> None:
         if line.enabled:
             sys.stderr.write("\r\x1b[K")
-        print(text, file=sys.stderr, flush=True)
+        # Notes carry names and reasons other people chose: never raw control characters.
+        print(printable(text), file=sys.stderr, flush=True)
 
     def on_event(event: Any, client: SalonClient) -> None:
         if isinstance(event, msg.RoomState):
@@ -304,7 +325,12 @@ async def cmd_join(args: argparse.Namespace) -> int:
             status["state"] = "denied"
         elif isinstance(event, msg.Removed):
             # A deliberate end (removed, banned, replaced): leave, never rejoin.
-            note(f"removed from {event.room}: {event.reason or 'no reason given'}")
+            why = event.reason or "no reason given"
+            if event.banned:
+                until = f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(event.until))}"
+                note(f"banned from {event.room}{until if event.until else ' for good'}: {why}")
+            else:
+                note(f"removed from {event.room}: {why}")
             stop.set()
         elif isinstance(event, msg.RoomClosed):
             note(f"room closed: {event.reason}")
@@ -366,15 +392,24 @@ async def cmd_join(args: argparse.Namespace) -> int:
             except RequestError as exc:
                 if exc.code != "room_exists":
                     raise
+        started = time.monotonic()
         result = await session.join(args.room, args.invite)
         if result["status"] == "knocking":
             note("knocking: waiting for a host to let you in ...")
-            await client.wait_for_event(
-                (msg.RoomState, msg.KnockDenied),
-                timeout=max(1.0, float(result["expires_at"]) - time.time()) + 5,
-            )
+            wait = max(1.0, float(result["expires_at"]) - time.time()) + 5
+            if args.duration is not None and args.duration < wait:
+                wait = args.duration  # --duration bounds the whole visit, knocking included
+            try:
+                await client.wait_for_event((msg.RoomState, msg.KnockDenied), timeout=wait)
+            except asyncio.TimeoutError:
+                note(f"not let in within {wait:.0f} s: withdrew the knock")
+                await _call_quietly(client, "cancel_knock")
+                return 3
             if status["state"] == "denied":
                 return 3
+        remaining = args.duration
+        if remaining is not None:
+            remaining = max(0.0, remaining - (time.monotonic() - started))
         note(f"joined {args.room} as {client.user}")
         if source is not None or args.raise_hand:
             await _raise_hand(session)
@@ -382,7 +417,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_reader(
                 sys.stdin.fileno(), _on_stdin, session, audio, stop, note, recording
             )
-        runner = asyncio.ensure_future(audio.run(args.duration, stop, across_reconnects=True))
+        runner = asyncio.ensure_future(audio.run(remaining, stop, across_reconnects=True))
         while not runner.done():
             await asyncio.sleep(0.1)
             if session.stopped_reason:
@@ -566,13 +601,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ServerVerificationError as exc:
-        print(f"salon: {exc}", file=sys.stderr)
+        print(printable(f"salon: {exc}"), file=sys.stderr)
         return 4
     except (RequestError, ConnectionLost) as exc:
-        print(f"salon: {exc}", file=sys.stderr)
+        print(printable(f"salon: {exc}"), file=sys.stderr)
         return 1
+    except ServerUnreachable as exc:
+        print(f"salon: cannot reach the server: {exc}", file=sys.stderr)
+        return 2
     except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-        print(f"salon: cannot reach the server: {exc or 'timed out'}", file=sys.stderr)
+        reason = str(exc) or type(exc).__name__
+        print(
+            f"salon: cannot reach the server ({reason}): check --server and that salond runs",
+            file=sys.stderr,
+        )
         return 2
 
 

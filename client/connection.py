@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import itertools
 import logging
@@ -59,7 +58,17 @@ class ConnectionLost(Exception):
 
 
 class ServerVerificationError(Exception):
-    """The server's certificate did not match the pinned fingerprint."""
+    """The server's certificate did not match the pinned fingerprint, or could not be verified."""
+
+
+class ServerUnreachable(ConnectionError):
+    """No QUIC connection could be made; the message says why and what to try next."""
+
+
+PIN_ADVICE = (
+    "salond prints its certificate's fingerprint when it starts (and `salonctl status` shows "
+    "it): pass it as --fingerprint sha256:..., or --cafile for a CA-signed certificate"
+)
 
 
 def certificate_fingerprint(der: bytes) -> str:
@@ -73,6 +82,24 @@ def normalize_fingerprint(text: str) -> str:
         raise ValueError("a fingerprint is 32 bytes of SHA-256 in hex, e.g. sha256:AB:CD:...")
     upper = raw.upper()
     return "sha256:" + ":".join(upper[i : i + 2] for i in range(0, 64, 2))
+
+
+def handshake_failure(
+    host: str, port: int, ended: quic_events.ConnectionTerminated | None
+) -> Exception:
+    """The error for a handshake that ended: a certificate problem says how to pin the server."""
+    reason = ended.reason_phrase if ended is not None else ""
+    tls_alert = ended is not None and 0x100 <= ended.error_code <= 0x1FF
+    if tls_alert or "certificate" in reason.lower():
+        return ServerVerificationError(
+            f"the certificate of {host}:{port} could not be verified"
+            f" ({reason or 'TLS alert'}). If it is salond's own self-signed certificate, "
+            + PIN_ADVICE
+        )
+    return ServerUnreachable(
+        f"{host}:{port} ended the connection during the handshake"
+        f" ({reason or 'no reason given'}): check the address and that it is a salond"
+    )
 
 
 def load_guest_key(path: Path | None = None) -> str:
@@ -96,9 +123,16 @@ class _ClientProtocol(ClientProtocol):
 
     client: SalonClient | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.termination: quic_events.ConnectionTerminated | None = None
+        """How the connection ended, when it ended before a SalonClient took it over."""
+
     def quic_event_received(self, event: quic_events.QuicEvent) -> None:
         client = self.client
         if client is None:
+            if isinstance(event, quic_events.ConnectionTerminated):
+                self.termination = event
             return
         if isinstance(event, quic_events.DatagramFrameReceived):
             client._on_datagram(event.data)
@@ -187,13 +221,25 @@ class SalonClient:
             configuration.verify_mode = ssl.CERT_NONE
         elif cafile:
             configuration.load_verify_locations(cafile)
+        created: list[_ClientProtocol] = []
+
+        def create_protocol(*args: Any, **kwargs: Any) -> _ClientProtocol:
+            created.append(_ClientProtocol(*args, ack_delay=ack_delay, **kwargs))
+            return created[-1]
+
         manager = quic_connect(
-            host,
-            port,
-            configuration=configuration,
-            create_protocol=functools.partial(_ClientProtocol, ack_delay=ack_delay),
+            host, port, configuration=configuration, create_protocol=create_protocol
         )
-        protocol = await asyncio.wait_for(manager.__aenter__(), timeout)
+        try:
+            protocol = await asyncio.wait_for(manager.__aenter__(), timeout)
+        except asyncio.TimeoutError:
+            raise ServerUnreachable(
+                f"no answer from {host}:{port} within {timeout:.0f} s: check that salond runs "
+                "there and listens on that UDP port, and that no firewall drops UDP"
+            ) from None
+        except ConnectionError:
+            ended = created[-1].termination if created else None
+            raise handshake_failure(host, port, ended) from None
         assert isinstance(protocol, _ClientProtocol)
         client = cls(protocol)
         client._context_manager = manager

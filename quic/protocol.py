@@ -232,12 +232,29 @@ def delay_acks(quic: QuicConnection, seconds: float) -> None:
     quic._serialize_transport_parameters = serialize_with_delay  # type: ignore[method-assign]
 
 
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ClientProtocol(SalonQuicProtocol):
     """The client side: media ACKs delayed by ``ack_delay``, control data acknowledged at once."""
 
     def __init__(self, *args: Any, ack_delay: float = CLIENT_ACK_DELAY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         delay_acks(self._quic, ack_delay)
+
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()
+        except asyncio.CancelledError:
+            # aioquic shields its private handshake waiter: when a timeout gives up on it, it
+            # later fails with a ConnectionError nobody reads ("Future exception was never
+            # retrieved"). Reading it here keeps the give-up quiet.
+            waiter = self._connected_waiter
+            if waiter is not None:
+                waiter.add_done_callback(_consume_exception)
+            raise
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         quic = self._quic
