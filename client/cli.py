@@ -56,6 +56,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="DEVELOPMENT ONLY: accept any server certificate (warns on every connection)",
     )
+    group.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when the server has not answered within this time (default 10)",
+    )
     group.add_argument("--name", default="Salon listener", help="your display name")
     group.add_argument(
         "--token",
@@ -194,6 +201,7 @@ async def connect(args: argparse.Namespace, **options: Any) -> SalonClient:
         fingerprint=args.fingerprint,
         cafile=args.cafile,
         insecure=args.insecure,
+        timeout=args.connect_timeout,
         **options,
     )
 
@@ -596,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # aioquic logs a refused certificate as a warning; salon says it better, once.
+        logging.getLogger("quic").setLevel(logging.ERROR)
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except KeyboardInterrupt:
