@@ -359,3 +359,62 @@ async def test_console_says_when_the_daemon_goes_and_reconnects(tmp_path: Path) 
             assert title == "salond is back" and message.startswith("Reconnected to salond/")
     finally:
         daemon.stop()
+
+
+async def test_hostile_names_and_titles_show_literally_and_lookalikes_are_marked(
+    salond: SalondProcess, admin: AdminClient
+) -> None:
+    link = "[link=https://evil.example]click[/link]"
+    await admin.create_room("trap", link, topics=["[b]bold[/b]"], policy="approval", persistent=True)
+    impostor = await guest(salond, "Gr\u0430ce [red]Hopper[/red]")  # a Cyrillic a
+    await impostor.join("trap")
+    app = SalonAdminApp(admin_socket(salond))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_console(pilot, rooms=1)
+        await until(pilot, lambda: link in screen_text(app), "the title, literally")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RoomScreen), "room screen")
+        await until(pilot, lambda: table(app, "knocks").row_count == 1, "the knock")
+        text = screen_text(app)
+        assert "Gr\u0430ce [red]Hopper[/red]" in text  # markup in a name is just text
+        assert "⚠ mixed scripts · looks like: Grace" in text  # (wrapped in the profile)
+        assert "⚠ Gr\u0430ce" in text  # the knocks table marks the name
+        assert link in text and "topics: [b]bold[/b]" in text
+        # A name that is markup was never turned into a link anywhere on screen.
+        assert "evil.example" not in "".join(
+            str(getattr(span.style, "link", "") or "")
+            for widget in app.screen.query("*")
+            for span in getattr(getattr(widget, "renderable", None), "spans", [])
+        )
+    await impostor.close()
+
+
+async def test_opening_a_room_by_y_asks_and_recording_starts_and_stops_from_the_console(
+    salond: SalondProcess, admin: AdminClient
+) -> None:
+    await admin.create_room("vault", "Vault", policy="invite", persistent=True)
+    app = SalonAdminApp(admin_socket(salond))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_console(pilot, rooms=1)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RoomScreen), "room screen")
+        await until(pilot, lambda: "invite" in screen_text(app), "the policy")
+        await pilot.press("y")  # invite -> open: anyone may walk in, so it asks
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "y asks first")
+        assert "Open vault to everyone?" in screen_text(app)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert (await admin.room("vault")).summary.policy == "invite"
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "asks again")
+        await pilot.press("y")
+        await until(pilot, lambda: "open" in screen_text(app), "opened")
+        assert (await admin.room("vault")).summary.policy == "open"
+        await pilot.press("R")  # start recording
+        await until(pilot, lambda: "● recording" in screen_text(app), "recording shown")
+        assert (await admin.room("vault")).summary.recording
+        await pilot.press("R")  # stop: asks first
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "stop asks")
+        await pilot.press("y")
+        await until(pilot, lambda: "● recording" not in screen_text(app), "recording stopped")
+        assert not (await admin.room("vault")).summary.recording
