@@ -418,3 +418,11 @@ async def test_opening_a_room_by_y_asks_and_recording_starts_and_stops_from_the_
         await pilot.press("y")
         await until(pilot, lambda: "● recording" not in screen_text(app), "recording stopped")
         assert not (await admin.room("vault")).summary.recording
+
+
+def test_console_text_helper_drops_control_characters_even_from_old_data() -> None:
+    from salon.tui.text import plain
+
+    shown = plain("Nice\x1b]0;pwned\x07\x1b[2J[link=https://evil.example]x[/link]\u202e")
+    assert "\x1b" not in shown.plain and "\x07" not in shown.plain and "\u202e" not in shown.plain
+    assert "[link=https://evil.example]x[/link]" in shown.plain and not shown.spans

@@ -139,3 +139,70 @@ def test_operator_approves_a_knock_from_tmux(
     ):
         assert time.monotonic() < deadline, "the console did not quit on q"
         time.sleep(0.2)
+
+
+def test_hostile_text_leaves_the_operators_terminal_intact(tmp_path: Path, tmux: Tmux) -> None:
+    """Terminal escapes in a stored title (written before the text rule existed), markup and a
+    lookalike in a knocking guest's name: the pane keeps its title and its screen."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    first = start_salond(state)
+    socket = state / "admin.sock"
+    try:
+        salonctl(
+            socket, "create", "trap", "--title", "Trap", "--policy", "approval", "--persistent"
+        )
+    finally:
+        first.stop()
+    with sqlite3.connect(state / "salon.db") as db:
+        db.execute(
+            "UPDATE rooms SET title = ? WHERE id = 'trap'",
+            ("Nice room\x1b]0;pwned\x07\x1b[2J\x1b[H[link=https://evil.example]x[/link]",),
+        )
+    daemon = start_salond(state)
+    try:
+        command = f"{sys.executable} -m salon.tui.app --socket {socket}"
+        tmux.run("new-session", "-d", "-s", tmux.session, "-x", "140", "-y", "44", command)
+        tmux.run("set-option", "-t", tmux.session, "set-titles", "on")
+        tmux.wait_for(lambda s: "connected to salond/" in s and "trap" in s, "the rooms list")
+        refused = subprocess.run(
+            salon_cli(daemon, "rooms", "--name", "\x1b[31mRED\x1b[0m\x1b]0;pwned\x07"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1 and "invalid_text" in refused.stderr, refused.stderr
+        assert "\x1b" not in refused.stderr
+        visitor = subprocess.Popen(
+            salon_cli(
+                daemon,
+                "join",
+                "trap",
+                "--name",
+                "Gr\u0430ce [link=https://evil.example]Hopper[/link]",
+                "--guest-key-file",
+                str(tmp_path / "visitor.key"),
+                "--no-input",
+                "--duration",
+                "30",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            tmux.keys("Enter")
+            screen = tmux.wait_for(lambda s: "Knocks (1)" in s, "the knock")
+            assert "Nice room" in screen and "[link=https://evil.example]x[/link]" in screen
+            assert "[link=https://evil.example]Hopper[/link]" in screen
+            assert "⚠ mixed scripts" in screen
+            # The screen is whole: header, panes and footer are all still drawn.
+            for part in ("salon-admin", "Stage (0/10)", "Audience (0)", "Requester", "Approve"):
+                assert part in screen, part
+            title = tmux.run("display-message", "-p", "-t", tmux.session, "#{pane_title}")
+            assert "pwned" not in title
+        finally:
+            visitor.kill()
+            visitor.communicate()
+    finally:
+        daemon.stop()
