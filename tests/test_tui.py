@@ -365,7 +365,9 @@ async def test_hostile_names_and_titles_show_literally_and_lookalikes_are_marked
     salond: SalondProcess, admin: AdminClient
 ) -> None:
     link = "[link=https://evil.example]click[/link]"
-    await admin.create_room("trap", link, topics=["[b]bold[/b]"], policy="approval", persistent=True)
+    await admin.create_room(
+        "trap", link, topics=["[b]bold[/b]"], policy="approval", persistent=True
+    )
     impostor = await guest(salond, "Gr\u0430ce [red]Hopper[/red]")  # a Cyrillic a
     await impostor.join("trap")
     app = SalonAdminApp(admin_socket(salond))
