@@ -332,6 +332,8 @@ def test_console_talks_to_the_daemon_only_through_the_admin_client() -> None:
         "salon.daemon.config",  # to find the socket named in salond's configuration
         "salon.daemon.wire",
         "salon.daemon.wire.messages",  # the schemas shared with clients
+        "salon.daemon.wire.text",  # the untrusted-text rule, applied again on screen
+        "salon.daemon.wire.confusables",  # lookalike names in the knock review
     }
     assert daemon_side <= allowed, daemon_side - allowed
 

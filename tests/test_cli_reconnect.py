@@ -250,7 +250,7 @@ async def test_banned_listener_leaves_and_does_not_come_back(salond, tmp_path):
         )
         await host.call("ban", user=joined.participant.user, reason="test")
         assert listener.finish(30) == 0, listener.output()
-        listener.wait_for("removed from strict")
+        listener.wait_for("banned from strict for good: test")
         assert "reconnecting" not in listener.output()
     finally:
         if listener is not None and listener.proc.poll() is None:

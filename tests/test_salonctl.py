@@ -82,7 +82,10 @@ async def test_knock_approval_and_moderation_from_the_shell(live: InProcessDaemo
     assert out == f"admitted Ada Lovelace ({guest.user}) to hall\n"
     await guest.wait_for_event(msg.RoomState)
     code, out, err = await salonctl(live, "--json", "invite-to-speak", "hall", guest.user)
-    assert (code, json.loads(out)) == (0, {})
+    assert (code, json.loads(out)) == (
+        0,
+        {"action": "invite_to_speak", "ok": True, "room": "hall", "user": guest.user},
+    )
     await guest.wait_for_event(msg.SpeakInvitation)
     code, out, err = await salonctl(live, "--json", "mute", "hall", guest.user)
     assert code == 1  # a listener has no microphone to mute
