@@ -256,3 +256,12 @@ async def test_watch_into_a_closed_pipe_ends_quietly(live: InProcessDaemon) -> N
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert len(out.decode().splitlines()) == 1
     assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
+
+
+def test_restored_text_is_cleaned_and_cut_never_refused() -> None:
+    from salon.daemon.core.room import MAX_TITLE, restored_text
+
+    # Stored when lengths counted characters: 150 wide characters are 300 cells.
+    assert restored_text("会" * 150, MAX_TITLE) == "会" * 100
+    assert restored_text("\x1b\x07\u200b", MAX_TITLE) == ""  # then refused: nothing to show
+    assert restored_text("Nice\x1b[2J room", MAX_TITLE) == "Nice[2J room"

@@ -11,7 +11,7 @@ from typing import Any
 
 from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
-from salon.daemon.wire.text import TextError, check_text, clean_text
+from salon.daemon.wire.text import TextError, check_text, fit_text
 
 from .errors import CoreError
 from .forwarder import Flow
@@ -320,9 +320,13 @@ def clean_reason(reason: Any) -> str:
     return _text("reason", reason, limit=MAX_REASON, minimum=0)
 
 
-def restored_text(value: Any, *, multiline: bool = False) -> Any:
-    """Stored text made to pass the text rule (data written before the rule existed)."""
-    return clean_text(value, multiline=multiline) if isinstance(value, str) else value
+def restored_text(value: Any, limit: int, *, multiline: bool = False) -> Any:
+    """Stored text made to pass the text rule (data written before the rule existed, when
+    lengths were counted in characters, not cells): cleaned and cut to ``limit`` cells. Only
+    text with nothing visible left is still refused by the check that follows."""
+    if not isinstance(value, str):
+        return value
+    return fit_text(value, limit, multiline=multiline)
 
 
 def check_policy(policy: Any) -> messages.Policy:

@@ -106,6 +106,21 @@ def clean_text(value: str, *, multiline: bool = False) -> str:
     return _collapse(_limit_marks(value), multiline)
 
 
+def fit_text(value: str, max_width: int, *, multiline: bool = False) -> str:
+    """:func:`clean_text`, then cut to ``max_width`` cells (for text that must be kept)."""
+    cleaned = clean_text(value, multiline=multiline)
+    if cell_width(cleaned) <= max_width:
+        return cleaned
+    kept: list[str] = []
+    width = 0
+    for char in cleaned:
+        width += cell_width(char)
+        if width > max_width:
+            break
+        kept.append(char)
+    return "".join(kept).rstrip()
+
+
 def check_text(
     field: str,
     value: object,
