@@ -232,7 +232,7 @@ async def test_member_actions_by_name_meaningful_json_and_nothing_to_do(
     assert code == 1 and "participant_not_found" in err
     # Nothing to do is said, not "done".
     code, out, err = await salonctl(live, "lower-hand", "stage", ada.user)
-    assert code == 1 and "no raised hand" in err and "done" not in out, (out, err)
+    assert code == 1 and "no_raised_hand" in err and "done" not in out, (out, err)
     code, out, err = await salonctl(live, "unban", "stage", ada.user)
     assert code == 1 and "not banned" in err and "done" not in out, (out, err)
 

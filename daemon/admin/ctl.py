@@ -367,9 +367,9 @@ def pick_by_name(candidates: list[Any], name: str, what: str, missing_code: str)
     return exact[0]
 
 
-async def find_member(client: AdminClient, room: str, who: str) -> Participant:
+def find_member(detail: RoomDetail, who: str) -> Participant:
     """The present member ``who`` names: a user id, or an unambiguous display name."""
-    detail = await client.room(room)
+    room = detail.summary.room
     by_id = [m for m in detail.participants if m.user == who]
     if by_id:
         return by_id[0]
@@ -410,9 +410,13 @@ def user_action(method: str) -> Handler:
     async def run(client: AdminClient, args: argparse.Namespace) -> None:
         user, shown = args.user, args.user
         if args.command != "unban":  # a banned user is not present: unban takes a user id
-            member = await find_member(client, args.room, args.user)
+            detail = await client.room(args.room)
+            member = find_member(detail, args.user)
             user = member.user
             shown = f"{member.display_name} ({member.user})"
+            if args.command == "lower-hand" and user not in detail.hand_queue:
+                # The daemon accepts lowering a lowered hand; a person at a shell wants to know.
+                raise AdminError("no_raised_hand", f"{shown} has no raised hand in {args.room}")
         result = await getattr(client, method)(args.room, user)
         done = {"action": method, "room": args.room, "user": user, "ok": True, **result}
         emit(args, done, f"{args.command}: {shown} in {args.room}: done")
