@@ -13,7 +13,7 @@ from .errors import CoreError
 from .ids import REQUEST_ID_BYTES, random_token
 from .permissions import Action, check
 from .results import Done, Knocking, Result, UserResult
-from .room import JoinRequest, Room
+from .room import JoinRequest, Room, clean_reason
 
 
 class Knocks(Concern):
@@ -109,11 +109,9 @@ class Knocks(Concern):
         room = actor.room
         check(Action.DENY_KNOCK, actor.role)
         knock = self._pending_knock(room, request.request_id)
-        reason = request.reason or "denied"
-        self.resolve_knock(room, knock, "denied", actor.user, requester_reason=reason)
-        self._moderation(
-            actor, "deny_knock", knock.user, request_id=knock.request_id, reason=request.reason
-        )
+        given = clean_reason(request.reason)
+        self.resolve_knock(room, knock, "denied", actor.user, requester_reason=given or "denied")
+        self._moderation(actor, "deny_knock", knock.user, request_id=knock.request_id, reason=given)
         return Done()
 
     @staticmethod

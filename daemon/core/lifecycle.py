@@ -16,6 +16,9 @@ from .permissions import OPERATOR, Action, check
 from .records import RoomRecord, RoomSettings, room_record
 from .results import Done, Result, RoomResult, RoomsResult
 from .room import (
+    MAX_DESCRIPTION,
+    MAX_TITLE,
+    MAX_TOPIC,
     Room,
     check_flag,
     check_max_speakers,
@@ -25,6 +28,7 @@ from .room import (
     clean_description,
     clean_title,
     clean_topics,
+    restored_text,
 )
 
 CLOSED_ROOMS_KEPT = 1024
@@ -86,8 +90,14 @@ class RoomLifecycle(Concern):
         else:
             max_speakers = min(check_max_speakers(given.max_speakers), cap)
         topics = given.topics
+        title, description = given.title, given.description
+        if speakers_over_cap != "refuse":
+            # A stored room's text may predate the text rule: cleaned and cut, not refused.
+            title = restored_text(title, MAX_TITLE)
+            description = restored_text(description, MAX_DESCRIPTION, multiline=True)
+            topics = [t for t in (restored_text(t, MAX_TOPIC) for t in topics) if t]
         return {
-            "title": clean_title(given.title),
+            "title": clean_title(title),
             # A stored room keeps its topics as a tuple; a request's must be a list.
             "topics": clean_topics(list(topics) if isinstance(topics, tuple) else topics),
             "policy": check_policy(given.policy),
@@ -95,7 +105,7 @@ class RoomLifecycle(Concern):
             "mute_on_join": check_flag("mute_on_join", given.mute_on_join),
             "persistent": check_flag("persistent", given.persistent),
             "scheduled_for": check_time("scheduled_for", given.scheduled_for),
-            "description": clean_description(given.description),
+            "description": clean_description(description),
         }
 
     def _install(self, room: Room, now: float) -> None:

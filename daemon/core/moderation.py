@@ -13,7 +13,7 @@ from .errors import CoreError
 from .identity import Identity
 from .permissions import Action, check
 from .results import Done, Result, ServerBanResult
-from .room import Ban, Member, Room, check_positive
+from .room import Ban, Member, Room, check_positive, clean_reason
 
 
 class Moderation(Concern):
@@ -39,6 +39,7 @@ class Moderation(Concern):
 
     def mute(self, actor: Actor, request: messages.Mute, now: float) -> Result:
         room = actor.room
+        request.reason = clean_reason(request.reason)
         if self._names_other(actor, request.user):
             assert request.user is not None
             target = self._present(room, request.user)
@@ -96,6 +97,7 @@ class Moderation(Concern):
 
     def remove(self, actor: Actor, request: messages.Remove, now: float) -> Result:
         room = actor.room
+        request.reason = clean_reason(request.reason)
         self._not_self(actor, request.user, "remove")
         target = self._present(room, request.user)
         check(Action.REMOVE, actor.role, target.role)
@@ -113,6 +115,7 @@ class Moderation(Concern):
 
     def ban(self, actor: Actor, request: messages.Ban, now: float) -> Result:
         room = actor.room
+        request.reason = clean_reason(request.reason)
         user = request.user
         self._not_self(actor, user, "ban")
         duration = check_positive("duration", request.duration)
@@ -183,8 +186,7 @@ class Moderation(Concern):
             raise CoreError(ErrorCode.INVALID_VALUE, "user must be a user id")
         if user == actor.user:
             raise CoreError(ErrorCode.INVALID_VALUE, "you cannot ban yourself")
-        if not isinstance(reason, str):
-            raise CoreError(ErrorCode.INVALID_VALUE, "reason must be a string")
+        reason = clean_reason(reason)
         seconds = check_positive("duration", duration)
         until = now + seconds if seconds is not None else None
         ban = Ban(reason=reason, until=until, by=actor.user)
