@@ -24,7 +24,7 @@ from salon.daemon import __version__
 from salon.daemon.auth import BuiltinAuthenticator
 from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
 from salon.daemon.core import Limits, SalonCore
-from salon.daemon.store import DATABASE_NAME, Persistence, SqliteStore, StoreError
+from salon.daemon.store import DATABASE_NAME, Persistence, StoreError, open_store, redact_url
 from salon.daemon.tls import TlsError, ensure_certificate, load_material
 from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collector
 
@@ -107,10 +107,11 @@ class Daemon:
         )
         # The store is opened and restored into the core before the socket is bound, and
         # closed last. Acknowledgements wait for its commits (commit-before-ack).
-        self.store = SqliteStore(config.server.state_dir / DATABASE_NAME)
+        self.store = open_store(config.store.url, config.server.state_dir)
         self.persistence = Persistence(self.store)
         self.server.observers.append(self.persistence.observe)
         self.server.commit_barriers.append(self.store.commit)
+        self.server.store_available = lambda: self.store.available
         # Plugins authenticate clients and review every request before the core sees it
         # (docs/plugin_hooks.md); the built-in guest/token authentication is one of them.
         self.plugins = PluginHost(config, self.server)
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"salond: {exc}", file=sys.stderr)
             return 1
-        print(f"salond: configuration OK ({args.config or 'embedded defaults'})")
+        store = redact_url(config.store.url) if config.store.url else "SQLite in state_dir"
+        print(f"salond: configuration OK ({args.config or 'embedded defaults'}; store: {store})")
         return 0
     os.umask(PRIVATE_UMASK)
     setup_logging(config.logging.level, config.logging.json)

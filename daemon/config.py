@@ -51,6 +51,7 @@ __all__ = [
     "PluginsConfig",
     "Section",
     "ServerConfig",
+    "StoreConfig",
     "TlsConfig",
     "Tokens",
     "convert_table",
@@ -122,6 +123,19 @@ def _names_from_text(text: str) -> Any:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _database_url(value: Any) -> Any:
+    # The value may carry a password: an error shows it redacted, never as written.
+    if isinstance(value, str) and (value == "" or value.startswith(_DATABASE_SCHEMES)):
+        return value
+    from salon.daemon.store.postgres import redact_url
+
+    shown = show_value(redact_url(value) if isinstance(value, str) else value)
+    raise ValueError(f"expected {_DATABASE_URL_EXPECTED}, got {shown}")
+
+
+_DATABASE_SCHEMES = ("postgresql://", "postgres://")
+_DATABASE_URL_EXPECTED = "a postgresql:// URL or an empty string"
+
 Port = Annotated[int, Meta(ge=0, le=65535, extra={"note": " (0 picks any free port)"})]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveNumber = Annotated[float, Meta(gt=0, le=_FINITE)]
@@ -130,6 +144,9 @@ NonNegativeNumber = Annotated[float, Meta(ge=0, le=_FINITE)]
 Text = Annotated[str, Meta(pattern=r"\S", extra={"expected": "a non-empty string"})]
 HostName = Annotated[
     str, Meta(extra={"check": _host_name, "expected": "a DNS name or an IP address"})
+]
+DatabaseUrl = Annotated[
+    str, Meta(extra={"check": _database_url, "expected": _DATABASE_URL_EXPECTED})
 ]
 NameList = Annotated[
     tuple[Annotated[str, Meta(min_length=1)], ...],
@@ -543,6 +560,13 @@ class MetricsConfig(Section, frozen=True):
     """TCP port of the metrics endpoint."""
 
 
+class StoreConfig(Section, frozen=True):
+    """``[store]``: where salond keeps what survives a restart (docs/postgresql.md)."""
+
+    url: DatabaseUrl = ""
+    """PostgreSQL connection URL; empty: the SQLite file ``state_dir/salon.db``."""
+
+
 class DemoConfig(Section, frozen=True):
     """``[demo]``: an always-open room where a bot speaks, to try a client right away."""
 
@@ -614,6 +638,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)

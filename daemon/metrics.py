@@ -10,7 +10,8 @@ Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connecti
 ``udp_bytes_total{direction}``, ``media_packets_total{direction}``,
 ``control_messages_total{direction}``, ``drops_total{reason}``, ``errors_total{code}``,
 ``plugin_errors_total{hook}``, ``plugin_seconds{stage}`` (histogram),
-``abuse_refusals_total{limit}``, ``admin_clients``.
+``abuse_refusals_total{limit}``, ``admin_clients``, ``store_available``, ``store_outages_total``,
+``store_reconnects_total``, ``store_queued``.
 
 ``GET /healthz`` on the same listener answers 200 with ``{"status": "serving", ...}`` while
 salond serves, and 503 (``starting``, ``stopping``) otherwise, for load balancers and systemd
@@ -163,6 +164,33 @@ class SalonCollector:
         admin = next((c for c in daemon.components if type(c).__name__ == "AdminServer"), None)
         clients = len(getattr(admin, "_connections", ())) if admin is not None else 0
         yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)
+        yield from store_metrics(daemon)
+
+
+def store_metrics(daemon: Daemon) -> Iterator[Any]:
+    """The store's health: 1/0 available, outages and reconnections, changes waiting."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    stats = getattr(getattr(daemon, "store", None), "stats", None)
+    if stats is None:
+        return
+    values = stats()
+    yield GaugeMetricFamily(
+        "salon_store_available",
+        "1 while the store accepts writes, 0 while its database is unavailable.",
+        1 if values.get("available", True) else 0,
+    )
+    yield CounterMetricFamily(
+        "salon_store_outages", "Times the database became unavailable.", values.get("outages", 0)
+    )
+    yield CounterMetricFamily(
+        "salon_store_reconnects",
+        "Reconnections to the database after an outage.",
+        values.get("reconnects", 0),
+    )
+    yield GaugeMetricFamily(
+        "salon_store_queued", "Changes waiting to be written to the store.", values.get("queued", 0)
+    )
 
 
 class MetricsEndpoint:

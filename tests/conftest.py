@@ -188,3 +188,23 @@ async def run_daemon(state_dir: Path, **overrides: Any) -> AsyncIterator[InProce
 async def live(tmp_path: Path) -> AsyncIterator[InProcessDaemon]:
     async with run_daemon(tmp_path / "state") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One throw-away PostgreSQL server per test worker (tests/pg_cluster.py); skipped where
+    PostgreSQL is not installed, except in CI (``./run test`` installs it there)."""
+    from tests.pg_cluster import running_cluster
+
+    with running_cluster() as cluster:
+        if cluster is None:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed (./run test installs it)")
+            pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Any) -> str:
+    """The URL of a new empty database on the test cluster."""
+    return str(postgres_cluster.database())

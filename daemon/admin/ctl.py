@@ -32,7 +32,7 @@ from salon.daemon.wire.messages import JoinRequestInfo, Participant
 from salon.daemon.wire.text import printable
 
 from .client import AdminClient, AdminConnectionError, AdminError, default_socket_path
-from .protocol import AuditEntry, RoomDetail, StatusInfo
+from .protocol import AuditEntry, RoomDetail, StatusInfo, StoreStatus
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -187,6 +187,13 @@ def format_room_line(room: dict[str, Any]) -> str:
     )
 
 
+def _store_line(store: StoreStatus) -> str:
+    where = f"store         {store.backend} {store.location}"
+    if store.available:
+        return f"{where}: ok, {store.queued} queued, {store.outages} outages"
+    return f"{where}: UNAVAILABLE ({store.last_error}), {store.queued} queued"
+
+
 def format_status(status: StatusInfo) -> str:
     traffic = status.traffic
     drops = ", ".join(f"{k} {v}" for k, v in sorted(status.drops.items())) or "none"
@@ -205,6 +212,7 @@ def format_status(status: StatusInfo) -> str:
             f"drops         {drops}",
             f"plugin errors {plugins}",
             f"abuse refused {abuse}",
+            *([_store_line(status.store)] if status.store is not None else []),
         ]
     )
 

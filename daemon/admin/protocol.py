@@ -73,6 +73,26 @@ class Traffic(msgspec.Struct, kw_only=True):
     bytes_out: int = 0
 
 
+class StoreStatus(msgspec.Struct, kw_only=True):
+    """Where salond keeps its state, and whether it can write there now."""
+
+    backend: str
+    """``sqlite`` or ``postgresql``."""
+    location: str
+    """The file, or the database URL without its password."""
+    available: bool = True
+    """False while the database cannot be reached: writing requests get ``store_unavailable``."""
+    unavailable_since: float | None = None
+    last_error: str = ""
+    outages: int = 0
+    """Times the database went away since start."""
+    reconnects: int = 0
+    queued: int = 0
+    """Changes waiting to be written."""
+    commits: int = 0
+    failures: int = 0
+
+
 class StatusInfo(msgspec.Struct, kw_only=True):
     """The ``status`` result: what the server is and its counters."""
 
@@ -107,6 +127,7 @@ class StatusInfo(msgspec.Struct, kw_only=True):
     abuse: dict[str, int] = {}
     """Requests refused by the per-address guest limits, by limit."""
     admin_clients: int = 0
+    store: StoreStatus | None = None
 
 
 class MeterLevel(msgspec.Struct, kw_only=True):

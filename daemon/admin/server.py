@@ -25,6 +25,7 @@ import msgspec
 from salon.daemon import __version__
 from salon.daemon.core import CoreError, Identity, events
 from salon.daemon.store import StoreError
+from salon.daemon.store.base import StoreUnavailable
 from salon.daemon.wire import messages as wire
 
 from . import protocol as p
@@ -50,6 +51,26 @@ class AdminRefusal(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def store_status(daemon: Any) -> p.StoreStatus | None:
+    """The store's state for ``status`` (None for a store without counters)."""
+    stats = getattr(getattr(daemon, "store", None), "stats", None)
+    if stats is None:
+        return None
+    values = stats()
+    return p.StoreStatus(
+        backend=values.get("backend", "sqlite"),
+        location=values.get("path", ""),
+        available=values.get("available", True),
+        unavailable_since=values.get("unavailable_since"),
+        last_error=values.get("last_error", ""),
+        outages=values.get("outages", 0),
+        reconnects=values.get("reconnects", 0),
+        queued=values.get("queued", 0),
+        commits=values.get("commits", 0),
+        failures=values.get("failures", 0),
+    )
 
 
 class AuditTrail:
@@ -228,6 +249,10 @@ class AdminServer:
             return p.encode_line(p.Error(re=request.id, code=exc.code, message=exc.message))
         except wire.MessageError as exc:
             return p.encode_line(p.Error(re=request.id, code=exc.code.value, message=str(exc)))
+        except StoreUnavailable as exc:
+            return p.encode_line(
+                p.Error(re=request.id, code="store_unavailable", message=f"not stored: {exc}")
+            )
         except Exception:
             log.exception("admin request %s failed", type(request).__name__)
             return p.encode_line(
@@ -270,6 +295,9 @@ class AdminServer:
         if isinstance(request, wire.CreateRoom | wire.StartRoom):
             room = None
         server = self.daemon.server
+        kind = request.__struct_config__.tag
+        if kind in wire.STORED_REQUESTS and not server.store_available():
+            raise StoreUnavailable("the store is unavailable: nothing was changed, retry later")
         review = await server.policy.review(identity, room, request, "admin", time.time())
         try:
             result = self.daemon.core.admin_request(identity, room, review.request, time.time())
@@ -315,6 +343,7 @@ class AdminServer:
             plugin_errors=counters["plugin_errors"],
             abuse=counters["abuse"],
             admin_clients=len(self._connections),
+            store=store_status(daemon),
         )
 
     def room_detail(self, room_id: str) -> p.RoomDetail:

@@ -26,6 +26,7 @@ from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, ModerationTaken, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
 from salon.daemon.stats import ServerStats
+from salon.daemon.store.base import StoreUnavailable
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.framing import frame_message
@@ -112,6 +113,8 @@ class SalonServer:
         self.observers: list[Callable[[CoreEvent], None]] = [self._guard_observer]
         self.policy: RequestPolicy = AllowAll()
         self.commit_barriers: list[CommitBarrier] = []
+        self.store_available: Callable[[], bool] = lambda: True
+        """False while the store cannot write: requests in ``STORED_REQUESTS`` are refused."""
         self._certificate = certificate
         self._private_key = private_key
         self._next_session_id = 1
@@ -336,6 +339,15 @@ class SalonServer:
         if isinstance(request, msg.Ping):
             self._reply_ok(protocol, request.id, {})
             return
+        kind = request.__struct_config__.tag
+        if kind in msg.STORED_REQUESTS and not self.store_available():
+            self._reply_error(
+                protocol,
+                request.id,
+                msg.ErrorCode.STORE_UNAVAILABLE,
+                "the server cannot store changes right now; nothing was changed, retry later",
+            )
+            return
         now = time.time()
         room = self.core.session_room(protocol.session_id)
         identity = protocol.identity
@@ -375,8 +387,19 @@ class SalonServer:
             created = result.get("room")
             if isinstance(created, dict) and isinstance(created.get("room"), str):
                 self.guard.created(created["room"], identity, protocol.address)
-        for barrier in self.commit_barriers:
-            await barrier()
+        try:
+            for barrier in self.commit_barriers:
+                await barrier()
+        except StoreUnavailable as exc:
+            log.warning("session %d: %s not acknowledged: %s", protocol.session_id, kind, exc)
+            self._reply_error(
+                protocol,
+                request.id,
+                msg.ErrorCode.STORE_UNAVAILABLE,
+                "the change could not be stored (the server's database is unavailable); it is "
+                "not acknowledged and may not survive a restart; retry later",
+            )
+            return
         if review.finish is not None:
             result = await review.finish(result)
         self._reply_ok(protocol, request.id, result)

@@ -26,6 +26,13 @@ class StoreError(Exception):
     The message names the file and says what the operator can do about it."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached for now (a PostgreSQL restart, a cut link).
+
+    A change that could not be confirmed stays queued and is written once the database is
+    back; the request that made it is answered with ``store_unavailable``, not acknowledged."""
+
+
 @dataclass
 class StoredState:
     """Everything a store holds, as loaded at start."""
@@ -48,7 +55,10 @@ class Store(Protocol):
     """
 
     location: str
-    "Where the data lives, for messages (a file path for SQLite)."
+    "Where the data lives, for messages (a file path for SQLite; a URL without password)."
+
+    available: bool
+    "False while the store cannot write (its database is unreachable): see StoreUnavailable."
 
     async def start(self) -> None: ...
 

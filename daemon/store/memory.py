@@ -23,6 +23,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.location = "memory"
+        self.available = True
         self.rooms: dict[str, RoomSettings] = {}
         self.bans: dict[tuple[str | None, str], Ban] = {}
         self.invites: dict[tuple[str, str], Invite] = {}

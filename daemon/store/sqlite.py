@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import json
 import logging
 import os
 import sqlite3
@@ -27,9 +26,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
+from salon.daemon.core import Ban, Invite, RoomSettings
 
 from .base import AuditEntry, StoredState, StoreError
+from .rows import (
+    AUDIT_COLUMNS,
+    INVITE_COLUMNS,
+    RECORDING_COLUMNS,
+    ROOM_COLUMNS,
+    SERVER_WIDE,
+    audit_entries,
+    audit_row,
+    ban_row,
+    build_state,
+    invite_row,
+    recording_infos,
+    recording_row,
+    room_row,
+    where,
+)
 
 if TYPE_CHECKING:
     from salon.daemon.recording.index import RecordingInfo
@@ -41,9 +56,6 @@ DATABASE_NAME = "salon.db"
 
 APPLICATION_ID = 0x53414C4E
 """``PRAGMA application_id`` of a salond database ("SALN"), to recognise foreign files."""
-
-SERVER_WIDE = ""
-"""The ``room`` column of server-wide bans (and of server-wide audit entries)."""
 
 RETRY_DELAYS = (0.05, 0.2, 1.0, 5.0)
 """Seconds the writer waits before retrying a failed commit (the last one repeats)."""
@@ -174,9 +186,6 @@ _SAVE_RECORDING = (
     " duration, speakers, status, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INTERRUPT_RECORDINGS = "UPDATE recordings SET status = 'interrupted' WHERE status = 'recording'"
-_RECORDING_COLUMNS = (
-    "id, room, path, started_at, started_by, ended_at, duration, speakers, status, bytes"
-)
 _ADD_AUDIT = (
     "INSERT INTO audit_log (at, room, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -271,24 +280,6 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
         version = migration.version
 
 
-def _to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
-
-
-def _from_json(text: str, fallback: Any) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return fallback
-
-
-def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
-    """A ``WHERE`` clause joining the conditions whose value is not None, and its parameters."""
-    used = [(clause, value) for clause, value in conditions if value is not None]
-    where = " WHERE " + " AND ".join(clause for clause, _ in used) if used else ""
-    return where, [value for _, value in used]
-
-
 class SqliteStore:
     """The :class:`~salon.daemon.store.base.Store` of salond, in one SQLite file."""
 
@@ -297,6 +288,8 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         """Seconds a write waits for a lock held by another connection before it fails."""
         self.location = str(self.path)
+        self.available = True
+        """A local file is always there to write to (a failing write is retried)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._condition = threading.Condition()
@@ -377,55 +370,19 @@ class SqliteStore:
             self._condition.notify()
 
     def save_room(self, settings: RoomSettings) -> None:
-        self._put(
-            (
-                _SAVE_ROOM,
-                (
-                    settings.room,
-                    settings.title,
-                    settings.owner,
-                    settings.created_at,
-                    _to_json(list(settings.topics)),
-                    settings.policy,
-                    settings.max_speakers,
-                    int(settings.mute_on_join),
-                    int(settings.persistent),
-                    settings.scheduled_for,
-                    settings.description,
-                    settings.state,
-                    _to_json(list(settings.moderators)),
-                    time.time(),
-                ),
-            )
-        )
+        self._put((_SAVE_ROOM, room_row(settings)))
 
     def delete_room(self, room: str) -> None:
         self._put(*((sql, (room,)) for sql in _DELETE_ROOM))
 
     def save_ban(self, room: str | None, user: str, ban: Ban) -> None:
-        where = SERVER_WIDE if room is None else room
-        self._put((_SAVE_BAN, (where, user, ban.reason, ban.until, ban.by)))
+        self._put((_SAVE_BAN, ban_row(room, user, ban)))
 
     def delete_ban(self, room: str | None, user: str) -> None:
         self._put((_DELETE_BAN, (SERVER_WIDE if room is None else room, user)))
 
     def save_invite(self, invite: Invite) -> None:
-        self._put(
-            (
-                _SAVE_INVITE,
-                (
-                    invite.room,
-                    invite.token,
-                    invite.role,
-                    invite.created_by,
-                    invite.created_at,
-                    invite.expires_at,
-                    invite.max_uses,
-                    invite.uses,
-                    int(invite.revoked),
-                ),
-            )
-        )
+        self._put((_SAVE_INVITE, invite_row(invite)))
 
     def set_approved(self, room: str, user: str, approved: bool) -> None:
         self._put((_ADD_APPROVAL if approved else _DELETE_APPROVAL, (room, user)))
@@ -434,39 +391,11 @@ class SqliteStore:
         self._put((_ADD_SUBSCRIPTION if subscribed else _DELETE_SUBSCRIPTION, (room, user)))
 
     def add_audit(self, entry: AuditEntry) -> None:
-        self._put(
-            (
-                _ADD_AUDIT,
-                (
-                    entry.at,
-                    entry.room,
-                    entry.actor,
-                    entry.action,
-                    entry.target,
-                    _to_json(entry.detail),
-                ),
-            )
-        )
+        self._put((_ADD_AUDIT, audit_row(entry)))
 
     def save_recording(self, info: RecordingInfo) -> None:
         """Create or replace a recording's index entry (any thread may call it)."""
-        self._put(
-            (
-                _SAVE_RECORDING,
-                (
-                    info.id,
-                    info.room,
-                    info.path,
-                    info.started_at,
-                    info.by,
-                    info.ended_at,
-                    info.duration,
-                    _to_json(list(info.speakers)),
-                    info.status,
-                    info.bytes,
-                ),
-            )
-        )
+        self._put((_SAVE_RECORDING, recording_row(info)))
 
     def interrupt_recordings(self) -> None:
         """Mark the recordings a previous salond left running as ``interrupted``."""
@@ -615,7 +544,9 @@ class SqliteStore:
         with self._condition:
             queued = len(self._pending)
         return {
+            "backend": "sqlite",
             "path": str(self.path),
+            "available": True,
             "schema_version": SCHEMA_VERSION,
             "commits": self.commits,
             "statements": self.statements,
@@ -701,29 +632,13 @@ class SqliteStore:
     def _recordings(
         db: sqlite3.Connection, room: str | None, recording_id: str | None, limit: int
     ) -> list[RecordingInfo]:
-        from salon.daemon.recording.index import RecordingInfo
-
-        where, parameters = _where(("room = ?", room), ("id = ?", recording_id))
+        clause, parameters = where(("room = ?", room), ("id = ?", recording_id))
         rows = db.execute(
-            f"SELECT {_RECORDING_COLUMNS} FROM recordings{where}"
+            f"SELECT {RECORDING_COLUMNS} FROM recordings{clause}"
             " ORDER BY started_at DESC, id LIMIT ?",
             (*parameters, limit),
         ).fetchall()
-        return [
-            RecordingInfo(
-                id=row[0],
-                room=row[1],
-                path=row[2],
-                started_at=row[3],
-                by=row[4],
-                ended_at=row[5],
-                duration=row[6],
-                speakers=list(_from_json(row[7], [])),
-                status=row[8],
-                bytes=row[9],
-            )
-            for row in rows
-        ]
+        return recording_infos(rows)
 
     def _read(self, reader: Any, *args: Any) -> Any:
         with self._reader_lock:
@@ -738,62 +653,13 @@ class SqliteStore:
     def _load(db: sqlite3.Connection) -> StoredState:
         db.execute("BEGIN")  # one consistent snapshot of every table
         try:
-            records: dict[str, RoomRecord] = {}
-            for row in db.execute(
-                "SELECT id, title, owner, created_at, topics, policy, max_speakers, mute_on_join,"
-                " persistent, scheduled_for, description, state, moderators FROM rooms"
-                " ORDER BY created_at, id"
-            ):
-                settings = RoomSettings(
-                    room=row[0],
-                    title=row[1],
-                    owner=row[2],
-                    created_at=row[3],
-                    topics=tuple(_from_json(row[4], [])),
-                    policy=row[5],
-                    max_speakers=row[6],
-                    mute_on_join=bool(row[7]),
-                    persistent=bool(row[8]),
-                    scheduled_for=row[9],
-                    description=row[10],
-                    state=row[11],
-                    moderators=tuple(_from_json(row[12], [])),
-                )
-                records[settings.room] = RoomRecord(settings)
-            state = StoredState(rooms=list(records.values()))
-            for room, user, reason, until, by in db.execute(
-                "SELECT room, user, reason, until, banned_by FROM bans"
-            ):
-                ban = Ban(reason=reason, until=until, by=by)
-                if room == SERVER_WIDE:
-                    state.server_bans[user] = ban
-                elif room in records:
-                    records[room].bans[user] = ban
-            for row in db.execute(
-                "SELECT room, token, role, created_by, created_at, expires_at, max_uses, uses,"
-                " revoked FROM invites ORDER BY created_at"
-            ):
-                if row[0] in records:
-                    records[row[0]].invites.append(
-                        Invite(
-                            token=row[1],
-                            room=row[0],
-                            role=row[2],
-                            created_by=row[3],
-                            created_at=row[4],
-                            expires_at=row[5],
-                            max_uses=row[6],
-                            uses=row[7],
-                            revoked=bool(row[8]),
-                        )
-                    )
-            for room, user in db.execute("SELECT room, user FROM approvals ORDER BY user"):
-                if room in records:
-                    records[room].approved_users.append(user)
-            for room, user in db.execute("SELECT room, user FROM subscriptions ORDER BY user"):
-                if room in records:
-                    records[room].subscribers.append(user)
-            return state
+            return build_state(
+                db.execute(f"SELECT {ROOM_COLUMNS} FROM rooms ORDER BY created_at, id"),
+                db.execute("SELECT room, user, reason, until, banned_by FROM bans"),
+                db.execute(f"SELECT {INVITE_COLUMNS} FROM invites ORDER BY created_at"),
+                db.execute("SELECT room, user FROM approvals ORDER BY user"),
+                db.execute("SELECT room, user FROM subscriptions ORDER BY user"),
+            )
         finally:
             db.execute("COMMIT")
 
@@ -801,21 +667,9 @@ class SqliteStore:
     def _audit(
         db: sqlite3.Connection, limit: int, room: str | None, before: int | None
     ) -> list[AuditEntry]:
-        where, parameters = _where(("room = ?", room), ("id < ?", before))
+        clause, parameters = where(("room = ?", room), ("id < ?", before))
         rows = db.execute(
-            "SELECT id, at, room, actor, action, target, detail FROM audit_log"
-            f"{where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log{clause} ORDER BY id DESC LIMIT ?",
             (*parameters, limit),
         ).fetchall()
-        return [
-            AuditEntry(
-                id=row[0],
-                at=row[1],
-                room=row[2],
-                actor=row[3],
-                action=row[4],
-                target=row[5],
-                detail=_from_json(row[6], {}),
-            )
-            for row in rows
-        ]
+        return audit_entries(rows)

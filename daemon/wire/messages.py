@@ -62,6 +62,7 @@ class ErrorCode(str, enum.Enum):
     INVALID_TEXT = "invalid_text"
     DENIED_BY_PLUGIN = "denied_by_plugin"
     SHUTTING_DOWN = "shutting_down"
+    STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -443,6 +444,33 @@ REQUEST_TYPES: dict[str, type[_Request]] = {
     cls.__struct_config__.tag: cls
     for cls in Request.__args__  # type: ignore[attr-defined]
 }
+
+STORED_REQUESTS: frozenset[str] = frozenset(
+    {
+        "create_room",
+        "start_room",
+        "subscribe_room",
+        "unsubscribe_room",
+        "approve_knock",
+        "deny_knock",
+        "invite_to_speak",
+        "remove",
+        "ban",
+        "unban",
+        "promote",
+        "demote",
+        "transfer_ownership",
+        "update_room",
+        "close_room",
+        "create_invite",
+        "revoke_invite",
+        "start_recording",
+        "stop_recording",
+    }
+)
+"""Requests whose every success changes what the server stores (a setting, a ban, an invite, an
+audit entry): refused with ``store_unavailable`` before they take effect while the server's
+database is unavailable (PROTOCOL.md section 9.1)."""
 
 
 # --------------------------------------------------------------------------- replies

@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from salon.daemon.admin.protocol import StatusInfo
+from salon.daemon.admin.protocol import StatusInfo, StoreStatus
 
 
 def _size(count: int) -> str:
@@ -46,4 +46,15 @@ class StatsPanel(Static):
         errors = ", ".join(f"{k} {v}" for k, v in sorted(status.plugin_errors.items())) or "none"
         table.add_row("plugin errors", errors)
         table.add_row("admin clients", str(status.admin_clients))
+        if status.store is not None:
+            table.add_row("store", store_line(status.store))
         self.update(table)
+
+
+def store_line(store: StoreStatus) -> str:
+    """The store's backend and health: UNAVAILABLE (with the reason) while writes are refused."""
+    health = "ok" if store.available else f"UNAVAILABLE ({store.last_error})"
+    return (
+        f"{store.backend} {health}, {store.queued} queued, {store.outages} outages,"
+        f" {store.reconnects} reconnects"
+    )
