@@ -214,16 +214,17 @@ _PASSWORD_IN_QUERY = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``: what logs, errors and ``--check-config``
     show of a connection string (URL form or ``key=value`` form)."""
-    text = _PASSWORD_IN_KEYWORDS.sub(r"\1***", url)
-    text = _PASSWORD_IN_QUERY.sub(r"\1***", text)
+    if "://" not in url:
+        return _PASSWORD_IN_KEYWORDS.sub(r"\1***", url)
+    text = _PASSWORD_IN_QUERY.sub(r"\1***", url)
     try:
         parts = urlsplit(text)
+        password = parts.password
     except ValueError:
         return text
-    if parts.scheme and parts.password is not None:
+    if password is not None:
         host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        text = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        text = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
     return text
 
 
