@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--room", help="also stream this room's audio levels")
     watch.add_argument("--stats", action="store_true", help="include the periodic stats events")
     watch.add_argument("--count", type=int, help="stop after this many events")
+    store = sub.add_parser("store", help="offline store operations (salond stopped)")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="OPERATION")
+    copy = store_sub.add_parser(
+        "copy", help="copy every table to another store and verify counts and checksums"
+    )
+    copy.add_argument("--from", dest="source", required=True, help="sqlite:PATH or postgresql://…")
+    copy.add_argument("--to", dest="target", required=True, help="postgresql://… or sqlite:PATH")
     # Scripts write ``salonctl rooms --json`` as often as ``salonctl --json rooms``: accept both
     # (SUPPRESS keeps the top-level value when the option is not repeated after the command).
     for command in sub.choices.values():
@@ -586,6 +593,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "store":
+        return store_command(args)
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
@@ -596,6 +605,27 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def store_command(args: argparse.Namespace) -> int:
+    """``salonctl store copy``: works on the databases themselves, not through salond."""
+    from salon.daemon.store import StoreError
+    from salon.daemon.store.copy import copy_store, format_report
+
+    try:
+        report = copy_store(args.source, args.target)
+    except StoreError as exc:
+        print(f"salonctl: store copy: {exc}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps([{**vars(item), "ok": item.ok} for item in report], sort_keys=True))
+    else:
+        for line in format_report(report):
+            print(line)
+    if not all(item.ok for item in report):
+        print("salonctl: store copy: the copy does not match its source", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
