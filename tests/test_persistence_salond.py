@@ -1,4 +1,5 @@
-"""Persistence end to end: a real salond process is stopped, killed and restarted.
+"""Persistence end to end: a real salond process is stopped, killed and restarted, on each store
+(SQLite by default, PostgreSQL on a throw-away cluster the tests start).
 
 What an operator or a host decided (rooms, schedules, bans, invites, approvals, moderators and
 the audit log) must be there after a restart; an acknowledged moderation action must survive
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +79,38 @@ def stop(daemon: SalondProcess) -> None:
     assert code == 0, f"salond exited with {code}:\n{daemon.log_text()}"
 
 
-def read_db(state_dir: Path, query: str, *parameters: Any) -> list[tuple[Any, ...]]:
-    """Read salon.db the way another process would (salond may be running)."""
-    db = sqlite3.connect(f"file:{state_dir / DATABASE_NAME}?mode=ro", uri=True)
-    try:
-        return db.execute(query, parameters).fetchall()
-    finally:
-        db.close()
+@dataclass
+class StoreUnderTest:
+    """Which store salond uses (its ``[store]`` table) and how a test reads it directly."""
+
+    toml: str
+    url: str | None = None
+
+    def read(self, state_dir: Path, query: str) -> list[tuple[Any, ...]]:
+        """Read the database the way another process would (salond may be running)."""
+        if self.url is not None:
+            import psycopg
+
+            with psycopg.connect(self.url, connect_timeout=10) as pg:
+                return [tuple(row) for row in pg.execute(query.encode()).fetchall()]
+        db = sqlite3.connect(f"file:{state_dir / DATABASE_NAME}?mode=ro", uri=True)
+        try:
+            return db.execute(query).fetchall()
+        finally:
+            db.close()
+
+    def config(self, path: Path, extra: str = "") -> list[str]:
+        """salond's arguments for a configuration file with this store and ``extra``."""
+        path.write_text(f"{extra}\n{self.toml}\n")
+        return ["-c", str(path)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> StoreUnderTest:
+    if request.param == "sqlite":
+        return StoreUnderTest("")
+    url = request.getfixturevalue("postgres_url")
+    return StoreUnderTest(f'[store]\nurl = "{url}"', url)
 
 
 async def code_of(call: Any) -> str:
@@ -95,10 +122,13 @@ async def code_of(call: Any) -> str:
 # --------------------------------------------------------------------------- restart
 
 
-async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Path) -> None:
+async def test_rooms_bans_invites_and_moderation_survive_a_restart(
+    tmp_path: Path, backend: StoreUnderTest
+) -> None:
     state = tmp_path / "state"
     starts_at = time.time() + 3600
-    daemon = start_salond(state)
+    arguments = backend.config(tmp_path / "salond.toml")
+    daemon = start_salond(state, *arguments)
     try:
         async with clients_of(daemon) as clients:
             owner = await clients.connect("owner")
@@ -142,10 +172,10 @@ async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Pat
     finally:
         stop(daemon)
 
-    daemon = start_salond(state)
+    daemon = start_salond(state, *arguments)
     try:
         assert "restored 2 rooms" in daemon.log_text()
-        [(moderators,)] = read_db(state, "SELECT moderators FROM rooms WHERE id = 'club'")
+        [(moderators,)] = backend.read(state, "SELECT moderators FROM rooms WHERE id = 'club'")
         assert json.loads(moderators) == [moderator_user]
         async with clients_of(daemon) as clients:
             guest = await clients.connect("guest")
@@ -190,7 +220,7 @@ async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Pat
     finally:
         stop(daemon)
 
-    actions = [row[0] for row in read_db(state, "SELECT action FROM audit_log ORDER BY id")]
+    actions = [row[0] for row in backend.read(state, "SELECT action FROM audit_log ORDER BY id")]
     assert actions[:2] == ["create_room", "create_room"]
     for expected in ("create_invite", "revoke_invite", "promote", "approve_knock", "ban"):
         assert expected in actions
@@ -201,12 +231,15 @@ async def test_rooms_bans_invites_and_moderation_survive_a_restart(tmp_path: Pat
 # --------------------------------------------------------------------------- kill -9
 
 
-async def test_no_acknowledged_moderation_action_is_lost_to_kill_9(tmp_path: Path) -> None:
+async def test_no_acknowledged_moderation_action_is_lost_to_kill_9(
+    tmp_path: Path, backend: StoreUnderTest
+) -> None:
     state = tmp_path / "state"
-    config = tmp_path / "salond.toml"
     # The burst must not be throttled by the per-session message rate.
-    config.write_text("[limits]\nmessage_rate = 100000.0\nmessage_burst = 100000\n")
-    daemon = start_salond(state, "-c", str(config))
+    arguments = backend.config(
+        tmp_path / "salond.toml", "[limits]\nmessage_rate = 100000.0\nmessage_burst = 100000"
+    )
+    daemon = start_salond(state, *arguments)
     burst = 1500
     acked: set[str] = set()
     try:
@@ -244,15 +277,17 @@ async def test_no_acknowledged_moderation_action_is_lost_to_kill_9(tmp_path: Pat
             daemon.proc.kill()
     assert burst // 8 <= len(claimed) < burst, "the kill did not land in the middle of the burst"
 
-    daemon = start_salond(state)
+    daemon = start_salond(state, *arguments)
     try:
         logged = {
             row[0]
-            for row in read_db(
+            for row in backend.read(
                 state, "SELECT target FROM audit_log WHERE action = 'ban' AND room = 'busy'"
             )
         }
-        banned = {row[0] for row in read_db(state, "SELECT user FROM bans WHERE room = 'busy'")}
+        banned = {
+            row[0] for row in backend.read(state, "SELECT \"user\" FROM bans WHERE room = 'busy'")
+        }
         assert claimed <= logged, f"{len(claimed - logged)} acknowledged bans lost"
         assert claimed <= banned
         assert len(logged) >= len(claimed)
