@@ -112,6 +112,7 @@ class Daemon:
         self.server.observers.append(self.persistence.observe)
         self.server.commit_barriers.append(self.store.commit)
         self.server.store_available = lambda: self.store.available
+        self.server.store_changes = lambda: self.persistence.recorded
         # Plugins authenticate clients and review every request before the core sees it
         # (docs/plugin_hooks.md); the built-in guest/token authentication is one of them.
         self.plugins = PluginHost(config, self.server)

@@ -115,6 +115,10 @@ class SalonServer:
         self.commit_barriers: list[CommitBarrier] = []
         self.store_available: Callable[[], bool] = lambda: True
         """False while the store cannot write: requests in ``STORED_REQUESTS`` are refused."""
+        self.store_changes: Callable[[], int] | None = None
+        """Changes handed to the store so far, when known: a request that added none is
+        acknowledged without waiting for the commit barriers (it has nothing to make durable,
+        and a database outage does not hold it up)."""
         self._certificate = certificate
         self._private_key = private_key
         self._next_session_id = 1
@@ -351,6 +355,8 @@ class SalonServer:
         now = time.time()
         room = self.core.session_room(protocol.session_id)
         identity = protocol.identity
+        counter = self.store_changes
+        changes = counter() if counter is not None else None
         try:
             self.core.check_session_state(protocol.session_id, request)
             if isinstance(request, msg.CreateRoom):
@@ -388,8 +394,9 @@ class SalonServer:
             if isinstance(created, dict) and isinstance(created.get("room"), str):
                 self.guard.created(created["room"], identity, protocol.address)
         try:
-            for barrier in self.commit_barriers:
-                await barrier()
+            if counter is None or counter() != changes:
+                for barrier in self.commit_barriers:
+                    await barrier()
         except StoreUnavailable as exc:
             log.warning("session %d: %s not acknowledged: %s", protocol.session_id, kind, exc)
             self._reply_error(

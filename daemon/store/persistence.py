@@ -63,6 +63,8 @@ class Persistence:
         self.store = store
         self._clock = clock
         self.frozen = False
+        self.recorded = 0
+        """Core events turned into store writes so far."""
         """Set by :meth:`freeze`: events are no longer recorded."""
         self._handlers: dict[type, Callable[[Any], None]] = {
             events.RoomCreated: self._room_created,
@@ -81,6 +83,7 @@ class Persistence:
         """A ``SalonServer`` observer: queue the writes ``event`` calls for (cheap, no I/O)."""
         handler = self._handlers.get(type(event))
         if handler is not None and not self.frozen:
+            self.recorded += 1
             handler(event)
 
     def freeze(self) -> None:
