@@ -23,12 +23,14 @@ SUPERUSER = "salon_test"
 
 
 def binaries() -> Path | None:
-    """The directory of initdb/pg_ctl (Debian keeps them out of PATH), or None."""
+    """The directory of initdb, pg_ctl, pg_dump... (Debian keeps them out of PATH), or None."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4])
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
     found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
+    return Path(found).resolve().parent if found else None
 
 
 def free_port() -> int:

@@ -427,3 +427,19 @@ def test_passwords_are_redacted_from_connection_strings() -> None:
     )
     assert redact_url("host=db password='a b' user=salon") == "host=db password=*** user=salon"
     assert redact_url("postgresql://salon@db/salon") == "postgresql://salon@db/salon"
+
+
+def test_check_config_and_config_errors_never_show_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from salon.daemon.app import main
+
+    config = tmp_path / "salond.toml"
+    config.write_text('[store]\nurl = "postgresql://salon:hunter2@db.example/salon"\n')
+    assert main(["--check-config", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "store: postgresql://salon:***@db.example/salon" in out and "hunter2" not in out
+    config.write_text('[store]\nurl = "mysql://salon:hunter2@db.example/salon"\n')
+    assert main(["--check-config", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "store.url: expected a postgresql:// URL" in err and "hunter2" not in err
