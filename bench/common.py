@@ -282,9 +282,11 @@ def start_server(
     state_dir: Path,
     tuning: Mapping[str, bool | int | str] | None = None,
     timeout: float = 30.0,
+    args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Start ``salond`` (kind "salond") or ``bench/naive_forwarder.py`` (kind "naive");
-    ``tuning``: salond's ``[tuning]`` keys that differ from the defaults."""
+    ``tuning``: salond's ``[tuning]`` keys that differ from the defaults; ``args``: more
+    command-line arguments for salond (e.g. its own ``--config``, without ``tuning``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if kind.startswith("naive"):
         command = [
@@ -306,6 +308,7 @@ def start_server(
             str(state_dir),
             "--log-level",
             "info",
+            *args,
         ]
         if tuning:
             config = state_dir / "salond.toml"

@@ -77,12 +77,16 @@ class Cluster:
             "--locale=C",
         )
 
-    def start(self) -> None:
+    def start(self, durable: bool = False) -> None:
+        """Start the server; ``durable``: with fsync (as in production, for benchmarks),
+        else without (tests: faster, and a crash of the test machine loses nothing of value)."""
         options = (
             f"-c port={self.port} -c listen_addresses=127.0.0.1"
-            f" -c unix_socket_directories={self.socket_dir} -c fsync=off"
-            " -c full_page_writes=off -c max_connections=60 -c shared_buffers=16MB"
+            f" -c unix_socket_directories={self.socket_dir}"
+            " -c max_connections=60 -c shared_buffers=16MB"
         )
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off"
         done = self._run(
             self.tool("pg_ctl"),
             "-D",
@@ -127,7 +131,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[Cluster | None]:
+def running_cluster(durable: bool = False) -> Iterator[Cluster | None]:
     """A started cluster, removed afterwards; None when PostgreSQL is not installed."""
     bin_dir = binaries()
     if bin_dir is None:
@@ -136,7 +140,7 @@ def running_cluster() -> Iterator[Cluster | None]:
     cluster = Cluster(bin_dir)
     try:
         cluster.init()
-        cluster.start()
+        cluster.start(durable)
         yield cluster
     finally:
         cluster.remove()

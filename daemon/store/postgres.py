@@ -596,7 +596,8 @@ class PostgresStore:
         started = time.perf_counter()
         dropped: list[str] = []
         try:
-            async with db.transaction(), db.cursor() as cursor:
+            # Pipeline mode: the batch goes out without a round trip per statement.
+            async with db.transaction(), db.pipeline(), db.cursor() as cursor:
                 for sql, parameters in batch:
                     await cursor.execute(sql, parameters)
         except (psycopg.IntegrityError, psycopg.DataError, psycopg.ProgrammingError):
