@@ -118,3 +118,21 @@ async def test_postgresql_restarted_under_a_live_room(
     # Refused up front: no effect. Not acknowledged but applied in the room: written once the
     # database was back (never lost, never half-stored).
     assert banned == {"guest-before", "guest-during", "guest-after"}
+
+
+def test_the_console_and_salonctl_show_an_unavailable_store() -> None:
+    from salon.daemon.admin.ctl import _store_line
+    from salon.daemon.admin.protocol import StoreStatus
+    from salon.tui.widgets.stats import store_line
+
+    away = StoreStatus(
+        backend="postgresql",
+        location="postgresql://salon:***@db/salon",
+        available=False,
+        last_error="connection refused",
+        queued=3,
+        outages=1,
+    )
+    assert "UNAVAILABLE (connection refused)" in store_line(away)
+    assert "UNAVAILABLE (connection refused), 3 queued" in _store_line(away)
+    assert "postgresql ok" in store_line(StoreStatus(backend="postgresql", location="x"))
