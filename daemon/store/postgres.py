@@ -319,8 +319,8 @@ class PostgresStore:
                 await asyncio.wait_for(asyncio.shield(task), self.operation_timeout * 2)
             except (asyncio.TimeoutError, TimeoutError):
                 task.cancel()
-                with_error = len(self._pending)
-                log.error("%s: giving up: %d changes were not saved", self.location, with_error)
+                lost = len(self._pending)
+                log.error("%s: giving up: %d changes were not saved", self.location, lost)
             except Exception:
                 log.exception("%s: the writer failed", self.location)
         self._release_waiters()
