@@ -71,7 +71,6 @@ class Backend:
     "Run SQL on the database directly, outside any store."
     hold_writer: Callable[[AnyStore], contextlib.AbstractContextManager[Any]]
     "Keep the store's writer from taking a batch while changes are queued."
-    cluster: Any = None
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,7 +114,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         pg_count,
         pg_execute,
         lambda store: contextlib.nullcontext(),
-        cluster,
     )
 
 
@@ -348,13 +346,6 @@ async def test_commit_on_a_store_that_is_not_running_fails(backend: Backend) -> 
 # --------------------------------------------------------------------------- a database away
 
 
-@pytest.fixture
-def postgresql_only(backend: Backend) -> Backend:
-    if backend.name != "postgresql":
-        pytest.skip("a local SQLite file cannot go away")
-    return backend
-
-
 async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     async def poll() -> None:
         while not condition():
@@ -364,10 +355,13 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
 
 
 async def test_an_outage_refuses_commits_keeps_changes_and_reconnects(
-    postgresql_only: Backend, store: AnyStore, caplog: pytest.LogCaptureFixture
+    postgres_cluster: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster = postgresql_only.cluster
-    assert isinstance(store, PostgresStore)
+    # PostgreSQL only: a local SQLite file cannot go away.
+    cluster = postgres_cluster
+    url = cluster.database()
+    store = PostgresStore(url, commit_timeout=30)
+    await store.start()
     store.save_ban("r1", "before", Ban(reason="", until=None, by="alice"))
     await store.commit()
     cluster.stop()
@@ -386,8 +380,9 @@ async def test_an_outage_refuses_commits_keeps_changes_and_reconnects(
     await wait_until(lambda: store.available)
     await store.commit()
     # Nothing refused was lost: the changes waited in the queue and were written.
-    assert postgresql_only.count("bans") == 3
-    assert store.stats()["reconnects"] == 1
+    assert len(await store.audit_log()) == 0 and store.stats()["reconnects"] == 1
+    await store.stop()
+    assert cluster.sql("SELECT count(*) FROM bans", database=url.rsplit("/", 1)[1]) == "[(3,)]"
     assert "the database is unavailable" in caplog.text
     assert "available again" in caplog.text
 
