@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from salon.daemon.admin import ctl
@@ -58,7 +59,7 @@ async def snapshot(store: SqliteStore | PostgresStore) -> tuple[Any, ...]:
     audit = await store.audit_log(limit=1000)
     recordings = await store.recordings()
     await store.stop()
-    return asdict(state), [asdict(e) for e in audit], recordings
+    return asdict(state), [msgspec.to_builtins(e) for e in audit], recordings
 
 
 async def test_an_sqlite_installation_moves_to_postgresql_and_back(

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from salon.daemon.admin.protocol import AuditEntry
 from salon.daemon.core import Ban, Invite, RoomRecord, RoomSettings
 
-__all__ = ["AuditEntry", "Store", "StoreError", "StoredState"]
+__all__ = ["AuditEntry", "Store", "StoreError", "StoreUnavailable", "StoredState"]
 
 
 class StoreError(Exception):
