@@ -80,12 +80,18 @@ async def run_speakers(args: argparse.Namespace) -> None:
     sessions: list[BenchSession] = []
     flows: list[tuple[int, int]] = []
     received = [0] * args.count
+    # Copies of the other speakers' packets sent in the window (a conference delivers them to
+    # every speaker): measured here, like the listeners', not assumed by the orchestrator.
+    received_in_window = [0] * args.count
+    window = [0, 0]
     for index in range(args.count):
         session = await open_session(args.host, args.port, "speaker", index, args.ack_delay)
         sessions.append(session)
 
-        def count(_data: bytes, index: int = index) -> None:
+        def count(data: bytes, index: int = index) -> None:
             received[index] += 1
+            if window[0] <= read_media(data)[2] < window[1]:
+                received_in_window[index] += 1
 
         session.protocol.on_media = count
     if args.kind.startswith("naive"):
@@ -110,6 +116,7 @@ async def run_speakers(args: argparse.Namespace) -> None:
             flows.append((key.flow_id, key.ssrc))
     emit({"ready": True, "pid": os.getpid(), "flows": flows})
     start, window_end, end = await read_go()
+    window[0], window[1] = start, window_end
 
     sent_in_window = [0] * args.count
     sent_total = 0
@@ -140,6 +147,7 @@ async def run_speakers(args: argparse.Namespace) -> None:
                 "sent_in_window": sent_in_window,
                 "sent_total": sent_total,
                 "received": received,
+                "received_in_window": received_in_window,
                 "cpu": process_cpu_seconds(os.getpid()),
             }
         }

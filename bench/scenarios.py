@@ -76,6 +76,9 @@ class Result:
     p99_ms: float = float("nan")
     p999_ms: float = float("nan")
     loss: float = float("nan")
+    """Share of the copies due to the listeners that did not arrive in the window."""
+    speaker_loss: float = float("nan")
+    """Share of the copies due to the speakers (the others' packets) that did not arrive."""
     rss_growth_kib: int = 0
     loadgen_max_cpu_share: float = 0.0
     packets_per_copy: float = float("nan")
@@ -287,10 +290,11 @@ def run_scenario(
             sent = speaker_result["sent_in_window"]
             members = scenario.listeners + scenario.speakers
             expected_listeners = sum(sent) * scenario.listeners
-            # Copies to the speakers themselves (a conference) are delivered too, but their
-            # latency is not recorded; count them with the listeners' for the CPU per copy.
+            # Copies to the speakers themselves (a conference) are counted by the speakers'
+            # process (their latency is not recorded); they count for the CPU per copy.
             expected = sum(sent) * (members - 1)
-            speaker_copies = sum(sent) * (scenario.speakers - 1)
+            speaker_copies = sum(speaker_result["received_in_window"])
+            expected_speakers = sum(sent) * (scenario.speakers - 1)
             copies = delivered + speaker_copies
             latencies.sort()
             cpu = cpu1 - cpu0
@@ -301,6 +305,7 @@ def run_scenario(
             result.p99_ms = percentile(latencies, 0.99) / 1000
             result.p999_ms = percentile(latencies, 0.999) / 1000
             result.loss = 1 - delivered / max(1, expected_listeners)
+            result.speaker_loss = 1 - speaker_copies / max(1, expected_speakers)
             result.rss_growth_kib = rss1 - rss0
             result.packets_per_copy = packets_in / max(1, delivered)
             result.acks_per_copy = packets_out / max(1, delivered)
@@ -309,7 +314,10 @@ def run_scenario(
                 (load1[pid] - load0[pid]) / elapsed for pid in load1 if pid in load0
             )
             if expected:
-                result.notes.append(f"copies expected {expected}, delivered {copies}")
+                result.notes.append(
+                    f"copies expected {expected}, delivered {copies}"
+                    f" (to speakers: {speaker_copies} of {expected_speakers}, measured)"
+                )
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             if server is not None and log is not None:

@@ -512,6 +512,8 @@ class LimitsConfig(Section, frozen=True):
     """Open rooms one user may own at a time."""
     max_sessions: PositiveInt = 10000
     """Concurrent client connections; further handshakes are refused."""
+    hello_timeout: PositiveNumber = 10.0
+    """Seconds after the handshake within which a connection must complete ``hello``."""
     message_rate: PositiveNumber = 50.0
     """Control messages per second one session may send on average."""
     message_burst: PositiveInt = 100

@@ -23,7 +23,9 @@ def test_a_tiny_broadcast_forwards_every_copy(server: str) -> None:
     assert result.error == "", result.error
     assert result.copies_per_s > 0
     assert math.isfinite(result.cpu_us_per_copy) and result.cpu_us_per_copy > 0
-    assert 0.0 <= result.loss <= 1.0
+    # Loopback at smoke size loses nothing; one copy in a hundred is the most a busy machine
+    # may cost (a forwarder that skips a listener loses a third).
+    assert result.loss <= 0.01, result.notes
     assert math.isfinite(result.p50_ms) and result.p50_ms <= result.p99_ms <= result.p999_ms
 
 
@@ -31,12 +33,12 @@ def test_a_tiny_conference_counts_copies_to_speakers() -> None:
     scenario = Scenario("smoke", speakers=2, listeners=2, warmup=0.5, window=1.0)
     result = run_scenario(scenario, "salond")
     assert result.error == "", result.error
+    # Each speaker's packets go to the 2 listeners and to the other speaker; the copies to the
+    # speakers are counted where they arrive (the speakers' process), not assumed.
+    assert result.loss <= 0.01, result.notes
+    assert result.speaker_loss <= 0.01, result.notes
     note = next(note for note in result.notes if note.startswith("copies expected"))
-    expected, delivered = (
-        int(word.strip(",")) for word in note.split() if word.strip(",").isdigit()
-    )
-    # Each speaker's packets go to the 2 listeners and to the other speaker.
-    assert expected > 0 and 0 < delivered <= expected
+    assert "measured" in note
 
 
 def test_the_mouth_to_ear_bench_hears_the_speaker() -> None:
@@ -47,7 +49,10 @@ def test_the_mouth_to_ear_bench_hears_the_speaker() -> None:
     assert result["media_packets_per_s"] > 0
     assert result["up_bytes_per_s"] > 0 and result["media_bytes_per_s"] > 0
     assert result["down_bytes_per_s"] > 0
-    assert 0 <= result["heard"] <= result["bursts"]
+    # Bursts start after a second of talk: a two-second run captures at least two, and the
+    # listener must hear them (all but possibly the last, still in flight when it stops).
+    assert result["bursts"] >= 2
+    assert result["bursts"] - 1 <= result["heard"] <= result["bursts"]
     assert len(summary_lines(result)) == 2
 
 

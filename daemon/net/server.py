@@ -37,7 +37,9 @@ from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transp
 log = logging.getLogger("salon.net")
 
 ALPN = "salon/1"
-HELLO_TIMEOUT = 10.0
+# A refused handshake (``limits.max_sessions`` reached) is logged at most once per this many
+# seconds, with the count since the last line: a flood must not flood the log too.
+REFUSAL_LOG_INTERVAL = 10.0
 # A session that keeps exceeding its message rate this many times in a row is disconnected.
 RATE_STRIKES_TO_CLOSE = 5
 # Seconds between refusing a hello under the per-address limits and closing the connection.
@@ -132,6 +134,8 @@ class SalonServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.shutting_down = False
         self.address: tuple[str, int] = ("", 0)
+        self._refusals_unlogged = 0
+        self._refusal_logged_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,6 +201,9 @@ class SalonServer:
     # ------------------------------------------------------------------ protocol callbacks
 
     def on_handshake(self, protocol: SessionProtocol) -> None:
+        if len(self.sessions) >= self.config.limits.max_sessions:
+            self._refuse(protocol)
+            return
         self.stats.connections_total += 1
         self.sessions[protocol.session_id] = protocol
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -205,7 +212,9 @@ class SalonServer:
             self._session_worker(protocol, inbox)
         )
         assert self._loop is not None
-        protocol.hello_timer = self._loop.call_later(HELLO_TIMEOUT, self._check_hello, protocol)
+        protocol.hello_timer = self._loop.call_later(
+            self.config.limits.hello_timeout, self._check_hello, protocol
+        )
         if self.shutting_down:
             protocol.close_with(CloseCode.SERVER_SHUTDOWN, "server shutting down")
             return
@@ -229,16 +238,35 @@ class SalonServer:
                 f" (reason {reason!r})" if reason else "",
             )
 
+    def _refuse(self, protocol: SessionProtocol) -> None:
+        """Close a connection beyond ``limits.max_sessions`` before it costs anything more."""
+        self.stats.count_drop("max_sessions")
+        protocol.close_with(CloseCode.SERVER_FULL, "server full: too many connections")
+        self._refusals_unlogged += 1
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "refused %d connection(s): limits.max_sessions (%d) reached",
+                self._refusals_unlogged,
+                self.config.limits.max_sessions,
+            )
+            self._refusals_unlogged = 0
+            self._refusal_logged_at = now
+
     def _check_hello(self, protocol: SessionProtocol) -> None:
         protocol.hello_timer = None
         if protocol.identity is None and not protocol.closed:
             self.stats.count_drop("hello_timeout")
-            protocol.close_with(CloseCode.HELLO_TIMEOUT, "no hello within 10 s")
+            protocol.close_with(
+                CloseCode.HELLO_TIMEOUT,
+                f"no hello within {self.config.limits.hello_timeout:g} s",
+            )
 
     def on_closed(self, protocol: SessionProtocol, reason: str) -> None:
         session_id = protocol.session_id
         if protocol.hello_timer is not None:
-            # A pending timer would keep the closed connection in memory for its 10 s.
+            # A pending timer would keep the closed connection in memory until it fires.
             protocol.hello_timer.cancel()
             protocol.hello_timer = None
         self.sessions.pop(session_id, None)

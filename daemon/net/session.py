@@ -40,6 +40,7 @@ class CloseCode:
     SERVER_SHUTDOWN = 0x3
     RATE_ABUSE = 0x5
     CONTROL_BACKLOG = 0x7
+    SERVER_FULL = 0x8
 
 
 class TokenBucket:

@@ -1,0 +1,99 @@
+"""Connection limits over real QUIC: ``limits.max_sessions`` and ``limits.hello_timeout``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from salon.daemon.metrics import MetricsEndpoint
+from salon.daemon.net.session import CloseCode
+from tests.conftest import run_daemon
+from tests.test_abuse_network import hello, raw_client, send_requests, wait_until
+from tests.test_metrics import samples, scrape
+
+
+def census(live) -> dict[str, int]:
+    """The per-connection structures the server holds (all must return to zero)."""
+    server = live.daemon.server
+    quic_server = server._quic_server
+    return {
+        "sessions": len(server.sessions),
+        "workers": len(server._workers),
+        "inboxes": len(server._inboxes),
+        "quic_connections": len(set(quic_server._protocols.values())) if quic_server else 0,
+    }
+
+
+async def test_handshakes_beyond_max_sessions_are_refused_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="salon.net")
+    overrides = {"limits.max_sessions": 2, "metrics.enabled": True, "metrics.port": 0}
+    async with run_daemon(tmp_path / "state", **overrides) as live:
+        first = await live.client("First")
+        second = await live.client("Second")
+        stats = live.daemon.server.stats
+        refused = []
+        for _ in range(3):
+            async with raw_client(live) as raw:
+                await wait_until(lambda raw=raw: raw.terminated is not None)
+                refused.append(raw.terminated.error_code)
+        assert refused == [CloseCode.SERVER_FULL] * 3
+        assert stats.drops["max_sessions"] == 3
+        assert len(live.daemon.server.sessions) == 2
+        # The metrics endpoint shows them.
+        [endpoint] = [c for c in live.daemon.components if isinstance(c, MetricsEndpoint)]
+        _, body = await scrape(*endpoint.address)
+        assert samples(body)[("salon_drops_total", (("reason", "max_sessions"),))] == 3
+        assert samples(body)[("salon_connections_total", ())] == 2
+        # Logged once, not once per refusal (rate-limited).
+        lines = [r for r in caplog.records if "max_sessions" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        # The admitted clients are unaffected; a seat that frees up is taken again.
+        assert await first.call("ping") == {}
+        await second.close()
+        await wait_until(lambda: len(live.daemon.server.sessions) == 1)
+        third = await live.client("Third")
+        assert await third.call("ping") == {}
+        assert stats.drops["max_sessions"] == 3
+
+
+async def test_connection_without_hello_is_closed_after_hello_timeout(tmp_path):
+    async with run_daemon(tmp_path / "state", **{"limits.hello_timeout": 0.5}) as live:
+        loop = asyncio.get_running_loop()
+        async with raw_client(live) as raw:
+            started = loop.time()
+            await wait_until(lambda: raw.terminated is not None, timeout=10)
+            waited = loop.time() - started
+            assert raw.terminated.error_code == CloseCode.HELLO_TIMEOUT
+            assert "0.5 s" in raw.terminated.reason_phrase
+        # Closed by the timer, not by anything earlier.
+        assert waited >= 0.5
+        assert live.daemon.server.stats.drops["hello_timeout"] == 1
+        await wait_until(lambda: census(live) == dict.fromkeys(census(live), 0))
+
+
+async def test_hello_in_time_cancels_the_timer(tmp_path):
+    async with run_daemon(tmp_path / "state", **{"limits.hello_timeout": 0.5}) as live:
+        async with raw_client(live) as raw:
+            send_requests(raw, hello("Prompt"))
+            await wait_until(lambda: raw.stream_bytes > 0)
+            (session,) = live.daemon.server.sessions.values()
+            assert session.identity is not None and session.hello_timer is None
+            await asyncio.sleep(1.0)  # twice the timeout: the connection must still be up
+            assert raw.terminated is None
+        assert live.daemon.server.stats.drops["hello_timeout"] == 0
+
+
+async def test_closed_connections_without_hello_release_everything(tmp_path):
+    """The hello-timer fix: a connection that closes before saying hello leaves nothing behind
+    (its pending timer used to hold it for the whole timeout)."""
+    async with run_daemon(tmp_path / "state", **{"limits.hello_timeout": 60.0}) as live:
+        protocols = []
+        for _ in range(5):
+            async with raw_client(live):
+                await wait_until(lambda: len(live.daemon.server.sessions) == 1)
+                protocols.append(next(iter(live.daemon.server.sessions.values())))
+            await wait_until(lambda: not live.daemon.server.sessions)
+        # Long before the 60 s timer: every structure is released and no timer is pending.
+        await wait_until(lambda: census(live) == dict.fromkeys(census(live), 0))
+        assert all(p.hello_timer is None for p in protocols)
+        assert live.daemon.server.stats.drops["hello_timeout"] == 0
