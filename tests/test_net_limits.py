@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 from salon.daemon.metrics import MetricsEndpoint
 from salon.daemon.net.session import CloseCode
@@ -91,9 +93,38 @@ async def test_closed_connections_without_hello_release_everything(tmp_path):
         for _ in range(5):
             async with raw_client(live):
                 await wait_until(lambda: len(live.daemon.server.sessions) == 1)
-                protocols.append(next(iter(live.daemon.server.sessions.values())))
+                protocols.append(weakref.ref(next(iter(live.daemon.server.sessions.values()))))
             await wait_until(lambda: not live.daemon.server.sessions)
-        # Long before the 60 s timer: every structure is released and no timer is pending.
+        # Long before the 60 s timer: every structure is released, the connections themselves
+        # included (a pending timer would hold each one until it fires).
         await wait_until(lambda: census(live) == dict.fromkeys(census(live), 0))
-        assert all(p.hello_timer is None for p in protocols)
+        gc.collect()
+        assert [ref() for ref in protocols] == [None] * 5
         assert live.daemon.server.stats.drops["hello_timeout"] == 0
+
+
+async def test_receive_only_connection_releases_its_sent_packets(live):
+    """The ACK-only-packet fix: a connection that only receives datagrams answers them with
+    ACK-only packets the peer never acknowledges; the server's periodic PING gets them
+    acknowledged, so aioquic's record of sent packets stays bounded instead of growing by one
+    per ACK for as long as the client talks."""
+    from aioquic import tls
+
+    from salon.daemon.net.session import ACK_STATE_CHECK, ACK_STATE_LIMIT
+
+    sender = await live.client("Sender")
+    (session,) = live.daemon.server.sessions.values()
+    space = session._quic._spaces[tls.Epoch.ONE_RTT]
+    count = 2000
+    largest = 0
+    for start in range(0, count, 5):
+        for index in range(start, start + 5):
+            sender._quic.send_datagram_frame(b"\x01" + index.to_bytes(4, "big"))
+        sender._protocol.transmit()
+        await asyncio.sleep(0.005)
+        largest = max(largest, len(space.sent_packets))
+    await wait_until(lambda: session.datagrams_received == count)
+    acks_sent = session._quic._packet_number
+    # Without the PINGs every ACK-only packet would still be held (hundreds of them).
+    assert acks_sent > 2 * (ACK_STATE_LIMIT + ACK_STATE_CHECK)
+    assert largest <= ACK_STATE_LIMIT + ACK_STATE_CHECK, (largest, acks_sent)

@@ -161,7 +161,10 @@ async def test_churn_soak_returns_to_baseline(live):
         with contextlib.suppress(asyncio.CancelledError):
             await reading
         before["tasks"] -= 1
-        reclaimed = await wait_for(lambda: census(live) == before)
+        # Well within the hello timer (a leak it would hide by releasing the connection later).
+        reclaimed = await wait_for(
+            lambda: census(live) == before, timeout=live.daemon.config.limits.hello_timeout / 2
+        )
         census_after = census(live)
         assert reclaimed, f"not back to the baseline: {census_after} != {before}"
         for owner, room in zip(owners, ROOMS, strict=True):
