@@ -237,9 +237,11 @@ class CoreMachine(RuleBasedStateMachine):
         newly_on_stage = {
             u for u in stage - self.stage_before if self.room.members[u].role == "speaker"
         }
-        # Speakers only come onto the stage while it has room; hosts always may.
-        if newly_on_stage:
-            assert len(stage) <= max(self.room.max_speakers, hosts)
+        # Checked after every step: the stage is within max_speakers (hosts always fit), or it
+        # is over only because the limit was lowered or hosts came up, with no speaker added.
+        assert 1 <= self.room.max_speakers <= self.h.core.limits.max_speakers_cap
+        within = len(stage) <= max(self.room.max_speakers, hosts)
+        assert within or not newly_on_stage, (stage, newly_on_stage, self.room.max_speakers)
 
     @invariant()
     def no_banned_member(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from salon.daemon.core import Identity, Limits, SalonCore
@@ -171,8 +171,16 @@ def test_forwarder_drops_random_datagrams_without_raising():
         st.sampled_from([0, 0, 0, 1100]),
     )
     executed = forwarded = 0
+    limit = core.forwarder.max_datagram_size
+    valid = media_datagram(flow.flow_id, flow.ssrc, 40, 7)
 
+    # Whatever the size, the run includes a valid datagram and one of each near miss.
     @LONG
+    @example(valid, 1)
+    @example(valid, 2)
+    @example(media_datagram(flow.flow_id, flow.ssrc ^ 1, 40, 7), 1)
+    @example(media_datagram(flow.flow_id + 1, flow.ssrc, 40, 7), 1)
+    @example(valid + b"\x00" * (limit + 1 - len(valid)), 1)
     @given(st.binary(max_size=1300) | near, st.sampled_from([1, 2, 3]))
     def check(data: bytes, session: int) -> None:
         nonlocal executed, forwarded
@@ -181,15 +189,22 @@ def test_forwarder_drops_random_datagrams_without_raising():
         outlets = core.receive_datagram(session, data, 1001.0)
         assert core.forwarder.received == received + 1
         if outlets:
-            # Only the owner's own flow, SSRC and session, within the size limit, get through.
+            # Only the owner's own flow, SSRC and session, within the size limit, get through,
+            # unchanged.
             assert session == 1 and [o.session for o in outlets] == [2]
+            header = peek_media(data)
+            assert (header.flow_id, header.ssrc) == (flow.flow_id, flow.ssrc)
+            assert len(data) <= limit
+            assert list(outlets[0].queue) == [data]
             forwarded += 1
         for outlet in core.forwarder.flows[flow.flow_id].recipients:
             outlet.queue.clear()
 
     check()
     drops: dict[str, Any] = dict(core.forwarder.drops)
-    assert forwarded > 0 or EXAMPLES < 100  # the near-valid datagrams do get through
+    assert forwarded > 0  # the valid datagrams do get through
+    assert drops["ssrc_mismatch"] > 0 and drops["unknown_flow"] > 0 and drops["too_large"] > 0
+    assert drops["wrong_sender"] > 0
     record("fuzz_forwarder", examples=executed, forwarded=forwarded, drops=drops)
 
 
