@@ -168,6 +168,36 @@ async def test_subscription_streams_events_stats_and_levels(live: InProcessDaemo
     await admin.subscribe(levels_room="ev")  # changing the subscription is allowed
 
 
+async def test_levels_stream_shows_who_is_loud(live: InProcessDaemon) -> None:
+    from tests.test_reliability_support import live_room
+
+    async with live_room(live, room="loud") as room:
+        admin = await admin_of(live)
+        await admin.subscribe(levels_room="loud")
+        levels: list[p.MeterLevel] = []
+
+        async def speaker_level() -> None:
+            async for event in admin.events():
+                if event.kind != "levels":
+                    continue
+                assert event.room == "loud"
+                for entry in event.data["levels"]:
+                    level = p.convert(entry, p.MeterLevel)
+                    if level.user == room.speaker.user:
+                        levels.append(level)
+                        if level.speaking:
+                            return
+
+        await asyncio.wait_for(speaker_level(), 10)
+        # The speaker's tone is at -8 dBov (amplitude 0.4): loud, and reported as speaking;
+        # the listener (not on stage) has no meter.
+        assert levels[-1].speaking and levels[-1].level < 40, levels
+        detail = await admin.room("loud")
+        users = {level.user: level for level in detail.levels}
+        assert room.listener.user not in users
+        assert users[room.speaker.user].level < 40
+
+
 async def test_bad_lines_get_precise_errors(live: InProcessDaemon) -> None:
     reader, writer = await asyncio.open_unix_connection(str(live.daemon.config.admin_socket))
     welcome = p.decode_server_line(await reader.readline())
