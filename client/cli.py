@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Coroutine
@@ -425,6 +427,9 @@ async def cmd_join(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_reader(
                 sys.stdin.fileno(), _on_stdin, session, audio, stop, note, recording
             )
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # SIGTERM ends the join like `q`: leave the room and close the recording whole.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         runner = asyncio.ensure_future(audio.run(remaining, stop, across_reconnects=True))
         while not runner.done():
             await asyncio.sleep(0.1)

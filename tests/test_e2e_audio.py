@@ -66,6 +66,31 @@ async def wait_joined(host: SalonClient, display_name: str) -> msg.Participant:
     return event.participant
 
 
+async def wait_left(host: SalonClient, user: str) -> None:
+    await host.wait_for_event(msg.ParticipantLeft, timeout=20, where=lambda e: e.user == user)
+
+
+async def wait_datagrams(client: SalonClient, count: int, timeout: float = 30.0) -> None:
+    """Until ``count`` more media datagrams reached ``client``."""
+    target = client.datagrams_received + count
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while client.datagrams_received < target:
+        assert loop.time() < deadline, f"{client.datagrams_received} of {target} datagrams"
+        await asyncio.sleep(0.05)
+
+
+async def stop_recording(listener: subprocess.Popen[str]) -> None:
+    """End a recording ``salon join``: SIGTERM makes it leave and close its file whole.
+
+    Its jitter buffer still holds up to a few hundred ms of audio when the speaker leaves; a
+    second more of (silent) recording keeps that in the file.
+    """
+    await asyncio.sleep(1.0)
+    listener.terminate()
+    finish(listener)
+
+
 async def test_speech_reaches_listener_intact(salond, tmp_path):
     source_path = speech(
         "Salon carries real speech from one process to another. "
@@ -77,16 +102,9 @@ async def test_speech_reaches_listener_intact(salond, tmp_path):
         await host.create_room("End to end", room="e2e")
         await host.join("e2e")
         invite = (await host.call("create_invite", role="speaker"))["invite"]["token"]
+        # The listener records until told to stop, however long the speaker takes to start.
         listener = start_cli(
-            salond,
-            tmp_path,
-            "Listener",
-            "join",
-            "e2e",
-            "--record",
-            str(tmp_path / "heard.wav"),
-            "--duration",
-            "9",
+            salond, tmp_path, "Listener", "join", "e2e", "--record", str(tmp_path / "heard.wav")
         )
         await wait_joined(host, "Listener")
         speaker = start_cli(
@@ -99,8 +117,10 @@ async def test_speech_reaches_listener_intact(salond, tmp_path):
             "--play",
             str(source_path),
         )
+        joined = await wait_joined(host, "Speaker")
         finish(speaker)
-        finish(listener)
+        await wait_left(host, joined.user)
+        await stop_recording(listener)
     finally:
         await host.close()
     source = read_audio(source_path)
@@ -122,7 +142,7 @@ async def test_speech_reaches_listener_intact(salond, tmp_path):
 
 
 async def test_moderator_mute_stops_audio_and_outsider_hears_nothing(salond, tmp_path):
-    write_wav(tmp_path / "tone.wav", tone([440.0], 12.0))
+    write_wav(tmp_path / "tone.wav", tone([440.0], 60.0))
     host = await host_client(salond)
     outsider = await SalonClient.connect(
         salond.host, salond.port, display_name="Outsider", fingerprint=salond.fingerprint
@@ -134,15 +154,7 @@ async def test_moderator_mute_stops_audio_and_outsider_hears_nothing(salond, tmp
         await outsider.join("elsewhere")
         invite = (await host.call("create_invite", role="speaker"))["invite"]["token"]
         listener = start_cli(
-            salond,
-            tmp_path,
-            "Listener",
-            "join",
-            "mute",
-            "--record",
-            str(tmp_path / "heard.wav"),
-            "--duration",
-            "8",
+            salond, tmp_path, "Listener", "join", "mute", "--record", str(tmp_path / "heard.wav")
         )
         await wait_joined(host, "Listener")
         speaker = start_cli(
@@ -154,13 +166,15 @@ async def test_moderator_mute_stops_audio_and_outsider_hears_nothing(salond, tmp
             f"--invite={invite}",
             "--play",
             str(tmp_path / "tone.wav"),
-            "--duration",
-            "10",
         )
         joined = await wait_joined(host, "Speaker")
-        await asyncio.sleep(3.0)
+        # Mute once the tone has been forwarded for 2 s (the host hears it too), not after a
+        # guess at how long the speaker's process takes to start.
+        await wait_datagrams(host, 100)
         await host.call("mute", user=joined.user)
-        finish(listener)
+        # Then let the listener record silence: 3 s of it.
+        await asyncio.sleep(3.0)
+        await stop_recording(listener)
         speaker.terminate()
         speaker.communicate(timeout=10)
         assert outsider.datagrams_received == 0
