@@ -98,3 +98,72 @@ async def test_required_roles(tmp_path):
         assert error.code == "denied_by_plugin"
         carol = await running.client("Carol", credentials={"token": signed(roles=["speaker"])})
         assert (await refused(carol.create_room("Carol's"))).code == "denied_by_plugin"
+
+
+def key_pair(algorithm: str) -> tuple[Any, bytes]:
+    """A private key for ``algorithm`` and its public key as PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    private: Any
+    if algorithm == "RS256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif algorithm == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
+async def test_public_key_tokens(tmp_path, algorithm):
+    private, public = key_pair(algorithm)
+    other, _ = key_pair(algorithm)
+    key_file = tmp_path / "issuer.pem"
+    key_file.write_bytes(public)
+    overrides = config(**{"plugins.token_auth.jwt_public_key_file": str(key_file)})
+    del overrides["plugins.token_auth.jwt_secret"]
+    claims = {"sub": "erin", "exp": time.time() + 300, "aud": "salon-test", "name": "Erin"}
+    async with plugin_daemon(tmp_path, **overrides) as running:
+        erin = await running.client(
+            "x", credentials={"token": jwt.encode(claims, private, algorithm=algorithm)}
+        )
+        assert (erin.user, erin.display_name) == ("erin", "Erin")
+        forged = jwt.encode(claims, other, algorithm=algorithm)
+        error = await auth_error(running, forged)
+        assert (error.code, error.message) == ("auth_failed", "token signature is invalid")
+        # The public key used as an HMAC secret (algorithm confusion) and unsigned tokens.
+        for token in (
+            hmac_token(claims, public),
+            jwt.encode(claims, None, algorithm="none"),
+        ):
+            error = await auth_error(running, token)
+            assert error.code == "auth_failed"
+            assert error.message == "token is signed with an algorithm this server does not accept"
+
+
+def hmac_token(claims: dict[str, Any], secret: bytes) -> str:
+    """An HS256 token keyed with ``secret`` (PyJWT refuses PEM keys as HMAC secrets)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = part(json.dumps(claims).encode())
+    mac = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{part(mac)}"
+
+
+async def test_unsigned_tokens_are_refused_with_a_shared_secret(tmp_path):
+    claims = {"sub": "mallory", "exp": time.time() + 300, "aud": "salon-test"}
+    async with plugin_daemon(tmp_path, **config()) as running:
+        error = await auth_error(running, jwt.encode(claims, None, algorithm="none"))
+        assert error.code == "auth_failed"
+        assert error.message == "token is signed with an algorithm this server does not accept"
