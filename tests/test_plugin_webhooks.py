@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -30,6 +32,11 @@ class Receiver:
     deliveries: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     attempts: int = 0
     url: str = ""
+    hang: int = 0
+    """How many of the next requests get no answer until ``release`` is set."""
+    release: threading.Event = field(default_factory=threading.Event)
+    arrivals: list[float] = field(default_factory=list)
+    """time.monotonic() of every request."""
 
 
 @pytest.fixture
@@ -40,6 +47,11 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.attempts += 1
+            state.arrivals.append(time.monotonic())
+            if state.hang:
+                state.hang -= 1
+                state.release.wait(60)
+                return  # no answer at all
             status = state.statuses.pop(0) if state.statuses else 200
             if status == 200:
                 state.deliveries.append((dict(self.headers), body))
@@ -55,6 +67,7 @@ def receiver() -> Iterator[Receiver]:
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     yield state
+    state.release.set()
     server.shutdown()
     server.server_close()
 
@@ -122,6 +135,57 @@ async def test_a_refusal_is_not_retried_and_a_dead_receiver_is_counted(tmp_path,
         drops = running.daemon.server.stats.drops
         await wait_until(lambda: drops["webhooks:undelivered"] == 2)
         assert receiver.attempts == 1 and receiver.deliveries == []
+
+
+async def test_a_receiver_that_does_not_answer_times_out_and_is_retried(tmp_path, receiver):
+    receiver.hang = 1
+    config = settings(receiver.url, events=["room_created"], timeout=0.5, retries=1)
+    async with plugin_daemon(tmp_path, **config) as running:
+        host = await running.client("Host")
+        await host.create_room("Club", room="club")
+        await wait_until(lambda: len(receiver.deliveries) == 1)
+        # The first attempt got no answer; the plugin gave up on it after its timeout.
+        assert receiver.attempts == 2
+        assert receiver.arrivals[1] - receiver.arrivals[0] >= 0.5
+        assert running.daemon.server.stats.drops["webhooks:undelivered"] == 0
+
+
+async def test_too_many_requests_is_retried_with_growing_delays(tmp_path, receiver):
+    receiver.statuses = [429, 429, 429]
+    config = settings(receiver.url, events=["room_created"], retry_delay=0.2, retries=3)
+    async with plugin_daemon(tmp_path, **config) as running:
+        host = await running.client("Host")
+        await host.create_room("Club", room="club")
+        await wait_until(lambda: len(receiver.deliveries) == 1)
+    assert receiver.attempts == 4
+    gaps = [b - a for a, b in zip(receiver.arrivals, receiver.arrivals[1:], strict=False)]
+    # At least the configured delay, doubled each time (waits are lower bounds, never upper).
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
+    ids = {json.loads(body)["id"] for _, body in receiver.deliveries}
+    assert len(ids) == 1
+
+
+async def test_shutdown_does_not_wait_for_a_hanging_receiver(tmp_path, receiver):
+    """The receiver never answers (until the test ends): salond still stops, within the
+    plugin's timeout, and the events still queued are given up, not delivered later."""
+    receiver.hang = 100
+    config = settings(receiver.url, timeout=1.0, retries=5, retry_delay=0.5)
+    async with plugin_daemon(tmp_path, **config) as running:
+        host = await running.client("Host")
+        await host.create_room("Club", room="club")
+        await wait_until(lambda: receiver.attempts == 1)
+        hooks = running.daemon.plugins.pm.get_plugin("webhooks")
+        assert isinstance(hooks, Webhooks)
+        await host.create_room("Second", room="second")  # queued behind the hanging one
+        # Not a timing check: without the bound, stopping would wait for the receiver, which
+        # only answers when this test ends (a minute later).
+        await asyncio.wait_for(running.daemon.stop(), 20)
+        assert not receiver.release.is_set()
+        assert hooks.stopping.is_set()
+        # The plugin bounded its own shutdown (1 s) within the host's budget (2 s): the host
+        # did not have to cut it off.
+        assert running.daemon.server.stats.plugin_errors["shutdown"] == 0
+    assert receiver.deliveries == []
 
 
 def test_the_queue_is_bounded_and_never_blocks():
