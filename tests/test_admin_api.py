@@ -425,3 +425,80 @@ async def test_plugins_review_operator_actions_like_a_hosts(tmp_path: Path) -> N
     assert (operator, True, "create_room", None) in asked
     assert (operator, True, "ban", member.user) in asked
     assert (operator, True, "remove", member.user) in asked
+
+
+async def raw_admin(live: InProcessDaemon) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(
+        str(live.daemon.config.admin_socket), limit=p.MAX_LINE * 2
+    )
+    assert isinstance(p.decode_server_line(await reader.readline()), p.Welcome)
+    return reader, writer
+
+
+def admin_server(live: InProcessDaemon) -> AdminServer:
+    [server] = [c for c in live.daemon.components if isinstance(c, AdminServer)]
+    return server
+
+
+async def test_an_over_long_line_gets_too_large_and_the_connection_ends(
+    live: InProcessDaemon,
+) -> None:
+    reader, writer = await raw_admin(live)
+    writer.write(b'{"type": "status", "id": 1, "pad": "' + b"x" * p.MAX_LINE + b'"}\n')
+    await writer.drain()
+    reply = p.decode_server_line(await asyncio.wait_for(reader.readline(), 10))
+    assert isinstance(reply, p.Error) and (reply.code, reply.re) == ("too_large", None)
+    # Then closed: the rest of the line is not parsed.
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    # Nothing else is affected.
+    assert (await (await admin_of(live)).status()).connections == 0
+
+
+async def test_a_subscriber_that_does_not_read_is_cut_off(
+    live: InProcessDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salon.daemon.admin import server as admin_module
+
+    monkeypatch.setattr(admin_module, "OUTBOX_LIMIT", 50)
+    reader, writer = await raw_admin(live)
+    writer.write(b'{"type": "subscribe", "id": 1}\n')
+    await writer.drain()
+    server = admin_server(live)
+    await wait_until(lambda: any(c.subscribed for c in server._connections))
+    [slow] = [c for c in server._connections if c.subscribed]
+    # Events of 16 KiB each and a client that reads none of them: the socket's buffer fills,
+    # then the outbox, and the connection is dropped instead of growing without bound.
+    event = p.Event(kind="room_created", at=0.0, data={"room": "x" * 16384})
+    sent = 0
+    while not slow.overflowed and sent < 500:
+        server._broadcast(event)
+        sent += 1
+        if sent % 20 == 0:
+            await asyncio.sleep(0)
+    assert slow.overflowed and slow.outbox.qsize() <= 51
+    await wait_until(lambda: slow not in server._connections)
+    writer.close()
+    assert (await (await admin_of(live)).status()).connections == 0
+
+
+async def test_an_internal_error_is_answered_and_the_connection_goes_on(
+    live: InProcessDaemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = admin_server(live)
+
+    def broken() -> None:
+        raise RuntimeError("bug in status")
+
+    monkeypatch.setattr(server, "status", broken)
+    reader, writer = await raw_admin(live)
+    writer.write(b'{"type": "status", "id": 3}\n{"type": "rooms", "id": 4}\n')
+    await writer.drain()
+    error = p.decode_server_line(await reader.readline())
+    assert isinstance(error, p.Error)
+    assert (error.code, error.re, error.message) == ("internal_error", 3, "internal server error")
+    assert "bug in status" not in error.message  # details stay in the log
+    ok = p.decode_server_line(await reader.readline())
+    assert isinstance(ok, p.Ok) and ok.re == 4
+    assert "admin request Status failed" in caplog.text and "bug in status" in caplog.text
+    writer.close()
