@@ -461,7 +461,7 @@ async def test_a_subscriber_that_does_not_read_is_cut_off(
     from salon.daemon.admin import server as admin_module
 
     monkeypatch.setattr(admin_module, "OUTBOX_LIMIT", 50)
-    reader, writer = await raw_admin(live)
+    _, writer = await raw_admin(live)
     writer.write(b'{"type": "subscribe", "id": 1}\n')
     await writer.drain()
     server = admin_server(live)
