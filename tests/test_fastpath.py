@@ -219,6 +219,26 @@ def test_packet_numbers_continue_aioquic_sequence(pair: Pair):
     ]
 
 
+def test_packet_numbers_past_0xffff_decode_and_are_acknowledged(pair: Pair):
+    """The fast path writes 2-byte packet numbers: past 0xFFFF the peer must still recover
+    the full number (for the AEAD nonce and its ACKs) from the truncated one."""
+    # Skipping packet numbers is allowed (RFC 9000 12.3); it saves sending 65,000 packets.
+    pair.server._packet_number = 0xFFF0
+    space = pair.server._spaces[fp.ONE_RTT]
+    heard: list[bytes] = []
+    sent = [media(seq) for seq in range(40)]
+    for datagram in sent:
+        assert pair.fast_send([datagram]) == SendResult.SENT
+        pair.deliver_wire()
+        heard += pair.received()
+        pair.advance(0.005)
+    assert pair.server._packet_number > 0x10010
+    assert heard == sent
+    pair.advance(0.05)  # the client's ACKs name the full numbers: all in-flight is cleared
+    assert space.sent_packets == {}
+    assert pair.server._loss.bytes_in_flight == 0
+
+
 # ---------------------------------------------------------------------------------- ACKs, cc
 
 
