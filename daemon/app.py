@@ -127,6 +127,9 @@ class Daemon:
             config.server.state_dir / "recordings",
             StoreRecordingIndex(self.store),
             on_failure=self._recording_failed,
+            max_duration=config.limits.recording_max_duration,
+            disk_limit=int(config.limits.recording_disk_mib * 2**20),
+            on_limit=self._recording_limited,
         )
         self.server.observers.append(self.recordings.on_core_event)
         self.stopped = asyncio.Event()
@@ -176,6 +179,11 @@ class Daemon:
     def _recording_failed(self, room: str, recording: str) -> None:
         """A recorder gave up (e.g. the disk is full): end the recording and tell the room."""
         if self.core.stop_recording(room, recording, "failed", time.time()):
+            self.server.after_core_change()
+
+    def _recording_limited(self, room: str, recording: str, why: str) -> None:
+        """A recording reached a bound (``limits.recording_*``): end it and tell the room."""
+        if self.core.stop_recording(room, recording, "limit", time.time(), why=why):
             self.server.after_core_change()
 
     def join_command(self, room: str) -> str:

@@ -540,6 +540,10 @@ class LimitsConfig(Section, frozen=True):
     """Hold authenticated (token) users to the guest limits too; operators never are."""
     ban_address_memory: NonNegativeNumber = 86400.0
     """Seconds a ban remembers the banned user's address, flagged on knocks; 0: off."""
+    recording_max_duration: NonNegativeNumber = 14400.0
+    """Seconds one recording may last before salond stops it; 0: no bound."""
+    recording_disk_mib: NonNegativeNumber = 10240.0
+    """MiB all recording files may take together; reaching it stops recordings; 0: no bound."""
 
 
 class AdminConfig(Section, frozen=True):

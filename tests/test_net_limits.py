@@ -128,3 +128,41 @@ async def test_receive_only_connection_releases_its_sent_packets(live):
     # Without the PINGs every ACK-only packet would still be held (hundreds of them).
     assert acks_sent > 2 * (ACK_STATE_LIMIT + ACK_STATE_CHECK)
     assert largest <= ACK_STATE_LIMIT + ACK_STATE_CHECK, (largest, acks_sent)
+
+
+async def test_salond_stops_a_recording_at_its_bound_and_says_why(tmp_path):
+    from salon.daemon.admin.client import AdminClient
+    from salon.daemon.wire import messages as msg
+
+    overrides = {"limits.recording_max_duration": 1.0}
+    async with run_daemon(tmp_path / "state", **overrides) as live:
+        host = await live.client("Host")
+        listener = await live.client("Listener")
+        await host.create_room("Recorded", room="rec")
+        await host.join("rec")
+        await listener.join("rec")
+        recording = (await host.call("start_recording"))["recording"]
+        for member in (host, listener):
+            stopped = await member.wait_for_event(msg.RecordingStopped, timeout=15)
+            assert (stopped.recording, stopped.reason, stopped.by) == (recording, "limit", "")
+        admin = await AdminClient.connect(live.daemon.config.admin_socket)
+        try:
+            entries = [e for e in await admin.audit(room="rec") if e.actor == "salond"]
+        finally:
+            await admin.close()
+        assert [e.action for e in entries] == ["stop_recording"]
+        assert entries[0].detail["reason"] == "limit"
+        assert "max duration" in entries[0].detail["why"]
+        index = live.daemon.recordings.index
+        found: list = []
+
+        async def completed() -> bool:
+            found[:] = [i for i in await index.recordings("rec") if i.status == "complete"]
+            return bool(found)
+
+        for _ in range(200):
+            if await completed():
+                break
+            await asyncio.sleep(0.05)
+        [info] = found
+        assert info.id == recording and info.duration >= 1.0

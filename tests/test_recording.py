@@ -9,6 +9,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -462,3 +463,106 @@ async def test_store_keeps_the_index(tmp_path: Path) -> None:
         assert [r.id for r in await store.recordings("r1")] == ["a"]
     finally:
         await store.stop()
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def bounded_service(
+    tmp_path: Path, h: Harness, **bounds: Any
+) -> tuple[RecordingService, JsonRecordingIndex, list[tuple[str, str, str]]]:
+    index = JsonRecordingIndex(tmp_path / "recordings.json")
+    reported: list[tuple[str, str, str]] = []
+
+    def on_limit(room: str, recording: str, why: str) -> None:
+        reported.append((room, recording, why))
+
+    service = RecordingService(
+        tmp_path / "rec", index, hold=0.2, clock=lambda: h.now, on_limit=on_limit, **bounds
+    )
+    return service, index, reported
+
+
+def stop_at_bound(h: Harness, service: RecordingService, reported: list[Any]) -> list[Any]:
+    """What salond does with a reported bound: stop the recording in the core."""
+    [(room, recording, why)] = reported
+    assert h.core.stop_recording(room, recording, "limit", h.now, why=why)
+    out = h.drain()
+    for event in out:
+        service.on_core_event(event)
+    service.pump()
+    return out
+
+
+async def test_a_recording_stops_at_its_maximum_duration(tmp_path: Path) -> None:
+    h, owner, speaker = core_with_recording()
+    service, index, reported = bounded_service(tmp_path, h, max_duration=1.0)
+    recording = h.do(owner, m.StartRecording)["recording"]
+    h.do(speaker, m.RecordingConsent, consent=True)
+    for event in h.drain():
+        service.on_core_event(event)
+    service.pump()
+    key = h.member("spk").media_key
+    source = MediaSender(key.flow_id, key.ssrc, key.key, OpusEncoder())
+    for pcm in frames_of(tone([440.0], 2.0)):
+        h.now += 0.02
+        speak(h, "spk", source, pcm)
+        service.pump()
+        if reported:
+            break
+    assert reported == [("r1", recording, "max duration of 1 s reached")]
+    out = stop_at_bound(h, service, reported)
+    # The room is told why, and the audit log says who stopped it and why.
+    stopped = [
+        e.message
+        for e in out
+        if isinstance(e, events.Deliver) and isinstance(e.message, m.RecordingStopped)
+    ]
+    assert stopped and all(s.reason == "limit" and s.by == "" for s in stopped)
+    [audit] = [e for e in out if isinstance(e, events.ModerationTaken)]
+    assert (audit.actor, audit.action) == ("salond", "stop_recording")
+    assert audit.detail == {
+        "recording": recording,
+        "reason": "limit",
+        "why": "max duration of 1 s reached",
+    }
+    [info] = index.entries()
+    assert info.status == "complete" and info.duration == pytest.approx(1.0, abs=0.021)
+    check_opusinfo(Path(info.path))
+
+
+async def test_recordings_stop_when_their_disk_space_is_used_up(tmp_path: Path) -> None:
+    h, owner, speaker = core_with_recording()
+    service, index, reported = bounded_service(tmp_path, h, disk_limit=16_000)
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "older.opus").write_bytes(b"\0" * 8000)
+    recording = h.do(owner, m.StartRecording)["recording"]
+    h.do(speaker, m.RecordingConsent, consent=True)
+    for event in h.drain():
+        service.on_core_event(event)
+    service.pump()
+    assert reported == []  # 8,000 of 16,000 bytes used: it starts
+    key = h.member("spk").media_key
+    source = MediaSender(key.flow_id, key.ssrc, key.key, OpusEncoder())
+    frames = 0
+    for pcm in frames_of(tone([440.0], 10.0)):
+        h.now += 0.02
+        frames += 1
+        speak(h, "spk", source, pcm)
+        service.pump()
+        if reported:
+            break
+    [(room, rid, why)] = reported
+    assert (room, rid) == ("r1", recording) and why.endswith("bound 16000 bytes")
+    assert 2 * 50 < frames < 10 * 50  # stopped by the bound, after the file grew
+    stop_at_bound(h, service, reported)
+    [info] = index.entries()
+    assert info.status == "complete" and info.bytes >= 8000
+    check_opusinfo(Path(info.path))
+    # Now full: a new recording is stopped at once.
+    reported.clear()
+    second = h.do(owner, m.StartRecording)["recording"]
+    for event in h.drain():
+        service.on_core_event(event)
+    service.pump()
+    assert [r[1] for r in reported] == [second]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
 
@@ -16,6 +18,8 @@ from .results import ConsentResult, RecordingResult, Result
 from .room import Member, Room, check_flag
 
 RECORDING_ID_BYTES = 9
+SERVER_ACTOR = "salond"
+"""The audit log's actor for what the server itself decided (e.g. a recording's bound)."""
 """Random bytes of a recording id (12 URL-safe characters)."""
 
 
@@ -70,16 +74,30 @@ class RecordingControl(Concern):
         self.sync_recorded(room, member)
         return ConsentResult(consent, recording.id)
 
-    def abort_recording(self, room_id: str, recording_id: str, reason: str, now: float) -> bool:
-        """End a recording from outside a request (its recorder failed); False if not running.
+    def abort_recording(
+        self, room_id: str, recording_id: str, reason: str, now: float, **detail: Any
+    ) -> bool:
+        """End a recording from outside a request (its recorder failed, it reached a bound);
+        False if not running.
 
-        The room's members get ``recording_stopped`` with ``reason``, as after a host's stop.
+        The room's members get ``recording_stopped`` with ``reason``, as after a host's stop;
+        the audit log gets a ``stop_recording`` by :data:`SERVER_ACTOR` with ``reason`` and
+        ``detail``.
         """
         room = self.rooms.get(room_id)
         recording = room.active_recording if room is not None else None
         if room is None or recording is None or recording.id != recording_id:
             return False
         self.end_recording(room, "", reason, now)
+        self._emit(
+            events.ModerationTaken(
+                room.id,
+                SERVER_ACTOR,
+                "stop_recording",
+                None,
+                {"recording": recording_id, "reason": reason, **detail},
+            )
+        )
         return True
 
     def add_monitor(self, limit: int) -> tuple[Outlet, list[tuple[str, messages.MediaKey]]]:

@@ -332,12 +332,16 @@ class SalonCore:
 
     # ------------------------------------------------------------------ recording and monitors
 
-    def stop_recording(self, room_id: str, recording_id: str, reason: str, now: float) -> bool:
-        """End a recording from outside a request (its recorder failed); False if not running.
+    def stop_recording(
+        self, room_id: str, recording_id: str, reason: str, now: float, **detail: Any
+    ) -> bool:
+        """End a recording from outside a request (its recorder failed, it reached a bound);
+        False if not running.
 
-        The room's members get ``recording_stopped`` with ``reason``, as after a host's stop.
+        The room's members get ``recording_stopped`` with ``reason``, as after a host's stop;
+        the audit log gets a ``stop_recording`` by ``salond`` with ``reason`` and ``detail``.
         """
-        return self._recording.abort_recording(room_id, recording_id, reason, now)
+        return self._recording.abort_recording(room_id, recording_id, reason, now, **detail)
 
     def add_monitor(self, limit: int) -> tuple[Outlet, list[tuple[str, messages.MediaKey]]]:
         """A tap on every media flow of every room, now and later, for audio analysis.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,8 @@ DEFAULT_POLL = 0.02
 _TRUSTED_GAP = 0.1
 """A drain this long after the previous one may hold late-stamped datagrams: their arrival
 times are not used to place audio (see :class:`~.track.Track`)."""
+DISK_CHECK_INTERVAL = 1.0
+"""Seconds between two measurements of the recordings directory against its bound."""
 MAX_CLOCK_SKEW = 60.0
 """Seconds a recording's start time may differ from the service's clock. The service's clock
 must be the core's (wall-clock time in salond); further apart, the first write would be that
@@ -88,6 +91,8 @@ class _Active:
     outlet: Outlet
     recorder: RoomRecorder
     cpu: float = 0.0
+    bounded: bool = False
+    """A bound (duration, disk) was reached and reported; the core's stop is on its way."""
 
 
 @dataclass
@@ -121,6 +126,9 @@ class RecordingService:
         bitrate: int = DEFAULT_BITRATE,
         on_failure: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        max_duration: float = 0.0,
+        disk_limit: int = 0,
+        on_limit: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.index = index
@@ -129,6 +137,14 @@ class RecordingService:
         self.bitrate = bitrate
         self.on_failure = on_failure
         """Called on the event loop with ``(room, recording)`` when a recorder fails."""
+        self.max_duration = max_duration
+        """Seconds one recording may last; 0: no bound."""
+        self.disk_limit = disk_limit
+        """Bytes all files in ``directory`` may take together; 0: no bound."""
+        self.on_limit = on_limit
+        """Called on the event loop with ``(room, recording, why)`` when a recording reaches
+        a bound: the caller stops it (the file ends then and stays complete)."""
+        self._disk_checked_at = float("-inf")
         self.clock = clock
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._active: dict[str, _Active] = {}
@@ -256,6 +272,40 @@ class RecordingService:
         for rid in list(self._active):
             active = self._active[rid]
             self._guarded(rid, partial(active.recorder.advance, now))
+        self._check_bounds(now)
+
+    def _check_bounds(self, now: float) -> None:
+        """Report recordings that reached ``max_duration`` or a full ``disk_limit``."""
+        unbounded = [a for a in self._active.values() if not a.bounded]
+        if not unbounded:
+            return
+        for active in unbounded:
+            if self.max_duration and now - active.info.started_at >= self.max_duration:
+                self._report_bound(active, f"max duration of {self.max_duration:g} s reached")
+        if not self.disk_limit or now - self._disk_checked_at < DISK_CHECK_INTERVAL:
+            return
+        self._disk_checked_at = now
+        used = _disk_use(self.directory)
+        if used < self.disk_limit:
+            return
+        for active in self._active.values():
+            if not active.bounded:
+                self._report_bound(
+                    active, f"recordings use {used} bytes, bound {self.disk_limit} bytes"
+                )
+
+    def _report_bound(self, active: _Active, why: str) -> None:
+        active.bounded = True
+        log.warning("recording %s of %s stops: %s", active.info.id, active.info.room, why)
+        if self.on_limit is None:
+            return
+        if self._loop is None:  # pumped on the caller's thread (not started)
+            self.on_limit(active.info.room, active.info.id, why)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.on_limit, active.info.room, active.info.id, why)
+        except RuntimeError:
+            pass  # the loop is closed: salond is stopping anyway
 
     def _begin(self, command: _Start) -> None:
         name = f"{command.room}-{utc_stamp(command.at)}-{command.recording}.opus"
@@ -295,6 +345,7 @@ class RecordingService:
             self._record_failure(replace(info, status="failed", ended_at=command.at))
             return
         self._active[command.recording] = _Active(info, command.outlet, recorder)
+        self._disk_checked_at = float("-inf")  # a full disk stops a new recording at once
         self._safe_index(self.index.begin, info)
         log.info("recording %s of %s started: %s", command.recording, command.room, path)
 
@@ -370,6 +421,22 @@ class RecordingService:
             method(info)
         except Exception:
             log.exception("cannot index recording %s", info.id)
+
+
+def _disk_use(directory: Path) -> int:
+    """Bytes of the files in ``directory`` (the recordings), 0 if it cannot be read."""
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        return 0
+    return total
 
 
 def _receive(recorder: RoomRecorder, batch: list[bytes], now: float, trusted: bool) -> None:
