@@ -81,3 +81,14 @@ def test_the_core_bench_reaches_every_listener() -> None:
     # media() asserts that its first datagram reached every listener before timing.
     assert math.isfinite(media(3, 20, bare=False)) and media(3, 20, bare=True) >= 0
     assert requests(3, 20) >= 0
+
+
+def test_the_micro_benchmarks_run() -> None:
+    from bench.micro import gc_pause, receive_loop, sendto
+
+    [line] = receive_loop(rate=1000, seconds=0.5, rounds=1)
+    assert "asyncio's reader" in line and "batch reader" in line and "nan" not in line
+    [line] = gc_pause(connections=4)
+    assert "4 aioquic connections" in line
+    [line] = sendto(count=500, rounds=1)
+    assert "asyncio transport" in line
