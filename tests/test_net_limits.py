@@ -146,8 +146,13 @@ async def test_salond_stops_a_recording_at_its_bound_and_says_why(tmp_path):
             stopped = await member.wait_for_event(msg.RecordingStopped, timeout=15)
             assert (stopped.recording, stopped.reason, stopped.by) == (recording, "limit", "")
         admin = await AdminClient.connect(live.daemon.config.admin_socket)
+        entries: list = []
         try:
-            entries = [e for e in await admin.audit(room="rec") if e.actor == "salond"]
+            for _ in range(200):  # the store commits on its own thread
+                entries = [e for e in await admin.audit(room="rec") if e.actor == "salond"]
+                if entries:
+                    break
+                await asyncio.sleep(0.05)
         finally:
             await admin.close()
         assert [e.action for e in entries] == ["stop_recording"]
