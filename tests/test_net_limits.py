@@ -110,7 +110,7 @@ async def test_receive_only_connection_releases_its_sent_packets(live):
     per ACK for as long as the client talks."""
     from aioquic import tls
 
-    from salon.daemon.net.session import ACK_STATE_CHECK, ACK_STATE_LIMIT
+    from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
 
     sender = await live.client("Sender")
     (session,) = live.daemon.server.sessions.values()
