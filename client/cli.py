@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--record", type=Path, help="write what you hear to a 48 kHz mono WAV")
     join.add_argument("--duration", type=float, help="leave after this many seconds")
     join.add_argument("--raise-hand", action="store_true", help="raise your hand on entry")
+    join.add_argument(
+        "--stream",
+        action="store_true",
+        help="listen to the room's stream (HLS, a few seconds behind) instead of real time",
+    )
     join.add_argument("--quiet", action="store_true", help="no live speaking line")
     join.add_argument("--no-input", action="store_true", help="ignore standard input")
     join.add_argument(
@@ -371,6 +376,8 @@ async def cmd_join(args: argparse.Namespace) -> int:
     def on_reconnected(outage: Outage) -> None:
         if outage.rejoined == "joined":
             note(f"back in {args.room} (after {outage.seconds:.1f} s)")
+            if args.stream:
+                spawn(_ask_stream(session))
             if source is not None or args.raise_hand:
                 spawn(_raise_hand(session))
         elif outage.rejoined == "knocking":
@@ -389,9 +396,31 @@ async def cmd_join(args: argparse.Namespace) -> int:
         reconnect=not args.no_reconnect,
     )
     client = await session.start()
+    started = {"recording": False}
+
+    def record(pcm: bytes) -> None:
+        assert writer is not None
+        if not started["recording"]:
+            # The wall-clock time of the file's first sample: lets a listener measure delays.
+            started["recording"] = True
+            note(f"recording to {args.record} from unix time {time.time():.3f}")
+        writer.write(pcm)
+
+    def on_frame_sent(count: int, now: float) -> None:
+        if count == 1:
+            note(f"speaking from unix time {time.time():.3f}")
+
+    def on_stream(playlist: str | None) -> None:
+        if playlist is not None:
+            note("stream mode: playing the room's stream (a few seconds behind live)")
+        else:
+            note("real time")
+
     audio = RoomAudio(
-        client, source=source, sink=writer.write if writer else None, auto_unmute=source is not None
+        client, source=source, sink=record if writer else None, auto_unmute=source is not None
     )
+    audio.on_frame_sent = on_frame_sent
+    audio.on_stream = on_stream
     listen(client)
     try:
         if args.create:
@@ -421,6 +450,8 @@ async def cmd_join(args: argparse.Namespace) -> int:
         if remaining is not None:
             remaining = max(0.0, remaining - (time.monotonic() - started))
         note(f"joined {args.room} as {client.user}")
+        if args.stream:
+            await _ask_stream(session)
         if source is not None or args.raise_hand:
             await _raise_hand(session)
         if interactive:
@@ -457,6 +488,13 @@ async def cmd_join(args: argparse.Namespace) -> int:
         await session.close()
     note(f"left after {audio.frames_played * 0.02:.1f} s; sent {audio.frames_sent} frames")
     return 0
+
+
+async def _ask_stream(session: ReconnectingClient) -> None:
+    try:
+        await session.call("set_stream", on=True)
+    except (RequestError, ConnectionLost) as exc:
+        note_error("set_stream", exc)
 
 
 async def _raise_hand(session: ReconnectingClient) -> None:

@@ -16,6 +16,8 @@ from salon.daemon.wire import messages as msg
 from salon.media.codec import OpusEncoder
 from salon.media.streams import MediaReceiver, MediaSender
 
+from .stream_player import StreamPlayer
+
 log = logging.getLogger("salon.client.audio")
 
 FRAME_SECONDS = 0.020
@@ -54,6 +56,10 @@ class RoomAudio:
         self.on_frame_sent: Callable[[int, float], None] | None = None
         self.on_frame_played: Callable[[bytes, float], None] | None = None
         self._unmute_task: asyncio.Task[Any] | None = None
+        self.stream: StreamPlayer | None = None
+        """The room's stream while the server has this client in stream mode."""
+        self.on_stream: Callable[[str | None], None] | None = None
+        """Called with the playlist URL when switched to the stream, None when back to real time."""
         self._attach(client)
 
     def rebind(self, client: SalonClient) -> None:
@@ -66,6 +72,7 @@ class RoomAudio:
             return
         self.client.on_datagram = None
         self.client = client
+        self._set_stream(None)
         self.sender = None
         self.receiver = MediaReceiver()
         self.levels = {}
@@ -109,6 +116,21 @@ class RoomAudio:
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.sender = None
             self.receiver = MediaReceiver()
+            self._set_stream(None)
+        elif isinstance(event, msg.Stream):
+            self._set_stream(event.playlist)
+
+    def _set_stream(self, playlist: str | None) -> None:
+        """Play the room's stream (PROTOCOL.md section 16), or real-time media again."""
+        old = self.stream
+        if old is not None and (playlist is None or playlist != old.playlist_url):
+            self.stream = None
+            old.cancel()
+        if playlist is not None and self.stream is None:
+            self.stream = StreamPlayer(playlist)
+            self.stream.start()
+        if self.on_stream is not None and (old is None) != (playlist is None):
+            self.on_stream(playlist)
 
     def _set_mute(self, participant: msg.Participant) -> None:
         self.muted = participant.muted
@@ -171,7 +193,11 @@ class RoomAudio:
                 self.frames_sent += 1
                 if self.on_frame_sent is not None:
                     self.on_frame_sent(self.frames_sent, now)
-        pcm, levels = self.receiver.pull(now)
+        stream = self.stream
+        if stream is not None:
+            pcm, levels = stream.pull() or SILENCE, {}
+        else:
+            pcm, levels = self.receiver.pull(now)
         self.levels = levels
         self.frames_played += 1
         if self.sink is not None:

@@ -136,6 +136,32 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
         self.components: list[Component] = [self.plugins, self.recordings]
+        # Stream mode (docs/stream_mode.md) and the web client share one HTTP endpoint.
+        self.http = None
+        self.streams = None
+        if config.stream.enabled and not config.http.enabled:
+            raise ConfigError("[stream] enabled = true needs [http] enabled = true")
+        if config.http.enabled:
+            from salon.daemon.http import HttpEndpoint
+
+            self.http = HttpEndpoint(config.http)
+        if config.stream.enabled and self.http is not None:
+            from salon.daemon.stream import StreamService
+            from salon.daemon.stream.http import add_stream_routes
+
+            self.streams = StreamService(
+                config.stream,
+                self.core,
+                self.server.deliver,
+                config.server.state_dir / "stream",
+                base_url=self._stream_base_url,
+            )
+            self.server.observers.append(self.streams.on_core_event)
+            self.server.stream_mode = self.streams
+            add_stream_routes(self.http, self.streams)
+            self.components.append(self.streams)
+        if self.http is not None:
+            self.components.append(self.http)
         if config.admin.enabled:
             from salon.daemon.admin.server import AdminServer
 
@@ -185,6 +211,16 @@ class Daemon:
         """A recording reached a bound (``limits.recording_*``): end it and tell the room."""
         if self.core.stop_recording(room, recording, "limit", time.time(), why=why):
             self.server.after_core_change()
+
+    def _stream_base_url(self) -> str:
+        if self.config.stream.public_url:
+            return self.config.stream.public_url
+        assert self.http is not None
+        host, port = self.http.address
+        host = self.config.server.public_name if host in ("0.0.0.0", "::") else host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
 
     def join_command(self, room: str) -> str:
         host, port = self.server.address

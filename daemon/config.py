@@ -45,6 +45,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DemoConfig",
+    "HttpConfig",
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "Section",
     "ServerConfig",
     "StoreConfig",
+    "StreamConfig",
     "TlsConfig",
     "Tokens",
     "convert_table",
@@ -573,6 +575,42 @@ class StoreConfig(Section, frozen=True):
     """PostgreSQL connection URL; empty: the SQLite file ``state_dir/salon.db``."""
 
 
+class HttpConfig(Section, frozen=True):
+    """``[http]``: the HTTP endpoint serving the web client (docs/web_client.md)."""
+
+    enabled: bool = False
+    """Serve the web client over HTTP (``salond --demo`` turns it on)."""
+    host: Text = "127.0.0.1"
+    """TCP address of the HTTP endpoint."""
+    port: Port = 8460
+    """TCP port of the HTTP endpoint."""
+
+
+ListenerCount = Annotated[int, Meta(ge=0, extra={"note": " (0: every listener streams)"})]
+BaseUrl = Annotated[
+    str, Meta(pattern=r"^(https?://\S+)?$", extra={"expected": "empty or an http(s):// URL"})
+]
+
+
+class StreamConfig(Section, frozen=True):
+    """``[stream]``: stream mode, each room's mix as HLS for an audience past real time
+    (docs/stream_mode.md); served on the ``[http]`` endpoint."""
+
+    enabled: bool = False
+    """Offer stream mode (needs ``[http] enabled``)."""
+    realtime_listeners: ListenerCount = 100
+    """Real-time listeners a room carries; listeners who join past it get the stream."""
+    segment_seconds: Annotated[float, Meta(ge=0.5, le=10)] = 1.0
+    """Target duration of one HLS segment, in seconds."""
+    window: Annotated[int, Meta(ge=3, le=60)] = 6
+    """Segments the playlist lists and salond keeps; older ones are deleted."""
+    bitrate: Annotated[int, Meta(ge=16000, le=320000)] = 64000
+    """AAC bit rate of the stream, bits per second."""
+    public_url: BaseUrl = ""
+    """Base URL clients fetch the stream from (a caching front such as nginx or a CDN);
+    empty: the ``[http]`` endpoint's own address."""
+
+
 class DemoConfig(Section, frozen=True):
     """``[demo]``: an always-open room where a bot speaks, to try a client right away."""
 
@@ -645,6 +683,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)

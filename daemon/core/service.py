@@ -343,6 +343,30 @@ class SalonCore:
         """
         return self._recording.abort_recording(room_id, recording_id, reason, now, **detail)
 
+    def set_realtime(self, session: int, realtime: bool) -> bool:
+        """Whether a room member's outlet gets the room's datagrams (stream mode: it does not).
+
+        Only the audience may leave real time (the stage must hear itself without delay).
+        Returns whether the member now receives as asked; False when the session is in no room
+        or is on the stage and asked to leave real time.
+        """
+        state = self._sessions.get(session)
+        room = state.room if state is not None else None
+        if state is None or room is None:
+            return False
+        member = room.members.get(state.identity.user)
+        if member is None or member.session != session:
+            return False
+        receiving = session in self.forwarder.group_sessions(room.id)
+        if realtime and not receiving:
+            self.forwarder.join(room.id, state.outlet)
+        elif not realtime and receiving:
+            if member.on_stage:
+                return False
+            self.forwarder.leave(room.id, session)
+            state.outlet.queue.clear()
+        return True
+
     def add_monitor(self, limit: int) -> tuple[Outlet, list[tuple[str, messages.MediaKey]]]:
         """A tap on every media flow of every room, now and later, for audio analysis.
 

@@ -82,6 +82,12 @@ CommitBarrier = Callable[[], Awaitable[None]]
 uses it so that an acknowledged action is already on disk."""
 
 
+class StreamMode(Protocol):
+    """Who gets the room's stream instead of real-time media (daemon/stream)."""
+
+    def set_stream(self, session: int, on: bool) -> dict[str, Any]: ...
+
+
 class Authenticator(Protocol):
     """Turns a hello's credentials into an identity, or raises AuthError."""
 
@@ -114,6 +120,8 @@ class SalonServer:
         """Guest abuse limits per source address, and the addresses bans remember."""
         self.observers: list[Callable[[CoreEvent], None]] = [self._guard_observer]
         self.policy: RequestPolicy = AllowAll()
+        self.stream_mode: StreamMode | None = None
+        """Handles ``set_stream`` (daemon/stream); None: the server offers no stream mode."""
         self.commit_barriers: list[CommitBarrier] = []
         self.store_available: Callable[[], bool] = lambda: True
         """False while the store cannot write: requests in ``STORED_REQUESTS`` are refused."""
@@ -380,6 +388,9 @@ class SalonServer:
                 "the server cannot store changes right now; nothing was changed, retry later",
             )
             return
+        if isinstance(request, msg.SetStream):
+            self._set_stream(protocol, request)
+            return
         now = time.time()
         room = self.core.session_room(protocol.session_id)
         identity = protocol.identity
@@ -437,6 +448,25 @@ class SalonServer:
             return
         if review.finish is not None:
             result = await review.finish(result)
+        self._reply_ok(protocol, request.id, result)
+
+    def _set_stream(self, protocol: SessionProtocol, request: msg.SetStream) -> None:
+        """How a room member receives audio is no policy decision: plugins do not review it."""
+        if self.stream_mode is None:
+            self._reply_error(
+                protocol,
+                request.id,
+                msg.ErrorCode.STREAM_UNAVAILABLE,
+                "this server offers no stream mode",
+            )
+            return
+        try:
+            result = self.stream_mode.set_stream(protocol.session_id, request.on)
+        except CoreError as exc:
+            self._reply_error(protocol, request.id, exc.code, exc.message)
+            return
+        finally:
+            self._pump()
         self._reply_ok(protocol, request.id, result)
 
     async def _hello(self, protocol: SessionProtocol, request: msg.Hello) -> None:

@@ -63,6 +63,7 @@ class ErrorCode(str, enum.Enum):
     DENIED_BY_PLUGIN = "denied_by_plugin"
     SHUTTING_DOWN = "shutting_down"
     STORE_UNAVAILABLE = "store_unavailable"
+    STREAM_UNAVAILABLE = "stream_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -402,6 +403,12 @@ class RecordingConsent(_Request, kw_only=True, tag="recording_consent"):
     consent: bool
 
 
+class SetStream(_Request, kw_only=True, tag="set_stream"):
+    """An audience member asks for the room's stream (HLS) instead of real-time media, or back."""
+
+    on: bool
+
+
 Request = Union[
     Hello,
     Ping,
@@ -438,6 +445,7 @@ Request = Union[
     StartRecording,
     StopRecording,
     RecordingConsent,
+    SetStream,
 ]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
@@ -692,6 +700,14 @@ class ServerShutdown(_Event, kw_only=True, tag="server_shutdown"):
     reconnect_after: float = 5.0
 
 
+class Stream(_Event, kw_only=True, tag="stream"):
+    """How this member receives the room's audio now: the playlist to fetch, or real time."""
+
+    room: str
+    playlist: str | None
+    """URL of the room's HLS playlist signed for this member; null: real-time media."""
+
+
 Event = Union[
     RoomState,
     RoomUpdated,
@@ -719,6 +735,7 @@ Event = Union[
     RecordingConsentRequested,
     RecordingConsentChanged,
     ServerShutdown,
+    Stream,
 ]
 
 EVENT_TYPES: dict[str, type[_Event]] = {
