@@ -5,8 +5,8 @@ it has not changed, as RFC 8216 6.3.4 allows), fetches each new segment once, de
 with FFmpeg's decoder (PyAV) into 48 kHz mono PCM and queues it; :meth:`pull` hands out one
 20 ms frame per call, so the room's audio clock drives playback exactly as in real time.
 
-It starts at the live edge (the newest segment) and holds :data:`PREBUFFER` seconds before
-playing, which covers the wait for the next segment; a queue grown past :data:`MAX_BUFFER`
+It starts at the live edge (the newest segment) and waits :data:`PREBUFFER` seconds before
+playing it, which covers the wait for the next segment; a queue grown past :data:`MAX_BUFFER`
 (the clock of the mix and ours drift, or a stall ended) is cut back to the edge.
 """
 
@@ -27,7 +27,9 @@ log = logging.getLogger("salon.client.stream")
 
 FRAME_BYTES = 960 * 2
 PREBUFFER = 0.6
-"""Seconds of audio queued before playback starts (and after an underrun)."""
+"""Seconds between the first segment's arrival and playback (also after an underrun): the next
+segment is ready one segment after the newest one, found up to half a segment late (the
+playlist is reloaded twice a segment while it has not changed), and is fetched meanwhile."""
 MAX_BUFFER = 3.0
 """Seconds queued beyond which the oldest audio is dropped to get back near live."""
 MAX_PLAYLIST = 256 * 1024
@@ -133,6 +135,8 @@ class StreamPlayer:
         self.playlist_url = playlist_url
         self._buffer = bytearray()
         self._playing = False
+        self._play_after: float | None = None
+        """When playback (re)starts: :data:`PREBUFFER` after audio came in while stopped."""
         self._task: asyncio.Task[None] | None = None
         self.segments = 0
         """Segments fetched and decoded."""
@@ -162,11 +166,12 @@ class StreamPlayer:
         """The next 20 ms frame, or None (nothing buffered yet, or refilling after an underrun)."""
         buffer = self._buffer
         if not self._playing:
-            if len(buffer) < PREBUFFER * 48000 * 2:
+            if self._play_after is None or time.monotonic() < self._play_after:
                 return None
             self._playing = True
         if len(buffer) < FRAME_BYTES:
             self._playing = False
+            self._play_after = None
             self.underruns += 1
             return None
         frame = bytes(buffer[:FRAME_BYTES])
@@ -234,6 +239,8 @@ class StreamPlayer:
                     position = self._consumed + len(self._buffer)
                     self._starts.append((position, entry.started_at))
                 self._buffer += pcm
+                if not self._playing and self._play_after is None:
+                    self._play_after = time.monotonic() + PREBUFFER
                 self.segments += 1
                 last = entry.sequence
             excess = len(self._buffer) - int(MAX_BUFFER * 48000 * 2)
