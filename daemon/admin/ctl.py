@@ -32,7 +32,7 @@ from salon.daemon.wire.messages import JoinRequestInfo, Participant
 from salon.daemon.wire.text import printable
 
 from .client import AdminClient, AdminConnectionError, AdminError, default_socket_path
-from .protocol import AuditEntry, RoomDetail, StatusInfo, StoreStatus
+from .protocol import AuditEntry, RoomDetail, RoomStream, StatusInfo, StoreStatus
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup", help="write a consistent copy of the database while salond runs"
     )
     backup.add_argument("file", type=Path, help="the new backup file (must not exist)")
+    sub.add_parser("streams", help="stream mode per room: listeners by mode, segments served")
     audit = sub.add_parser("audit", help="the audit log, newest first")
     audit.add_argument("--room")
     audit.add_argument("--limit", type=int, default=50)
@@ -261,7 +262,20 @@ def format_detail(detail: RoomDetail) -> str:
     lines.append("bans:" + ("" if detail.bans else " -"))
     for b in detail.bans:
         lines.append(f"  {b.user}  until {when(b.until)}  by {b.by}  {b.reason}")
+    if detail.stream is not None:
+        lines.append("stream: " + format_stream(detail.stream))
     return "\n".join(lines)
+
+
+def format_stream(stream: RoomStream) -> str:
+    mixing = "mixing" if stream.mixing else "idle"
+    return (
+        f"{stream.realtime_listeners} real-time, {stream.stream_listeners} streaming; {mixing},"
+        f" {stream.segments} segments, {stream.segments_served} served"
+        f" (at most {stream.max_fetches_per_segment} per segment), {stream.playlists_served}"
+        f" playlists, {stream.bytes_served} bytes, {stream.refused} refused,"
+        f" {stream.cpu_seconds:.2f} s CPU"
+    )
 
 
 def format_audit(entry: AuditEntry) -> str:
@@ -517,6 +531,13 @@ async def cmd_backup(client: AdminClient, args: argparse.Namespace) -> None:
     )
 
 
+async def cmd_streams(client: AdminClient, args: argparse.Namespace) -> None:
+    result = await client.request("streams")
+    streams = [msgspec.convert(s, RoomStream) for s in result["streams"]]
+    human = "\n".join(f"{s.room:<20} {format_stream(s)}" for s in streams)
+    emit(args, streams, human or "no rooms (or no stream mode)")
+
+
 async def cmd_audit(client: AdminClient, args: argparse.Namespace) -> None:
     entries = await client.audit(args.limit, args.room)
     emit(args, entries, "\n".join(format_audit(e) for e in entries) or "no entries")
@@ -556,6 +577,7 @@ COMMANDS: dict[str, Handler] = {
     "invites": cmd_invites,
     "revoke": cmd_revoke,
     "audit": cmd_audit,
+    "streams": cmd_streams,
     "watch": cmd_watch,
     "record": cmd_record,
     "stop-recording": cmd_stop_recording,

@@ -145,6 +145,30 @@ class BanInfo(msgspec.Struct, kw_only=True):
     by: str = ""
 
 
+class RoomStream(msgspec.Struct, kw_only=True):
+    """One room's stream mode: who listens how, and what the HLS origin served."""
+
+    room: str
+    realtime_listeners: int
+    """Audience members receiving real-time media."""
+    stream_listeners: int
+    """Audience members fetching the room's HLS stream."""
+    mixing: bool
+    """Whether the room's mix is being made and cut into segments now."""
+    segments: int = 0
+    """Segments the running mix produced."""
+    segments_served: int = 0
+    """Segment (and init) responses the origin sent; behind a cache, about one per segment."""
+    playlists_served: int = 0
+    bytes_served: int = 0
+    refused: int = 0
+    """Stream requests refused with 403."""
+    max_fetches_per_segment: int = 0
+    """Most times the origin sent one segment."""
+    cpu_seconds: float = 0.0
+    """CPU time spent mixing and segmenting this room."""
+
+
 class RoomDetail(msgspec.Struct, kw_only=True):
     """The ``room`` result: everything an operator sees of one room."""
 
@@ -162,6 +186,8 @@ class RoomDetail(msgspec.Struct, kw_only=True):
     """Usable invite links."""
     bans: list[BanInfo] = []
     """Active bans."""
+    stream: RoomStream | None = None
+    """Stream mode in this room; null when salond offers no stream mode."""
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
@@ -248,7 +274,11 @@ class Backup(_Request, kw_only=True, tag="backup"):
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 
-Request = Union[Status, Rooms, Room, Action, Audit, Subscribe, Recordings, Backup]
+class Streams(_Request, kw_only=True, tag="streams"):
+    """Stream mode per room (docs/stream_mode.md); result ``{"streams": [RoomStream]}``."""
+
+
+Request = Union[Status, Rooms, Room, Action, Audit, Subscribe, Recordings, Backup, Streams]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
     cls.__struct_config__.tag: cls

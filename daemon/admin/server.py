@@ -275,6 +275,8 @@ class AdminServer:
             return {"recordings": await self.recordings(request)}
         if isinstance(request, p.Backup):
             return await self.backup(request.path)
+        if isinstance(request, p.Streams):
+            return {"streams": [msgspec.to_builtins(s) for s in self.streams()]}
         if isinstance(request, p.Subscribe):
             connection.subscribed = True
             connection.levels_room = request.levels_room
@@ -362,7 +364,25 @@ class AdminServer:
                 p.BanInfo(user=user, reason=ban.reason, until=ban.until, by=ban.by)
                 for user, ban in core.active_bans(room_id, now).items()
             ],
+            stream=self.room_stream(room_id),
         )
+
+    def streams(self) -> list[p.RoomStream]:
+        service = self.daemon.streams
+        if service is None:
+            return []
+        return [msgspec.convert(vars(s), p.RoomStream) for s in service.stats()]
+
+    def room_stream(self, room_id: str) -> p.RoomStream | None:
+        service = self.daemon.streams
+        if service is None:
+            return None
+        found = service.room_stats(room_id)
+        if found is None:
+            return p.RoomStream(
+                room=room_id, realtime_listeners=0, stream_listeners=0, mixing=False
+            )
+        return msgspec.convert(vars(found), p.RoomStream)
 
     def levels(self, room_id: str) -> list[p.MeterLevel]:
         return [

@@ -3,6 +3,7 @@
     GET /stream/<room>/live.m3u8?t=<token>          the listener's playlist (no-cache)
     GET /stream/<room>/<epoch>/init.mp4?s=<sig>     init section (immutable)
     GET /stream/<room>/<epoch>/<seq>.m4s?s=<sig>    one segment (immutable)
+    GET /stream-player/#<playlist URL>              a browser player page (hls.js)
 
 A missing, malformed or foreign token or signature gets 403 whatever the room: nobody learns
 from the origin whether a room streams. A well-signed segment that left the window gets 404.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -42,6 +45,8 @@ def add_stream_routes(endpoint: HttpEndpoint, service: StreamService) -> None:
             web.get("/stream/{room}/live.m3u8", routes.playlist),
             web.get("/stream/{room}/{epoch}/init.mp4", routes.init),
             web.get("/stream/{room}/{epoch}/{sequence}.m4s", routes.segment),
+            web.get("/stream-player/", routes.player_page),
+            web.get("/stream-player/{name}", routes.player_file),
         ]
     )
 
@@ -53,6 +58,16 @@ def _forbidden() -> web.Response:
 def _headers(cache: str) -> dict[str, str]:
     # A page from another origin (a CDN, the web client) may play the stream with MSE.
     return {"Cache-Control": cache, "Access-Control-Allow-Origin": "*"}
+
+
+PLAYER_FILES = Path(str(resources.files("salon.daemon.stream") / "web"))
+"""The browser player: a page, its script and hls.js (package data)."""
+PLAYER_TYPES = {".html": "text/html", ".js": "text/javascript"}
+PLAYER_CSP = (
+    # The playlist may be on a caching front (another origin); MSE plays from blob: URLs.
+    "default-src 'self'; connect-src *; media-src 'self' blob:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+)
 
 
 class StreamRoutes:
@@ -166,6 +181,25 @@ class StreamRoutes:
             room.max_fetches_per_segment, room.served_by_segment[segment.sequence]
         )
         return self._send(room, segment.data)
+
+    async def player_page(self, request: web.Request) -> web.StreamResponse:
+        return self._player("index.html")
+
+    async def player_file(self, request: web.Request) -> web.StreamResponse:
+        return self._player(request.match_info["name"])
+
+    @staticmethod
+    def _player(name: str) -> web.Response:
+        path = PLAYER_FILES / name
+        kind = PLAYER_TYPES.get(path.suffix)
+        if kind is None or "/" in name or not path.is_file():
+            raise web.HTTPNotFound(text="not found\n")
+        return web.Response(
+            body=path.read_bytes(),
+            content_type=kind,
+            charset="utf-8",
+            headers={"Cache-Control": "max-age=300", "Content-Security-Policy": PLAYER_CSP},
+        )
 
     @staticmethod
     def _send(room: _Room, data: bytes) -> web.Response:

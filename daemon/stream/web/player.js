@@ -1,0 +1,35 @@
+// Plays the HLS playlist named in the page's fragment: natively where the browser can,
+// otherwise with hls.js (vendored from npm, version 1.7.4, Apache-2.0: hls.js-LICENSE).
+"use strict";
+
+const player = document.getElementById("player");
+const state = document.getElementById("state");
+const playlist = decodeURIComponent(location.hash.slice(1));
+
+function show(text) {
+  state.textContent = text;
+  document.title = "Salon stream: " + text;
+}
+
+// Autoplay without a gesture is allowed muted; the listener unmutes with the controls.
+player.muted = true;
+player.addEventListener("timeupdate", () => show("playing " + player.currentTime.toFixed(2)));
+player.addEventListener("error", () => show("error " + (player.error ? player.error.code : "")));
+
+if (!/^https?:\/\//.test(playlist)) {
+  show("no playlist URL in the fragment");
+} else if (window.Hls && Hls.isSupported()) {
+  // Low latency: start one segment from the live edge; no worker (the page's CSP has none).
+  const hls = new Hls({ enableWorker: false, liveSyncDurationCount: 2, lowLatencyMode: false });
+  hls.on(Hls.Events.ERROR, (_event, data) => {
+    if (data.fatal) show("error " + data.type + " " + data.details);
+  });
+  hls.loadSource(playlist);
+  hls.attachMedia(player);
+  hls.on(Hls.Events.MANIFEST_PARSED, () => player.play().catch((e) => show("error " + e)));
+} else if (player.canPlayType("application/vnd.apple.mpegurl")) {
+  player.src = playlist;
+  player.play().catch((e) => show("error " + e));
+} else {
+  show("error: this browser plays no HLS");
+}
