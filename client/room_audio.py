@@ -72,7 +72,7 @@ class RoomAudio:
             return
         self.client.on_datagram = None
         self.client = client
-        self._set_stream(None)
+        self._set_stream(None, announce=False)
         self.sender = None
         self.receiver = MediaReceiver()
         self.levels = {}
@@ -116,11 +116,11 @@ class RoomAudio:
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.sender = None
             self.receiver = MediaReceiver()
-            self._set_stream(None)
+            self._set_stream(None, announce=False)
         elif isinstance(event, msg.Stream):
             self._set_stream(event.playlist)
 
-    def _set_stream(self, playlist: str | None) -> None:
+    def _set_stream(self, playlist: str | None, *, announce: bool = True) -> None:
         """Play the room's stream (PROTOCOL.md section 16), or real-time media again."""
         old = self.stream
         if old is not None and (playlist is None or playlist != old.playlist_url):
@@ -129,7 +129,7 @@ class RoomAudio:
         if playlist is not None and self.stream is None:
             self.stream = StreamPlayer(playlist)
             self.stream.start()
-        if self.on_stream is not None and (old is None) != (playlist is None):
+        if announce and self.on_stream is not None and (old is None) != (playlist is None):
             self.on_stream(playlist)
 
     def _set_mute(self, participant: msg.Participant) -> None:

@@ -264,7 +264,7 @@ class StreamService:
             room.wants_stream.discard(session)
             if session in room.streaming:
                 self._to_realtime(room, session)
-        return {"stream": on}
+        return {}
 
     def _to_stream(self, room: _Room, session: int, user: str) -> None:
         if session in room.streaming or not self.core.set_realtime(session, False):

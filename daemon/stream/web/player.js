@@ -11,10 +11,15 @@ function show(text) {
   document.title = "Salon stream: " + text;
 }
 
-// Autoplay without a gesture is allowed muted; the listener unmutes with the controls.
-player.muted = true;
 player.addEventListener("timeupdate", () => show("playing " + player.currentTime.toFixed(2)));
 player.addEventListener("error", () => show("error " + (player.error ? player.error.code : "")));
+
+function start() {
+  // Browsers start sound only after a gesture: the Play button.
+  player.play().catch((e) => show("error " + e));
+}
+
+document.getElementById("play").addEventListener("click", start);
 
 if (!/^https?:\/\//.test(playlist)) {
   show("no playlist URL in the fragment");
@@ -26,10 +31,10 @@ if (!/^https?:\/\//.test(playlist)) {
   });
   hls.loadSource(playlist);
   hls.attachMedia(player);
-  hls.on(Hls.Events.MANIFEST_PARSED, () => player.play().catch((e) => show("error " + e)));
+  hls.on(Hls.Events.MANIFEST_PARSED, () => show("ready: press Play"));
 } else if (player.canPlayType("application/vnd.apple.mpegurl")) {
   player.src = playlist;
-  player.play().catch((e) => show("error " + e));
+  show("ready: press Play");
 } else {
   show("error: this browser plays no HLS");
 }
