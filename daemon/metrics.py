@@ -11,7 +11,10 @@ Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connecti
 ``control_messages_total{direction}``, ``drops_total{reason}``, ``errors_total{code}``,
 ``plugin_errors_total{hook}``, ``plugin_seconds{stage}`` (histogram),
 ``abuse_refusals_total{limit}``, ``admin_clients``, ``store_available``, ``store_outages_total``,
-``store_reconnects_total``, ``store_queued``.
+``store_reconnects_total``, ``store_queued``; with stream mode, per room:
+``stream_listeners{room,mode}``, ``stream_segments_served_total{room}``,
+``stream_playlists_served_total{room}``, ``stream_bytes_served_total{room}``,
+``stream_refused_total{room}``, ``stream_cpu_seconds_total{room}``.
 
 ``GET /healthz`` on the same listener answers 200 with ``{"status": "serving", ...}`` while
 salond serves, and 503 (``starting``, ``stopping``) otherwise, for load balancers and systemd
@@ -165,6 +168,7 @@ class SalonCollector:
         clients = len(getattr(admin, "_connections", ())) if admin is not None else 0
         yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)
         yield from store_metrics(daemon)
+        yield from stream_metrics(daemon)
 
 
 def store_metrics(daemon: Daemon) -> Iterator[Any]:
@@ -191,6 +195,49 @@ def store_metrics(daemon: Daemon) -> Iterator[Any]:
     yield GaugeMetricFamily(
         "salon_store_queued", "Changes waiting to be written to the store.", values.get("queued", 0)
     )
+
+
+def stream_metrics(daemon: Daemon) -> Iterator[Any]:
+    """Stream mode per room: listeners by mode, what the HLS origin served, the mix's CPU."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    service = getattr(daemon, "streams", None)
+    if service is None:
+        return
+    listeners = GaugeMetricFamily(
+        "salon_stream_listeners",
+        "Audience members by how they receive (real-time media or the HLS stream), per room.",
+        labels=["room", "mode"],
+    )
+    segments = CounterMetricFamily(
+        "salon_stream_segments_served",
+        "Segment and init responses of the HLS origin (cache misses), per room.",
+        labels=["room"],
+    )
+    playlists = CounterMetricFamily(
+        "salon_stream_playlists_served", "Playlist responses, per room.", labels=["room"]
+    )
+    sent = CounterMetricFamily(
+        "salon_stream_bytes_served", "Bytes the HLS origin sent, per room.", labels=["room"]
+    )
+    refused = CounterMetricFamily(
+        "salon_stream_refused", "Stream requests refused with 403, per room.", labels=["room"]
+    )
+    cpu = CounterMetricFamily(
+        "salon_stream_cpu_seconds",
+        "CPU time of mixing and segmenting, per room (the running mix).",
+        labels=["room"],
+    )
+    for stats in service.stats():
+        room = stats.room
+        listeners.add_metric([room, "realtime"], stats.realtime_listeners)
+        listeners.add_metric([room, "stream"], stats.stream_listeners)
+        segments.add_metric([room], stats.segments_served)
+        playlists.add_metric([room], stats.playlists_served)
+        sent.add_metric([room], stats.bytes_served)
+        refused.add_metric([room], stats.refused)
+        cpu.add_metric([room], stats.cpu_seconds)
+    yield from (listeners, segments, playlists, sent, refused, cpu)
 
 
 class MetricsEndpoint:

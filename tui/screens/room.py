@@ -188,6 +188,13 @@ class RoomScreen(AdminScreen):
             summary.append(f" · {len(detail.invites)} invite links")
         if detail.bans:
             summary.append(f" · banned: {printable(', '.join(b.user for b in detail.bans))}")
+        stream = detail.stream
+        if stream is not None and (stream.mixing or stream.stream_listeners):
+            summary.append(
+                f" · {stream.realtime_listeners} real-time / {stream.stream_listeners} streaming"
+                f" · {stream.segments_served} segments served",
+                style="bold magenta",
+            )
         if s.state == "closed":
             summary.append("   CLOSED", style="bold red")
         self.query_one("#room-summary", Static).update(summary)
