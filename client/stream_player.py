@@ -30,7 +30,11 @@ PREBUFFER = 0.6
 """Seconds between the first segment's arrival and playback (also after an underrun): the next
 segment is ready one segment after the newest one, found up to half a segment late (the
 playlist is reloaded twice a segment while it has not changed), and is fetched meanwhile."""
-MAX_BUFFER = 3.0
+PREBUFFER_STEP = 0.4
+"""Seconds added to the wait after each underrun (segments came late: a loaded network or
+server), up to :data:`MAX_PREBUFFER`; like a jitter buffer, it trades delay for continuity."""
+MAX_PREBUFFER = 2.0
+MAX_BUFFER = 4.0
 """Seconds queued beyond which the oldest audio is dropped to get back near live."""
 MAX_PLAYLIST = 256 * 1024
 MAX_SEGMENT = 4 * 1024 * 1024
@@ -136,6 +140,7 @@ class StreamPlayer:
         self._buffer = bytearray()
         self._playing = False
         self._play_after: float | None = None
+        self._prebuffer = PREBUFFER
         """When playback (re)starts: :data:`PREBUFFER` after audio came in while stopped."""
         self._task: asyncio.Task[None] | None = None
         self.segments = 0
@@ -173,6 +178,7 @@ class StreamPlayer:
             self._playing = False
             self._play_after = None
             self.underruns += 1
+            self._prebuffer = min(MAX_PREBUFFER, self._prebuffer + PREBUFFER_STEP)
             return None
         frame = bytes(buffer[:FRAME_BYTES])
         del buffer[:FRAME_BYTES]
@@ -240,7 +246,7 @@ class StreamPlayer:
                     self._starts.append((position, entry.started_at))
                 self._buffer += pcm
                 if not self._playing and self._play_after is None:
-                    self._play_after = time.monotonic() + PREBUFFER
+                    self._play_after = time.monotonic() + self._prebuffer
                 self.segments += 1
                 last = entry.sequence
             excess = len(self._buffer) - int(MAX_BUFFER * 48000 * 2)

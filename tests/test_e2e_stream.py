@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
@@ -373,11 +374,24 @@ async def test_stream_mode_through_nginx(tmp_path):
             await host.call("ban", user=watcher.user)
             assert (await fetch(http, playlist_url))[0] == 403
 
-        admin = await AdminClient.connect(daemon.state_dir / "admin.sock")
-        try:
-            streams = (await admin.request("streams"))["streams"]
-        finally:
-            await admin.close()
+        # What the operator sees: `salonctl --json streams`.
+        ctl = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "salon.daemon.admin.ctl",
+                "--socket",
+                str(daemon.state_dir / "admin.sock"),
+                "--json",
+                "streams",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ctl.returncode == 0, ctl.stderr
+        streams = json.loads(ctl.stdout)
         await host.call("close_room")
         for cli in processes:
             await asyncio.to_thread(cli.proc.wait, 60)
