@@ -81,3 +81,17 @@ def envelope(samples: np.ndarray, window: int = 480) -> np.ndarray:
     usable = len(samples) // window * window
     blocks = samples[:usable].reshape(-1, window)
     return np.sqrt((blocks**2).mean(axis=1))
+
+
+def piecewise(source: np.ndarray, recorded: np.ndarray, seconds: float = 1.0) -> list[Alignment]:
+    """Each ``seconds`` of ``source`` looked for on its own in ``recorded``.
+
+    A stream that paused to refill (a loaded machine) shifts what follows: one alignment of the
+    whole source then fails although every word arrived. Judge the pieces instead.
+    """
+    step = int(RATE * seconds)
+    return [align(source[i : i + step], recorded) for i in range(0, len(source) - step + 1, step)]
+
+
+def median_envelope(alignments: list[Alignment]) -> float:
+    return float(np.median([a.envelope_correlation for a in alignments]))

@@ -29,7 +29,7 @@ from salon.client.audiofile import read_audio
 from salon.client.connection import SalonClient
 from salon.daemon.admin.client import AdminClient
 from salon.daemon.wire import messages as msg
-from tests.audio_checks import align, speech
+from tests.audio_checks import RATE, median_envelope, piecewise, speech
 from tests.conftest import SalondProcess, salon_cli, start_salond
 
 pytestmark = pytest.mark.e2e
@@ -417,21 +417,24 @@ async def test_stream_mode_through_nginx(tmp_path):
 
     source = read_audio(source_path)
     other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "x.wav"))
+    climb = read_audio(climb_path)
     spoke_at = speaker.unix_time("speaking")
     delays = []
+    # Each second of the speech is looked for on its own (a stream that paused to refill under
+    # load shifts what follows). Speech through Opus then AAC scores 0.8-1.0 per second here;
+    # other speech 0.1-0.6.
     for cli in streamers:
         heard = read_audio(cli.recording)
-        result = align(source, heard)
-        # AAC at 64 kbit/s after Opus keeps the speech's shape (0.84-0.88 measured here); other
-        # speech scores far lower (under 0.3).
-        assert result.envelope_correlation > 0.6, (cli.name, result)
-        assert align(other, heard).envelope_correlation < 0.5, cli.name
-        delays.append(cli.unix_time("recording") + result.lag / 48000 - spoke_at)
-    # Mouth to stream listener: one segment, half a playlist reload, the player's prebuffer.
+        pieces = piecewise(source, heard)
+        assert median_envelope(pieces) > 0.7, (cli.name, pieces)
+        assert median_envelope(piecewise(other, heard)) < 0.65, cli.name
+        delays.append(cli.unix_time("recording") + pieces[0].lag / RATE - spoke_at)
+    # Mouth to stream listener: one segment, half a playlist reload, the player's wait before
+    # playing; media positions in the recordings, so the machine's load does not change it much.
     print("mouth-to-stream-listener delays (s):", [round(d, 2) for d in delays])
     assert float(np.median(delays)) <= 3.0, delays
-    climb = read_audio(climb_path)
     for cli in realtime:
         heard = read_audio(cli.recording)
-        assert align(source, heard).envelope_correlation > 0.6, cli.name
-        assert align(climb, heard).envelope_correlation > 0.6, cli.name
+        assert median_envelope(piecewise(source, heard)) > 0.7, cli.name
+        # The stream listener who came on stage was heard in real time.
+        assert median_envelope(piecewise(climb, heard)) > 0.7, cli.name
