@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -37,6 +38,7 @@ from salon.daemon.wire import messages
 from salon.daemon.wire.datagram import unpack_datagram
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.messages import ErrorCode, MediaKey
+from salon.media.jitter import JitterBuffer
 from salon.media.streams import MediaReceiver
 
 from .access import StreamSigner
@@ -52,8 +54,11 @@ POLL = 0.02
 LINGER = 10.0
 """Seconds a room's mix goes on after its last stream listener left (one who comes straight
 back keeps the same stream and the caches' copies)."""
-MAX_CATCH_UP = 0.5
+MAX_CATCH_UP = 2.0
 """A worker this far behind the clock skips the gap rather than mixing it all at once."""
+MIX_JITTER = functools.partial(JitterBuffer, initial_delay=0.2, min_delay=0.1, max_delay=0.6)
+"""The mix's jitter buffers: the stream is seconds behind anyway, so they wait longer than a
+real-time listener's (40 ms) and ride out a worker that ran late on a loaded machine."""
 EXTRA_SEGMENTS = 3
 """Segments kept beyond the playlist's window, for listeners and caches a little behind."""
 
@@ -115,7 +120,7 @@ class _Mix:
     def __init__(self, room: str, epoch: str, segmenter: HlsSegmenter, now: float) -> None:
         self.room = room
         self.epoch = epoch
-        self.receiver = MediaReceiver()
+        self.receiver = MediaReceiver(MIX_JITTER)
         self.segmenter = segmenter
         self.next_frame = now
         self.segments = 0
