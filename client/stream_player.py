@@ -216,7 +216,9 @@ class StreamPlayer:
         map_uri = ""
         last = -1
         missing = 0
+        loop = asyncio.get_running_loop()
         while True:
+            loaded_at = loop.time()
             try:
                 text = (await self._get(http, self.playlist_url, MAX_PLAYLIST)).decode("utf-8")
             except StreamError as exc:
@@ -255,5 +257,7 @@ class StreamPlayer:
                 del self._buffer[:excess]
                 self._consumed += excess
                 self._starts = [(at, t) for at, t in self._starts if at >= self._consumed]
-            # RFC 8216 6.3.4: a target duration after a change, half of it otherwise.
-            await asyncio.sleep(playlist.target if fresh else playlist.target / 2)
+            # RFC 8216 6.3.4: a target duration after a change, half of it otherwise, counted
+            # from when this load began (the time fetching and decoding took is not added).
+            wait = playlist.target if fresh else playlist.target / 2
+            await asyncio.sleep(max(0.0, loaded_at + wait - loop.time()))
