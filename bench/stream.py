@@ -108,8 +108,8 @@ def mix_cost(speakers: int, seconds: float, segment: bool) -> dict[str, float]:
 def serve() -> None:
     """Child process: the HTTP endpoint with stream routes over a real core; prints URLs."""
     from salon.daemon.core import Limits, SalonCore
-    from salon.daemon.core.identity import Identity
     from salon.daemon.core.events import Deliver
+    from salon.daemon.core.identity import Identity
     from salon.daemon.http import HttpEndpoint
     from salon.daemon.stream.http import add_stream_routes
     from salon.daemon.stream.service import StreamService
@@ -139,16 +139,15 @@ def serve() -> None:
         def pump() -> None:
             event = core.next_event()
             while event is not None:
-                if isinstance(event, Deliver):
-                    delivered.extend([event.message] * 0)
-                else:
+                if not isinstance(event, Deliver):
                     service.on_core_event(event)
                 event = core.next_event()
 
         pump()
-        while not service.windows.get("bench", ("", None))[1] or not service.windows[
-            "bench"
-        ][1].segments:
+        while (
+            not service.windows.get("bench", ("", None))[1]
+            or not service.windows["bench"][1].segments
+        ):
             await asyncio.sleep(0.1)
         playlist = next(m.playlist for m in delivered if isinstance(m, msg.Stream))
         print(json.dumps({"playlist": playlist}), flush=True)
@@ -234,7 +233,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print("| speakers | receiver only (one real-time client) | mix + AAC + HLS segments (salond, per room) |")
+    print(
+        "| speakers | receiver only (one real-time client)"
+        " | mix + AAC + HLS segments (salond, per room) |"
+    )
     print("|---|---|---|")
     for speakers, row in results["mix"].items():
         base = row["receiver_only"]["cpu_per_audio_second"] * 100
@@ -242,7 +244,10 @@ def main() -> None:
         print(f"| {speakers} | {base:.1f}% of a core | {full:.1f}% of a core |")
     origin = results["origin"]
     print()
-    print(f"| origin request (concurrency {args.concurrency}) | requests/s | origin CPU | requests per core-second |")
+    print(
+        f"| origin request (concurrency {args.concurrency}) | requests/s | origin CPU"
+        " | requests per core-second |"
+    )
     print("|---|---|---|---|")
     for name in ("segment", "playlist"):
         row = origin[name]
