@@ -396,13 +396,13 @@ async def cmd_join(args: argparse.Namespace) -> int:
         reconnect=not args.no_reconnect,
     )
     client = await session.start()
-    started = {"recording": False}
+    recording_started = {"first": False}
 
     def record(pcm: bytes) -> None:
         assert writer is not None
-        if not started["recording"]:
+        if not recording_started["first"]:
             # The wall-clock time of the file's first sample: lets a listener measure delays.
-            started["recording"] = True
+            recording_started["first"] = True
             note(f"recording to {args.record} from unix time {time.time():.3f}")
         writer.write(pcm)
 
