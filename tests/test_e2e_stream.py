@@ -424,13 +424,13 @@ async def test_stream_mode_through_nginx(tmp_path):
     spoke_at = speaker.unix_time("speaking")
     delays = []
     # Each second of the speech is looked for on its own (a stream that paused to refill under
-    # load shifts what follows). Speech through Opus then AAC scores 0.8-1.0 per second here;
-    # other speech 0.1-0.6.
+    # load shifts what follows). Speech through Opus then AAC scores a median of 0.7-0.9 here
+    # (machine under load 8-17); other speech 0.1-0.57.
     for cli in streamers:
         heard = read_audio(cli.recording)
         pieces = piecewise(source, heard)
-        assert median_envelope(pieces) > 0.7, (cli.name, pieces)
-        assert median_envelope(piecewise(other, heard)) < 0.65, cli.name
+        assert median_envelope(pieces) > 0.65, (cli.name, pieces)
+        assert median_envelope(piecewise(other, heard)) < 0.62, cli.name
         delays.append(cli.unix_time("recording") + pieces[0].lag / RATE - spoke_at)
     # Mouth to stream listener: one segment, half a playlist reload, the player's wait before
     # playing; media positions in the recordings, so the machine's load does not change it much.
