@@ -257,18 +257,24 @@ class SalonClient:
                 )
         if credentials is None:
             credentials = {"guest_key": load_guest_key()}
-        result = await asyncio.wait_for(
-            client.request(
-                msg.Hello(
-                    id=0,
-                    version=msg.PROTOCOL_VERSION,
-                    display_name=display_name,
-                    credentials=credentials,
-                    client="salon-python/0.1",
-                )
-            ),
-            timeout,
-        )
+        try:
+            result = await asyncio.wait_for(
+                client.request(
+                    msg.Hello(
+                        id=0,
+                        version=msg.PROTOCOL_VERSION,
+                        display_name=display_name,
+                        credentials=credentials,
+                        client="salon-python/0.1",
+                    )
+                ),
+                timeout,
+            )
+        except BaseException:
+            # A refused or unanswered hello must not leave the QUIC connection open behind the
+            # caller's back (a reconnecting client would pile up half-made sessions).
+            await client.close()
+            raise
         client.user = result["user"]
         client.session = result["session"]
         client.display_name = result["display_name"]

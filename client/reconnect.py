@@ -253,9 +253,34 @@ class ReconnectingClient:
                 wait = self.backoff.delay(attempt)
                 log.info("reconnect attempt %d failed (%s); next in %.1f s", attempt, exc, wait)
                 continue
-            if self.on_connected is not None:
-                self.on_connected(client)
-            outage.rejoined = await self._rejoin(client)
+            try:
+                if self.on_connected is not None:
+                    self.on_connected(client)
+                outage.rejoined = await self._rejoin(client)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                with contextlib.suppress(Exception):
+                    await client.close()
+                raise
+            except Exception as exc:
+                # The new connection was lost again before it was back in the room (a path
+                # that flaps, a daemon that stops again): one more failed attempt, not the end.
+                with contextlib.suppress(Exception):
+                    await client.close()
+                if client.application_close and client.close_code in FINAL_CLOSE_CODES:
+                    self.stopped_reason = (
+                        f"closed with {client.close_code:#x}: {client.close_reason}"
+                    )
+                    log.error("not reconnecting: %s", self.stopped_reason)
+                    return False
+                attempt += 1
+                wait = self.backoff.delay(attempt)
+                log.info(
+                    "reconnect attempt %d lost while rejoining (%s); next in %.1f s",
+                    attempt,
+                    exc,
+                    wait,
+                )
+                continue
             outage.seconds = loop.time() - started
             outage.reconnected = True
             self._adopt(client)

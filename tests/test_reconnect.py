@@ -24,12 +24,15 @@ import pytest
 from salon.client.connection import SalonClient
 from salon.client.reconnect import Backoff, ReconnectingClient
 from salon.client.room_audio import RoomAudio
+from salon.daemon.net.session import CloseCode
 from tests.conftest import run_daemon
 from tests.test_reliability_support import AudioProbe, record, tone_frames
 
 pytestmark = pytest.mark.soak
 
 ROLES = {"Host": "owner", "Mod": "moderator", "Voice": "speaker", "Ear": "listener"}
+IDLE_TIMEOUT = 5.0
+"""Seconds without a packet after which client and daemon call a path dead (both sides)."""
 
 
 def guest_key(name: str) -> str:
@@ -111,10 +114,14 @@ def reconnecting(
             display_name=name,
             fingerprint=fingerprint,
             credentials={"guest_key": guest_key(name)},
-            idle_timeout=2.0,
-            # Short, so that attempts during the outage fail and the backoff shows; on a busy
-            # machine a slow handshake is simply one more failed attempt.
-            timeout=1.5,
+            # The whole cast, the relay and the daemon share one event loop on a machine that
+            # may be loaded: a 2 s idle timeout let a stalled loop drop healthy connections
+            # (even while seating), so the path is judged dead after IDLE_TIMEOUT instead.
+            idle_timeout=IDLE_TIMEOUT,
+            # Generous: a handshake slower than this on a busy machine failed the very first
+            # connection. An attempt made while the path is down simply completes once it is
+            # back (QUIC retransmits its Initial); after a daemon restart likewise.
+            timeout=10.0,
         )
 
     return ReconnectingClient(
@@ -194,7 +201,7 @@ async def hears_tone(listener: SalonClient, frames: int = 10) -> int:
         assert room is not None
         await listener.leave()
         await listener.join(room)
-        await eventually(lambda: probe.loud >= frames, 20.0)
+        await eventually(lambda: probe.loud >= frames, 30.0)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -203,11 +210,11 @@ async def hears_tone(listener: SalonClient, frames: int = 10) -> int:
 
 
 async def test_clients_reconnect_and_rejoin_after_a_network_drop(tmp_path):
-    async with run_daemon(tmp_path / "state", **{"server.idle_timeout": 2.0}) as live:
+    async with run_daemon(tmp_path / "state", **{"server.idle_timeout": IDLE_TIMEOUT}) as live:
         observer = await live.client("Observer")
 
         async def keep_alive() -> None:
-            # The daemon's idle timeout is 2 s here: a listener in a silent room must ping.
+            # The daemon's idle timeout is short here: a listener in a silent room must ping.
             while True:
                 await asyncio.sleep(0.5)
                 await observer.call("ping")
@@ -234,11 +241,11 @@ async def test_clients_reconnect_and_rejoin_after_a_network_drop(tmp_path):
                 users = {name: c.client.user for name, c in cast.items() if c.client}
                 # The path goes dead for longer than the idle timeout on both sides.
                 relay.cut = True
-                await eventually(lambda: not any(c.connected for c in cast.values()), 15.0)
+                await eventually(lambda: not any(c.connected for c in cast.values()), 30.0)
                 await asyncio.sleep(2.0)  # reconnect attempts fail while the path is cut
                 relay.cut = False
                 await eventually(lambda: all(c.reconnects == 1 for c in cast.values()), 30.0)
-                await eventually(lambda: roles_in(live.daemon, "talk", cast) == ROLES, 10.0)
+                await eventually(lambda: roles_in(live.daemon, "talk", cast) == ROLES, 30.0)
                 assert {n: c.client.user for n, c in cast.items() if c.client} == users
                 assert live.daemon.core.rooms["talk"].owner == users["Host"]
                 heard = await hears_tone(observer)
@@ -291,12 +298,12 @@ async def test_clients_reconnect_and_rejoin_after_a_daemon_restart(tmp_path: Pat
             assert roles_in(first.daemon, "lasting", cast) == ROLES
             fingerprint = first.fingerprint
         # The daemon is down: every client saw server_shutdown and is trying to come back.
-        await eventually(lambda: not any(c.connected for c in cast.values()), 10.0)
+        await eventually(lambda: not any(c.connected for c in cast.values()), 30.0)
         await asyncio.sleep(1.5)
         async with run_daemon(state, **settings) as second:
             assert second.fingerprint == fingerprint  # same certificate: the pin still holds
             await eventually(lambda: all(c.reconnects == 1 for c in cast.values()), 30.0)
-            await eventually(lambda: roles_in(second.daemon, "lasting", cast) == ROLES, 10.0)
+            await eventually(lambda: roles_in(second.daemon, "lasting", cast) == ROLES, 30.0)
             listener = await second.client("After")
             await listener.join("lasting")
             heard = await hears_tone(listener)
@@ -344,3 +351,50 @@ async def test_no_reconnect_after_rate_abuse(live):
     assert session.reconnects == 0 and not session.connected
     await session.close()
     record("no_reconnect_after_rate_abuse", closed_with="rate_abuse 0x5", reconnects=0)
+
+
+async def test_a_connection_lost_while_rejoining_is_one_more_attempt(live):
+    """The new connection drops before it is back in the room: the client tries again."""
+    host = await live.client("Host")
+    await host.create_room("Flapping", room="flap", persistent=True)
+    await host.join("flap")
+
+    async def connect() -> SalonClient:
+        return await SalonClient.connect(
+            live.host,
+            live.port,
+            display_name="Flapper",
+            fingerprint=live.fingerprint,
+            credentials={"guest_key": guest_key("Flapper")},
+        )
+
+    dropped: list[SalonClient] = []
+
+    def drop_the_first_new_connection(client: SalonClient) -> None:
+        # Called with each new connection before it rejoins: the daemon closes the first one
+        # at once, so the rejoin's join is never answered (the path flapped again).
+        if not dropped:
+            dropped.append(client)
+            live.daemon.server.sessions[client.session].close_with(
+                CloseCode.SERVER_SHUTDOWN, "dropped while rejoining"
+            )
+
+    session = ReconnectingClient(
+        connect,
+        backoff=Backoff(initial=0.1, maximum=0.5),
+        on_connected=drop_the_first_new_connection,
+    )
+    try:
+        first = await session.start()
+        await session.join("flap")
+        live.daemon.server.sessions[first.session].close_with(CloseCode.SERVER_SHUTDOWN, "gone")
+        await eventually(lambda: session.reconnects == 1, 30.0)
+        assert dropped and dropped[0].closed
+        outage = session.outages[0]
+        assert outage.attempts == 2 and outage.rejoined == "joined"
+        assert session.client is not None and session.client is not dropped[0]
+        members = live.daemon.core.rooms["flap"].members
+        assert session.client.user in members and session.stopped_reason == ""
+    finally:
+        await session.close()
+        await host.close()
