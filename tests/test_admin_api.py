@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from salon.daemon.admin import protocol as p
-from salon.daemon.admin.client import AdminClient, AdminError
+from salon.daemon.admin.client import AdminClient, AdminConnectionError, AdminError
 from salon.daemon.admin.server import AdminServer, AuditTrail
 from salon.daemon.admin.socket_path import AdminSocketError, check_socket_path
 from salon.daemon.wire import messages as msg
@@ -502,3 +502,36 @@ async def test_an_internal_error_is_answered_and_the_connection_goes_on(
     assert isinstance(ok, p.Ok) and ok.re == 4
     assert "admin request Status failed" in caplog.text and "bug in status" in caplog.text
     writer.close()
+
+
+async def test_the_shutdown_announcement_survives_the_reset_that_follows_it(
+    tmp_path: Path,
+) -> None:
+    """The daemon announces its shutdown and closes while a request of ours is unread: the
+    reset that follows must not replace "shutting down" as the reason the console shows."""
+    path = tmp_path / "admin.sock"
+    request_sent = asyncio.Event()
+
+    async def stopping_daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(p.encode_line(p.Welcome(protocol=p.ADMIN_PROTOCOL, server="s", operator="o")))
+        await writer.drain()
+        await request_sent.wait()  # the client's request now waits, unread, in our socket
+        writer.write(p.encode_line(p.Event(kind="shutdown", at=0.0, data={"reason": "stops"})))
+        await writer.drain()
+        writer.close()  # closing with unread data resets the client's side of the socket
+
+    server = await asyncio.start_unix_server(stopping_daemon, path=str(path))
+    try:
+        client = await AdminClient.connect(path)
+        pending = asyncio.ensure_future(client.status())
+        while not client._pending:  # the request was written
+            await asyncio.sleep(0)
+        request_sent.set()
+        await asyncio.wait_for(client.wait_closed(), 10.0)
+        assert client.close_reason == "the daemon is shutting down"
+        with pytest.raises(AdminConnectionError, match="shutting down"):
+            await pending
+        assert [event.kind async for event in client.events()] == ["shutdown"]
+        await client.close()
+    finally:
+        server.close()

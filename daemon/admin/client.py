@@ -123,6 +123,7 @@ class AdminClient:
 
     async def _read(self) -> None:
         reason = "connection closed by the daemon"
+        announced = False
         try:
             while True:
                 line = await self._reader.readline()
@@ -142,10 +143,13 @@ class AdminClient:
                         future.set_exception(AdminError(message.code, message.message))
                 elif isinstance(message, p.Event):
                     if message.kind == "shutdown":
-                        reason = "the daemon is shutting down"
+                        reason, announced = "the daemon is shutting down", True
                     self._events.put_nowait(message)
         except (OSError, ValueError) as exc:
-            reason = f"connection lost: {exc}"
+            # A daemon that announced its shutdown may close with a request of ours unread (a
+            # reset) or before our next write (a broken pipe): the announcement stays the reason.
+            if not announced:
+                reason = f"connection lost: {exc}"
         finally:
             self._lost(reason)
 
