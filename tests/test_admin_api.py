@@ -535,3 +535,27 @@ async def test_the_shutdown_announcement_survives_the_reset_that_follows_it(
         await client.close()
     finally:
         server.close()
+
+
+async def test_a_stopping_daemon_lets_a_client_that_writes_read_the_shutdown(
+    live: InProcessDaemon,
+) -> None:
+    """The client writes after salond announced its shutdown and before reading it: it must
+    still read the announcement, not meet a broken pipe or a reset first."""
+    reader, writer = await raw_admin(live)
+    writer.write(p.encode_line(p.REQUEST_TYPES["subscribe"](id=1)))
+    assert isinstance(p.decode_server_line(await reader.readline()), p.Ok)
+    server = admin_server(live)
+    [connection] = list(server._connections)
+    stopping = asyncio.ensure_future(server.stop())
+    await wait_until(lambda: stopping.done() or (server._stopping and connection.outbox.empty()))
+    for _ in range(3):
+        await asyncio.sleep(0)  # the shutdown event is written
+    writer.write(p.encode_line(p.REQUEST_TYPES["status"](id=2)))
+    await writer.drain()
+    lines = []
+    while line := await reader.readline():  # a reset would raise here
+        lines.append(p.decode_server_line(line))
+    assert [m.kind for m in lines if isinstance(m, p.Event)][-1:] == ["shutdown"]
+    writer.close()
+    await stopping

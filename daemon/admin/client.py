@@ -152,6 +152,8 @@ class AdminClient:
                 reason = f"connection lost: {exc}"
         finally:
             self._lost(reason)
+            # Hang up too: a stopping daemon waits for its clients to close their end.
+            self._writer.close()
 
     def _lost(self, reason: str) -> None:
         if self._closed.is_set():

@@ -41,6 +41,10 @@ AUDIT_KEPT = 1000
 OUTBOX_LIMIT = 2000
 """Lines queued for one admin client; a client this far behind is disconnected."""
 TICK = 0.2
+SHUTDOWN_LINGER = 2.0
+"""Seconds salond waits, when it stops, for each admin client to hang up after the shutdown
+event: closing first would make a client that writes meanwhile see a broken pipe (or a reset)
+before it read why the daemon went."""
 """Seconds between two looks at levels and stats for subscribers."""
 
 
@@ -106,6 +110,9 @@ class _Connection:
         self.stats_interval = 1.0
         self.stats_sent_at = 0.0
         self.overflowed = False
+        self.hung_up = asyncio.Event()
+        """Set when the client closed its end (or its connection failed)."""
+        self.sender: asyncio.Task[None] | None = None
 
     def push(self, line: bytes) -> None:
         if self.overflowed:
@@ -129,6 +136,7 @@ class AdminServer:
         self._connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
         self._inode: tuple[int, int] | None = None
         # Refuse an unsafe path before the daemon binds anything.
         check_socket_path(self.path)
@@ -153,9 +161,16 @@ class AdminServer:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        self._stopping = True
         self._broadcast(p.Event(kind="shutdown", at=time.time(), data={"reason": "salond stops"}))
+        senders = []
         for connection in list(self._connections):
             connection.outbox.put_nowait(None)
+            if connection.sender is not None:
+                senders.append(connection.sender)
+        if senders:
+            # Each sender sends the shutdown event, then waits (bounded) for its client to hang up.
+            await asyncio.wait(senders, timeout=SHUTDOWN_LINGER + 1.0)
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -189,7 +204,7 @@ class AdminServer:
         )
         connection = _Connection(writer, identity)
         self._connections.add(connection)
-        sender = asyncio.ensure_future(self._send_lines(connection))
+        sender = connection.sender = asyncio.ensure_future(self._send_lines(connection))
         connection.push(
             p.encode_line(
                 p.Welcome(
@@ -212,9 +227,10 @@ class AdminServer:
                     break
                 if not line:
                     break
-                if line.strip():
+                if line.strip() and not self._stopping:
                     connection.push(await self._answer(connection, line))
         finally:
+            connection.hung_up.set()
             self._connections.discard(connection)
             connection.outbox.put_nowait(None)
             with contextlib.suppress(Exception):
@@ -229,6 +245,12 @@ class AdminServer:
                     break
                 writer.write(line)
                 await writer.drain()
+            if self._stopping and not connection.hung_up.is_set() and writer.can_write_eof():
+                # Half-close and read on (discarding) until the client hangs up, so that it
+                # reads the shutdown event before any write of its own can fail.
+                writer.write_eof()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(connection.hung_up.wait(), SHUTDOWN_LINGER)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
