@@ -301,6 +301,10 @@ class LiveLine:
 KEEPALIVE = 5.0
 IDLE_TIMEOUT = 15.0
 RECONNECT_INITIAL, RECONNECT_MAXIMUM = 1.0, 30.0
+# Leaving is bounded whatever the network does: at most LEAVE_TIMEOUT seconds for the `leave`
+# reply, then CLOSE_TIMEOUT for QUIC's close handshake (the server's idle timeout reclaims a
+# session whose CONNECTION_CLOSE was lost).
+LEAVE_TIMEOUT, CLOSE_TIMEOUT = 0.8, 0.7
 
 
 async def cmd_join(args: argparse.Namespace) -> int:
@@ -478,14 +482,17 @@ async def cmd_join(args: argparse.Namespace) -> int:
             note(f"salon: {session.stopped_reason}")
             return 1
         if session.connected and audio.client.room:
-            await _call_quietly(session, "leave")
+            # Polite, but never worth staying for: on a lossy or dead path the reply may not
+            # come before the idle timeout, and the user asked to leave now.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_call_quietly(session, "leave"), LEAVE_TIMEOUT)
     except (RequestError, ConnectionLost) as exc:
         note(f"salon: {exc}")
         return 1
     finally:
         if writer is not None:
             writer.close()
-        await session.close()
+        await session.close(timeout=CLOSE_TIMEOUT)
     note(f"left after {audio.frames_played * 0.02:.1f} s; sent {audio.frames_sent} frames")
     return 0
 

@@ -281,13 +281,13 @@ class SalonClient:
         client.limits = result.get("limits", {})
         return client
 
-    async def close(self) -> None:
-        """Close the connection politely and wait until it is closed."""
+    async def close(self, timeout: float = 3.0) -> None:
+        """Close the connection politely and wait until it is closed, or ``timeout`` seconds."""
         manager, self._context_manager = self._context_manager, None
         if manager is not None:
             # Leaving aioquic's context closes the connection, waits for it and the socket.
             try:
-                await asyncio.wait_for(manager.__aexit__(None, None, None), 3.0)
+                await asyncio.wait_for(manager.__aexit__(None, None, None), timeout)
             except (asyncio.TimeoutError, ConnectionError):
                 pass
         self._closed.set()

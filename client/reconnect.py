@@ -151,8 +151,8 @@ class ReconnectingClient:
         """How many times a lost connection was replaced."""
         return sum(1 for outage in self.outages if outage.reconnected)
 
-    async def close(self) -> None:
-        """Stop reconnecting and close the connection."""
+    async def close(self, timeout: float = 3.0) -> None:
+        """Stop reconnecting and close the connection (waiting at most ``timeout`` seconds)."""
         self._closing = True
         task, self._task = self._task, None
         if task is not None:
@@ -160,7 +160,7 @@ class ReconnectingClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.client is not None:
-            await self.client.close()
+            await self.client.close(timeout)
         self._connected.clear()
 
     # ------------------------------------------------------------------ supervision

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from salon.client.reconnect import Backoff, ReconnectingClient
 from salon.client.room_audio import RoomAudio
 from salon.daemon.net.session import CloseCode
 from tests.conftest import run_daemon
+from tests.lossy_relay import LossyRelay, lossy_relay
 from tests.test_reliability_support import AudioProbe, record, tone_frames
 
 pytestmark = pytest.mark.soak
@@ -39,69 +40,9 @@ def guest_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(f"reconnect/{name}".encode()).digest()).decode()
 
 
-class Relay(asyncio.DatagramProtocol):
-    """A UDP relay between clients and the daemon that can cut the path (drop everything)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.cut = False
-        self.dropped = 0
-        self.transport: asyncio.DatagramTransport | None = None
-        self.upstreams: dict[Any, asyncio.DatagramTransport] = {}
-        self.address: tuple[str, int] = ("", 0)
-        self.opening: set[asyncio.Future[None]] = set()
-        self.waiting: dict[Any, list[bytes]] = {}
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.address = transport.get_extra_info("sockname")[:2]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.cut:
-            self.dropped += 1
-            return
-        upstream = self.upstreams.get(addr)
-        if upstream is not None:
-            upstream.sendto(data)
-        elif addr in self.waiting:
-            self.waiting[addr].append(data)
-        else:
-            self.waiting[addr] = [data]
-            self.opening.add(asyncio.ensure_future(self._open(addr)))
-
-    async def _open(self, addr: Any) -> None:
-        relay = self
-
-        class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, _: Any) -> None:
-                if relay.cut:
-                    relay.dropped += 1
-                elif relay.transport is not None:
-                    relay.transport.sendto(data, addr)
-
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(Back, remote_addr=self.target)
-        self.upstreams[addr] = transport
-        for data in self.waiting.pop(addr):
-            transport.sendto(data)
-
-    def close(self) -> None:
-        for upstream in self.upstreams.values():
-            upstream.close()
-        if self.transport is not None:
-            self.transport.close()
-
-
-@contextlib.asynccontextmanager
-async def relay_to(host: str, port: int) -> AsyncIterator[Relay]:
-    loop = asyncio.get_running_loop()
-    _, relay = await loop.create_datagram_endpoint(
-        lambda: Relay((host, port)), local_addr=("127.0.0.1", 0)
-    )
-    try:
-        yield relay
-    finally:
-        relay.close()
+def relay_to(host: str, port: int) -> contextlib.AbstractAsyncContextManager[LossyRelay]:
+    """A relay between the clients and the daemon whose path the test can cut."""
+    return lossy_relay(host, port)
 
 
 def reconnecting(
