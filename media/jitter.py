@@ -96,6 +96,8 @@ class JitterStats:
     """Frames skipped to lower the delay (silence, or audio when there was no silence)."""
     discarded: int = 0
     """Audio packets dropped to lower the delay (part of ``compressed``)."""
+    redundancy_filled: int = 0
+    """Gaps filled by an earlier frame carried in a later RED packet (before their slot)."""
     resyncs: int = 0
     """Times the buffer started over after a jump in sequence numbers or many late packets."""
     restarts: int = 0
@@ -214,6 +216,37 @@ class JitterBuffer:
         self._packets[seq] = _Packet(seq, ts, payload, arrival)
         if len(self._packets) > _MAX_PACKETS:
             del self._packets[min(self._packets)]
+
+    def add_redundant(self, sequence_number: int, timestamp: int, payload: bytes) -> bool:
+        """Take in an earlier frame carried again in a RED packet (RFC 2198); call it after
+        :meth:`add` of the packet that carried it.
+
+        It fills the slot of packet ``sequence_number`` if that packet is neither buffered nor
+        played yet; otherwise it is ignored. Return whether it filled a gap. Its arrival says
+        nothing about the network, so no transit time is recorded.
+        """
+        if self._highest_seq is None:
+            return False
+        seq = unwrap(sequence_number, self._highest_seq, 16)
+        ts = unwrap(timestamp, self._highest_ts, 32)
+        if seq in self._packets or seq > self._highest_seq:
+            return False
+        if (self._played_seq is not None and seq <= self._played_seq) or (
+            self._started and (seq < self._next_seq or ts < self._next_ts)
+        ):
+            return False
+        self._packets[seq] = _Packet(seq, ts, payload, self._last_arrival)
+        self._stats.redundancy_filled += 1
+        return True
+
+    def set_min_delay(self, delay: float) -> None:
+        """Never play with less delay than ``delay`` seconds (capped at the maximum).
+
+        Redundancy repairs a loss only if the packet carrying the copy arrives before the lost
+        frame's slot: with copies up to ``k`` packets later, the floor is ``k`` frames more.
+        """
+        self.min_delay = min(delay, self.max_delay)
+        self._target = min(max(self._target, self.min_delay), self.max_delay)
 
     def _record_transit(self, transit: float) -> None:
         transits = self._transits

@@ -44,6 +44,7 @@ class RtpPacketizer:
         level: int,
         voice: bool,
         timestamp_advance: int = FRAME_SAMPLES,
+        payload_type: int = OPUS_PAYLOAD_TYPE,
     ) -> bytes:
         """Serialize one RTP packet carrying ``opus_payload`` and its RFC 6464 level.
 
@@ -51,7 +52,7 @@ class RtpPacketizer:
         ``timestamp_advance`` (the frame's duration in 48 kHz samples).
         """
         packet = RtpPacket(
-            payload_type=OPUS_PAYLOAD_TYPE,
+            payload_type=payload_type,
             marker=self._talkspurt_start,
             sequence_number=self.sequence_number,
             timestamp=self.timestamp,

@@ -16,7 +16,7 @@ caller passes datagrams, frames and ``now`` in, and sends or plays what comes ou
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,11 +26,13 @@ from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE, pack_datagram
 from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SILENCE_LEVEL
 
 from .codec import CodecError, OpusDecoder, OpusEncoder
-from .jitter import FrameKind, JitterBuffer, JitterStats
+from .jitter import DEFAULT_MIN_DELAY, FrameKind, JitterBuffer, JitterStats
 from .levels import audio_level, measure
 from .mixer import mix_arrays
 from .packetizer import RtpPacketizer
+from .red import MAX_REDUNDANCY, RED_PAYLOAD_TYPE, RedError, RedundantBlock, pack_red, unpack_red
 from .srtp import SrtpError, SrtpReceiver, SrtpSender, key_from_base64
+from .timeline import unwrap
 
 _SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
 
@@ -51,6 +53,47 @@ class SenderStats:
     """Frames not sent because the microphone was muted."""
     too_large: int = 0
     """Frames dropped because their datagram exceeded the size limit."""
+    red: int = 0
+    """Datagrams sent as RED (carrying earlier frames too)."""
+
+
+class RedundancyPolicy:
+    """How much protection a speaker adds for the loss the server reports, with hysteresis.
+
+    In-band FEC is sized for the reported loss (capped at :attr:`max_fec_loss` percent). RED
+    carries one earlier frame from :attr:`red_on` loss and two from :attr:`red_two`; each step
+    goes back down only below a lower threshold (:attr:`red_off`, :attr:`red_one`), so loss
+    hovering around a threshold does not flip the packet format every report.
+    """
+
+    red_on = 0.01
+    red_off = 0.005
+    red_two = 0.03
+    red_one = 0.02
+    max_fec_loss = 25
+
+    def __init__(self) -> None:
+        self.redundancy = 0
+        """Earlier frames each packet carries now (0, 1 or 2)."""
+        self.expected_loss = 0
+        """Loss percentage the encoder's in-band FEC is sized for."""
+
+    def update(self, loss: float) -> bool:
+        """Take a reported loss fraction (0..1); return whether the redundancy changed."""
+        loss = min(max(loss, 0.0), 1.0)
+        self.expected_loss = min(self.max_fec_loss, round(loss * 100))
+        level = self.redundancy
+        if level == 0 and loss >= self.red_on:
+            level = 1
+        if level >= 1 and loss >= self.red_two:
+            level = 2
+        elif level == 2 and loss < self.red_one:
+            level = 1
+        if level == 1 and loss < self.red_off:
+            level = 0
+        changed = level != self.redundancy
+        self.redundancy = level
+        return changed
 
 
 class MediaSender:
@@ -81,6 +124,24 @@ class MediaSender:
         self.stats = SenderStats()
         self.last_level = SILENCE_LEVEL
         """RFC 6464 level of the last frame handed in (127 while muted)."""
+        self.policy = RedundancyPolicy()
+        """What the loss reports made of FEC and RED (see :meth:`on_loss_report`)."""
+        # (sequence number, timestamp, Opus payload) of the last packets sent, newest last.
+        self._history: deque[tuple[int, int, bytes]] = deque(maxlen=MAX_REDUNDANCY)
+
+    @property
+    def redundancy(self) -> int:
+        """Earlier frames each packet carries (RFC 2198 RED); 0 sends plain Opus."""
+        return self.policy.redundancy
+
+    def on_loss_report(self, loss: float) -> bool:
+        """Adapt FEC and RED to the loss fraction the server reports for this flow.
+
+        Return whether the redundancy changed.
+        """
+        changed = self.policy.update(loss)
+        self.encoder.set_expected_loss(self.policy.expected_loss)
+        return changed
 
     @property
     def muted(self) -> bool:
@@ -114,6 +175,7 @@ class MediaSender:
         if self._muted:
             self.last_level = SILENCE_LEVEL
             self._packetizer.skip()
+            self._history.clear()
             stats.muted += 1
             return None
         level, voice = measure(frame_pcm)
@@ -121,9 +183,28 @@ class MediaSender:
         payload = self.encoder.encode(frame_pcm)
         if self.encoder.is_dtx(payload):
             self._packetizer.skip()
+            self._history.clear()
             stats.dtx += 1
             return None
-        rtp = self._packetizer.packetize(payload, level, voice)
+        packetizer = self._packetizer
+        seq, timestamp = packetizer.sequence_number, packetizer.timestamp
+        history = self._history
+        if history and history[-1][0] != (seq - 1) & 0xFFFF:
+            history.clear()  # frames were skipped: earlier packets are not contiguous any more
+        depth = self.policy.redundancy
+        if depth:
+            blocks = [
+                RedundantBlock((timestamp - ts) & 0xFFFFFFFF, old)
+                for old_seq, ts, old in list(history)[-depth:]
+                if (timestamp - ts) & 0xFFFFFFFF == ((seq - old_seq) & 0xFFFF) * FRAME_SAMPLES
+            ]
+            rtp = packetizer.packetize(
+                pack_red(payload, blocks), level, voice, payload_type=RED_PAYLOAD_TYPE
+            )
+            stats.red += 1
+        else:
+            rtp = packetizer.packetize(payload, level, voice)
+        history.append((seq, timestamp, payload))
         datagram = pack_datagram(self.flow_id, self._srtp.protect(rtp))
         if len(datagram) > MAX_DATAGRAM_SIZE:
             stats.too_large += 1
@@ -142,6 +223,31 @@ class _Speaker:
     decoder: OpusDecoder
     jitter: JitterBuffer
     level: int = SILENCE_LEVEL
+    highest_seq: int | None = None
+    """Highest sequence number received (unwrapped), for loss reports."""
+    report_base: int = 0
+    """``highest_seq`` at the last report: the next report covers what came after it."""
+    report_received: int = 0
+    """Packets received since the last report."""
+    report_late: int = 0
+    """The jitter buffer's late count at the last report."""
+    redundancy: int = 0
+    """Earlier frames the speaker's last packet carried (RED depth)."""
+
+
+@dataclass(frozen=True)
+class FlowReport:
+    """What a listener saw of one speaker's flow since its previous report (PROTOCOL.md)."""
+
+    flow_id: int
+    expected: int
+    """Packets the sequence numbers say were sent in the interval."""
+    lost: int
+    """Of those, packets that never arrived (before any repair by RED or FEC)."""
+    late: int
+    """Packets that arrived after their playout slot."""
+    jitter_ms: float
+    """Spread of transit times the jitter buffer measures, in milliseconds."""
 
 
 @dataclass
@@ -154,7 +260,8 @@ class ReceiverStats:
     """Datagrams that reached a jitter buffer."""
     drops: Counter[str] = field(default_factory=Counter)
     """Datagrams dropped, by reason: ``malformed``, ``too_large``, ``unknown_flow``,
-    ``auth_failed``, ``replay``, ``wrong_ssrc``, ``ssrc_mismatch``, ``bad_payload_type``."""
+    ``auth_failed``, ``replay``, ``wrong_ssrc``, ``ssrc_mismatch``, ``bad_payload_type``,
+    ``bad_red``."""
     decode_errors: int = 0
     """Packets libopus could not decode (concealed instead)."""
 
@@ -221,12 +328,71 @@ class MediaReceiver:
             stats.drops[exc.reason] += 1
             return False
         speaker = self._speakers[flow_id]  # added and removed together with its SRTP flow
-        if packet.payload_type != OPUS_PAYLOAD_TYPE or not packet.payload:
+        redundant: list[RedundantBlock] = []
+        if packet.payload_type == RED_PAYLOAD_TYPE:
+            try:
+                primary, redundant = unpack_red(packet.payload)
+            except RedError:
+                stats.drops["bad_red"] += 1
+                return False
+        elif packet.payload_type == OPUS_PAYLOAD_TYPE and packet.payload:
+            primary = packet.payload
+        else:
             stats.drops["bad_payload_type"] += 1
             return False
-        speaker.jitter.add(packet.sequence_number, packet.timestamp, packet.payload, now)
+        self._count(speaker, packet.sequence_number)
+        jitter = speaker.jitter
+        jitter.add(packet.sequence_number, packet.timestamp, primary, now)
+        for block in redundant:
+            jitter.add_redundant(
+                (packet.sequence_number - block.distance) & 0xFFFF,
+                (packet.timestamp - block.offset) & 0xFFFFFFFF,
+                block.payload,
+            )
+        depth = max((block.distance for block in redundant), default=0)
+        if depth != speaker.redundancy:
+            # A copy is useful only if it arrives before the lost frame's slot: wait `depth`
+            # frames longer while the speaker sends them, and no longer once it stops.
+            speaker.redundancy = depth
+            jitter.set_min_delay(DEFAULT_MIN_DELAY + depth * FRAME_SAMPLES / 48000)
         stats.accepted += 1
         return True
+
+    @staticmethod
+    def _count(speaker: _Speaker, sequence_number: int) -> None:
+        if speaker.highest_seq is None:
+            speaker.highest_seq = speaker.report_base = sequence_number - 1
+        seq = unwrap(sequence_number, speaker.highest_seq, 16)
+        if seq > speaker.report_base:
+            speaker.report_received += 1
+        speaker.highest_seq = max(speaker.highest_seq, seq)
+
+    def reports(self) -> list[FlowReport]:
+        """Per speaker, what arrived since the previous call (for a ``receiver_report``).
+
+        Speakers with nothing expected in the interval (silent, muted) are left out.
+        """
+        result = []
+        for speaker in self._speakers.values():
+            if speaker.highest_seq is None:
+                continue
+            expected = speaker.highest_seq - speaker.report_base
+            if expected <= 0:
+                continue
+            stats = speaker.jitter.stats()
+            result.append(
+                FlowReport(
+                    flow_id=speaker.flow_id,
+                    expected=expected,
+                    lost=max(0, expected - speaker.report_received),
+                    late=max(0, stats.late - speaker.report_late),
+                    jitter_ms=round(stats.jitter * 1000, 1),
+                )
+            )
+            speaker.report_base = speaker.highest_seq
+            speaker.report_received = 0
+            speaker.report_late = stats.late
+        return result
 
     def pull(self, now: float) -> tuple[bytes, dict[str, int]]:
         """One 20 ms frame of every speaker mixed, and each speaker's level (0..127) in it."""

@@ -25,6 +25,7 @@ from salon.daemon.core.forwarder import Outlet
 from salon.daemon.wire.messages import MediaKey
 from salon.media.codec import CodecError, OpusDecoder
 from salon.media.levels import audio_level
+from salon.media.red import RedError, primary_opus
 from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 
 log = logging.getLogger("salon.monitor")
@@ -183,8 +184,8 @@ class AudioMonitor:
                 continue
             flow = self._flows[flow_id]  # open() refused flows the receiver does not know
             try:
-                pcm = flow.decoder.decode(packet.payload)
-            except CodecError:
+                pcm = flow.decoder.decode(primary_opus(packet.payload_type, packet.payload))
+            except (CodecError, RedError):
                 self._drop("malformed")
                 continue
             flow.level += (audio_level(pcm) - flow.level) * SMOOTHING

@@ -21,9 +21,10 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, RtpPacket
+from salon.daemon.wire.rtp import FRAME_SAMPLES, RtpPacket
 from salon.media.codec import OpusEncoder
 from salon.media.mixer import mix_arrays
+from salon.media.red import RedError, primary_opus
 from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 
 from .oggopus import OggOpusWriter
@@ -177,10 +178,11 @@ class RoomRecorder:
             stats.drops[exc.reason] += 1
             return None
         track = self._tracks[flow_id]  # added and removed together with its SRTP flow
-        if packet.payload_type != OPUS_PAYLOAD_TYPE:
-            stats.drops["malformed"] += 1
-            return None
-        if not packet.payload:
+        try:
+            # A RED packet's primary block is the frame; the copies of earlier ones are for
+            # lossy listeners, not for a recorder on the server's own side of the network.
+            packet.payload = primary_opus(packet.payload_type, packet.payload)
+        except RedError:
             stats.drops["malformed"] += 1
             return None
         return track, packet

@@ -1,0 +1,129 @@
+"""RFC 2198 redundancy (RED) and loss reports in the media library, sans-I/O, real Opus and SRTP.
+
+A speaker's packets go through :class:`MediaSender` and :class:`MediaReceiver` with chosen
+packets lost; with RED the receiver rebuilds them from the next packets before their slot,
+without RED it conceals them. The receiver's per-flow report counts the loss the network did.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import numpy as np
+import pytest
+
+from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, peek_media
+from salon.media.codec import OpusEncoder
+from salon.media.red import (
+    RED_PAYLOAD_TYPE,
+    RedError,
+    RedundantBlock,
+    pack_red,
+    primary_opus,
+    unpack_red,
+)
+from salon.media.streams import MediaReceiver, MediaSender, RedundancyPolicy
+
+KEY = base64.b64encode(os.urandom(28)).decode()
+
+
+def test_red_round_trip_and_layout():
+    blocks = [RedundantBlock(2 * FRAME_SAMPLES, b"older"), RedundantBlock(FRAME_SAMPLES, b"old")]
+    payload = pack_red(b"current", blocks)
+    # Two 4-byte headers with F=1, a 1-byte primary header, blocks oldest first.
+    assert payload[0] == 0x80 | OPUS_PAYLOAD_TYPE and payload[8] == OPUS_PAYLOAD_TYPE
+    assert payload.endswith(b"olderoldcurrent")
+    assert unpack_red(payload) == (b"current", blocks)
+    assert unpack_red(pack_red(b"alone", [])) == (b"alone", [])
+    assert primary_opus(RED_PAYLOAD_TYPE, payload) == b"current"
+    assert primary_opus(OPUS_PAYLOAD_TYPE, b"x") == b"x"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        bytes([OPUS_PAYLOAD_TYPE]),  # empty primary
+        bytes([0x80 | 0]) + bytes(3) + b"x",  # a block that is not Opus
+        bytes([0x80 | OPUS_PAYLOAD_TYPE, 0, 0x0F, 0x05, OPUS_PAYLOAD_TYPE]),  # runs past the end
+        bytes([0x80 | OPUS_PAYLOAD_TYPE, 0, 0, 0]),  # ends inside the headers
+        bytes([0x80 | OPUS_PAYLOAD_TYPE]) + (100 << 10 | 1).to_bytes(3, "big") + b"\x6fab",
+        (bytes([0x80 | OPUS_PAYLOAD_TYPE]) + (960 << 10).to_bytes(3, "big")) * 3
+        + bytes([OPUS_PAYLOAD_TYPE, 1]),  # three redundant blocks
+    ],
+)
+def test_malformed_red_is_refused(payload: bytes):
+    with pytest.raises(RedError):
+        unpack_red(payload)
+
+
+def test_policy_switches_with_hysteresis():
+    policy = RedundancyPolicy()
+    assert [policy.update(x) or policy.redundancy for x in (0.0, 0.008)] == [0, 0]
+    policy.update(0.012)
+    assert policy.redundancy == 1 and policy.expected_loss == 1
+    policy.update(0.007)  # between off and on: stays
+    assert policy.redundancy == 1
+    policy.update(0.05)
+    assert policy.redundancy == 2 and policy.expected_loss == 5
+    policy.update(0.025)
+    assert policy.redundancy == 2
+    policy.update(0.01)
+    assert policy.redundancy == 1
+    policy.update(0.0)
+    assert policy.redundancy == 0 and policy.expected_loss == 0
+
+
+def voiced(seconds: float) -> list[bytes]:
+    t = np.arange(int(48000 * seconds)) / 48000
+    signal = 8000 * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    samples = signal.astype("<i2")
+    return [samples[i : i + 960].tobytes() for i in range(0, len(samples) - 959, 960)]
+
+
+def run(loss_every: int, redundancy_loss: float) -> tuple[MediaReceiver, MediaSender]:
+    sender = MediaSender(7, 1234, KEY, OpusEncoder(), sequence_number=65500)
+    sender.on_loss_report(redundancy_loss)
+    receiver = MediaReceiver()
+    receiver.add_speaker("alice", 7, 1234, KEY)
+    now = 0.0
+    for index, pcm in enumerate(voiced(2.0)):
+        datagram = sender.send_pcm(pcm)
+        assert datagram is not None
+        if index % loss_every != loss_every - 1:
+            receiver.receive(datagram, now)
+        receiver.pull(now)
+        now += 0.02
+    return receiver, sender
+
+
+def test_red_fills_every_single_loss_before_its_slot():
+    receiver, sender = run(loss_every=7, redundancy_loss=0.05)
+    assert sender.redundancy == 2 and sender.stats.red == sender.stats.sent
+    stats = receiver.jitter_stats()["alice"]
+    assert stats.redundancy_filled >= 12
+    assert stats.concealed == 0 and stats.lost == 0
+    # The buffer waits for the copies: two frames more than its floor.
+    assert stats.target_delay >= 0.06 - 1e-9
+
+
+def test_without_red_the_same_losses_are_concealed_and_reported():
+    receiver, sender = run(loss_every=7, redundancy_loss=0.0)
+    assert sender.redundancy == 0 and sender.stats.red == 0
+    stats = receiver.jitter_stats()["alice"]
+    assert stats.redundancy_filled == 0 and stats.lost >= 12
+    (report,) = receiver.reports()
+    assert report.flow_id == 7
+    assert report.expected == 100
+    assert report.lost == 14
+    assert receiver.reports() == []  # nothing new since
+
+
+def test_red_packets_keep_the_header_the_forwarder_reads():
+    sender = MediaSender(7, 1234, KEY, OpusEncoder())
+    sender.on_loss_report(0.2)
+    frames = voiced(0.1)
+    datagrams = [sender.send_pcm(pcm) for pcm in frames]
+    header = peek_media(datagrams[-1])
+    assert header.flow_id == 7 and header.ssrc == 1234 and header.level is not None
