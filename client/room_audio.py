@@ -22,6 +22,8 @@ log = logging.getLogger("salon.client.audio")
 
 FRAME_SECONDS = 0.020
 SILENCE = bytes(960 * 2)
+REPORT_INTERVAL = 1.5
+"""Seconds between two receiver reports (PROTOCOL.md asks for one every 1 to 2 s)."""
 
 
 class RoomAudio:
@@ -55,6 +57,11 @@ class RoomAudio:
         self.source_done = False
         self.on_frame_sent: Callable[[int, float], None] | None = None
         self.on_frame_played: Callable[[bytes, float], None] | None = None
+        self.loss_reports: list[msg.LossReport] = []
+        """The server's ``loss_report`` events about this client's own flow (the last 100)."""
+        self.reports_sent = 0
+        self._next_report = 0.0
+        self._report_task: asyncio.Task[Any] | None = None
         self._unmute_task: asyncio.Task[Any] | None = None
         self.stream: StreamPlayer | None = None
         """The room's stream while the server has this client in stream mode."""
@@ -113,6 +120,12 @@ class RoomAudio:
         elif isinstance(event, msg.Muted):
             self.muted = True
             self.muted_by_moderator = True
+        elif isinstance(event, msg.LossReport):
+            sender = self.sender
+            if sender is not None and sender.flow_id == event.flow_id:
+                self.loss_reports = [*self.loss_reports[-99:], event]
+                if sender.on_loss_report(event.loss):
+                    log.info("redundancy now %d (loss %.1f%%)", sender.redundancy, event.loss * 100)
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.sender = None
             self.receiver = MediaReceiver()
@@ -164,6 +177,35 @@ class RoomAudio:
             return
         self._unmute_task = asyncio.ensure_future(self._unmute())
 
+    def _send_reports(self) -> None:
+        reports = self.receiver.reports()
+        client = self.client
+        if not reports or client.closed or client.room is None:
+            return
+        if self._report_task is not None and not self._report_task.done():
+            return  # the previous report is still unanswered (a lossy path): skip this one
+        request = msg.ReceiverReport(
+            id=0,
+            reports=[
+                msg.FlowReception(
+                    flow_id=r.flow_id,
+                    expected=min(r.expected, msg.MAX_REPORT_PACKETS),
+                    lost=min(r.lost, r.expected, msg.MAX_REPORT_PACKETS),
+                    late=min(r.late, r.expected, msg.MAX_REPORT_PACKETS),
+                    jitter_ms=min(r.jitter_ms, 10_000.0),
+                )
+                for r in reports[: msg.MAX_REPORTED_FLOWS]
+            ],
+        )
+        self.reports_sent += 1
+        self._report_task = asyncio.ensure_future(self._report(request))
+
+    async def _report(self, request: msg.ReceiverReport) -> None:
+        try:
+            await self.client.request(request)
+        except Exception as exc:  # a report is advisory: a refusal or a lost connection is fine
+            log.debug("receiver report not taken: %s", exc)
+
     async def _unmute(self) -> None:
         try:
             await self.client.call("unmute")
@@ -199,6 +241,9 @@ class RoomAudio:
         else:
             pcm, levels = self.receiver.pull(now)
         self.levels = levels
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL
+            self._send_reports()
         self.frames_played += 1
         if self.sink is not None:
             self.sink(pcm)

@@ -10,18 +10,22 @@ path is cut for good just before the deadline.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from salon.client.connection import RequestError, SalonClient
 from salon.client.room_audio import RoomAudio
 from tests.conftest import run_daemon
 from tests.lossy_relay import Impairment, _Direction, lossy_relay
+from tests.test_reconnect import eventually
 from tests.test_reliability_support import record, tone_frames
 
 BURSTY = Impairment(loss=0.05, burst_length=2.0)
@@ -130,3 +134,81 @@ async def test_join_duration_ends_the_process_on_time_under_burst_loss(tmp_path:
                 dropped_up=relay.up.stats.dropped,
                 dropped_down=relay.down.stats.dropped,
             )
+
+
+async def test_loss_reports_reach_the_speaker_who_switches_redundancy_on_and_off(tmp_path: Path):
+    async with run_daemon(tmp_path / "state") as live:
+        host = await live.client("Host")
+        await host.create_room("Reports", room="reports")
+        await host.join("reports")
+        speaker = await live.client("Voice")
+        await speaker.join("reports")
+        voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
+        await host.call("invite_to_speak", user=speaker.user)
+        await speaker.call("accept_speak")
+        tasks = [asyncio.ensure_future(voice.run())]
+        lossy = Impairment(loss=0.10)
+        async with lossy_relay(live.host, live.port, down=lossy, seed=11) as relay:
+            ear = await SalonClient.connect(
+                *relay.address,
+                display_name="Ear",
+                fingerprint=live.fingerprint,
+                credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+            )
+            live.clients.append(ear)
+            listening = RoomAudio(ear)  # before the join: it learns the keys from room_state
+            await ear.join("reports")
+            tasks.append(asyncio.ensure_future(listening.run()))
+            try:
+                await eventually(lambda: voice.sender is not None and voice.sender.redundancy == 2)
+                report = voice.loss_reports[-1]
+                assert report.reporters >= 1 and report.loss >= 0.03
+                assert voice.sender is not None and voice.sender.policy.expected_loss >= 3
+                assert voice.sender.stats.red > 0
+                red_before = listening.receiver.jitter_stats()
+                relay.set_impairment(down=Impairment())
+                await eventually(lambda: voice.sender is not None and voice.sender.redundancy == 0)
+                assert voice.loss_reports[-1].loss < 0.005
+                assert listening.reports_sent >= 2
+                filled = sum(s.redundancy_filled for s in red_before.values())
+                record(
+                    "loss_reports_switch_redundancy",
+                    loss_reports=len(voice.loss_reports),
+                    reports_sent=listening.reports_sent,
+                    gaps_filled_by_red=filled,
+                    dropped_down=relay.down.stats.dropped,
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_bad_receiver_reports_get_an_error_and_change_nothing(tmp_path: Path):
+    async with run_daemon(tmp_path / "state") as live:
+        ear = await live.client("Ear")
+        await ear.create_room("Bad reports", room="bad")
+        await ear.join("bad")
+
+        def entry(**fields: Any) -> dict[str, Any]:
+            return {"flow_id": 1, "expected": 50, "lost": 1, **fields}
+
+        for reports, code in [
+            ([entry(lost=51)], "invalid_value"),
+            ([entry(late=60)], "invalid_value"),
+            ([entry(expected=0)], "bad_message"),
+            ([entry(expected=5000)], "bad_message"),
+            ([entry(jitter_ms=-1)], "bad_message"),
+            ([entry()] * 33, "bad_message"),
+            ([entry(flow_id="x")], "bad_message"),
+        ]:
+            with pytest.raises(RequestError) as refused:
+                await ear.call("receiver_report", reports=reports)
+            assert refused.value.code == code, reports
+        # A valid report about a flow that is not in the room is accepted and ignored; a second
+        # one right after is refused.
+        await ear.call("receiver_report", reports=[entry(flow_id=999)])
+        with pytest.raises(RequestError) as refused:
+            await ear.call("receiver_report", reports=[entry()])
+        assert refused.value.code == "rate_limited"
+        assert (await ear.call("ping")) == {}

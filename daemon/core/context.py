@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .lifecycle import RoomLifecycle
     from .membership import Membership
     from .moderation import Moderation
+    from .reception import Reception
     from .recording_control import RecordingControl
     from .schedule import Schedule
     from .speaking_updates import SpeakingUpdates
@@ -94,6 +95,7 @@ class CoreContext:
     invites: Invites
     flows: Flows
     recording: RecordingControl
+    reception: Reception
     lifecycle: RoomLifecycle
     schedule: Schedule
     speaking: SpeakingUpdates

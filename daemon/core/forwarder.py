@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Any
 
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.errors import WireError
@@ -84,7 +85,9 @@ class Flow:
         "muted",
         "on_level",
         "on_seq_jump",
+        "packets",
         "predecessor",
+        "quality",
         "recipients",
         "session",
         "ssrc",
@@ -111,6 +114,10 @@ class Flow:
         ``last_seq`` was set to :data:`NOTIFY_FIRST_PACKET`)."""
         self.predecessor: Flow | None = None
         """The flow this one replaces while both are forwarded (a rotation's grace period)."""
+        self.packets = 0
+        """Packets accepted and forwarded (with the sequence numbers: the uplink's loss)."""
+        self.quality: Any = None
+        """What listeners report of this flow (kept by the core's reception concern)."""
 
     def __repr__(self) -> str:
         return f"Flow(id={self.flow_id}, session={self.session}, group={self.group!r})"
@@ -169,6 +176,7 @@ class Forwarder:
         if seq + SEQ_WRAP_DISTANCE < flow.last_seq and flow.on_seq_jump is not None:
             flow.on_seq_jump(flow, now)
         flow.last_seq = seq
+        flow.packets += 1
         level = header.level
         if level is not None and flow.on_level is not None:
             flow.on_level(level, now)

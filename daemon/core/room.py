@@ -54,6 +54,8 @@ class Member:
     """The media flow while on stage."""
     media_key: messages.MediaKey | None = None
     """The flow's key as sent to the members."""
+    last_report: float = -math.inf
+    """When this member's last receiver report was accepted."""
 
     @property
     def user(self) -> str:

@@ -36,6 +36,7 @@ from .limits import Limits
 from .membership import Membership
 from .moderation import Moderation
 from .permissions import OPERATOR, check_caller
+from .reception import Reception
 from .recording_control import RECORDING_ID_BYTES, RecordingControl
 from .records import RoomRecord
 from .results import Result
@@ -71,6 +72,7 @@ class SalonCore:
         ctx.invites = self._invites = Invites(ctx)
         ctx.flows = self._flows = Flows(ctx)
         ctx.recording = self._recording = RecordingControl(ctx)
+        ctx.reception = self._reception = Reception(ctx)
         ctx.lifecycle = self._lifecycle = RoomLifecycle(ctx)
         ctx.schedule = self._schedule = Schedule(ctx)
         ctx.speaking = self._speaking = SpeakingUpdates(ctx)
@@ -101,6 +103,7 @@ class SalonCore:
             messages.StartRecording: recording.start_recording,
             messages.StopRecording: recording.stop_recording,
             messages.RecordingConsent: recording.recording_consent,
+            messages.ReceiverReport: self._reception.receiver_report,
         }
 
     # ------------------------------------------------------------------ sessions

@@ -379,6 +379,18 @@ class SalonServer:
         if isinstance(request, msg.Ping):
             self._reply_ok(protocol, request.id, {})
             return
+        if isinstance(request, msg.ReceiverReport):
+            # Media housekeeping every second or two per listener: no policy to consult, no
+            # state to persist, so it skips the plugins' review and the store's barriers.
+            try:
+                self.core.check_session_state(protocol.session_id, request)
+                result = self.core.handle_request(protocol.session_id, request, time.time())
+            except CoreError as exc:
+                self._reply_error(protocol, request.id, exc.code, exc.message)
+            else:
+                self._reply_ok(protocol, request.id, result)
+            self._pump()
+            return
         kind = request.__struct_config__.tag
         if kind in msg.STORED_REQUESTS and not self.store_available():
             self._reply_error(

@@ -409,6 +409,29 @@ class SetStream(_Request, kw_only=True, tag="set_stream"):
     on: bool
 
 
+MAX_REPORTED_FLOWS = 32
+"""Most flows one ``receiver_report`` may describe."""
+MAX_REPORT_PACKETS = 1000
+"""Most packets one flow's entry may count (a report covers at most a few seconds)."""
+
+
+class FlowReception(msgspec.Struct, kw_only=True):
+    """What a listener received of one speaker's flow since its previous report."""
+
+    flow_id: Annotated[int, msgspec.Meta(ge=0, le=(1 << 62) - 1)]
+    expected: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPORT_PACKETS)]
+    lost: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPORT_PACKETS)]
+    late: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPORT_PACKETS)] = 0
+    jitter_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 0.0
+
+
+class ReceiverReport(_Request, kw_only=True, tag="receiver_report"):
+    """A listener's loss, late packets and jitter per speaker flow (every 1-2 s while it hears
+    audio); the server aggregates them per speaker and tells the speaker (``loss_report``)."""
+
+    reports: Annotated[list[FlowReception], msgspec.Meta(max_length=MAX_REPORTED_FLOWS)]
+
+
 Request = Union[
     Hello,
     Ping,
@@ -446,6 +469,7 @@ Request = Union[
     StopRecording,
     RecordingConsent,
     SetStream,
+    ReceiverReport,
 ]
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
@@ -708,6 +732,22 @@ class Stream(_Event, kw_only=True, tag="stream"):
     """URL of the room's HLS playlist signed for this member; null: real-time media."""
 
 
+class LossReport(_Event, kw_only=True, tag="loss_report"):
+    """To a speaker: how their flow ``flow_id`` reaches the room (at most once a second).
+
+    ``loss`` is the fraction to protect against: the larger of ``uplink_loss`` (measured by the
+    server from sequence numbers) and the 75th percentile of the listeners' reported loss.
+    """
+
+    room: str
+    flow_id: int
+    loss: float
+    uplink_loss: float
+    late: float
+    jitter_ms: float
+    reporters: int
+
+
 Event = Union[
     RoomState,
     RoomUpdated,
@@ -736,6 +776,7 @@ Event = Union[
     RecordingConsentChanged,
     ServerShutdown,
     Stream,
+    LossReport,
 ]
 
 EVENT_TYPES: dict[str, type[_Event]] = {

@@ -1,0 +1,140 @@
+"""How each speaker's audio reaches the room: listeners' receiver reports, the server's own view
+of the uplink, and the ``loss_report`` each speaker gets to size its redundancy.
+
+A listener sends ``receiver_report`` every 1-2 s with, per speaker flow, the packets it expected,
+lost and got late and its jitter. Each flow keeps the latest report of each listener (for
+:data:`REPORT_TTL` seconds). The forwarder counts the packets it accepts on the flow, and the
+sequence numbers say how many were sent, so the server knows the uplink loss without reading a
+byte of audio. At most every :data:`LOSS_REPORT_INTERVAL` seconds, when a report comes in, the
+speaker is told the larger of the uplink loss and the 75th percentile of the listeners' loss:
+a robust figure that one listener on a bad link cannot push up for the whole room, since
+redundancy costs every listener's bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from salon.daemon.wire import messages
+from salon.daemon.wire.messages import ErrorCode
+
+from .context import Actor, Concern
+from .errors import CoreError
+from .forwarder import Flow
+from .results import Done, Result
+from .room import Member, Room
+
+MIN_REPORT_INTERVAL = 0.5
+"""A session's reports closer together than this are refused with ``rate_limited``."""
+REPORT_TTL = 5.0
+"""A listener's report counts for this many seconds."""
+LOSS_REPORT_INTERVAL = 1.0
+"""A speaker gets a ``loss_report`` at most this often."""
+PERCENTILE = 0.75
+
+
+@dataclass
+class _Listened:
+    loss: float
+    late: float
+    jitter_ms: float
+    at: float
+
+
+@dataclass
+class FlowQuality:
+    """Reports and uplink counters of one flow (kept on the flow, gone with it)."""
+
+    reports: dict[int, _Listened] = field(default_factory=dict)
+    """Latest report by listener session."""
+    last_sent: float = float("-inf")
+    seq_mark: int | None = None
+    packets_mark: int = 0
+
+
+def percentile(values: list[float], fraction: float = PERCENTILE) -> float:
+    """Nearest-rank percentile of ``values`` (not empty): index round(fraction * (n - 1))."""
+    ordered = sorted(values)
+    return ordered[round(fraction * (len(ordered) - 1))]
+
+
+class Reception(Concern):
+    """Receiver reports in, ``loss_report`` events out."""
+
+    def receiver_report(self, actor: Actor, request: messages.ReceiverReport, now: float) -> Result:
+        member = self._self(actor)
+        for entry in request.reports:
+            if entry.lost > entry.expected or entry.late > entry.expected:
+                raise CoreError(
+                    ErrorCode.INVALID_VALUE,
+                    f"flow {entry.flow_id}: lost and late cannot exceed expected",
+                )
+        if now - member.last_report < MIN_REPORT_INTERVAL:
+            raise CoreError(
+                ErrorCode.RATE_LIMITED,
+                f"receiver reports at most every {MIN_REPORT_INTERVAL} s",
+            )
+        member.last_report = now
+        room = actor.room
+        speakers = {
+            m.flow.flow_id: m
+            for m in room.members.values()
+            if m.flow is not None and m.session != member.session
+        }
+        for entry in request.reports:
+            speaker = speakers.get(entry.flow_id)
+            if speaker is None:
+                continue  # a flow revoked meanwhile, or none of this room: nothing to tell
+            flow = speaker.flow
+            assert flow is not None
+            quality = flow.quality
+            if quality is None:
+                quality = flow.quality = FlowQuality()
+            quality.reports[member.session] = _Listened(
+                entry.lost / entry.expected, entry.late / entry.expected, entry.jitter_ms, now
+            )
+            self._tell(room, speaker, flow, quality, now)
+        return Done()
+
+    def _tell(
+        self, room: Room, speaker: Member, flow: Flow, quality: FlowQuality, now: float
+    ) -> None:
+        if now - quality.last_sent < LOSS_REPORT_INTERVAL:
+            return
+        reports = quality.reports
+        for session in [s for s, r in reports.items() if now - r.at > REPORT_TTL]:
+            del reports[session]
+        if not reports:
+            return
+        quality.last_sent = now
+        uplink = self._uplink_loss(flow, quality)
+        listened = list(reports.values())
+        heard_loss = percentile([r.loss for r in listened])
+        self._send(
+            (speaker.session,),
+            messages.LossReport(
+                room=room.id,
+                flow_id=flow.flow_id,
+                loss=round(max(uplink, heard_loss), 4),
+                uplink_loss=round(uplink, 4),
+                late=round(percentile([r.late for r in listened]), 4),
+                jitter_ms=round(percentile([r.jitter_ms for r in listened]), 1),
+                reporters=len(listened),
+            ),
+        )
+
+    @staticmethod
+    def _uplink_loss(flow: Flow, quality: FlowQuality) -> float:
+        """Loss between the speaker and the server since the previous loss report."""
+        seq = flow.last_seq
+        if seq > 0xFFFF:  # a rotated flow's first packet has not come yet
+            return 0.0
+        previous, quality.seq_mark = quality.seq_mark, seq
+        packets = flow.packets - quality.packets_mark
+        quality.packets_mark = flow.packets
+        if previous is None:
+            return 0.0
+        expected = (seq - previous) & 0xFFFF
+        if expected <= 0 or packets >= expected:
+            return 0.0
+        return 1.0 - packets / expected
