@@ -69,6 +69,9 @@ REQUEST_SAMPLES: dict[str, dict[str, Any]] = {
     "start_recording": {},
     "stop_recording": {},
     "recording_consent": {"consent": True},
+    "receiver_report": {
+        "reports": [{"flow_id": 4, "expected": 75, "lost": 4, "late": 1, "jitter_ms": 6.5}]
+    },
 }
 
 SUMMARY = m.RoomSummary(room="jazz", title="Late night jazz", topics=["jazz"], owner="ada")
@@ -120,6 +123,15 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
     m.RecordingConsentRequested(room="jazz", recording="pW2xK9qLm0Za"),
     m.RecordingConsentChanged(room="jazz", user="bob", consent=True),
     m.ServerShutdown(reason="maintenance", reconnect_after=30.0),
+    m.LossReport(
+        room="jazz",
+        flow_id=4,
+        loss=0.05,
+        uplink_loss=0.01,
+        late=0.0,
+        jitter_ms=6.5,
+        reporters=3,
+    ),
 ]
 
 REPLY_SAMPLES: list[msgspec.Struct] = [
@@ -154,7 +166,7 @@ def test_every_request_type_decodes(request_type: str) -> None:
     assert type(request) is REQUEST_TYPES[request_type]
     assert request.id == 42
     for name, value in fields.items():
-        assert getattr(request, name) == value
+        assert msgspec.to_builtins(getattr(request, name)) == value
     assert decode_request(encode(request)) == request
 
 
