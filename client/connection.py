@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
+from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
 from salon.quic.protocol import CLIENT_ACK_DELAY, ClientProtocol
 
 log = logging.getLogger("salon.client")
@@ -209,6 +210,7 @@ class SalonClient:
             max_datagram_frame_size=max_datagram_frame_size,
             server_name=server_name or host,
             idle_timeout=idle_timeout,
+            congestion_control_algorithm=MEDIA_CONGESTION_CONTROL,
         )
         expected = normalize_fingerprint(fingerprint) if fingerprint else None
         if insecure and not expected:

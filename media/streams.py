@@ -35,6 +35,8 @@ from .srtp import SrtpError, SrtpReceiver, SrtpSender, key_from_base64
 from .timeline import unwrap
 
 _SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
+# Packets in a row with less redundancy before the playout floor comes down (2 s of audio).
+_REDUNDANCY_HOLD = 100
 
 
 @dataclass
@@ -60,10 +62,12 @@ class SenderStats:
 class RedundancyPolicy:
     """How much protection a speaker adds for the loss the server reports, with hysteresis.
 
-    In-band FEC is sized for the reported loss (capped at :attr:`max_fec_loss` percent). RED
+    While RED is off, in-band FEC is sized for the reported loss (capped at
+    :attr:`max_fec_loss` percent); with RED on it is sized for none (see :meth:`update`). RED
     carries one earlier frame from :attr:`red_on` loss and two from :attr:`red_two`; each step
-    goes back down only below a lower threshold (:attr:`red_off`, :attr:`red_one`), so loss
-    hovering around a threshold does not flip the packet format every report.
+    goes back down only below a lower threshold (:attr:`red_off`, :attr:`red_one`) in
+    :attr:`hold_reports` reports in a row, so loss hovering around a threshold does not flip
+    the packet format (and the listeners' delay) every report.
     """
 
     red_on = 0.01
@@ -71,8 +75,10 @@ class RedundancyPolicy:
     red_two = 0.03
     red_one = 0.02
     max_fec_loss = 25
+    hold_reports = 3
 
     def __init__(self) -> None:
+        self._low_reports = 0
         self.redundancy = 0
         """Earlier frames each packet carries now (0, 1 or 2)."""
         self.expected_loss = 0
@@ -81,18 +87,24 @@ class RedundancyPolicy:
     def update(self, loss: float) -> bool:
         """Take a reported loss fraction (0..1); return whether the redundancy changed."""
         loss = min(max(loss, 0.0), 1.0)
-        self.expected_loss = min(self.max_fec_loss, round(loss * 100))
         level = self.redundancy
         if level == 0 and loss >= self.red_on:
             level = 1
         if level >= 1 and loss >= self.red_two:
             level = 2
-        elif level == 2 and loss < self.red_one:
-            level = 1
-        if level == 1 and loss < self.red_off:
-            level = 0
+        # Stepping down waits for `hold_reports` low reports in a row: loss measured over a
+        # second or two of packets is noisy, and each change moves the listeners' playout delay.
+        lower = (level == 2 and loss < self.red_one) or (level == 1 and loss < self.red_off)
+        self._low_reports = self._low_reports + 1 if lower else 0
+        if self._low_reports >= self.hold_reports:
+            level -= 1
+            self._low_reports = 0
         changed = level != self.redundancy
         self.redundancy = level
+        # In-band FEC data for frame N rides in packet N + 1, which with RED carries all of
+        # frame N anyway: FEC then only costs the primary frame bits (at 32 kbit/s, sizing it
+        # for 10% loss takes WB-PESQ from 3.72 to 3.24 on the codec alone).
+        self.expected_loss = 0 if level else min(self.max_fec_loss, round(loss * 100))
         return changed
 
 
@@ -232,7 +244,9 @@ class _Speaker:
     report_late: int = 0
     """The jitter buffer's late count at the last report."""
     redundancy: int = 0
-    """Earlier frames the speaker's last packet carried (RED depth)."""
+    """Earlier frames the speaker's packets carry (RED depth), as the playout floor follows."""
+    redundancy_seen: int = 0
+    """Packets in a row with fewer copies than ``redundancy``."""
 
 
 @dataclass(frozen=True)
@@ -350,10 +364,16 @@ class MediaReceiver:
                 block.payload,
             )
         depth = max((block.distance for block in redundant), default=0)
-        if depth != speaker.redundancy:
+        if depth >= speaker.redundancy:
+            speaker.redundancy_seen = 0
+        else:
+            speaker.redundancy_seen += 1
+        if depth > speaker.redundancy or speaker.redundancy_seen > _REDUNDANCY_HOLD:
             # A copy is useful only if it arrives before the lost frame's slot: wait `depth`
-            # frames longer while the speaker sends them, and no longer once it stops.
+            # frames longer while the speaker sends them, and no longer once it stopped for a
+            # while (the first packets of a talkspurt carry fewer copies: no flapping).
             speaker.redundancy = depth
+            speaker.redundancy_seen = 0
             jitter.set_min_delay(DEFAULT_MIN_DELAY + depth * FRAME_SAMPLES / 48000)
         stats.accepted += 1
         return True

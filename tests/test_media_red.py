@@ -60,19 +60,21 @@ def test_malformed_red_is_refused(payload: bytes):
 
 def test_policy_switches_with_hysteresis():
     policy = RedundancyPolicy()
-    assert [policy.update(x) or policy.redundancy for x in (0.0, 0.008)] == [0, 0]
+    assert [(policy.update(x), policy.redundancy)[1] for x in (0.0, 0.008)] == [0, 0]
+    assert policy.expected_loss == 1  # no RED yet: in-band FEC sized for the loss
     policy.update(0.012)
-    assert policy.redundancy == 1 and policy.expected_loss == 1
+    assert policy.redundancy == 1 and policy.expected_loss == 0  # RED carries it all
     policy.update(0.007)  # between off and on: stays
     assert policy.redundancy == 1
     policy.update(0.05)
-    assert policy.redundancy == 2 and policy.expected_loss == 5
+    assert policy.redundancy == 2 and policy.expected_loss == 0
     policy.update(0.025)
     assert policy.redundancy == 2
-    policy.update(0.01)
-    assert policy.redundancy == 1
-    policy.update(0.0)
-    assert policy.redundancy == 0 and policy.expected_loss == 0
+    # Down one step only after three low reports in a row; a high one starts the count again.
+    assert [(policy.update(x), policy.redundancy)[1] for x in (0.01, 0.01, 0.05)] == [2, 2, 2]
+    assert [(policy.update(0.01), policy.redundancy)[1] for _ in range(3)] == [2, 2, 1]
+    assert [(policy.update(0.0), policy.redundancy)[1] for _ in range(3)] == [1, 1, 0]
+    assert policy.expected_loss == 0
 
 
 def voiced(seconds: float) -> list[bytes]:

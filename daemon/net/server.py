@@ -31,6 +31,7 @@ from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.framing import frame_message
 from salon.daemon.wire.text import TextError, check_text
+from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
 from salon.quic.fastpath import supported as fastpath_supported
 from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
@@ -153,6 +154,7 @@ class SalonServer:
             is_client=False,
             max_datagram_frame_size=65536,
             idle_timeout=self.config.server.idle_timeout,
+            congestion_control_algorithm=MEDIA_CONGESTION_CONTROL,
         )
         configuration.load_cert_chain(self._certificate, self._private_key)
         return configuration

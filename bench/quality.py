@@ -1,0 +1,331 @@
+"""Speech quality through salond on lossy paths: WB-PESQ, bytes on the wire, mouth-to-ear.
+
+espeak-ng speaks two sentences; a reference client (``RoomAudio``, as ``salon join --play``)
+speaks them in a room of a salond process, and another (as ``salon join --record``) records
+what it plays. The listener reaches salond through ``tests/lossy_relay.py`` on loopback, which
+impairs the listener's link in both directions (media down, acknowledgements and reports up):
+clean, 2, 5 and 10% random loss, 5% loss in bursts (mean burst 2 packets), and 0-40 ms random
+extra delay (jitter, which reorders). The speaker's link is clean. The first sentence lets the
+loss reports reach the speaker (about 2 s); only the second is scored.
+
+Per condition:
+- WB-PESQ (ITU-T P.862.2, the ``pesq`` package) of the recording against the source, both at
+  16 kHz, after aligning the recording by cross-correlation; next to it the codec alone: the
+  same Opus encoder at the same bitrate, no network, decoded and scored the same way (the
+  baseline of the same run);
+- bytes per second the speaker's socket sends and the listener's link carries (the relay's
+  count of what it forwards down, before loss), UDP payload, while the scored sentence plays;
+- mouth-to-ear: for each 200 ms stretch of the scored speech, the time from its capture (handed
+  to the encoder) to its playout (handed to the sound device), from the cross-correlation lag
+  of that stretch; p50 and p95 over the stretches;
+- what the speaker did: the redundancy it ended with and the loss the server reported to it.
+
+    python bench/quality.py                 # every condition (about 2 minutes)
+    python bench/quality.py --only clean,loss5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import start_server
+from bench.mouth_to_ear import ByteCounter, count_sent
+from salon.client.audiofile import read_audio
+from salon.client.connection import SalonClient
+from salon.client.room_audio import RoomAudio
+from salon.media.codec import OpusDecoder, OpusEncoder
+from tests.lossy_relay import Impairment, lossy_relay
+
+RATE = 48000
+FRAME = 960
+PESQ_RATE = 16000
+BITRATE = 32000
+WARMUP_TEXT = "Good evening and welcome to the salon. Tonight we talk about networks."
+SCORED_TEXT = (
+    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
+    "It is easy to tell the depth of a well. These days a chicken leg is a rare dish."
+)
+CONDITIONS: dict[str, tuple[str, Impairment]] = {
+    "clean": ("clean", Impairment()),
+    "loss2": ("2% random loss", Impairment(loss=0.02)),
+    "loss5": ("5% random loss", Impairment(loss=0.05)),
+    "loss10": ("10% random loss", Impairment(loss=0.10)),
+    "burst5": ("5% loss in bursts (mean 2)", Impairment(loss=0.05, burst_length=2.0)),
+    "jitter40": ("0-40 ms random delay", Impairment(jitter=0.040)),
+}
+
+
+def speak(text: str, path: Path) -> npt.NDArray[np.int16]:
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    return read_audio(path)
+
+
+def to_pesq_rate(samples: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    import soxr
+
+    return np.asarray(
+        soxr.resample(samples.astype(np.float32) / 32768.0, RATE, PESQ_RATE), dtype=np.float32
+    )
+
+
+def wb_pesq(reference: npt.NDArray[np.int16], degraded: npt.NDArray[np.int16]) -> float:
+    from pesq import pesq
+
+    return float(pesq(PESQ_RATE, to_pesq_rate(reference), to_pesq_rate(degraded), "wb"))
+
+
+def codec_alone(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """The samples through the same Opus encoder and decoder, nothing lost."""
+    encoder, decoder = OpusEncoder(bitrate=BITRATE), OpusDecoder()
+    out = []
+    padded = np.concatenate([samples, np.zeros(-len(samples) % FRAME, dtype=np.int16)])
+    for start in range(0, len(padded), FRAME):
+        packet = encoder.encode(padded[start : start + FRAME].astype("<i2").tobytes())
+        if encoder.is_dtx(packet):
+            out.append(np.zeros(FRAME, dtype=np.int16))
+        else:
+            out.append(np.frombuffer(decoder.decode(packet), dtype="<i2"))
+    return np.concatenate(out)[: len(samples)]
+
+
+def lag_of(reference: npt.NDArray[Any], recording: npt.NDArray[Any]) -> int:
+    """Samples by which ``reference`` appears delayed in ``recording`` (FFT cross-correlation)."""
+    size = 1 << int(np.ceil(np.log2(len(reference) + len(recording))))
+    spectrum = np.fft.rfft(recording.astype(np.float64), size) * np.conj(
+        np.fft.rfft(reference.astype(np.float64), size)
+    )
+    correlation = np.fft.irfft(spectrum, size)[: len(recording)]
+    return int(np.argmax(correlation))
+
+
+@dataclass
+class Outcome:
+    name: str
+    label: str
+    pesq: float
+    codec_pesq: float
+    speaker_bytes_per_s: float
+    listener_bytes_per_s: float
+    m2e_p50_ms: float
+    m2e_p95_ms: float
+    redundancy: int
+    reported_loss: float
+    dropped: int
+    forwarded: int
+    filled_by_red: int
+    fec_recovered: int
+    concealed: int
+
+
+def guest_key(name: str) -> str:
+    digest = hashlib.sha256(f"bench-quality/{name}/{os.getpid()}".encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+async def run_condition(
+    name: str,
+    label: str,
+    impairment: Impairment,
+    server: Any,
+    warmup: npt.NDArray[np.int16],
+    scored: npt.NDArray[np.int16],
+    codec_score: float,
+    seed: int,
+) -> Outcome:
+    host, port, fingerprint = server.host, server.port, server.fingerprint
+
+    async def connect(who: str, at: tuple[str, int]) -> SalonClient:
+        return await SalonClient.connect(
+            *at,
+            display_name=who,
+            fingerprint=fingerprint,
+            credentials={"guest_key": guest_key(f"{name}/{who}")},
+        )
+
+    gap = np.zeros(RATE // 2, dtype=np.int16)
+    tail = np.zeros(RATE, dtype=np.int16)
+    source = np.concatenate([warmup, gap, scored, tail])
+    scored_start = len(warmup) + len(gap)
+    frames = [
+        np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)]).tobytes()
+        for chunk in (source[i : i + FRAME] for i in range(0, len(source), FRAME))
+    ]
+    room = f"q-{name}"
+    async with lossy_relay(host, port, up=impairment, down=impairment, seed=seed) as relay:
+        owner = await connect("Host", (host, port))
+        speaker = await connect("Speaker", (host, port))
+        listener = await connect("Listener", relay.address)
+        clients = [owner, speaker, listener]
+        try:
+            await owner.create_room(f"quality {label}", room=room)
+            await owner.join(room)
+            invite = (await owner.call("create_invite", role="speaker"))["invite"]["token"]
+            sent_at: dict[int, float] = {}
+            played: list[tuple[float, bytes]] = []
+            talk = RoomAudio(speaker, source=iter(frames), auto_unmute=True, bitrate=BITRATE)
+            hear = RoomAudio(listener)
+            talk.on_frame_sent = lambda count, now: sent_at.setdefault(count - 1, now)
+            hear.on_frame_played = lambda pcm, now: played.append((now, pcm))
+            await listener.join(room)
+            await speaker.join(room, invite=invite)
+            up = ByteCounter()
+            count_sent(speaker, up)
+            stop = asyncio.Event()
+            tasks = [
+                asyncio.ensure_future(talk.run(stop=stop)),
+                asyncio.ensure_future(hear.run(stop=stop)),
+            ]
+            loop = asyncio.get_running_loop()
+            scored_frame = scored_start // FRAME
+            while len(sent_at) <= scored_frame:
+                await asyncio.sleep(0.02)
+            up.counting = True
+            down_before = relay.down.stats.bytes_forwarded
+            started = loop.time()
+            scored_frames = len(scored) // FRAME
+            while len(sent_at) <= scored_frame + scored_frames and not talk.source_done:
+                await asyncio.sleep(0.02)
+            seconds = loop.time() - started
+            up.counting = False
+            down_bytes = relay.down.stats.bytes_forwarded - down_before
+            while not talk.source_done:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*tasks)
+            sender = talk.sender
+            redundancy = sender.redundancy if sender is not None else 0
+            reported = talk.loss_reports[-1].loss if talk.loss_reports else 0.0
+            buffers = list(hear.receiver.jitter_stats().values())
+        finally:
+            for client in clients:
+                await client.close()
+
+    recording = np.frombuffer(b"".join(pcm for _, pcm in played), dtype="<i2")
+    # Where the scored sentence is in the recording, then score exactly that stretch.
+    lag = lag_of(scored, recording)
+    heard = recording[lag : lag + len(scored)]
+    if len(heard) < len(scored):
+        heard = np.concatenate([heard, np.zeros(len(scored) - len(heard), dtype=np.int16)])
+    score = wb_pesq(scored, heard)
+    # Mouth-to-ear per 200 ms stretch: capture time of the stretch vs its playout time.
+    play_times = [now for now, _ in played]
+    latencies = []
+    stretch = RATE // 5
+    for offset in range(0, len(scored) - stretch, stretch):
+        piece = scored[offset : offset + stretch]
+        if np.abs(piece.astype(np.int32)).max() < 1000:
+            continue
+        window_start = max(0, lag + offset - RATE // 10)
+        window = recording[window_start : window_start + stretch + RATE // 5]
+        if len(window) < stretch:
+            continue
+        where = window_start + lag_of(piece, window)
+        source_index = scored_start + offset
+        captured = sent_at.get(source_index // FRAME)
+        frame = where // FRAME
+        if captured is None or frame >= len(play_times):
+            continue
+        captured += (source_index % FRAME) / RATE
+        latencies.append(play_times[frame] + (where % FRAME) / RATE - captured)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000 if latencies else float("nan")
+    p95 = (
+        latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1000
+        if latencies
+        else float("nan")
+    )
+    return Outcome(
+        name=name,
+        label=label,
+        pesq=round(score, 2),
+        codec_pesq=round(codec_score, 2),
+        speaker_bytes_per_s=round(up.bytes / seconds),
+        listener_bytes_per_s=round(down_bytes / seconds),
+        m2e_p50_ms=round(p50, 1),
+        m2e_p95_ms=round(p95, 1),
+        redundancy=redundancy,
+        reported_loss=round(reported, 3),
+        dropped=relay.down.stats.dropped + relay.up.stats.dropped,
+        forwarded=relay.down.stats.forwarded,
+        filled_by_red=sum(b.redundancy_filled for b in buffers),
+        fec_recovered=sum(b.fec_recovered for b in buffers),
+        concealed=sum(b.concealed for b in buffers),
+    )
+
+
+async def main_async(args: argparse.Namespace) -> list[Outcome]:
+    with tempfile.TemporaryDirectory(prefix="salon-quality-") as tmp:
+        warmup = speak(WARMUP_TEXT, Path(tmp) / "warmup.wav")
+        scored = speak(SCORED_TEXT, Path(tmp) / "scored.wav")
+        codec_score = wb_pesq(scored, codec_alone(scored))
+        print(f"codec alone ({BITRATE // 1000} kbit/s): WB-PESQ {codec_score:.2f}", file=sys.stderr)
+        server = start_server("salond", Path(tmp) / "state")
+        outcomes = []
+        try:
+            for index, name in enumerate(args.only):
+                label, impairment = CONDITIONS[name]
+                outcome = await run_condition(
+                    name, label, impairment, server, warmup, scored, codec_score, seed=index + 1
+                )
+                print(json.dumps(vars(outcome)), file=sys.stderr, flush=True)
+                outcomes.append(outcome)
+        finally:
+            server.stop()
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = [
+        "| listener's link | WB-PESQ through salond | codec alone | ratio | speaker B/s | "
+        "listener link B/s | mouth-to-ear p50 / p95 ms | redundancy at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        lines.append(
+            f"| {o.label} | {o.pesq:.2f} | {o.codec_pesq:.2f} | {o.pesq / o.codec_pesq:.2f} | "
+            f"{o.speaker_bytes_per_s} | {o.listener_bytes_per_s} | "
+            f"{o.m2e_p50_ms:.0f} / {o.m2e_p95_ms:.0f} | {o.redundancy} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=list(CONDITIONS),
+        help=f"comma-separated conditions among {', '.join(CONDITIONS)}",
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.only) - set(CONDITIONS)
+    if unknown:
+        parser.error(f"unknown conditions {sorted(unknown)}")
+    outcomes = asyncio.run(main_async(args))
+    print(table(outcomes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
