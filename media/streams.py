@@ -240,7 +240,7 @@ class _Speaker:
     report_base: int = 0
     """``highest_seq`` at the last report: the next report covers what came after it."""
     report_received: int = 0
-    """Packets received since the last report."""
+    """Packets received since the last report (whatever their sequence number)."""
     report_late: int = 0
     """The jitter buffer's late count at the last report."""
     redundancy: int = 0
@@ -383,8 +383,10 @@ class MediaReceiver:
         if speaker.highest_seq is None:
             speaker.highest_seq = speaker.report_base = sequence_number - 1
         seq = unwrap(sequence_number, speaker.highest_seq, 16)
-        if seq > speaker.report_base:
-            speaker.report_received += 1
+        # Every arrival counts in the interval it arrives in, as RFC 3550 A.3 counts: a packet
+        # reordered across a report boundary makes one interval look lossier and the next
+        # one less, instead of counting as lost for good.
+        speaker.report_received += 1
         speaker.highest_seq = max(speaker.highest_seq, seq)
 
     def reports(self) -> list[FlowReport]:
