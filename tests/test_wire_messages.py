@@ -69,6 +69,7 @@ REQUEST_SAMPLES: dict[str, dict[str, Any]] = {
     "start_recording": {},
     "stop_recording": {},
     "recording_consent": {"consent": True},
+    "set_stream": {"on": True},
     "receiver_report": {
         "reports": [{"flow_id": 4, "expected": 75, "lost": 4, "late": 1, "jitter_ms": 6.5}]
     },
@@ -123,6 +124,7 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
     m.RecordingConsentRequested(room="jazz", recording="pW2xK9qLm0Za"),
     m.RecordingConsentChanged(room="jazz", user="bob", consent=True),
     m.ServerShutdown(reason="maintenance", reconnect_after=30.0),
+    m.Stream(room="jazz", playlist=None),
     m.LossReport(
         room="jazz",
         flow_id=4,
