@@ -18,15 +18,19 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from salon.daemon import __version__
 from salon.daemon.auth import BuiltinAuthenticator
 from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
 from salon.daemon.core import Limits, SalonCore
+from salon.daemon.pipeline import RequestPipeline
 from salon.daemon.store import DATABASE_NAME, Persistence, StoreError, open_store, redact_url
 from salon.daemon.tls import TlsError, ensure_certificate, load_material
 from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collector
+
+if TYPE_CHECKING:
+    from salon.daemon.admin.server import AdminServer
 
 log = logging.getLogger("salon")
 
@@ -98,27 +102,28 @@ class Daemon:
         else:
             self.tls = ensure_certificate(config.tls_dir, config.server.public_name)
         self.core = SalonCore(core_limits(config))
+        # Every request -- a client's, an operator's, a plugin's -- goes through this one
+        # pipeline: policy review, core, event pump, commit barrier (daemon/pipeline.py).
+        self.pipeline = RequestPipeline(
+            self.core, BuiltinAuthenticator(config.auth.tokens, config.auth.allow_guests)
+        )
         self.server = SalonServer(
-            config,
-            self.core,
-            BuiltinAuthenticator(config.auth.tokens, config.auth.allow_guests),
-            str(self.tls.certificate),
-            str(self.tls.private_key),
+            config, self.pipeline, str(self.tls.certificate), str(self.tls.private_key)
         )
         # The store is opened and restored into the core before the socket is bound, and
         # closed last. Acknowledgements wait for its commits (commit-before-ack).
         self.store = open_store(config.store.url, config.server.state_dir)
         self.persistence = Persistence(self.store)
-        self.server.observers.append(self.persistence.observe)
-        self.server.commit_barriers.append(self.store.commit)
-        self.server.store_available = lambda: self.store.available
-        self.server.store_changes = lambda: self.persistence.recorded
+        self.pipeline.observers.append(self.persistence.observe)
+        self.pipeline.commit_barriers.append(self.store.commit)
+        self.pipeline.store_available = lambda: self.store.available
+        self.pipeline.store_changes = lambda: self.persistence.recorded
         # Plugins authenticate clients and review every request before the core sees it
         # (docs/plugin_hooks.md); the built-in guest/token authentication is one of them.
-        self.plugins = PluginHost(config, self.server)
-        self.server.authenticator = self.plugins.authenticator
-        self.server.policy = self.plugins.policy
-        self.server.observers.append(self.plugins.observe)
+        self.plugins = PluginHost(config, self.pipeline, self.server.stats)
+        self.pipeline.authenticator = self.plugins.authenticator
+        self.pipeline.policy = self.plugins.policy
+        self.pipeline.observers.append(self.plugins.observe)
         # Recorders run on their own thread, fed with copies of the consenting speakers'
         # datagrams (daemon/recording); the index of recordings lives in the store.
         from salon.daemon.recording import RecordingService, StoreRecordingIndex
@@ -131,7 +136,7 @@ class Daemon:
             disk_limit=int(config.limits.recording_disk_mib * 2**20),
             on_limit=self._recording_limited,
         )
-        self.server.observers.append(self.recordings.on_core_event)
+        self.pipeline.observers.append(self.recordings.on_core_event)
         self.stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
@@ -156,20 +161,40 @@ class Daemon:
                 config.server.state_dir / "stream",
                 base_url=self._stream_base_url,
             )
-            self.server.observers.append(self.streams.on_core_event)
+            self.pipeline.observers.append(self.streams.on_core_event)
             self.server.stream_mode = self.streams
             add_stream_routes(self.http, self.streams)
             self.components.append(self.streams)
         if self.http is not None:
             self.components.append(self.http)
+        self.admin: AdminServer | None = None
         if config.admin.enabled:
             from salon.daemon.admin.server import AdminServer
 
-            self.components.append(AdminServer(self))
+            self.admin = AdminServer(
+                config.admin_socket,
+                self.pipeline,
+                self.server,
+                self.store,
+                self.recordings.index,
+                self.tls.fingerprint,
+                streams=self.streams,
+            )
+            self.components.append(self.admin)
         if config.metrics.enabled:
             from salon.daemon.metrics import MetricsEndpoint
 
-            self.components.append(MetricsEndpoint(self))
+            admin = self.admin
+            self.components.append(
+                MetricsEndpoint(
+                    config.metrics,
+                    self.pipeline,
+                    self.server,
+                    self.store,
+                    admin_clients=(lambda: admin.client_count) if admin is not None else None,
+                    streams=self.streams,
+                )
+            )
 
     async def start(self) -> None:
         await self._open_store()
@@ -178,7 +203,7 @@ class Daemon:
         except BaseException:
             await self.store.stop()
             raise
-        self.server.after_core_change()  # arm the timers the restore set (bans, reminders)
+        self.pipeline.pump()  # arm the timers the restore set (bans, reminders)
         for component in self.components:
             await component.start()
         log.info("salond %s listening on %s:%d (udp, ALPN salon/1)", __version__, host, port)
@@ -205,12 +230,12 @@ class Daemon:
     def _recording_failed(self, room: str, recording: str) -> None:
         """A recorder gave up (e.g. the disk is full): end the recording and tell the room."""
         if self.core.stop_recording(room, recording, "failed", time.time()):
-            self.server.after_core_change()
+            self.pipeline.pump()
 
     def _recording_limited(self, room: str, recording: str, why: str) -> None:
         """A recording reached a bound (``limits.recording_*``): end it and tell the room."""
         if self.core.stop_recording(room, recording, "limit", time.time(), why=why):
-            self.server.after_core_change()
+            self.pipeline.pump()
 
     def _stream_base_url(self) -> str:
         if self.config.stream.public_url:
@@ -355,11 +380,10 @@ def check_plugins(config: Config) -> None:
     """Load and configure the enabled plugins as salond would, without binding anything, so
     that ``--check-config`` catches an unknown plugin or a bad plugin setting (ConfigError)."""
     from salon.daemon.hooks import PluginHost
-    from salon.daemon.net.server import SalonServer
+    from salon.daemon.stats import ServerStats
 
-    core = SalonCore(core_limits(config))
-    server = SalonServer(config, core, BuiltinAuthenticator({}, True), "", "")
-    PluginHost(config, server)
+    pipeline = RequestPipeline(SalonCore(core_limits(config)), BuiltinAuthenticator({}, True))
+    PluginHost(config, pipeline, ServerStats())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,15 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from salon.daemon.app import Daemon
+    from salon.daemon.config import MetricsConfig
+    from salon.daemon.net.server import SalonServer
+    from salon.daemon.pipeline import RequestPipeline
+    from salon.daemon.store.base import Store
+    from salon.daemon.stream import StreamService
 
 log = logging.getLogger("salon.metrics")
 
@@ -79,8 +83,18 @@ class _TimedAuthenticator:
 class SalonCollector:
     """Reads the daemon's counters at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        server: SalonServer,
+        store: Store | None,
+        admin_clients: Callable[[], int] | None,
+        streams: StreamService | None = None,
+    ) -> None:
+        self.server = server
+        self.store = store
+        self.streams = streams
+        self.admin_clients = admin_clients
+        """How many admin API connections are open (None: the admin API is disabled)."""
 
     def describe(self) -> list[Any]:
         return []
@@ -88,8 +102,8 @@ class SalonCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        daemon = self.daemon
-        server, core = daemon.server, daemon.core
+        server = self.server
+        core = server.core
         counters = server.stats.snapshot(core.forwarder)
 
         def counter(name: str, doc: str, label: str, values: Mapping[str, int]) -> Any:
@@ -164,18 +178,17 @@ class SalonCollector:
             "limit",
             counters["abuse"],
         )
-        admin = next((c for c in daemon.components if type(c).__name__ == "AdminServer"), None)
-        clients = len(getattr(admin, "_connections", ())) if admin is not None else 0
+        clients = self.admin_clients() if self.admin_clients is not None else 0
         yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)
-        yield from store_metrics(daemon)
-        yield from stream_metrics(daemon)
+        yield from store_metrics(self.store)
+        yield from stream_metrics(self.streams)
 
 
-def store_metrics(daemon: Daemon) -> Iterator[Any]:
+def store_metrics(store: Store | None) -> Iterator[Any]:
     """The store's health: 1/0 available, outages and reconnections, changes waiting."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    stats = getattr(getattr(daemon, "store", None), "stats", None)
+    stats = getattr(store, "stats", None)  # a store without counters exports none
     if stats is None:
         return
     values = stats()
@@ -197,11 +210,10 @@ def store_metrics(daemon: Daemon) -> Iterator[Any]:
     )
 
 
-def stream_metrics(daemon: Daemon) -> Iterator[Any]:
+def stream_metrics(service: StreamService | None) -> Iterator[Any]:
     """Stream mode per room: listeners by mode, what the HLS origin served, the mix's CPU."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    service = getattr(daemon, "streams", None)
     if service is None:
         return
     listeners = GaugeMetricFamily(
@@ -243,12 +255,22 @@ def stream_metrics(daemon: Daemon) -> Iterator[Any]:
 class MetricsEndpoint:
     """The ``/metrics`` HTTP endpoint (a component of salond)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(
+        self,
+        config: MetricsConfig,
+        pipeline: RequestPipeline,
+        server: SalonServer,
+        store: Store | None = None,
+        admin_clients: Callable[[], int] | None = None,
+        streams: StreamService | None = None,
+    ) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
-        self.daemon = daemon
+        self.config = config
+        self.pipeline = pipeline
+        self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SalonCollector(daemon))
+        self.registry.register(SalonCollector(server, store, admin_clients, streams))
         self.plugin_seconds = Histogram(
             "salon_plugin_seconds",
             "Time spent in plugin decisions: request review and authentication.",
@@ -261,7 +283,7 @@ class MetricsEndpoint:
 
     async def start(self) -> None:
         self._instrument()
-        config = self.daemon.config.metrics
+        config = self.config
         self._server = await asyncio.start_server(self._serve, config.host, config.port)
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
@@ -275,11 +297,13 @@ class MetricsEndpoint:
 
     def _instrument(self) -> None:
         """Time the policy and authenticator now in place (again if a plugin replaced them)."""
-        server = self.daemon.server
-        if not isinstance(server.policy, _TimedPolicy):
-            server.policy = _TimedPolicy(server.policy, self.plugin_seconds)
-        if not isinstance(server.authenticator, _TimedAuthenticator):
-            server.authenticator = _TimedAuthenticator(server.authenticator, self.plugin_seconds)
+        pipeline = self.pipeline
+        if not isinstance(pipeline.policy, _TimedPolicy):
+            pipeline.policy = _TimedPolicy(pipeline.policy, self.plugin_seconds)
+        if not isinstance(pipeline.authenticator, _TimedAuthenticator):
+            pipeline.authenticator = _TimedAuthenticator(
+                pipeline.authenticator, self.plugin_seconds
+            )
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -290,7 +314,7 @@ class MetricsEndpoint:
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``serving`` while the QUIC socket is bound and salond is not stopping
         (HTTP 200), else ``starting`` or ``stopping`` (HTTP 503)."""
-        server = self.daemon.server
+        server = self.server
         if server.shutting_down:
             state = "stopping"
         elif server.address[1] == 0:
@@ -300,7 +324,7 @@ class MetricsEndpoint:
         return {
             "status": state,
             "sessions": len(server.sessions),
-            "rooms": sum(1 for r in self.daemon.core.rooms.values() if r.state == "live"),
+            "rooms": sum(1 for r in server.core.rooms.values() if r.state == "live"),
         }
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

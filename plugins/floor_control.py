@@ -92,7 +92,7 @@ class FloorControl:
             self.api.create_task(self._soon(room))
 
     @hookimpl
-    def role_changed(self, room: str, user: str, old: str, new: str) -> None:
+    async def role_changed(self, room: str, user: str, old: str, new: str) -> None:
         if not self.manages(room):
             return
         floor = self.floor(room)
@@ -101,15 +101,15 @@ class FloorControl:
             floor.turns[user] = self.clock()
         elif old == "speaker":
             floor.turns.pop(user, None)
-        self.check(room)
+        await self.check(room)
 
     @hookimpl
-    def participant_left(self, room: str, user: str) -> None:
+    async def participant_left(self, room: str, user: str) -> None:
         floor = self.floors.get(room)
         if floor is not None:
             floor.turns.pop(user, None)
             floor.invited.pop(user, None)
-            self.check(room)
+            await self.check(room)
 
     @hookimpl
     def room_closed(self, room: str) -> None:
@@ -119,16 +119,16 @@ class FloorControl:
 
     async def _soon(self, room: str) -> None:
         await asyncio.sleep(0.05)
-        self.check(room)
+        await self.check(room)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
             for summary in self.api.rooms():
                 if summary.state == "live" and self.manages(summary.room):
-                    self.check(summary.room)
+                    await self.check(summary.room)
 
-    def check(self, room: str) -> None:
+    async def check(self, room: str) -> None:
         """Apply the policies to ``room`` now."""
         state = self.api.room_state(room)
         if state is None:
@@ -137,12 +137,14 @@ class FloorControl:
         now = self.clock()
         floor = self.floor(room)
         if self.turn_seconds > 0:
-            self._end_turns(room, state, floor, now)
+            await self._end_turns(room, state, floor, now)
             state = self.api.room_state(room) or state
         if self.auto_advance:
-            self._advance(room, state, floor, now)
+            await self._advance(room, state, floor, now)
 
-    def _end_turns(self, room: str, state: RoomSnapshot, floor: _RoomFloor, now: float) -> None:
+    async def _end_turns(
+        self, room: str, state: RoomSnapshot, floor: _RoomFloor, now: float
+    ) -> None:
         for participant in state.participants:
             if participant.role != "speaker":
                 continue
@@ -150,9 +152,9 @@ class FloorControl:
             if now - started >= self.turn_seconds:
                 floor.turns.pop(participant.user, None)
                 self.api.log.info("%s: %s's turn is over", room, participant.user)
-                self.api.try_request(room, MoveToAudience(id=0, user=participant.user))
+                await self.api.try_request(room, MoveToAudience(id=0, user=participant.user))
 
-    def _advance(self, room: str, state: RoomSnapshot, floor: _RoomFloor, now: float) -> None:
+    async def _advance(self, room: str, state: RoomSnapshot, floor: _RoomFloor, now: float) -> None:
         on_stage = [p for p in state.participants if p.role in STAGE]
         speakers = [p for p in on_stage if p.role == "speaker"]
         queue = state.hand_queue
@@ -162,7 +164,7 @@ class FloorControl:
             elif now - at >= self.invite_timeout:
                 # No answer: lower the hand so that the queue moves on.
                 del floor.invited[user]
-                self.api.try_request(room, LowerHand(id=0, user=user))
+                await self.api.try_request(room, LowerHand(id=0, user=user))
         pending = len(floor.invited)
         free = state.summary.max_speakers - len(on_stage) - pending
         if self.one_speaker:
@@ -172,6 +174,6 @@ class FloorControl:
                 break
             if user in floor.invited:
                 continue
-            if self.api.try_request(room, InviteToSpeak(id=0, user=user)) is not None:
+            if await self.api.try_request(room, InviteToSpeak(id=0, user=user)) is not None:
                 floor.invited[user] = now
                 free -= 1

@@ -83,7 +83,7 @@ class LoudnessGuard:
             self.monitor = None
 
     @hookimpl
-    def audio_levels(self, room: str, levels: list[AudioLevel]) -> None:
+    async def audio_levels(self, room: str, levels: list[AudioLevel]) -> None:
         now = self.api.now()
         if self.monitor is not None:
             # Measured in the last 0.5 s on the decoded audio: a muted or silent member's
@@ -100,7 +100,7 @@ class LoudnessGuard:
             since = self._loud_since.setdefault(key, now)
             if now - since >= self.duration and key not in self._muted:
                 self._muted.add(key)
-                self._mute(room, user, now - since)
+                await self._mute(room, user, now - since)
 
     @hookimpl
     def participant_left(self, room: str, user: str) -> None:
@@ -117,7 +117,7 @@ class LoudnessGuard:
         self._loud_since.pop((room, user), None)
         self._muted.discard((room, user))
 
-    def _mute(self, room: str, user: str, seconds: float) -> None:
+    async def _mute(self, room: str, user: str, seconds: float) -> None:
         if self.spare_hosts:
             state = self.api.room_state(room)
             if state is None:
@@ -126,6 +126,6 @@ class LoudnessGuard:
             if role is None or role in HOSTS:
                 return
         reason = f"too loud: above {self.max_level:g} dBov for {seconds:.1f} s"
-        if self.api.try_request(room, Mute(id=0, user=user, reason=reason)) is not None:
+        if await self.api.try_request(room, Mute(id=0, user=user, reason=reason)) is not None:
             self.mutes += 1
             self.api.log.info("muted %s in %s (%s)", user, room, reason)

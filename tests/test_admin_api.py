@@ -286,7 +286,15 @@ def test_salond_refuses_to_start_on_an_unsafe_socket_path(tmp_path: Path) -> Non
 
 async def test_a_second_daemon_does_not_take_over_a_live_socket(live: InProcessDaemon) -> None:
     with pytest.raises(AdminSocketError, match="in use"):
-        AdminServer(live.daemon)
+        daemon = live.daemon
+        AdminServer(
+            daemon.config.admin_socket,
+            daemon.pipeline,
+            daemon.server,
+            daemon.store,
+            daemon.recordings.index,
+            daemon.tls.fingerprint,
+        )
     assert (await (await admin_of(live)).status()).admin_clients == 1
 
 

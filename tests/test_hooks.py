@@ -455,7 +455,7 @@ async def test_hook_moderation_taken(tmp_path):
         }
         await ann.call("accept_speak")
         assert enforcer.api is not None
-        enforcer.api.mute("talk", ann.user)
+        await enforcer.api.mute("talk", ann.user)
         muted = await ann.wait_for_event(msg.Muted, timeout=10)
         assert muted.by == "plugin:enforcer"
         taken = await recorder.wait("moderation_taken", lambda a: a["action"] == "mute")

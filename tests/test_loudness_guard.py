@@ -44,7 +44,7 @@ class FakeAPI:
         participants = [_Participant(user, role) for user, role in self.roles.items()]
         return type("Snapshot", (), {"participants": participants})()
 
-    def try_request(self, room: str | None, request: msg.Mute) -> dict[str, Any]:
+    async def try_request(self, room: str | None, request: msg.Mute) -> dict[str, Any]:
         self.requests.append((room, request))
         return {}
 
@@ -54,42 +54,42 @@ class _Participant:
         self.user, self.role = user, role
 
 
-def feed(guard: LoudnessGuard, api: FakeAPI, seconds: float, **levels: int) -> None:
+async def feed(guard: LoudnessGuard, api: FakeAPI, seconds: float, **levels: int) -> None:
     """Sample every 200 ms for ``seconds``: each user at ``level`` (-dBov), speaking."""
     for _ in range(round(seconds / 0.2)):
         api.clock += 0.2
-        guard.audio_levels("r", [AudioLevel(u, v, True) for u, v in levels.items()])
+        await guard.audio_levels("r", [AudioLevel(u, v, True) for u, v in levels.items()])
 
 
-def test_the_guard_mutes_only_who_stays_too_loud_long_enough() -> None:
+async def test_the_guard_mutes_only_who_stays_too_loud_long_enough() -> None:
     api = FakeAPI({"loud": "speaker", "fine": "speaker", "host": "owner"}, duration=1.0)
     guard = LoudnessGuard(api)
-    feed(guard, api, 0.8, loud=2, fine=25, host=1)
+    await feed(guard, api, 0.8, loud=2, fine=25, host=1)
     assert api.requests == []  # not long enough yet
-    feed(guard, api, 0.4, loud=2, fine=25, host=1)
+    await feed(guard, api, 0.4, loud=2, fine=25, host=1)
     [(room, mute)] = api.requests
     assert (room, mute.user) == ("r", "loud")
     assert mute.reason.startswith("too loud: above -6 dBov for 1.")
-    feed(guard, api, 2.0, loud=2, fine=25, host=1)
+    await feed(guard, api, 2.0, loud=2, fine=25, host=1)
     assert len(api.requests) == 1  # once per loud stretch; the owner is spared
     # Quiet (or muted) for a moment, then loud again: a new stretch, a new mute.
-    feed(guard, api, 0.2, loud=40)
-    feed(guard, api, 1.2, loud=3)
+    await feed(guard, api, 0.2, loud=40)
+    await feed(guard, api, 1.2, loud=3)
     assert [m.user for _, m in api.requests] == ["loud", "loud"]
     # Short bursts never add up.
     api.requests.clear()
     for _ in range(5):
-        feed(guard, api, 0.6, fine=1)
-        feed(guard, api, 0.2, fine=30)
+        await feed(guard, api, 0.6, fine=1)
+        await feed(guard, api, 0.2, fine=30)
     assert api.requests == []
 
 
-def test_a_member_who_stopped_sending_is_not_loud() -> None:
+async def test_a_member_who_stopped_sending_is_not_loud() -> None:
     api = FakeAPI({"a": "speaker"}, duration=0.4)
     guard = LoudnessGuard(api)
     for _ in range(10):
         api.clock += 0.2
-        guard.audio_levels("r", [AudioLevel("a", 0, False)])
+        await guard.audio_levels("r", [AudioLevel("a", 0, False)])
     assert api.requests == []
 
 

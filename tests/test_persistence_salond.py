@@ -372,8 +372,8 @@ async def test_server_bans_and_reminders_come_back_with_the_daemon(tmp_path: Pat
         daemon = live.daemon
         # The admin API's path: the core acts, outputs are delivered, the barrier is awaited.
         daemon.core.ban_user_globally(OPERATOR, eve.user, time.time(), reason="abuse")
-        daemon.server.after_core_change()
-        for barrier in daemon.server.commit_barriers:
+        daemon.pipeline.pump()
+        for barrier in daemon.pipeline.commit_barriers:
             await barrier()
         eve_user = eve.user
         entries = await daemon.store.audit_log(room="")

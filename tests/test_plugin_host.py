@@ -18,24 +18,23 @@ from salon.daemon.hooks import manager as manager_module
 from salon.daemon.stats import ServerStats
 
 
-class FakeServer:
-    """What the plugin host uses of SalonServer."""
+class FakePipeline:
+    """What the plugin host uses of the request pipeline."""
 
     def __init__(self) -> None:
         self.core = SalonCore()
-        self.stats = ServerStats()
         self.observers: list[Any] = []
-        self.changes = 0
 
-    def after_core_change(self) -> None:
-        self.changes += 1
+    def notify(self, event: Any) -> None:
+        for observer in self.observers:
+            observer(event)
 
 
 def make_host(tmp_path: Any = None, **overrides: Any) -> PluginHost:
     values = dict(overrides)
     if tmp_path is not None:
         values["server.state_dir"] = str(tmp_path)
-    return PluginHost(load_config(None, values), FakeServer())  # type: ignore[arg-type]
+    return PluginHost(load_config(None, values), FakePipeline(), ServerStats())  # type: ignore[arg-type]
 
 
 def names(host: PluginHost, hook: str) -> list[str]:
@@ -195,7 +194,7 @@ def test_a_plugin_reads_its_settings_into_a_struct(tmp_path):
 def test_struct_settings_errors_name_every_key_and_suggest_a_spelling(tmp_path):
     path = tmp_path / "salond.toml"
     path.write_text('[plugins.greeter]\ngreeting = ""\nrepeat = 9\nmood = "grumpy"\n')
-    host = PluginHost(load_config(path), FakeServer())  # type: ignore[arg-type]
+    host = PluginHost(load_config(path), FakePipeline(), ServerStats())  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as caught:
         host.register(Greeter, "greeter")
     assert caught.value.problems == [
@@ -204,7 +203,7 @@ def test_struct_settings_errors_name_every_key_and_suggest_a_spelling(tmp_path):
         f"{path}: plugins.greeter.mood: expected one of calm, cheerful, got 'grumpy'",
     ]
     path.write_text('[plugins.greeter]\ngreting = "hey"\n')
-    host = PluginHost(load_config(path), FakeServer())  # type: ignore[arg-type]
+    host = PluginHost(load_config(path), FakePipeline(), ServerStats())  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as caught:
         host.register(Greeter, "greeter")
     assert str(caught.value) == (
@@ -266,7 +265,7 @@ async def test_sync_async_slow_and_raising_implementations():
     ]
     assert answers[2][1] == Failure("slow", "no answer within 0.05 s")
     assert answers[3][1] == Failure("raising", "RuntimeError: broken")
-    assert host.server.stats.plugin_errors == {"known_topics": 2}
+    assert host.stats.plugin_errors == {"known_topics": 2}
 
 
 async def test_a_plain_function_that_blocks_past_the_budget_is_a_failure(monkeypatch):
@@ -291,7 +290,7 @@ async def test_a_plain_function_that_blocks_past_the_budget_is_a_failure(monkeyp
             "blocked salond for 3.50 s (budget 2 s): do slow work in an async implementation",
         ),
     )
-    assert host.server.stats.plugin_errors == {"known_topics": 1}
+    assert host.stats.plugin_errors == {"known_topics": 1}
 
 
 async def test_refusals_raised_by_plugins_become_deny():
@@ -307,7 +306,7 @@ async def test_refusals_raised_by_plugins_become_deny():
     host.register(Raiser(), "raiser")
     answers = await host.call("raise_hand", identity=None, room="r")
     assert answers == [("raiser", Deny("slow down", ErrorCode.RATE_LIMITED))]
-    assert host.server.stats.plugin_errors == {}
+    assert host.stats.plugin_errors == {}
 
 
 async def test_repeated_failures_are_counted_every_time_but_logged_sparingly(caplog):
@@ -321,7 +320,7 @@ async def test_repeated_failures_are_counted_every_time_but_logged_sparingly(cap
     with caplog.at_level(logging.WARNING, logger="salon.hooks"):
         for _ in range(5):
             await host.call("known_topics")
-    assert host.server.stats.plugin_errors["known_topics"] == 5
+    assert host.stats.plugin_errors["known_topics"] == 5
     reports = [r for r in caplog.records if "failed in known_topics" in r.getMessage()]
     assert len(reports) == 1 and reports[0].exc_info is not None
 
@@ -342,7 +341,7 @@ async def test_authentication_fails_closed():
         host.register(plugin, "auth")
         with pytest.raises(AuthError, match="authentication is unavailable"):
             await host.authenticator.authenticate({"guest_key": "a" * 44}, "Ada", "127.0.0.1")
-        assert host.server.stats.plugin_errors["authenticate"] == 1
+        assert host.stats.plugin_errors["authenticate"] == 1
     # Without them, the default plugin answers as before.
     identity = await make_host().authenticator.authenticate(
         {"guest_key": "a" * 44}, "Ada", "127.0.0.1"
@@ -398,8 +397,8 @@ async def test_observer_backlog_is_bounded(monkeypatch):
     await host.start()
     for index in range(10):
         host.observe(RoomCreated(f"r{index}", "ada"))
-    assert host.server.stats.drops["plugin_backlog"] == 7
-    assert host.server.stats.plugin_errors["room_created"] == 7
+    assert host.stats.drops["plugin_backlog"] == 7
+    assert host.stats.plugin_errors["room_created"] == 7
     await host.stop()
 
 

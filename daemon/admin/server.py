@@ -1,11 +1,15 @@
 """The admin API served by salond on a Unix socket (``salon-admin/1``, see :mod:`.protocol`).
 
-Every action goes through the same path as a host's request from a client: the request policy
-(plugins) reviews it, then ``SalonCore.admin_request`` checks permissions with the operator's
-rights and performs it; the core's outputs are delivered at once and the store's commit
-barriers awaited before the answer. Actions are performed as ``operator:<unix user>``, the
-user the kernel says is on the other end of the socket, and the core records each in the audit
-trail (``ModerationTaken``).
+Every action goes through the request pipeline (daemon/pipeline.py) as an operator, like a
+client's request and a plugin's: the request policy (plugins) reviews it, the core performs it
+with the operator's rights, its outputs are delivered at once and the store's commit barriers
+awaited before the answer. Actions are performed as ``operator:<unix user>``, the user the
+kernel says is on the other end of the socket, and the core records each in the audit trail
+(``ModerationTaken``).
+
+Subscribers get an event for every change the console shows (docs/admin.md, "Events"), so the
+console never polls: members, roles, participants' state, the hand queue, knocks as they come
+and go, speaking, and each watched room's levels at most every ``LEVELS_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import msgspec
 
 from salon.daemon import __version__
 from salon.daemon.core import CoreError, Identity, events
+from salon.daemon.pipeline import Actor, RequestPipeline
 from salon.daemon.store import StoreError
 from salon.daemon.store.base import StoreUnavailable
 from salon.daemon.wire import messages as wire
@@ -32,7 +37,10 @@ from . import protocol as p
 from .socket_path import bind_private_socket, check_socket_path, peer_uid, user_name
 
 if TYPE_CHECKING:
-    from salon.daemon.app import Daemon
+    from salon.daemon.net.server import SalonServer
+    from salon.daemon.recording.index import RecordingIndex
+    from salon.daemon.store.base import Store
+    from salon.daemon.stream import StreamService
 
 log = logging.getLogger("salon.admin")
 
@@ -40,12 +48,13 @@ AUDIT_KEPT = 1000
 """Audit entries kept in memory when no store is configured."""
 OUTBOX_LIMIT = 2000
 """Lines queued for one admin client; a client this far behind is disconnected."""
-TICK = 0.2
+TICK = 0.25
+"""Seconds between two looks at levels and stats for subscribers: a watched room's levels are
+sent at most 4 times a second, only when they changed (the last sample of the interval)."""
 SHUTDOWN_LINGER = 2.0
 """Seconds salond waits, when it stops, for each admin client to hang up after the shutdown
 event: closing first would make a client that writes meanwhile see a broken pipe (or a reset)
 before it read why the daemon went."""
-"""Seconds between two looks at levels and stats for subscribers."""
 
 
 class AdminRefusal(Exception):
@@ -57,9 +66,9 @@ class AdminRefusal(Exception):
         self.message = message
 
 
-def store_status(daemon: Any) -> p.StoreStatus | None:
-    """The store's state for ``status`` (None for a store without counters)."""
-    stats = getattr(getattr(daemon, "store", None), "stats", None)
+def store_status(store: Store | None) -> p.StoreStatus | None:
+    """The store's state for ``status`` (None for no store, or one without counters)."""
+    stats = getattr(store, "stats", None)
     if stats is None:
         return None
     values = stats()
@@ -128,9 +137,27 @@ class _Connection:
 class AdminServer:
     """The admin API component of salond (started after the QUIC server, stopped before)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.path = daemon.config.admin_socket
+    def __init__(
+        self,
+        path: Path,
+        pipeline: RequestPipeline,
+        server: SalonServer,
+        store: Store | None,
+        recordings: RecordingIndex,
+        fingerprint: str,
+        streams: StreamService | None = None,
+    ) -> None:
+        self.path = path
+        self.pipeline = pipeline
+        self.core = pipeline.core
+        self.server = server
+        """The QUIC server, for its status: address, sessions, counters, traffic."""
+        self.store = store
+        """The durable audit log (None: only the recent entries kept in memory)."""
+        self.recordings_index = recordings
+        self.fingerprint = fingerprint
+        self.stream_service = streams
+        """Stream mode's per-room figures (None: stream mode is off)."""
         self.audit = AuditTrail()
         self.started_at = time.time()
         self._connections: set[_Connection] = set()
@@ -150,13 +177,13 @@ class AdminServer:
         self._server = await asyncio.start_unix_server(
             self._serve_client, sock=sock, limit=p.MAX_LINE
         )
-        self.daemon.server.observers.append(self._observe)
+        self.pipeline.observers.append(self._observe)
         self._ticker = asyncio.ensure_future(self._tick())
         log.info("admin API on %s", self.path)
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
-            self.daemon.server.observers.remove(self._observe)
+            self.pipeline.observers.remove(self._observe)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,6 +203,11 @@ class AdminServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         self._remove_socket_file()
+
+    @property
+    def client_count(self) -> int:
+        """Admin API connections open now (the metrics endpoint exports it)."""
+        return len(self._connections)
 
     def _remove_socket_file(self) -> None:
         try:
@@ -283,7 +315,7 @@ class AdminServer:
         return p.encode_line(p.Ok(re=request.id, result=result))
 
     async def _perform(self, connection: _Connection, request: Any) -> dict[str, Any]:
-        core = self.daemon.core
+        core = self.core
         if isinstance(request, p.Status):
             return msgspec.to_builtins(self.status())
         if isinstance(request, p.Rooms):
@@ -318,22 +350,12 @@ class AdminServer:
         request = wire.decode_request(msgspec.json.encode({**fields, "id": 0}))
         if isinstance(request, wire.CreateRoom | wire.StartRoom):
             room = None
-        server = self.daemon.server
-        kind = request.__struct_config__.tag
-        if kind in wire.STORED_REQUESTS and not server.store_available():
-            raise StoreUnavailable("the store is unavailable: nothing was changed, retry later")
-        review = await server.policy.review(identity, room, request, "admin", time.time())
-        try:
-            result = self.daemon.core.admin_request(identity, room, review.request, time.time())
-        finally:
-            server.after_core_change()
-        for barrier in server.commit_barriers:
-            await barrier()
+        result = await self.pipeline.perform(Actor.operator(identity), room, request)
+        assert result is not None  # only a client's request is abandoned when it leaves
         return result
 
     def status(self) -> p.StatusInfo:
-        daemon = self.daemon
-        server, core = daemon.server, daemon.core
+        server, core = self.server, self.core
         rooms = [r for r in core.rooms.values() if r.state == "live"]
         counters = server.stats.snapshot(core.forwarder)
         host, port = server.address
@@ -345,7 +367,7 @@ class AdminServer:
             started_at=self.started_at,
             uptime=now - self.started_at,
             address=f"{host}:{port}",
-            fingerprint=daemon.tls.fingerprint,
+            fingerprint=self.fingerprint,
             connections=len(server.sessions),
             connections_total=counters["connections_total"],
             rooms=len(rooms),
@@ -367,11 +389,11 @@ class AdminServer:
             plugin_errors=counters["plugin_errors"],
             abuse=counters["abuse"],
             admin_clients=len(self._connections),
-            store=store_status(daemon),
+            store=store_status(self.store),
         )
 
     def room_detail(self, room_id: str) -> p.RoomDetail:
-        core = self.daemon.core
+        core = self.core
         snapshot = core.room_snapshot(room_id)  # raises room_not_found
         now = time.time()
         return p.RoomDetail(
@@ -390,13 +412,13 @@ class AdminServer:
         )
 
     def streams(self) -> list[p.RoomStream]:
-        service = self.daemon.streams
+        service = self.stream_service
         if service is None:
             return []
         return [msgspec.convert(vars(s), p.RoomStream) for s in service.stats()]
 
     def room_stream(self, room_id: str) -> p.RoomStream | None:
-        service = self.daemon.streams
+        service = self.stream_service
         if service is None:
             return None
         found = service.room_stats(room_id)
@@ -409,7 +431,7 @@ class AdminServer:
     def levels(self, room_id: str) -> list[p.MeterLevel]:
         return [
             p.MeterLevel(user=m.user, level=m.level, speaking=m.speaking)
-            for m in self.daemon.core.levels(room_id)
+            for m in self.core.levels(room_id)
         ]
 
     async def backup(self, path: str) -> dict[str, Any]:
@@ -417,8 +439,10 @@ class AdminServer:
         destination = Path(path)
         if not destination.is_absolute():
             raise AdminRefusal("bad_path", f"backup: {path} is not an absolute path")
+        if self.store is None:
+            raise AdminRefusal("backup_failed", "backup: salond runs without a store")
         try:
-            result = await self.daemon.store.backup(destination)
+            result = await self.store.backup(destination)
         except StoreError as exc:
             raise AdminRefusal("backup_failed", str(exc)) from exc
         log.info("backup of the database written to %s (%d bytes)", path, result["bytes"])
@@ -426,7 +450,7 @@ class AdminServer:
 
     async def recordings(self, request: p.Recordings) -> list[dict[str, Any]]:
         """The recordings index (daemon/recording), as plain dicts, newest first."""
-        index = self.daemon.recordings.index
+        index = self.recordings_index
         if request.recording is not None:
             found = await index.get(request.recording)
             return [] if found is None else [found.to_dict()]
@@ -434,12 +458,9 @@ class AdminServer:
 
     async def audit_entries(self, limit: int, room: str | None) -> list[p.AuditEntry]:
         """From the store when there is one (durable), else from memory."""
-        store = getattr(self.daemon, "store", None)
-        reader = getattr(store, "audit_log", None)
-        if reader is not None:
+        if self.store is not None:
             try:
-                entries: list[p.AuditEntry] = await reader(limit=limit, room=room)
-                return entries
+                return await self.store.audit_log(limit=limit, room=room)
             except Exception:
                 log.exception("reading the store's audit log failed; showing recent entries")
         return self.audit.entries(limit, room)

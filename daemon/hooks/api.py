@@ -1,8 +1,10 @@
 """SalonAPI: what a plugin may read and do. Every hook receives the plugin's own instance.
 
-Reads go to the core's current state. Actions take the operator path of the core
-(``SalonCore.admin_request``): the same permission checks as an operator's, and the same
-audit trail — each one emits a ``ModerationTaken`` event whose actor is ``plugin:<name>``.
+Reads go to the core's current state. Actions go through the request pipeline
+(daemon/pipeline.py) as ``plugin:<name>``, like a client's or an operator's request: the
+request policy (every plugin's ``authorize`` and moderation hooks) reviews them, the core
+performs them with an operator's rights, and they return once the store has committed them.
+Each one is audited: a ``ModerationTaken`` event whose actor is ``plugin:<name>``.
 """
 
 from __future__ import annotations
@@ -93,69 +95,80 @@ class SalonAPI:
 
     # ------------------------------------------------------------------ acting
 
-    def request(self, room: str | None, request: messages.Request) -> dict[str, Any]:
-        """Perform any operator request on ``room``; returns the result, raises CoreError."""
-        result = self._host.core.admin_request(self.actor, room, request, time.time())
-        self._host.after_core_change()
+    async def request(self, room: str | None, request: messages.Request) -> dict[str, Any]:
+        """Perform any operator request on ``room``; returns the result once it is stored,
+        raises CoreError (a plugin's refusal included)."""
+        from salon.daemon.pipeline import Actor
+        from salon.daemon.store.base import StoreUnavailable
+
+        try:
+            result = await self._host.pipeline.perform(Actor.plugin(self.actor), room, request)
+        except StoreUnavailable as exc:
+            raise CoreError(messages.ErrorCode.STORE_UNAVAILABLE, f"not stored: {exc}") from exc
+        assert result is not None  # only a client's request is abandoned when it leaves
         return result
 
-    def invite_to_speak(self, room: str, user: str) -> dict[str, Any]:
+    async def invite_to_speak(self, room: str, user: str) -> dict[str, Any]:
         """Invite a listener onto the stage (they accept or decline, as with a host)."""
-        return self.request(room, messages.InviteToSpeak(id=0, user=user))
+        return await self.request(room, messages.InviteToSpeak(id=0, user=user))
 
-    def move_to_audience(self, room: str, user: str) -> dict[str, Any]:
+    async def move_to_audience(self, room: str, user: str) -> dict[str, Any]:
         """Move a stage member back to the audience."""
-        return self.request(room, messages.MoveToAudience(id=0, user=user))
+        return await self.request(room, messages.MoveToAudience(id=0, user=user))
 
-    def mute(self, room: str, user: str) -> dict[str, Any]:
+    async def mute(self, room: str, user: str) -> dict[str, Any]:
         """Mute a stage member; the server drops their audio until a host lifts it."""
-        return self.request(room, messages.Mute(id=0, user=user))
+        return await self.request(room, messages.Mute(id=0, user=user))
 
-    def unmute(self, room: str, user: str) -> dict[str, Any]:
+    async def unmute(self, room: str, user: str) -> dict[str, Any]:
         """Lift a moderator mute (the member still opens their own microphone)."""
-        return self.request(room, messages.Unmute(id=0, user=user))
+        return await self.request(room, messages.Unmute(id=0, user=user))
 
-    def lower_hand(self, room: str, user: str) -> dict[str, Any]:
+    async def lower_hand(self, room: str, user: str) -> dict[str, Any]:
         """Lower a listener's raised hand."""
-        return self.request(room, messages.LowerHand(id=0, user=user))
+        return await self.request(room, messages.LowerHand(id=0, user=user))
 
-    def remove(self, room: str, user: str, reason: str = "") -> dict[str, Any]:
+    async def remove(self, room: str, user: str, reason: str = "") -> dict[str, Any]:
         """Remove a member from the room (they may come back)."""
-        return self.request(room, messages.Remove(id=0, user=user, reason=reason))
+        return await self.request(room, messages.Remove(id=0, user=user, reason=reason))
 
-    def approve_knock(self, room: str, request_id: str) -> dict[str, Any]:
+    async def approve_knock(self, room: str, request_id: str) -> dict[str, Any]:
         """Admit a knocking requester."""
-        return self.request(room, messages.ApproveKnock(id=0, request_id=request_id))
+        return await self.request(room, messages.ApproveKnock(id=0, request_id=request_id))
 
-    def deny_knock(self, room: str, request_id: str, reason: str = "") -> dict[str, Any]:
+    async def deny_knock(self, room: str, request_id: str, reason: str = "") -> dict[str, Any]:
         """Refuse a knocking requester."""
-        return self.request(room, messages.DenyKnock(id=0, request_id=request_id, reason=reason))
+        return await self.request(
+            room, messages.DenyKnock(id=0, request_id=request_id, reason=reason)
+        )
 
-    def update_room(self, room: str, **fields: Any) -> dict[str, Any]:
+    async def update_room(self, room: str, **fields: Any) -> dict[str, Any]:
         """Change a room's settings (title, topics, policy, max_speakers, ...)."""
-        return self.request(room, messages.UpdateRoom(id=0, **fields))
+        return await self.request(room, messages.UpdateRoom(id=0, **fields))
 
-    def close_room(self, room: str) -> dict[str, Any]:
+    async def close_room(self, room: str) -> dict[str, Any]:
         """Close a room for everyone."""
-        return self.request(room, messages.CloseRoom(id=0))
+        return await self.request(room, messages.CloseRoom(id=0))
 
-    def try_request(self, room: str | None, request: messages.Request) -> dict[str, Any] | None:
+    async def try_request(
+        self, room: str | None, request: messages.Request
+    ) -> dict[str, Any] | None:
         """Like :meth:`request`, but a refusal is logged and gives None instead of raising."""
         try:
-            return self.request(room, request)
+            return await self.request(room, request)
         except CoreError as exc:
             self.log.info("%s on %s refused: %s", type(request).__name__, room, exc.message)
             return None
 
     def count_drop(self, reason: str, amount: int = 1) -> None:
-        """Count something the plugin dropped in ``server.stats.drops["<name>:<reason>"]``
+        """Count something the plugin dropped in ``stats.drops["<name>:<reason>"]``
         (shown by the admin API and metrics)."""
-        self._host.server.stats.count_drop(f"{self.name}:{reason}", amount)
+        self._host.stats.count_drop(f"{self.name}:{reason}", amount)
 
     def count_abuse(self, limit: str, amount: int = 1) -> None:
-        """Count a refusal by a per-address abuse limit in ``server.stats.abuse[limit]``
+        """Count a refusal by a per-address abuse limit in ``stats.abuse[limit]``
         (``salon_abuse_refusals_total{limit}``)."""
-        self._host.server.stats.abuse[limit] += amount
+        self._host.stats.abuse[limit] += amount
 
     # ------------------------------------------------------------------ background work
 
@@ -180,6 +193,6 @@ class SalonAPI:
         from salon.daemon.recording.monitor import AudioMonitor
 
         monitor = AudioMonitor(self._host.core)
-        self._host.server.observers.append(monitor.on_core_event)
+        self._host.pipeline.observers.append(monitor.on_core_event)
         monitor.start()
         return monitor

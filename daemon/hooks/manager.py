@@ -9,7 +9,7 @@ Calling rules (docs/writing_plugins.md explains them to plugin authors):
   ``plugins.plugin_timeout`` seconds. A plain function cannot be interrupted; one that held
   the event loop longer than that has its answer discarded, so the budget means the same for
   both kinds and a blocking plugin shows up in the failure count.
-- An exception or a time-out is logged, counted in ``server.stats.plugin_errors[hook]`` and
+- An exception or a time-out is logged, counted in ``stats.plugin_errors[hook]`` and
   turns into a :class:`Failure`, which each caller replaces by the hook's safe default.
 - Observer hooks never run inside the core's event pump: events are queued per plugin and a
   worker task per plugin delivers them in order. Audio levels are sampled every 200 ms in a
@@ -43,7 +43,8 @@ from .results import AudioLevel, Deny, Failure
 from .settings import PluginSettings
 
 if TYPE_CHECKING:
-    from salon.daemon.net.server import SalonServer
+    from salon.daemon.pipeline import RequestPipeline
+    from salon.daemon.stats import ServerStats
 
     from .policy import PluginAuthenticator, PluginPolicy
 
@@ -112,22 +113,30 @@ class PluginHost:
     """The plugin manager of one daemon (a component: started and stopped with it)."""
 
     def __init__(
-        self, config: Config, server: SalonServer, *, names: Iterable[str] | None = None
+        self,
+        config: Config,
+        pipeline: RequestPipeline,
+        stats: ServerStats,
+        *,
+        names: Iterable[str] | None = None,
     ) -> None:
         from .policy import PluginAuthenticator, PluginPolicy
 
         self.config = config
-        self.server = server
-        self.core: SalonCore = server.core
+        self.pipeline = pipeline
+        """Where plugins' actions go (as ``plugin:<name>``) and core events come from."""
+        self.core: SalonCore = pipeline.core
+        self.stats = stats
+        """The server's counters: plugin failures and plugin-counted drops land here."""
         self.timeout = config.plugins.plugin_timeout
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.apis: dict[str, SalonAPI] = {}
         self.running = False
         self.policy: PluginPolicy = PluginPolicy(self)
-        """The server's request policy (``server.policy``)."""
+        """The request policy (``pipeline.policy``)."""
         self.authenticator: PluginAuthenticator = PluginAuthenticator(self)
-        """The server's authenticator (``server.authenticator``)."""
+        """The authenticator (``pipeline.authenticator``)."""
         self._impls: dict[str, list[Any]] = {}
         self._queues: dict[str, asyncio.Queue[tuple[str, Any, dict[str, Any]]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -283,7 +292,7 @@ class PluginHost:
         A plugin failing on every call (say, every audio level sample) is logged once per
         :data:`FAILURE_LOG_INTERVAL` per hook, with the count of failures not logged.
         """
-        self.server.stats.plugin_errors[hook] += 1
+        self.stats.plugin_errors[hook] += 1
         key = (plugin, hook)
         now = time.monotonic()
         logged = self._failure_log.get(key)
@@ -344,10 +353,6 @@ class PluginHost:
         self._workers.clear()
         self._queues.clear()
 
-    def after_core_change(self) -> None:
-        """Deliver the events a plugin's action produced in the core."""
-        self.server.after_core_change()
-
     def create_task(self, plugin: str, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -357,7 +362,7 @@ class PluginHost:
             if not finished.cancelled() and finished.exception() is not None:
                 exc = finished.exception()
                 log.error("plugin %s: background task failed: %s", plugin, exc, exc_info=exc)
-                self.server.stats.plugin_errors["task"] += 1
+                self.stats.plugin_errors["task"] += 1
 
         task.add_done_callback(done)
         return task
@@ -365,7 +370,7 @@ class PluginHost:
     # ------------------------------------------------------------------ observers
 
     def observe(self, event: core_events.CoreEvent) -> None:
-        """A ``server.observers`` callback: queue the event for the plugins that watch it."""
+        """A ``pipeline.observers`` callback: queue the event for the plugins that watch it."""
         hook = OBSERVED_EVENTS.get(type(event))
         if hook is None or not self.running:
             return
@@ -381,7 +386,7 @@ class PluginHost:
             try:
                 queue.put_nowait((hook, impl, kwargs))
             except asyncio.QueueFull:
-                self.server.stats.count_drop("plugin_backlog")
+                self.stats.count_drop("plugin_backlog")
                 self.failed(hook, impl.plugin_name, "too many events queued: event dropped")
 
     async def _deliver(self, queue: asyncio.Queue[tuple[str, Any, dict[str, Any]]]) -> None:
@@ -394,12 +399,8 @@ class PluginHost:
 
     def notify(self, event: core_events.CoreEvent) -> None:
         """Pass an event that did not come from the core (e.g. a plugin's auto-approval) to
-        every server observer, as if the core had emitted it."""
-        for observer in self.server.observers:
-            try:
-                observer(event)
-            except Exception:
-                log.exception("observer failed on %s", type(event).__name__)
+        every observer of the pipeline, as if the core had emitted it."""
+        self.pipeline.notify(event)
 
     # ------------------------------------------------------------------ audio levels
 

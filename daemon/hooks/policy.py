@@ -19,7 +19,7 @@ import msgspec
 
 from salon.daemon.auth import AuthError, clean_display_name
 from salon.daemon.core import CoreError, Identity, ModerationTaken
-from salon.daemon.net.server import Review
+from salon.daemon.pipeline import Review
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.messages import ErrorCode
 from salon.daemon.wire.text import clean_text
@@ -63,7 +63,7 @@ def refusal(plugin: str, value: Any, default: ErrorCode) -> CoreError | None:
 
 
 class PluginAuthenticator:
-    """``server.authenticator``: the first plugin to answer ``authenticate`` decides."""
+    """``pipeline.authenticator``: the first plugin to answer ``authenticate`` decides."""
 
     def __init__(self, host: PluginHost) -> None:
         self.host = host
@@ -97,7 +97,7 @@ class PluginAuthenticator:
 
 
 class PluginPolicy:
-    """``server.policy``: plugins review each request before the core handles it."""
+    """``pipeline.policy``: plugins review each request before the core handles it."""
 
     def __init__(self, host: PluginHost) -> None:
         self.host = host

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -23,8 +21,9 @@ from salon.daemon.abuse import AddressGuard
 from salon.daemon.auth import MAX_DISPLAY_NAME, AuthError
 from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
-from salon.daemon.core.events import BanChanged, CoreEvent, Deliver, ModerationTaken, RoomClosed
+from salon.daemon.core.events import BanChanged, CoreEvent, ModerationTaken, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
+from salon.daemon.pipeline import Actor, RequestPipeline, StoreRefused
 from salon.daemon.stats import ServerStats
 from salon.daemon.store.base import StoreUnavailable
 from salon.daemon.wire import messages as msg
@@ -47,70 +46,27 @@ RATE_STRIKES_TO_CLOSE = 5
 REFUSED_CLOSE_DELAY = 0.5
 
 
-@dataclass
-class Review:
-    """What the request policy decided about a request the core is about to handle."""
-
-    request: Any
-    """The request to hand to the core (a plugin may have rewritten it, e.g. a title)."""
-    trust: list[str] = field(default_factory=list)
-    """Annotations shown to hosts with a knock (e.g. "first visit", "verified email")."""
-    auto_approve: bool = False
-    """For a knock: admit without asking the host."""
-    finish: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
-    """Called with the core's result before the ``ok`` reply (e.g. to rank listed rooms)."""
-
-
-class RequestPolicy(Protocol):
-    """Reviews every request before the core sees it; raises CoreError to refuse it."""
-
-    async def review(
-        self, identity: Identity, room: str | None, request: Any, address: str, now: float
-    ) -> Review: ...
-
-
-class AllowAll:
-    """The policy without plugins: every request goes to the core unchanged."""
-
-    async def review(
-        self, identity: Identity, room: str | None, request: Any, address: str, now: float
-    ) -> Review:
-        return Review(request)
-
-
-CommitBarrier = Callable[[], Awaitable[None]]
-"""Awaited after the core accepted a request and before the requester gets ``ok``: the store
-uses it so that an acknowledged action is already on disk."""
-
-
 class StreamMode(Protocol):
     """Who gets the room's stream instead of real-time media (daemon/stream)."""
 
     def set_stream(self, session: int, on: bool) -> dict[str, Any]: ...
 
 
-class Authenticator(Protocol):
-    """Turns a hello's credentials into an identity, or raises AuthError."""
-
-    async def authenticate(
-        self, credentials: Mapping[str, str], display_name: str, address: str
-    ) -> Identity: ...
-
-
 class SalonServer:
-    """Owns the core and every session; the composition root wires plugins and stores to it."""
+    """Owns every client session: QUIC connections in, requests into the pipeline, events and
+    media out. The composition root wires plugins and stores to the pipeline."""
 
     def __init__(
         self,
         config: Config,
-        core: SalonCore,
-        authenticator: Authenticator,
+        pipeline: RequestPipeline,
         certificate: str,
         private_key: str,
     ) -> None:
         self.config = config
-        self.core = core
-        self.authenticator = authenticator
+        self.pipeline = pipeline
+        self.core: SalonCore = pipeline.core
+        pipeline.deliver = self.deliver
         self.stats = ServerStats()
         self.fast_path = config.tuning.fast_path and fastpath_supported()
         """Whether new sessions send media by the datagram fast path (``tuning.fast_path``)."""
@@ -119,24 +75,15 @@ class SalonServer:
         self.sessions: dict[int, SessionProtocol] = {}
         self.guard = AddressGuard(config.limits, self.stats.abuse)
         """Guest abuse limits per source address, and the addresses bans remember."""
-        self.observers: list[Callable[[CoreEvent], None]] = [self._guard_observer]
-        self.policy: RequestPolicy = AllowAll()
+        pipeline.address_limits = self.guard
+        pipeline.observers.append(self._guard_observer)
         self.stream_mode: StreamMode | None = None
         """Handles ``set_stream`` (daemon/stream); None: the server offers no stream mode."""
-        self.commit_barriers: list[CommitBarrier] = []
-        self.store_available: Callable[[], bool] = lambda: True
-        """False while the store cannot write: requests in ``STORED_REQUESTS`` are refused."""
-        self.store_changes: Callable[[], int] | None = None
-        """Changes handed to the store so far, when known: a request that added none is
-        acknowledged without waiting for the commit barriers (it has nothing to make durable,
-        and a database outage does not hold it up)."""
         self._certificate = certificate
         self._private_key = private_key
         self._next_session_id = 1
         self._dirty: set[SessionProtocol] = set()
         self._flush_handle: asyncio.Handle | None = None
-        self._core_timer: asyncio.TimerHandle | None = None
-        self._core_timer_at: float | None = None
         self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._quic_server: QuicServer | None = None
@@ -162,6 +109,7 @@ class SalonServer:
     async def start(self) -> tuple[str, int]:
         """Bind the UDP socket; returns the address actually bound (port 0 picks one)."""
         self._loop = asyncio.get_running_loop()
+        self.pipeline.start()
 
         def create_protocol(*args: Any, **kwargs: Any) -> SessionProtocol:
             session_id = self._next_session_id
@@ -203,8 +151,7 @@ class SalonServer:
                 log.warning("drain time-out: %d connections did not close", len(waits))
         for task in list(self._workers.values()):
             task.cancel()
-        if self._core_timer is not None:
-            self._core_timer.cancel()
+        self.pipeline.stop()
         if self._quic_server is not None:
             self._quic_server.close()
 
@@ -288,7 +235,7 @@ class SalonServer:
         self.guard.closed(session_id)
         if protocol.identity is not None:
             self.core.disconnect(session_id, time.time())
-            self._pump()
+            self.pipeline.pump()
             log.info(
                 "disconnected: session %d %s from %s (%s)",
                 session_id,
@@ -335,7 +282,7 @@ class SalonServer:
                 if target is not None:
                     dirty.add(target)
             self._schedule_flush()
-        self._pump()
+        self.pipeline.pump()
 
     # ------------------------------------------------------------------ requests
 
@@ -391,10 +338,20 @@ class SalonServer:
                 self._reply_error(protocol, request.id, exc.code, exc.message)
             else:
                 self._reply_ok(protocol, request.id, result)
-            self._pump()
+            self.pipeline.pump()
             return
-        kind = request.__struct_config__.tag
-        if kind in msg.STORED_REQUESTS and not self.store_available():
+        if isinstance(request, msg.SetStream):
+            self._set_stream(protocol, request)
+            return
+        actor = Actor.client(protocol.session_id, protocol.identity, protocol.address)
+        try:
+            result = await self.pipeline.perform(
+                actor, None, request, abandoned=lambda: protocol.closed
+            )
+        except CoreError as exc:
+            self._reply_error(protocol, request.id, exc.code, exc.message)
+            return
+        except StoreRefused:
             self._reply_error(
                 protocol,
                 request.id,
@@ -402,55 +359,8 @@ class SalonServer:
                 "the server cannot store changes right now; nothing was changed, retry later",
             )
             return
-        if isinstance(request, msg.SetStream):
-            self._set_stream(protocol, request)
-            return
-        now = time.time()
-        room = self.core.session_room(protocol.session_id)
-        identity = protocol.identity
-        counter = self.store_changes
-        changes = counter() if counter is not None else None
-        try:
-            self.core.check_session_state(protocol.session_id, request)
-            if isinstance(request, msg.CreateRoom):
-                refusal = self.guard.check_create(identity, protocol.address)
-                if refusal is not None:
-                    limit, text = refusal
-                    code = (
-                        msg.ErrorCode.ROOM_LIMIT if limit == "rooms" else msg.ErrorCode.RATE_LIMITED
-                    )
-                    self._reply_error(protocol, request.id, code, text)
-                    return
-            review = await self.policy.review(identity, room, request, protocol.address, now)
-            if protocol.closed:
-                return
-            if isinstance(review.request, msg.Join):
-                notes = self.guard.ban_notes(
-                    review.request.room, identity.user, protocol.address, now
-                )
-                if notes:
-                    review.trust = notes + review.trust
-            result = self.core.handle_request(
-                protocol.session_id,
-                review.request,
-                time.time(),
-                trust=review.trust,
-                auto_approve=review.auto_approve,
-            )
-        except CoreError as exc:
-            self._reply_error(protocol, request.id, exc.code, exc.message)
-            self._pump()
-            return
-        self._pump()
-        if isinstance(review.request, msg.CreateRoom):
-            created = result.get("room")
-            if isinstance(created, dict) and isinstance(created.get("room"), str):
-                self.guard.created(created["room"], identity, protocol.address)
-        try:
-            if counter is None or counter() != changes:
-                for barrier in self.commit_barriers:
-                    await barrier()
         except StoreUnavailable as exc:
+            kind = request.__struct_config__.tag
             log.warning("session %d: %s not acknowledged: %s", protocol.session_id, kind, exc)
             self._reply_error(
                 protocol,
@@ -460,9 +370,8 @@ class SalonServer:
                 "not acknowledged and may not survive a restart; retry later",
             )
             return
-        if review.finish is not None:
-            result = await review.finish(result)
-        self._reply_ok(protocol, request.id, result)
+        if result is not None:
+            self._reply_ok(protocol, request.id, result)
 
     def _set_stream(self, protocol: SessionProtocol, request: msg.SetStream) -> None:
         """How a room member receives audio is no policy decision: plugins do not review it."""
@@ -480,7 +389,7 @@ class SalonServer:
             self._reply_error(protocol, request.id, exc.code, exc.message)
             return
         finally:
-            self._pump()
+            self.pipeline.pump()
         self._reply_ok(protocol, request.id, result)
 
     async def _hello(self, protocol: SessionProtocol, request: msg.Hello) -> None:
@@ -509,7 +418,7 @@ class SalonServer:
             self._reply_error(protocol, request.id, code, str(exc))
             return
         try:
-            identity = await self.authenticator.authenticate(
+            identity = await self.pipeline.authenticate(
                 request.credentials, request.display_name, protocol.address
             )
         except AuthError as exc:
@@ -592,44 +501,6 @@ class SalonServer:
             self.stats.messages_out += 1
             self._dirty.add(protocol)
         self._schedule_flush()
-
-    def after_core_change(self) -> None:
-        """Deliver what a call into the core outside a session (the admin API) produced."""
-        self._pump()
-
-    def _pump(self) -> None:
-        """Pull every pending core output, then re-arm the core's timer."""
-        core = self.core
-        event = core.next_event()
-        while event is not None:
-            if isinstance(event, Deliver):
-                self.deliver(event.sessions, event.message)
-            else:
-                for observer in self.observers:
-                    try:
-                        observer(event)
-                    except Exception:
-                        log.exception("observer failed on %s", type(event).__name__)
-            event = core.next_event()
-        self._arm_core_timer()
-
-    def _arm_core_timer(self) -> None:
-        deadline = self.core.get_timer()
-        if deadline == self._core_timer_at:
-            return
-        if self._core_timer is not None:
-            self._core_timer.cancel()
-            self._core_timer = None
-        self._core_timer_at = deadline
-        if deadline is not None and self._loop is not None:
-            delay = max(0.0, deadline - time.time())
-            self._core_timer = self._loop.call_later(delay, self._on_core_timer)
-
-    def _on_core_timer(self) -> None:
-        self._core_timer = None
-        self._core_timer_at = None
-        self.core.handle_timer(time.time())
-        self._pump()
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:

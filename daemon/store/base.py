@@ -51,7 +51,7 @@ class Store(Protocol):
     then writes, ``stop`` (commit what is queued, close). Write methods only queue the change
     and return at once; ``commit`` returns when every change queued before the call is
     durable (or raises :class:`StoreError` if it could not be written). The admin API awaits
-    ``commit`` (through ``SalonServer.commit_barriers``) before answering an action.
+    ``commit`` (through ``RequestPipeline.commit_barriers``) before answering an action.
     """
 
     location: str
