@@ -438,3 +438,54 @@ def test_console_text_helper_drops_control_characters_even_from_old_data() -> No
     shown = plain("Nice\x1b]0;pwned\x07\x1b[2J[link=https://evil.example]x[/link]\u202e")
     assert "\x1b" not in shown.plain and "\x07" not in shown.plain and "\u202e" not in shown.plain
     assert "[link=https://evil.example]x[/link]" in shown.plain and not shown.spans
+
+
+async def test_hands_and_knocks_appear_from_events_without_polling(tmp_path: Path) -> None:
+    """A hand raise and a knock's expiry reach the room screen as admin events: the console
+    asks the daemon for the room's detail once, when the screen opens, and never again."""
+    config = tmp_path / "salond.toml"
+    config.write_text("[limits]\nknock_ttl = 2.5\n")
+    state = tmp_path / "state"
+    daemon = start_salond(state, "-c", str(config))
+    admin = await AdminClient.connect(admin_socket(daemon))
+    listener = knocker = None
+    try:
+        await admin.create_room("floor", "Open floor", persistent=True)
+        listener = await guest(daemon, "Lin")
+        await listener.join("floor")
+        await admin.act("floor", "update_room", policy="approval")
+        app = SalonAdminApp(admin_socket(daemon))
+        async with app.run_test(size=SIZE) as pilot:
+            await open_console(pilot, rooms=1)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, RoomScreen), "room screen")
+            await until(pilot, lambda: column(app, "audience", "user") == [listener.user], "Lin")
+            client = app.client
+            assert client is not None
+            asked: list[str] = []
+            fetch = client.room
+
+            async def counted(room: str) -> object:
+                asked.append(room)
+                return await fetch(room)
+
+            client.room = counted  # type: ignore[method-assign]
+
+            await listener.call("raise_hand")
+            await until(pilot, lambda: column(app, "hands", "user") == [listener.user], "hand")
+            await until(pilot, lambda: column(app, "audience", "hand") == ["✋"], "hand mark")
+
+            knocker = await guest(daemon, "Kit")
+            assert (await knocker.join("floor"))["status"] == "knocking"
+            await until(pilot, lambda: column(app, "knocks", "user") == [knocker.user], "knock")
+            # The knock expires in the daemon (2.5 s, so stats events pass meanwhile).
+            await knocker.wait_for_event(msg.KnockDenied, timeout=15)
+            await until(pilot, lambda: table(app, "knocks").row_count == 0, "knock expired")
+            assert column(app, "hands", "user") == [listener.user]
+            assert asked == [], "the room screen asked the daemon again instead of using events"
+    finally:
+        for client_ in (listener, knocker):
+            if client_ is not None:
+                await client_.close()
+        await admin.close()
+        assert daemon.stop() == 0, daemon.log_text()

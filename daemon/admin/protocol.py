@@ -44,6 +44,11 @@ EVENT_KINDS = (
     "role_changed",
     "speaking",
     "knock",
+    "knock_resolved",
+    "hand_queue",
+    "participant",
+    "room_updated",
+    "recording",
     "moderation",
     "levels",
     "stats",
@@ -317,8 +322,11 @@ class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):
     room_created {room, owner} · room_closed {room, reason} · member_joined {room, user, role}
     · member_left {room, user, reason} · role_changed {room, user, old, new}
     · speaking {room, speakers} · knock {room, request: JoinRequestInfo}
-    · moderation AuditEntry · levels {room, levels: [MeterLevel]} · stats StatusInfo
-    · shutdown {reason}.
+    · knock_resolved {room, request_id, user, outcome, by} · hand_queue {room, users}
+    · participant {room, participant: Participant} · room_updated {room}
+    · recording {room, recording, state} · moderation AuditEntry
+    · levels {room, levels: [MeterLevel]} (at most every 0.25 s, when they changed)
+    · stats StatusInfo · shutdown {reason}.
     """
 
     kind: Literal[
@@ -329,6 +337,11 @@ class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):
         "role_changed",
         "speaking",
         "knock",
+        "knock_resolved",
+        "hand_queue",
+        "participant",
+        "room_updated",
+        "recording",
         "moderation",
         "levels",
         "stats",

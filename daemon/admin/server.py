@@ -500,6 +500,26 @@ class AdminServer:
         elif isinstance(event, events.KnockReceived):
             kind = "knock"
             data = {"room": event.room, "request": wire.to_builtins(event.request)}
+        elif isinstance(event, events.KnockResolved):
+            kind = "knock_resolved"
+            data = {
+                "room": event.room,
+                "request_id": event.request_id,
+                "user": event.user,
+                "outcome": event.outcome,
+                "by": event.by,
+            }
+        elif isinstance(event, events.HandQueueChanged):
+            kind, data = "hand_queue", {"room": event.room, "users": list(event.users)}
+        elif isinstance(event, events.ParticipantChanged):
+            kind = "participant"
+            data = {"room": event.room, "participant": wire.to_builtins(event.participant)}
+        elif isinstance(event, events.RoomSettingsChanged):
+            kind, data = "room_updated", {"room": event.settings.room}
+        elif isinstance(event, events.RecordingStarted | events.RecordingStopped):
+            kind = "recording"
+            state = "started" if isinstance(event, events.RecordingStarted) else "stopped"
+            data = {"room": event.room, "recording": event.recording, "state": state}
         else:
             return
         if self._connections:

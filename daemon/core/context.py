@@ -165,12 +165,14 @@ class CoreContext:
         self.emit(events.ModerationTaken(actor.room.id, actor.user, action, target, detail))
 
     def participant_updated(self, room: Room, member: Member) -> None:
-        self.to_members(
-            room, messages.ParticipantUpdated(room=room.id, participant=room.participant(member))
-        )
+        participant = room.participant(member)
+        self.to_members(room, messages.ParticipantUpdated(room=room.id, participant=participant))
+        self.emit(events.ParticipantChanged(room.id, participant))
 
     def hand_queue_changed(self, room: Room) -> None:
-        self.to_hosts(room, messages.HandQueue(room=room.id, users=room.hands.users()))
+        users = room.hands.users()
+        self.to_hosts(room, messages.HandQueue(room=room.id, users=users))
+        self.emit(events.HandQueueChanged(room.id, list(users)))
 
     def counts_changed(self, room: Room) -> None:
         self.to_members(room, messages.RoomUpdated(room=room.summary()))

@@ -143,6 +143,48 @@ class KnockReceived:
 
 
 @dataclass
+class KnockResolved:
+    """A knock left the room's list: approved, denied, cancelled by the requester, or expired."""
+
+    room: str
+    "The room id."
+
+    request_id: str
+    "The knock's id (``JoinRequestInfo.request_id``)."
+
+    user: str
+    "The requester's user id."
+
+    outcome: str
+    "approved, denied, cancelled or expired."
+
+    by: str
+    "Who resolved it (the requester when cancelled; empty when it expired)."
+
+
+@dataclass
+class HandQueueChanged:
+    """A hand rose or was lowered (by its owner, a host, or by leaving the audience)."""
+
+    room: str
+    "The room id."
+
+    users: list[str]
+    "The raised hands after the change, oldest first."
+
+
+@dataclass
+class ParticipantChanged:
+    """A member's visible state changed in place: mute, hand (``participant_updated``)."""
+
+    room: str
+    "The room id."
+
+    participant: messages.Participant
+    "The member as everyone in the room now sees them."
+
+
+@dataclass
 class RoomSettingsChanged:
     """A room's lasting attributes changed: created, updated, started, owner or moderators.
 
@@ -308,6 +350,9 @@ CoreEvent: TypeAlias = (
     | SpeakingChanged
     | ModerationTaken
     | KnockReceived
+    | KnockResolved
+    | HandQueueChanged
+    | ParticipantChanged
     | RoomSettingsChanged
     | BanChanged
     | InviteChanged

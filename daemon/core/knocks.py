@@ -77,6 +77,7 @@ class Knocks(Concern):
                     room=room.id, request_id=request.request_id, outcome=outcome, by=by
                 ),
             )
+        self._emit(events.KnockResolved(room.id, request.request_id, request.user, outcome, by))
 
     def cancel_knock(self, state: Session) -> Result:
         if state.knock is None or state.knock_room is None:

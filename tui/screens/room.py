@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -31,6 +32,9 @@ from .base import AdminScreen, PaletteCommand
 from .dialogs import ConfirmScreen, ReasonConfirmScreen
 
 POLICIES = ("open", "approval", "invite")
+IN_PLACE_EVENTS = frozenset({"hand_queue", "participant", "knock", "knock_resolved"})
+"""Admin events whose data is the change itself: applied to the shown room without asking the
+daemon again. Other events of this room (joins, roles, settings) reload its detail once."""
 MEMBER_TABLES = ("stage", "audience", "hands")
 ROLE_MARK = {"owner": "owner", "moderator": "mod", "speaker": "speaker", "listener": ""}
 
@@ -119,6 +123,8 @@ class RoomScreen(AdminScreen):
         self.query_one(KnockProfile).show(None)
         self.admin.watch_room(self.room)
         self.query_one("#stage", DataTable).focus()
+        # The knocks' waiting time counts up on screen; it needs no word from the daemon.
+        self.set_interval(1.0, self._show_waiting)
 
     def on_unmount(self) -> None:
         self.admin.watch_room(None)
@@ -152,13 +158,37 @@ class RoomScreen(AdminScreen):
         self.load_room()
 
     def admin_event(self, event: Event) -> None:
-        if event.kind == "levels" and event.room == self.room:
+        # Every change this screen shows comes as an event (docs/admin.md, "Events"): nothing
+        # here polls the daemon.
+        if event.room != self.room:
+            return
+        if event.kind == "levels":
             self.show_levels(convert(event.data.get("levels", []), list[MeterLevel]))
-        elif event.kind == "stats":
-            # Knocks expire and hands rise without an admin event: resync once a second.
+        elif event.kind in IN_PLACE_EVENTS and self.detail is not None:
+            self.show_detail(self._changed(self.detail, event))
+        else:
             self.schedule_reload()
-        elif event.room == self.room:
-            self.schedule_reload()
+
+    @staticmethod
+    def _changed(detail: RoomDetail, event: Event) -> RoomDetail:
+        """``detail`` with the change ``event`` describes applied."""
+        data = event.data
+        changes: dict[str, Any] = {}
+        if event.kind == "hand_queue":
+            changes["hand_queue"] = [str(user) for user in data.get("users", [])]
+        elif event.kind == "participant":
+            changed = convert(data["participant"], Participant)
+            changes["participants"] = [
+                changed if m.user == changed.user else m for m in detail.participants
+            ]
+        elif event.kind == "knock":
+            knock = convert(data["request"], JoinRequestInfo)
+            others = [k for k in detail.knocks if k.request_id != knock.request_id]
+            changes["knocks"] = [*others, knock]
+        elif event.kind == "knock_resolved":
+            gone = data.get("request_id")
+            changes["knocks"] = [k for k in detail.knocks if k.request_id != gone]
+        return msgspec.structs.replace(detail, **changes)
 
     @on(RoomGone)
     def room_gone(self, message: RoomGone) -> None:
@@ -169,7 +199,10 @@ class RoomScreen(AdminScreen):
 
     @on(RoomLoaded)
     def show_room(self, message: RoomLoaded) -> None:
-        detail = self.detail = message.detail
+        self.show_detail(message.detail)
+
+    def show_detail(self, detail: RoomDetail) -> None:
+        self.detail = detail
         s = detail.summary
         summary = Text()
         summary.append(f"{s.room}", style="bold")
@@ -242,7 +275,7 @@ class RoomScreen(AdminScreen):
                         knock_name(k),
                         plain(k.user),
                         plain(", ".join(k.verified) or "guest"),
-                        f"{max(0.0, now - k.requested_at):.0f} s",
+                        waiting(k, now),
                     ],
                 )
                 for k in detail.knocks
@@ -253,6 +286,18 @@ class RoomScreen(AdminScreen):
         self.query_one("#hands-title", Label).update(f"Hand queue ({len(detail.hand_queue)})")
         self.query_one("#knocks-title", Label).update(f"Knocks ({len(detail.knocks)})")
         self.query_one(KnockProfile).show(self.selected_knock())
+
+    def _show_waiting(self) -> None:
+        if self.detail is None:
+            return
+        try:
+            table = self.query_one("#knocks", DataTable)
+        except NoMatches:
+            return
+        now = time.time()
+        for knock in self.detail.knocks:
+            if knock.request_id in table.rows:
+                table.update_cell(knock.request_id, "waiting", waiting(knock, now))
 
     @staticmethod
     def _meter(levels: dict[str, MeterLevel], member: Participant) -> Text:
@@ -520,3 +565,8 @@ def mic(member: Participant) -> Text:
     if member.muted:
         return Text("muted", style="yellow")
     return Text("live", style="bold green")
+
+
+def waiting(knock: JoinRequestInfo, now: float) -> str:
+    """How long a requester has been knocking, as the knocks table shows it."""
+    return f"{max(0.0, now - knock.requested_at):.0f} s"

@@ -25,8 +25,18 @@ from .dialogs import ConfirmScreen, CreateRoomScreen
 
 POLICIES = ("open", "approval", "invite")
 ROOM_EVENTS = frozenset(
-    {"room_created", "room_closed", "member_joined", "member_left", "role_changed", "moderation"}
+    {
+        "room_created",
+        "room_closed",
+        "room_updated",
+        "recording",
+        "member_joined",
+        "member_left",
+        "role_changed",
+        "moderation",
+    }
 )
+"""Admin events that change what the rooms list shows: each reloads it (bursts coalesced)."""
 
 
 class RoomsScreen(AdminScreen):
@@ -158,7 +168,6 @@ class RoomsScreen(AdminScreen):
     def admin_event(self, event: Event) -> None:
         if event.kind == "stats":
             self._show_stats(convert(event.data, StatusInfo))
-            self.load_rooms()
         elif event.kind == "moderation":
             try:
                 self.query_one(AuditLog).add(convert(event.data, AuditEntry))
