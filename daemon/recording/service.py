@@ -156,7 +156,7 @@ class RecordingService:
     # ------------------------------------------------------------------ event loop side
 
     def on_core_event(self, event: events.CoreEvent) -> None:
-        """Observer of the core's events (server.observers); never blocks."""
+        """Observer of the core's events (pipeline.observers); never blocks."""
         if isinstance(event, events.RecordingStarted):
             self._put(_Start(event.room, event.recording, event.by, event.at, event.outlet))
         elif isinstance(event, events.RecordingTrackAdded):
