@@ -4,10 +4,13 @@ A client (over QUIC), an operator (over the admin socket) and a plugin (through 
 ``SalonAPI``) differ only by the :class:`Actor` they act as. For each of them,
 :meth:`RequestPipeline.perform`:
 
+0. for a client, checks the request fits its session's state and its address's limits (the
+   QUIC server's guest abuse limits: rooms created per address);
 1. asks the request policy (the plugins: ``authorize`` and the hook that fits the request) to
    review the request; a refusal is a :class:`~salon.daemon.core.CoreError`;
 2. hands the reviewed request to the core: a client's as a member of its room
-   (``SalonCore.handle_request``, with the policy's trust annotations and auto-approval), an
+   (``SalonCore.handle_request``, with the policy's trust annotations -- and, on a knock, the
+   bans its address recalls -- and auto-approval), an
    operator's or a plugin's with operator rights (``SalonCore.admin_request``);
 3. pumps the core's outputs: events to sessions through the ``deliver`` sink, everything else to
    the observers (store, plugins, admin API, recorders), then re-arms the core's timer;
