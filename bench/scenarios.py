@@ -46,6 +46,7 @@ SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond-asyncio": {"event_loop": "asyncio"},
     "salond-nogc": {"gc_freeze": False, "gc_threshold": 0},
     "salond-nobatch": {"read_batch": 1},
+    "salond-sendto": {"send_batch": "sendto"},
     "naive": {},
 }
 """Servers to compare: salond with one ``[tuning]`` measure turned off (conf/salond.toml)."""

@@ -9,7 +9,8 @@ package, and nowhere else (``tests/test_layering.py`` scans the other packages):
   path and its timer, the bounded hand-over to aioquic's datagram queue, the ACK-state PING,
   the client's delayed ACKs and immediate acknowledgement of control data, the peer's
   certificate and limits);
-- :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader.
+- :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader;
+- :mod:`salon.quic.sendbatch`: the packets of one tick sent with one ``sendmmsg`` call.
 
 They were written and tested against one aioquic release, :data:`AIOQUIC_VERSION`, which
 pyproject.toml pins; ``tests/test_quic_seam.py`` checks every internal this package relies on

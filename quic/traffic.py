@@ -13,6 +13,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from salon.quic.sendbatch import BatchingTransport, MMsgSender, sendmmsg_available
+
 log = logging.getLogger("salon.net")
 
 SOCKET_BUFFER_BYTES = 1024 * 1024
@@ -53,17 +55,32 @@ class UdpTraffic:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def attach(self, quic_server: Any, read_batch: int = 1) -> None:
-        """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends, and read
-        up to ``read_batch`` datagrams per loop iteration (1: asyncio's own reader).
+    def count_sent(self, packets: int, size: int) -> None:
+        self.packets_out += packets
+        self.bytes_out += size
+
+    def attach(
+        self, quic_server: Any, read_batch: int = 1, send_batch: str = "sendto"
+    ) -> BatchingTransport | None:
+        """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends, read up
+        to ``read_batch`` datagrams per loop iteration (1: asyncio's own reader), and send
+        with ``sendmmsg`` while the returned transport is held (``send_batch="sendmmsg"``).
 
         Must run before the first connection exists: each connection keeps the transport it
         was given, so the server's transport is replaced by a counting one here.
         """
         transport = quic_server._transport
-        if transport is None or isinstance(transport, _CountingTransport):
-            return
-        quic_server._transport = _CountingTransport(transport, self)
+        if transport is None or isinstance(transport, BatchingTransport):
+            return None
+        sender = None
+        if send_batch == "sendmmsg":
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sendmmsg_available():
+                sender = MMsgSender(sock)
+            else:
+                log.warning("send_batch: sendmmsg is not available here, sending one by one")
+        batching = BatchingTransport(transport, self.count_sent, sender)
+        quic_server._transport = batching
         received = quic_server.datagram_received
 
         def datagram_received(data: bytes, addr: Any) -> None:
@@ -74,7 +91,8 @@ class UdpTraffic:
         # asyncio looks the method up on the protocol for each datagram.
         quic_server.datagram_received = datagram_received
         if read_batch > 1:
-            _read_in_batches(transport, datagram_received, read_batch)
+            _read_in_batches(transport, datagram_received, read_batch, batching)
+        return batching
 
 
 def server_transport(quic_server: Any) -> Any:
@@ -82,13 +100,19 @@ def server_transport(quic_server: Any) -> Any:
     return quic_server._transport
 
 
-def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None], batch: int) -> bool:
+def _read_in_batches(
+    transport: Any,
+    received: Callable[[bytes, Any], None],
+    batch: int,
+    sending: BatchingTransport | None = None,
+) -> bool:
     """Read up to ``batch`` datagrams per event-loop iteration instead of one.
 
     asyncio's selector datagram transport reads one datagram per readiness event, so each of
     the listeners' ACK packets costs a whole loop iteration (a ``select`` and the loop's
     bookkeeping). This replaces its reader with one that drains the socket in batches; the
-    connections touched by a batch are still flushed once at the end of the tick. Transports
+    connections touched by a batch are still flushed once at the end of the tick, and what
+    they send while the batch is read leaves in one ``sendmmsg`` (``sending``). Transports
     that are not asyncio's selector transport (uvloop batches already) are left alone.
     """
     sock = getattr(transport, "_sock", None)
@@ -103,6 +127,16 @@ def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None], bat
     protocol = transport._protocol
 
     def read_ready() -> None:
+        if sending is None:
+            read()
+            return
+        sending.hold()
+        try:
+            read()
+        finally:
+            sending.release()
+
+    def read() -> None:
         for _ in range(batch):
             if transport._conn_lost:
                 return
@@ -118,20 +152,3 @@ def _read_in_batches(transport: Any, received: Callable[[bytes, Any], None], bat
     # Replaces the transport's own reader on the same file descriptor.
     loop._add_reader(fd, read_ready)
     return True
-
-
-class _CountingTransport:
-    """A datagram transport that counts what goes through ``sendto``."""
-
-    def __init__(self, inner: Any, traffic: UdpTraffic) -> None:
-        self._inner = inner
-        self._traffic = traffic
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        traffic = self._traffic
-        traffic.packets_out += 1
-        traffic.bytes_out += len(data)
-        self._inner.sendto(data, addr)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -32,6 +32,7 @@ from salon.daemon.wire.framing import frame_message
 from salon.daemon.wire.text import TextError, check_text
 from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
 from salon.quic.fastpath import supported as fastpath_supported
+from salon.quic.sendbatch import BatchingTransport
 from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
 log = logging.getLogger("salon.net")
@@ -87,6 +88,8 @@ class SalonServer:
         self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._quic_server: QuicServer | None = None
+        self._sending: BatchingTransport | None = None
+        """The socket's transport: held during a flush, its packets leave in one sendmmsg."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.shutting_down = False
         self.address: tuple[str, int] = ("", 0)
@@ -122,7 +125,9 @@ class SalonServer:
             configuration=self.quic_configuration(),
             create_protocol=create_protocol,
         )
-        self.traffic.attach(self._quic_server, self.config.tuning.read_batch)
+        self._sending = self.traffic.attach(
+            self._quic_server, self.config.tuning.read_batch, self.config.tuning.send_batch
+        )
         transport = server_transport(self._quic_server)
         enlarge_socket_buffers(transport)  # see SOCKET_BUFFER_BYTES
         sockname = transport.get_extra_info("sockname")
@@ -510,6 +515,13 @@ class SalonServer:
         self._flush_handle = None
         dirty = self._dirty
         self._dirty = set()
-        for protocol in dirty:
-            if not protocol.closed:
-                protocol.transmit()
+        sending = self._sending
+        if sending is not None:
+            sending.hold()
+        try:
+            for protocol in dirty:
+                if not protocol.closed:
+                    protocol.transmit()
+        finally:
+            if sending is not None:
+                sending.release()

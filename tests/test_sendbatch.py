@@ -1,0 +1,128 @@
+"""Batched sends (salon.quic.sendbatch): one sendmmsg per tick, and the one-by-one fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from salon.quic.sendbatch import BatchingTransport, MMsgSender, sendmmsg_available
+from tests.conftest import run_daemon
+from tests.test_fastpath import _room_with_listeners, _speaker_datagram
+
+needs_sendmmsg = pytest.mark.skipif(not sendmmsg_available(), reason="no sendmmsg here")
+
+
+def _receivers(family: int, host: str, count: int) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        sock.settimeout(2.0)
+        sockets.append(sock)
+    return sockets
+
+
+@needs_sendmmsg
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_sendmmsg_delivers_every_packet_to_its_address_in_order(family: int, host: str):
+    try:
+        receivers = _receivers(family, host, 3)
+    except OSError:
+        pytest.skip(f"no {host} here")
+    sender_socket = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        # More packets than one call takes, of different sizes, to interleaved addresses.
+        sender = MMsgSender(sender_socket, batch=7)
+        packets = [bytes([index]) * (20 + index) for index in range(30)]
+        addrs = [receivers[index % 3].getsockname() for index in range(30)]
+        assert sender.send(packets, addrs) == (30, 0)
+        for which, receiver in enumerate(receivers):
+            got = [receiver.recvfrom(2048)[0] for _ in range(10)]
+            assert got == packets[which::3]
+    finally:
+        sender_socket.close()
+        for receiver in receivers:
+            receiver.close()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.errors: list[OSError] = []
+
+    def error_received(self, exc: Exception) -> None:
+        assert isinstance(exc, OSError)
+        self.errors.append(exc)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "sendto"])
+async def test_held_sends_leave_together_and_a_refused_packet_is_reported(batched: bool):
+    """While held, nothing leaves (sendto: sent at once); on release every packet arrives in
+    order, and a packet the kernel refuses (broadcast without SO_BROADCAST) is reported as
+    asyncio would, without losing the packets after it."""
+    if batched and not sendmmsg_available():
+        pytest.skip("no sendmmsg here")
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _Protocol, local_addr=("127.0.0.1", 0)
+    )
+    receiver = _receivers(socket.AF_INET, "127.0.0.1", 1)[0]
+    counted: list[tuple[int, int]] = []
+    sender = MMsgSender(transport.get_extra_info("socket")) if batched else None
+    batching = BatchingTransport(transport, lambda n, size: counted.append((n, size)), sender)
+    try:
+        address = receiver.getsockname()
+        batching.hold()
+        for index in range(5):
+            batching.sendto(bytes([index]) * 10, address)
+        batching.sendto(b"refused", ("255.255.255.255", 9))
+        for index in range(5, 8):
+            batching.sendto(bytes([index]) * 10, address)
+        if batched:
+            receiver.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                receiver.recvfrom(100)  # nothing left while held
+            receiver.setblocking(True)
+        batching.release()
+        got = [receiver.recvfrom(100)[0] for _ in range(8)]
+        assert got == [bytes([index]) * 10 for index in range(8)]
+        await asyncio.sleep(0)
+        assert [exc.errno for exc in protocol.errors] == [13]  # EACCES
+        assert batching.calls == (1 if batched else 0)
+        assert sum(n for n, _ in counted) == 9
+        # Not held: straight through.
+        batching.sendto(b"direct", address)
+        assert receiver.recvfrom(100)[0] == b"direct"
+    finally:
+        receiver.close()
+        transport.close()
+
+
+@pytest.mark.parametrize("send_batch", ["sendmmsg", "sendto"])
+async def test_salond_forwards_with_each_send_path(tmp_path: Any, send_batch: str):
+    async with run_daemon(tmp_path / "state", **{"tuning.send_batch": send_batch}) as live:
+        speaker, key, listeners = await _room_with_listeners(live, 3)
+        received: dict[int, list[bytes]] = {id(c): [] for c in listeners}
+        for client in listeners:
+            client.on_datagram = received[id(client)].append
+        sent = [_speaker_datagram(key, seq) for seq in range(30)]
+        for data in sent:
+            speaker.send_datagram(data)
+            await asyncio.sleep(0.005)
+        for _ in range(200):
+            if all(len(got) == len(sent) for got in received.values()):
+                break
+            await asyncio.sleep(0.02)
+        assert all(got == sent for got in received.values())
+        sending = live.daemon.server._sending
+        assert sending is not None
+        assert sending.batching == (send_batch == "sendmmsg" and sendmmsg_available())
+        if sending.batching:
+            # Each tick's copies to the three listeners left in one call, not three.
+            assert 0 < sending.calls < 3 * len(sent)
+        else:
+            assert sending.calls == 0
