@@ -271,10 +271,19 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def _toml(value: bool | int | str) -> str:
+def _toml(value: bool | int | str | float) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+BENCH_LIMITS: dict[str, int | float] = {
+    "guest_connections_per_address": 100000,
+    "guest_connect_rate": 0.0,
+    "guest_rooms_per_address": 100000,
+    "guest_create_rate": 0.0,
+}
+"""salond's ``[limits]`` in the benchmarks: every load generator connects from one address."""
 
 
 def start_server(
@@ -310,11 +319,13 @@ def start_server(
             "info",
             *args,
         ]
+        # Every bench client comes from 127.0.0.1: lift the per-address guest limits.
+        lines = ["[limits]"] + [f"{key} = {_toml(value)}" for key, value in BENCH_LIMITS.items()]
         if tuning:
-            config = state_dir / "salond.toml"
-            lines = ["[tuning]"] + [f"{key} = {_toml(value)}" for key, value in tuning.items()]
-            config.write_text("\n".join(lines) + "\n")
-            command += ["--config", str(config)]
+            lines += ["[tuning]"] + [f"{key} = {_toml(value)}" for key, value in tuning.items()]
+        config = state_dir / "salond.toml"
+        config.write_text("\n".join(lines) + "\n")
+        command += ["--config", str(config)]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

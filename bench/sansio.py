@@ -33,6 +33,7 @@ from aioquic.quic.connection import QuicConnection
 
 from bench.common import media_datagram
 from salon.daemon.tls import ensure_certificate
+from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
 from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
 
@@ -83,12 +84,16 @@ class Pair:
             self.client.receive_datagram(data, SERVER_ADDR, self.now)
 
 
-def measure(path: str, ack_delay: float, copies: int = 5000) -> dict[str, Any]:
-    """CPU µs per copy of ``path`` ("aioquic" or "fast") with the client's ``ack_delay``."""
+def measure(
+    path: str, ack_delay: float, copies: int = 5000, acks: str = "aioquic"
+) -> dict[str, Any]:
+    """CPU µs per copy of ``path`` ("aioquic" or "fast") with the client's ``ack_delay``;
+    the server applies ACKs through ``acks`` ("aioquic" or "fast", the ACK fast path)."""
     with tempfile.TemporaryDirectory(prefix="salon-sansio-") as tmp:
         pair = Pair(Path(tmp), ack_delay)
     server, client = pair.server, pair.client
     fast = DatagramFastPath(server) if path == "fast" else None
+    ack_path = AckFastPath(server) if acks == "fast" else None
     wire: list[bytes] = []
 
     def sendto(data: bytes, addr: Any) -> None:
@@ -96,7 +101,7 @@ def measure(path: str, ack_delay: float, copies: int = 5000) -> dict[str, Any]:
 
     clock = time.process_time
     send_cpu = ack_cpu = 0.0
-    acks = 0
+    ack_packets = 0
     for seq in range(copies):
         pair.now += FRAME
         now = pair.now
@@ -123,17 +128,21 @@ def measure(path: str, ack_delay: float, copies: int = 5000) -> dict[str, Any]:
         replies = client.datagrams_to_send(now)
         started = clock()
         for packet, _ in replies:
-            server.receive_datagram(packet, CLIENT_ADDR, now)
-            acks += 1
+            if ack_path is None or not ack_path.receive(packet, CLIENT_ADDR, now):
+                server.receive_datagram(packet, CLIENT_ADDR, now)
+            elif fast is not None:
+                fast.quic.fast_clean = False  # as salond does after a fast ACK
+            ack_packets += 1
         while server.next_event() is not None:
             pass
         ack_cpu += clock() - started
     return {
         "path": path,
+        "acks": acks,
         "ack_delay": ack_delay,
         "send_us": send_cpu / copies * 1e6,
         "ack_us": ack_cpu / copies * 1e6,
-        "acks_per_copy": acks / copies,
+        "acks_per_copy": ack_packets / copies,
     }
 
 
@@ -144,18 +153,21 @@ def run(copies: int = 5000) -> list[dict[str, Any]]:
         measure("aioquic", CLIENT_ACK_DELAY, copies),
         measure("fast", 0.020, copies),
         measure("fast", CLIENT_ACK_DELAY, copies),
+        measure("fast", 0.020, copies, acks="fast"),
+        measure("fast", CLIENT_ACK_DELAY, copies, acks="fast"),
     ]
 
 
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| send path | listener ACK delay | send µs/copy | ACK µs/copy | ACKs/copy"
+        "| send path | ACK path | listener ACK delay | send µs/copy | ACK µs/copy | ACKs/copy"
         " | total µs/copy |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
-            f"| {result['path']} | {result['ack_delay'] * 1000:.0f} ms | {result['send_us']:.1f}"
+            f"| {result['path']} | {result['acks']} | {result['ack_delay'] * 1000:.0f} ms"
+            f" | {result['send_us']:.1f}"
             f" | {result['ack_us']:.1f} | {result['acks_per_copy']:.2f}"
             f" | {result['send_us'] + result['ack_us']:.1f} |"
         )

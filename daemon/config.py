@@ -671,6 +671,10 @@ class TuningConfig(Section, frozen=True):
     fast_path: bool = True
     """Send media in packets built beside aioquic's writer when nothing else is pending
     (switches itself off on an aioquic release it was not written for)."""
+    ack_fast_path: bool = True
+    """Apply listeners' ACK-only packets without aioquic's general receive path (same
+    effect; switches itself off with ``fast_path`` on an aioquic release it was not written
+    for)."""
     send_batch: Literal["sendmmsg", "sendto"] = "sendmmsg"
     """``sendmmsg``: the packets of one loop tick leave in one system call (Linux; falls back
     to ``sendto`` elsewhere); ``sendto``: one system call per packet."""

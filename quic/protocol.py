@@ -19,6 +19,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 from aioquic.tls import Epoch
 
+from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
 
 ACK_STATE_CHECK = 64
@@ -92,11 +93,30 @@ class ServerProtocol(SalonQuicProtocol):
     :attr:`peer_max_datagram` once the handshake is done.
     """
 
-    def __init__(self, *args: Any, fast_path: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, fast_path: bool = True, ack_fast_path: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.peer_max_datagram = 0
         """The largest datagram this peer is sent (0: none, it did not enable DATAGRAM)."""
         self.fastpath: DatagramFastPath | None = DatagramFastPath(self._quic) if fast_path else None
+        self.ackpath: AckFastPath | None = AckFastPath(self._quic) if ack_fast_path else None
+
+    # -- receiving
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """ACK-only packets take the ACK fast path (:mod:`salon.quic.ackpath`); the rest
+        aioquic's ``receive_datagram``."""
+        ackpath = self.ackpath
+        if ackpath is not None and ackpath.receive(data, addr, self._loop.time()):
+            # The ACK may have released or lost packets aioquic must act on: the send fast
+            # path checks the connection again, as after any call into aioquic.
+            if self.fastpath is not None:
+                self.fastpath.quic.fast_clean = False
+            self._process_events()
+            self.transmit()
+            return
+        super().datagram_received(data, addr)
 
     # -- what the subclass provides
 

@@ -71,6 +71,8 @@ class SalonServer:
         self.stats = ServerStats()
         self.fast_path = config.tuning.fast_path and fastpath_supported()
         """Whether new sessions send media by the datagram fast path (``tuning.fast_path``)."""
+        self.ack_fast_path = config.tuning.ack_fast_path and fastpath_supported()
+        """Whether new sessions apply ACK-only packets by the ACK fast path."""
         self.traffic = UdpTraffic()
         """UDP packets and bytes of the QUIC socket (read by the admin API and metrics)."""
         self.sessions: dict[int, SessionProtocol] = {}

@@ -70,7 +70,9 @@ class SessionProtocol(ServerProtocol):
     session_id: int
 
     def __init__(self, *args: object, server: SalonServer, session_id: int, **kwargs: object):
-        super().__init__(*args, fast_path=server.fast_path, **kwargs)
+        super().__init__(
+            *args, fast_path=server.fast_path, ack_fast_path=server.ack_fast_path, **kwargs
+        )
         self.server = server
         self.session_id = session_id
         self.identity: Identity | None = None
