@@ -19,7 +19,7 @@ import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic import packet as quic_packet
-from aioquic.quic.connection import QuicConnectionState
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 
@@ -190,6 +190,48 @@ CHECKS: dict[str, Callable[[Pair], bool]] = {
     "QuicConnectionProtocol() sets _quic/_loop/_transport/_timer/_timer_at": lambda p: all(
         n in inspect.getsource(QuicConnectionProtocol.__init__)
         for n in ("self._quic", "self._loop", "self._transport", "self._timer", "self._timer_at")
+    ),
+    # What the ACK fast path (salon.quic.ackpath) reads and updates, as receive_datagram does.
+    **{
+        f"QuicConnection.{name}": connection_has(name)
+        for name in ("_spin_highest_pn", "_remote_ack_delay_exponent", "host_cid", "_cryptos")
+    },
+    "CryptoContext.decrypt_packet(packet, encrypted_offset, expected) -> 4 values": lambda p: (
+        has_parameters(
+            p.server._cryptos[Epoch.ONE_RTT].recv.decrypt_packet,
+            "packet",
+            "encrypted_offset",
+            "expected_packet_number",
+        )
+        and "crypto != self" in inspect.getsource(type(p.server._cryptos[Epoch.ONE_RTT].recv))
+    ),
+    "QuicPacketSpace receive fields": lambda p: all(
+        hasattr(p.server._spaces[Epoch.ONE_RTT], n)
+        for n in (
+            "expected_packet_number",
+            "largest_received_packet",
+            "largest_received_time",
+            "ack_queue",
+            "received_packets",
+            "discarded",
+            "largest_acked_packet",
+        )
+    ),
+    "QuicPacketRecovery.on_ack_received(ack_rangeset, ack_delay, now, space)": lambda p: (
+        has_parameters(p.server._loss.on_ack_received, "ack_rangeset", "ack_delay", "now", "space")
+        and hasattr(p.server._loss, "peer_completed_address_validation")
+    ),
+    "receive_datagram's steps for a 1-RTT packet (the ACK fast path mirrors them)": lambda p: all(
+        step in inspect.getsource(QuicConnection.receive_datagram)
+        for step in (
+            "space.expected_packet_number = packet_number + 1",
+            "self._spin_highest_pn = packet_number",
+            "self._close_at = now + self._idle_timeout()",
+            "self._ack_eliciting_sent_since_receipt = False",
+            "space.ack_queue.add(packet_number)",
+            "space.received_packets.add(packet_number)",
+            "space.ack_queue.shift()",
+        )
     ),
     "QuicServer._transport/.datagram_received": lambda p: (
         "self._transport" in inspect.getsource(QuicServer)
