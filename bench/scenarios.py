@@ -82,6 +82,9 @@ class Result:
     """Share of the copies due to the speakers (the others' packets) that did not arrive."""
     rss_growth_kib: int = 0
     loadgen_max_cpu_share: float = 0.0
+    loadgen_us_per_copy: float = float("nan")
+    """CPU of every load generator process (speakers and listeners) per copy: next to the
+    server's, it says which side was the limit."""
     packets_per_copy: float = float("nan")
     """UDP packets the listeners received from the server per copy (probes and ACKs count)."""
     acks_per_copy: float = float("nan")
@@ -313,6 +316,9 @@ def run_scenario(
             result.worst_ms_by_half_second = [worst[b] / 1000 for b in sorted(worst)]
             result.loadgen_max_cpu_share = max(
                 (load1[pid] - load0[pid]) / elapsed for pid in load1 if pid in load0
+            )
+            result.loadgen_us_per_copy = (
+                sum(load1[pid] - load0[pid] for pid in load1 if pid in load0) / max(1, copies) * 1e6
             )
             if expected:
                 result.notes.append(

@@ -26,6 +26,8 @@ def test_a_tiny_broadcast_forwards_every_copy(server: str) -> None:
     # Loopback at smoke size loses nothing; one copy in a hundred is the most a busy machine
     # may cost (a forwarder that skips a listener loses a third).
     assert result.loss <= 0.01, result.notes
+    # The generator's own CPU per copy, next to the server's.
+    assert math.isfinite(result.loadgen_us_per_copy) and result.loadgen_us_per_copy > 0
     assert math.isfinite(result.p50_ms) and result.p50_ms <= result.p99_ms <= result.p999_ms
 
 
@@ -71,6 +73,8 @@ def test_the_plan_and_the_table() -> None:
     assert lines[0].startswith("| scenario | server |")
     salond_row = next(line for line in lines if "| broadcast 1->50 | salond |" in line)
     assert "| 0.20 |" in salond_row
+    full = [scenario.name for scenario in plan(parse_args([]))]
+    assert "broadcast 1->800" in full and "conference 4x200" in full
     summary = stalled_summary(rows)
     assert len(summary) == 2 and "+1.0 ms" in summary[0]
 
