@@ -32,6 +32,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.framing import MessageReader, frame_message
+from salon.quic.ackpath import AckFastPath
 from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -90,6 +91,11 @@ class RequestFailed(Exception):
     pass
 
 
+FAST_RECEIVE = os.environ.get("BENCH_FAST_RECEIVE", "1") != "0"
+"""Whether the load generator's sessions take salon.quic's receive fast path (set the
+environment variable to 0 to compare with aioquic's receive_datagram)."""
+
+
 class BenchProtocol(QuicConnectionProtocol):
     """A ``salon/1`` session without audio: requests, events and raw media datagrams."""
 
@@ -106,6 +112,10 @@ class BenchProtocol(QuicConnectionProtocol):
         self.on_media: Callable[[bytes], None] | None = None
         self.terminated = False
         self.user = ""
+        self.receive_path: AckFastPath | None = (
+            AckFastPath(self._quic, accept_datagrams=True) if FAST_RECEIVE else None
+        )
+        """Packets of audio and ACKs applied without aioquic's general receive path."""
         self.counting = False
         """While set, UDP packets in and out are counted (the listeners' measurement window)."""
         self.packets_in = 0
@@ -129,7 +139,10 @@ class BenchProtocol(QuicConnectionProtocol):
         # packet the load generator only moves the timer earlier when it has to, instead of
         # running aioquic's packet writer for nothing (which would make it the bottleneck).
         quic = self._quic
-        quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
+        now = self._loop.time()
+        fast = self.receive_path
+        if fast is None or not fast.receive(data, addr, now):  # type: ignore[arg-type]
+            quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
         self._process_events()
         timer_at = quic.get_timer()
         if (

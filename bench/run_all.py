@@ -82,8 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what to run: sansio, broadcast, conference, stalled, m2e",
     )
     parser.add_argument("--m2e-seconds", type=float, help="length of the mouth-to-ear run")
+    parser.add_argument(
+        "--aioquic-generator",
+        action="store_true",
+        help="load generator sessions receive through aioquic's receive_datagram (no fast path)",
+    )
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     args = parser.parse_args(argv)
+    if args.aioquic_generator:
+        os.environ["BENCH_FAST_RECEIVE"] = "0"  # read by bench/common.py in each process
     quick = args.quick
     defaults: dict[str, Any] = {
         "sizes": [50, 200] if quick else [50, 100, 200, 400, 800],

@@ -14,7 +14,9 @@ one through each path, and compares their state after every packet.
 Anything else falls back to ``receive_datagram`` (:meth:`AckFastPath.receive` returns False
 before changing any state): long headers, another connection id or address, a key phase
 change, reserved bits set, any other frame, a malformed frame, a qlog being written, a
-duplicate handled by aioquic. Decrypting is free of side effects, so the fallback decrypts
+duplicate handled by aioquic. With ``accept_datagrams`` (the benchmarks' listeners, which
+only receive audio and acknowledge it) packets of DATAGRAM frames (with length) are taken
+too. Decrypting is free of side effects, so the fallback decrypts
 again from the same bytes.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 from aioquic.buffer import Buffer, BufferReadError
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.crypto import CryptoError
+from aioquic.quic.events import DatagramFrameReceived
 from aioquic.quic.packet import PACKET_FIXED_BIT, PACKET_SPIN_BIT, QuicFrameType, pull_ack_frame
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
@@ -34,6 +37,7 @@ ZERO_RTT = Epoch.ZERO_RTT
 CONNECTED = QuicConnectionState.CONNECTED
 ACK = QuicFrameType.ACK
 ACK_ECN = QuicFrameType.ACK_ECN
+DATAGRAM_WITH_LENGTH = QuicFrameType.DATAGRAM_WITH_LENGTH
 PADDING = QuicFrameType.PADDING
 SHORT_HEADER_MASK = 0x80 | PACKET_FIXED_BIT
 RESERVED_BITS = 0x18
@@ -42,10 +46,14 @@ RESERVED_BITS = 0x18
 class AckFastPath:
     """Applies one connection's ACK-only packets (see the module docstring)."""
 
-    __slots__ = ("applied", "fallbacks", "quic")
+    __slots__ = ("accept_datagrams", "applied", "fallbacks", "quic")
 
-    def __init__(self, quic: QuicConnection) -> None:
+    def __init__(self, quic: QuicConnection, accept_datagrams: bool = False) -> None:
         self.quic = quic
+        self.accept_datagrams = accept_datagrams
+        """Also take packets with DATAGRAM frames (a listener receiving audio): each becomes
+        a ``DatagramFrameReceived`` event and the packet is acknowledged after aioquic's ACK
+        delay, as ``receive_datagram`` does."""
         self.applied = 0
         """Packets applied by the fast path."""
         self.fallbacks = 0
@@ -107,6 +115,7 @@ class AckFastPath:
         # Parse every frame before applying any: a packet that is not all ACKs and PADDING
         # goes to aioquic untouched.
         acks = []
+        datagrams: list[bytes] = []
         buf = Buffer(data=payload)
         try:
             while not buf.eof():
@@ -118,6 +127,13 @@ class AckFastPath:
                         buf.pull_uint_var()
                         buf.pull_uint_var()
                     acks.append((ranges, delay))
+                elif frame_type == DATAGRAM_WITH_LENGTH and self.accept_datagrams:
+                    start = buf.tell()
+                    data_frame = buf.pull_bytes(buf.pull_uint_var())
+                    limit = quic._configuration.max_datagram_frame_size
+                    if limit is None or buf.tell() - start >= limit:
+                        return False  # aioquic closes the connection
+                    datagrams.append(data_frame)
                 elif frame_type == PADDING:
                     position = buf.tell()
                     for byte in buf.data_slice(position, buf.capacity):
@@ -129,7 +145,7 @@ class AckFastPath:
                     return False
         except (BufferReadError, ValueError):
             return False
-        if not acks:
+        if not acks and not datagrams:
             return False
 
         # What receive_datagram does for this packet, in its order.
@@ -153,6 +169,8 @@ class AckFastPath:
                 now=now,
                 space=space,
             )
+        if datagrams:
+            quic._events.extend(DatagramFrameReceived(data=data) for data in datagrams)
         quic._close_at = now + quic._idle_timeout()
         quic._ack_eliciting_sent_since_receipt = False
         if packet_number > space.largest_received_packet:
@@ -162,4 +180,6 @@ class AckFastPath:
         space.received_packets.add(packet_number)
         if len(space.ack_queue) > MAX_ACK_RANGES:
             space.ack_queue.shift()
+        if datagrams and space.ack_at is None:
+            space.ack_at = now + quic._ack_delay
         return True

@@ -28,12 +28,13 @@ FRAME = 0.020
 class Side:
     """One pair, its server receiving through aioquic or through the ACK fast path."""
 
-    def __init__(self, tmp: Path, fast_acks: bool) -> None:
+    def __init__(self, tmp: Path, fast_acks: bool, datagrams: bool = False) -> None:
         self.pair = Pair(tmp, CLIENT_ACK_DELAY)
         self.server = self.pair.server
         self.client = self.pair.client
         self.sender = DatagramFastPath(self.server)
-        self.acks = AckFastPath(self.server) if fast_acks else None
+        self.acks = AckFastPath(self.server, accept_datagrams=datagrams) if fast_acks else None
+        self.received: list[Any] = []
         self.lost: list[int] = []
         self.acked: list[int] = []
         loss = self.server._loss
@@ -76,8 +77,8 @@ class Side:
     def server_receives(self, packet: bytes, now: float) -> None:
         if self.acks is None or not self.acks.receive(packet, CLIENT_ADDR, now):
             self.server.receive_datagram(packet, CLIENT_ADDR, now)
-        while self.server.next_event() is not None:
-            pass
+        while (event := self.server.next_event()) is not None:
+            self.received.append(event)
 
     def server_timer(self, now: float) -> list[bytes]:
         timer = self.server.get_timer()
@@ -117,6 +118,7 @@ class Side:
             "close_at": server._close_at,
             "spin": (server._spin_bit, server._spin_highest_pn - client_base),
             "sent_since_receipt": server._ack_eliciting_sent_since_receipt,
+            "events": list(self.received),
         }
 
 
@@ -125,9 +127,10 @@ def _lost_on_the_way(seq: int) -> bool:
     return seq % 37 == 5 or 200 <= seq < 206
 
 
-def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path):
+@pytest.mark.parametrize("datagrams", [False, True], ids=["acks", "acks+datagrams"])
+def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path, datagrams: bool):
     slow = Side(tmp_path / "a", fast_acks=False)
-    fast = Side(tmp_path / "b", fast_acks=True)
+    fast = Side(tmp_path / "b", fast_acks=True, datagrams=datagrams)
     now = max(slow.pair.now, fast.pair.now)
     # The handshakes' packets differ by a byte or two (signature lengths), and slow start
     # grew the congestion windows by what was acknowledged: start both from the same one.
@@ -146,7 +149,7 @@ def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path):
             replies = side.client_receives(sent, now + delay)
             if seq % 50 == 49:
                 # Now and then the client sends something else than ACKs: a datagram.
-                side.client.send_datagram_frame(b"\x00" * 40)
+                side.client.send_datagram_frame(bytes([seq % 256]) * 40)
                 replies += [p for p, _ in side.client.datagrams_to_send(now + delay)]
             for packet in replies:
                 side.server_receives(packet, now + 2 * delay)
@@ -154,7 +157,10 @@ def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path):
     assert fast.acks is not None
     # The fast path did the work: most client packets were ACK-only and applied there.
     assert fast.acks.applied >= 40 and fast.acks.applied > 3 * fast.acks.fallbacks
-    assert fast.acks.fallbacks >= 8  # the client's datagrams went to aioquic
+    if datagrams:
+        assert len(fast.received) == 8  # the client's datagrams, taken by the fast path
+    else:
+        assert fast.acks.fallbacks >= 8  # the client's datagrams went to aioquic
     assert slow.lost and slow.acked  # the replay exercised loss detection and ACKs
 
 
