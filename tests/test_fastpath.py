@@ -205,6 +205,22 @@ def test_oversized_and_over_limit_datagrams_are_dropped_not_stuck(pair: Pair):
     assert pair.received() == [ok]
 
 
+def test_aes_called_directly_builds_aioquic_s_exact_bytes(pair: Pair):
+    """DatagramFastPath.protect (AES-GCM and header protection through cryptography) gives
+    the bytes of aioquic's CryptoContext.encrypt_packet, packet number by packet number."""
+    from aioquic.tls import Epoch
+
+    assert pair.fast.refresh() and pair.fast._seal is not None
+    crypto = pair.server._cryptos[Epoch.ONE_RTT].send
+    start = bytes((pair.fast._first_byte,)) + pair.server._peer_cid.cid
+    for packet_number in (0, 1, 255, 256, 0xFFFF, 0x10000, 123456):
+        header = start + (packet_number & 0xFFFF).to_bytes(2, "big")
+        payload = bytes([packet_number % 251]) * 97
+        assert pair.fast.protect(header, payload, packet_number) == crypto.encrypt_packet(
+            header, payload, packet_number
+        )
+
+
 def test_packet_numbers_continue_aioquic_sequence(pair: Pair):
     before = pair.server._packet_number
     pair.fast_send([media(1)])
