@@ -79,6 +79,15 @@ def test_the_plan_and_the_table() -> None:
     assert len(summary) == 2 and "+1.0 ms" in summary[0]
 
 
+def test_the_send_batch_bench_runs() -> None:
+    from bench.sendbatch import main
+    from salon.quic.sendbatch import sendmmsg_available
+
+    assert main(["--batch", "4", "--rounds", "2", "--repeat", "1"]) == (
+        0 if sendmmsg_available() else 1
+    )
+
+
 def test_the_core_bench_reaches_every_listener() -> None:
     from bench.core import media, requests
 
