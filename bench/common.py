@@ -91,6 +91,22 @@ class RequestFailed(Exception):
     pass
 
 
+class _CountingTransport:
+    """A session's datagram transport that counts what it sends while the session counts."""
+
+    def __init__(self, inner: Any, protocol: BenchProtocol) -> None:
+        self._inner = inner
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._protocol.counting:
+            self._protocol.packets_out += 1
+        self._inner.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 FAST_RECEIVE = os.environ.get("BENCH_FAST_RECEIVE", "1") != "0"
 """Whether the load generator's sessions take salon.quic's receive fast path (set the
 environment variable to 0 to compare with aioquic's receive_datagram)."""
@@ -122,15 +138,8 @@ class BenchProtocol(QuicConnectionProtocol):
         self.packets_out = 0
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        sendto = transport.sendto
-
-        def counting_sendto(data: bytes, addr: Any = None) -> None:
-            if self.counting:
-                self.packets_out += 1
-            sendto(data, addr)
-
-        transport.sendto = counting_sendto
+        # Count through a wrapper: uvloop's transports do not let sendto be replaced.
+        super().connection_made(_CountingTransport(transport, self))
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.counting:
