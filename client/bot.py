@@ -146,6 +146,8 @@ async def run_demo_bot(daemon: Any) -> None:
         f"  Listen from another terminal (writes what you hear to lobby.wav):\n\n"
         f"    .venv/bin/{join_line} --record lobby.wav --duration 15\n"
     )
+    if getattr(daemon, "http", None) is not None:
+        banner += f"\n  Or open it in a browser:\n\n    {daemon.web_url(config.demo.room)}\n"
     print(banner, flush=True)
     await run_bot(
         host,

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from salon.daemon import __version__
 from salon.daemon.auth import BuiltinAuthenticator
@@ -26,13 +27,23 @@ from salon.daemon.config import Config, ConfigError, load_config, resolve_paths
 from salon.daemon.core import Limits, SalonCore
 from salon.daemon.pipeline import RequestPipeline
 from salon.daemon.store import DATABASE_NAME, Persistence, StoreError, open_store, redact_url
-from salon.daemon.tls import TlsError, ensure_certificate, load_material
+from salon.daemon.tls import (
+    TlsError,
+    WebCertificate,
+    ensure_certificate,
+    ensure_web_certificate,
+    load_material,
+)
 from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collector
 
 if TYPE_CHECKING:
     from salon.daemon.admin.server import AdminServer
+    from salon.daemon.http import HttpEndpoint
 
 log = logging.getLogger("salon")
+
+WEB_CERTIFICATE_CHECK = 3600.0
+"""Seconds between checks whether the web certificate is due for rotation."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +74,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "tls.private_key": args.key,
         "logging.level": args.log_level,
         "demo.enabled": True if args.demo else None,
+        # The demo is meant to be opened in a browser too.
+        "http.enabled": True if args.demo else None,
     }
     return {key: value for key, value in pairs.items() if value is not None}
 
@@ -142,14 +155,13 @@ class Daemon:
         # Started in order after the QUIC socket is bound, stopped in reverse after it closes.
         self.components: list[Component] = [self.plugins, self.recordings]
         # Stream mode (docs/stream_mode.md) and the web client share one HTTP endpoint.
-        self.http = None
+        self.web_certificate: WebCertificate | None = None
+        self.http: HttpEndpoint | None = None
         self.streams = None
         if config.stream.enabled and not config.http.enabled:
             raise ConfigError("[stream] enabled = true needs [http] enabled = true")
         if config.http.enabled:
-            from salon.daemon.http import HttpEndpoint
-
-            self.http = HttpEndpoint(config.http)
+            self._start_http()
         if config.stream.enabled and self.http is not None:
             from salon.daemon.stream import StreamService
             from salon.daemon.stream.http import add_stream_routes
@@ -196,6 +208,39 @@ class Daemon:
                 )
             )
 
+    def _start_http(self) -> None:
+        """The HTTP endpoint with the web client on it (started in order as a component)."""
+        from salon.daemon.http import HttpEndpoint
+        from salon.daemon.http.web_client import add_web_client
+
+        if self.tls.generated or self.config.tls.certificate is None:
+            self._renew_web_certificate()
+        self.http = HttpEndpoint(self.config.http)
+        add_web_client(
+            self.http,
+            quic_port=lambda: self.server.address[1],
+            certificate_hashes=lambda: (
+                [self.web_certificate.sha256] if self.web_certificate is not None else []
+            ),
+        )
+
+    def _renew_web_certificate(self) -> None:
+        """Generate or rotate the short-lived certificate browsers pin (daemon/tls.py)."""
+        current = ensure_web_certificate(self.config.tls_dir, self.config.server.public_name)
+        if self.web_certificate is None or current.sha256 != self.web_certificate.sha256:
+            self.server.set_web_certificate(
+                str(current.material.certificate), str(current.material.private_key)
+            )
+            self.web_certificate = current
+
+    async def _rotate_web_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(WEB_CERTIFICATE_CHECK)
+            try:
+                self._renew_web_certificate()
+            except TlsError as exc:
+                log.error("cannot renew the web certificate: %s", exc)
+
     async def start(self) -> None:
         await self._open_store()
         try:
@@ -208,6 +253,10 @@ class Daemon:
             await component.start()
         log.info("salond %s listening on %s:%d (udp, ALPN salon/1)", __version__, host, port)
         log.info("certificate fingerprint %s", self.tls.fingerprint)
+        if self.http is not None:
+            log.info("web client: %s", self.web_url(self.config.demo.room))
+            if self.web_certificate is not None:
+                self._tasks.append(asyncio.ensure_future(self._rotate_web_certificate()))
         if self.config.demo.enabled:
             for companion in demo_companions():
                 self._tasks.append(asyncio.ensure_future(companion(self)))
@@ -246,6 +295,16 @@ class Daemon:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
+
+    def web_url(self, room: str) -> str:
+        """The link that opens ``room`` in a browser (the web client on the HTTP endpoint)."""
+        assert self.http is not None
+        host, port = self.http.address
+        if host in ("0.0.0.0", "::"):
+            host = self.config.server.public_name
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}/r/{quote(room, safe='')}"
 
     def join_command(self, room: str) -> str:
         host, port = self.server.address

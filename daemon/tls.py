@@ -28,7 +28,9 @@ __all__ = [
     "PRIVATE_KEY_FILE",
     "TlsError",
     "TlsMaterial",
+    "WebCertificate",
     "ensure_certificate",
+    "ensure_web_certificate",
     "fingerprint",
     "load_material",
     "parse_fingerprint",
@@ -44,6 +46,16 @@ VALIDITY = datetime.timedelta(days=3650)
 
 RENEW_BEFORE = datetime.timedelta(days=30)
 """A generated certificate this close to expiry is replaced at start."""
+
+WEB_CERTIFICATE_FILE = "web-cert.pem"
+WEB_PRIVATE_KEY_FILE = "web-key.pem"
+
+WEB_VALIDITY = datetime.timedelta(days=13)
+"""Lifetime of the certificate browsers pin (WebTransport ``serverCertificateHashes``): the
+browser refuses one valid for more than 14 days in all, and the start is backdated an hour."""
+
+WEB_RENEW_BEFORE = datetime.timedelta(days=4)
+"""The web certificate is replaced this long before it expires (at start and while running)."""
 
 FINGERPRINT_PREFIX = "sha256:"
 
@@ -184,6 +196,52 @@ def _public_der(key: PublicKeyTypes) -> bytes:
     )
 
 
+# -- the certificate browsers pin ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebCertificate:
+    """The short-lived self-signed certificate WebTransport sessions get in development."""
+
+    material: TlsMaterial
+    sha256: bytes
+    """SHA-256 of the DER certificate: the value a page passes in ``serverCertificateHashes``."""
+    expires: datetime.datetime
+
+
+def ensure_web_certificate(
+    tls_dir: Path, public_name: str, now: datetime.datetime | None = None
+) -> WebCertificate:
+    """The ECDSA P-256 certificate browsers pin by hash, generated or rotated as needed.
+
+    Browsers accept a pinned certificate only if it is ECDSA and valid for at most 14 days, so
+    it cannot be the long-lived one ``salon/1`` clients pin: it lives beside it and is replaced
+    :data:`WEB_RENEW_BEFORE` before it expires. Pages fetch its hash anew when they connect.
+    """
+    now = now or _now()
+    tls_dir = Path(tls_dir)
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(tls_dir, 0o700)
+    cert_path = tls_dir / WEB_CERTIFICATE_FILE
+    key_path = tls_dir / WEB_PRIVATE_KEY_FILE
+    if cert_path.exists() or key_path.exists():
+        reason = _reason_to_replace(cert_path, key_path, public_name, WEB_RENEW_BEFORE, now)
+        if reason is None:
+            return _web_certificate(load_material(cert_path, key_path))
+        log.info("replacing the web certificate in %s: %s", tls_dir, reason)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _self_signed(key, public_name, WEB_VALIDITY, now)
+    material = _write_pair(cert_path, key_path, key, cert)
+    log.info("generated a web certificate valid until %s", cert.not_valid_after_utc)
+    return _web_certificate(material)
+
+
+def _web_certificate(material: TlsMaterial) -> WebCertificate:
+    cert = _read_certificate(material.certificate)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return WebCertificate(material, hashlib.sha256(der).digest(), cert.not_valid_after_utc)
+
+
 # -- self-signed certificate ----------------------------------------------------------------
 
 
@@ -201,13 +259,21 @@ def ensure_certificate(tls_dir: Path, public_name: str) -> TlsMaterial:
     cert_path = tls_dir / CERTIFICATE_FILE
     key_path = tls_dir / PRIVATE_KEY_FILE
     if cert_path.exists() or key_path.exists():
-        reason = _reason_to_replace(cert_path, key_path, public_name)
+        reason = _reason_to_replace(cert_path, key_path, public_name, RENEW_BEFORE, _now())
         if reason is None:
             os.chmod(key_path, 0o600)
             return load_material(cert_path, key_path)
         log.warning("replacing the self-signed certificate in %s: %s", tls_dir, reason)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _self_signed(key, public_name)
+    cert = _self_signed(key, public_name, VALIDITY, _now())
+    material = _write_pair(cert_path, key_path, key, cert)
+    log.info("generated a self-signed certificate for %s: %s", public_name, material.fingerprint)
+    return TlsMaterial(material.certificate, material.private_key, material.fingerprint, True)
+
+
+def _write_pair(
+    cert_path: Path, key_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> TlsMaterial:
     # Key first: a crash in between leaves no certificate, which regenerates next time.
     _write_private(
         key_path,
@@ -220,17 +286,22 @@ def ensure_certificate(tls_dir: Path, public_name: str) -> TlsMaterial:
     )
     _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     material = load_material(cert_path, key_path)
-    log.info("generated a self-signed certificate for %s: %s", public_name, material.fingerprint)
     return TlsMaterial(material.certificate, material.private_key, material.fingerprint, True)
 
 
-def _reason_to_replace(cert_path: Path, key_path: Path, public_name: str) -> str | None:
+def _reason_to_replace(
+    cert_path: Path,
+    key_path: Path,
+    public_name: str,
+    renew_before: datetime.timedelta,
+    now: datetime.datetime,
+) -> str | None:
     try:
         material = load_material(cert_path, key_path)
     except TlsError as exc:
         return str(exc)
     cert = _read_certificate(material.certificate)
-    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+    if cert.not_valid_after_utc - now < renew_before:
         return f"it expires on {cert.not_valid_after_utc:%Y-%m-%d}"
     if not _names(cert, public_name):
         return f"it does not name {public_name!r}"
@@ -253,7 +324,12 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _self_signed(key: ec.EllipticCurvePrivateKey, public_name: str) -> x509.Certificate:
+def _self_signed(
+    key: ec.EllipticCurvePrivateKey,
+    public_name: str,
+    validity: datetime.timedelta,
+    now: datetime.datetime,
+) -> x509.Certificate:
     names: list[x509.GeneralName] = []
     for name in (public_name, "localhost", "127.0.0.1", "::1"):
         try:
@@ -269,7 +345,6 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, public_name: str) -> x509.Cert
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Salon (self-signed)"),
         ]
     )
-    now = _now()
     public_key = key.public_key()
     return (
         x509.CertificateBuilder()
@@ -279,7 +354,7 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, public_name: str) -> x509.Cert
         .serial_number(x509.random_serial_number())
         # An hour of slack for clients whose clock is a little behind.
         .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

@@ -11,6 +11,8 @@ package, and nowhere else (``tests/test_layering.py`` scans the other packages):
   certificate and limits);
 - :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader;
 - :mod:`salon.quic.sendbatch`: the packets of one tick sent with one ``sendmmsg`` call.
+- :mod:`salon.quic.h3`: WebTransport's HTTP/3 settings Safari needs, and the certificate a
+  handshake presents chosen by its ALPN.
 
 They were written and tested against one aioquic release, :data:`AIOQUIC_VERSION`, which
 pyproject.toml pins; ``tests/test_quic_seam.py`` checks every internal this package relies on

@@ -101,6 +101,20 @@ class ServerProtocol(SalonQuicProtocol):
         """The largest datagram this peer is sent (0: none, it did not enable DATAGRAM)."""
         self.fastpath: DatagramFastPath | None = DatagramFastPath(self._quic) if fast_path else None
         self.ackpath: AckFastPath | None = AckFastPath(self._quic) if ack_fast_path else None
+        self.datagram_prefix = b""
+        """What every media datagram to this peer starts with: over WebTransport, the session's
+        quarter stream id (RFC 9297); nothing on ``salon/1``."""
+
+    def use_http3_datagrams(self, prefix: bytes, frame_payload_limit: int) -> None:
+        """Send media as HTTP/3 datagrams starting with ``prefix`` (a WebTransport session).
+
+        ``frame_payload_limit`` is the largest DATAGRAM frame payload the peer accepts: the
+        prefix counts against it, not against :attr:`peer_max_datagram`, the media's own limit.
+        The fast path writes bare DATAGRAM frames, so such a connection goes without it.
+        """
+        self.fastpath = None
+        self.datagram_prefix = prefix
+        self.peer_max_datagram = min(self.peer_max_datagram, frame_payload_limit - len(prefix))
 
     # -- receiving
 
@@ -212,13 +226,14 @@ class ServerProtocol(SalonQuicProtocol):
         pending = self._quic._datagrams_pending
         room = AIOQUIC_DATAGRAM_BACKLOG - len(pending)
         limit = self.peer_max_datagram
+        prefix = self.datagram_prefix
         moved = 0
         while queue and moved < room:
             data = queue.popleft()
             if len(data) > limit:
                 self.media_dropped("peer_limit", 1)
                 continue
-            pending.append(data)
+            pending.append(prefix + data if prefix else data)
             moved += 1
         self.media_sent(moved)
 

@@ -11,13 +11,16 @@ import asyncio
 import collections
 import dataclasses
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
 import aioquic
 import pytest
+from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.h3.connection import H3Connection
 from aioquic.quic import packet as quic_packet
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet_builder import QuicSentPacket
@@ -231,6 +234,17 @@ CHECKS: dict[str, Callable[[Pair], bool]] = {
             "space.ack_queue.add(packet_number)",
             "space.received_packets.add(packet_number)",
             "space.ack_queue.shift()",
+    # WebTransport (salon.quic.h3): the HTTP/3 settings hook and the TLS certificate swap.
+    "H3Connection._get_local_settings()": lambda p: isinstance(
+        H3Connection._get_local_settings, types.FunctionType
+    ),
+    "QuicConnection._alpn_handler, installed as tls.alpn_cb before the Certificate is sent": (
+        lambda p: (
+            "self.tls.alpn_cb = self._alpn_handler" in inspect.getsource(QuicConnection)
+            and hasattr(p.server.tls, "certificate")
+            and hasattr(p.server.tls, "certificate_private_key")
+            and inspect.getsource(tls.Context._server_handle_hello).index("alpn_cb")
+            < inspect.getsource(tls.Context._server_handle_hello).index("push_certificate(")
         )
     ),
     "QuicServer._transport/.datagram_received": lambda p: (

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 import msgspec
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from salon.daemon import __version__
 from salon.daemon.abuse import AddressGuard
@@ -23,6 +27,7 @@ from salon.daemon.config import Config
 from salon.daemon.core import CoreError, Identity, SalonCore
 from salon.daemon.core.events import BanChanged, CoreEvent, ModerationTaken, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
+from salon.daemon.net.webtransport import H3_ALPN
 from salon.daemon.pipeline import Actor, RequestPipeline, StoreRefused
 from salon.daemon.stats import ServerStats
 from salon.daemon.store.base import StoreUnavailable
@@ -32,6 +37,7 @@ from salon.daemon.wire.framing import frame_message
 from salon.daemon.wire.text import TextError, check_text
 from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
 from salon.quic.fastpath import supported as fastpath_supported
+from salon.quic.h3 import can_swap_to, present_certificate_for_alpn
 from salon.quic.sendbatch import BatchingTransport
 from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
@@ -51,6 +57,15 @@ class StreamMode(Protocol):
     """Who gets the room's stream instead of real-time media (daemon/stream)."""
 
     def set_stream(self, session: int, on: bool) -> dict[str, Any]: ...
+
+
+def load_pem_pair(certificate: str, private_key: str) -> tuple[x509.Certificate, Any]:
+    """The leaf certificate and the private key of two PEM files."""
+    with open(certificate, "rb") as file:
+        cert = x509.load_pem_x509_certificates(file.read())[0]
+    with open(private_key, "rb") as file:
+        key = serialization.load_pem_private_key(file.read(), password=None)
+    return cert, key
 
 
 class SalonServer:
@@ -84,6 +99,7 @@ class SalonServer:
         """Handles ``set_stream`` (daemon/stream); None: the server offers no stream mode."""
         self._certificate = certificate
         self._private_key = private_key
+        self._web_certificate: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
         self._next_session_id = 1
         self._dirty: set[SessionProtocol] = set()
         self._flush_handle: asyncio.Handle | None = None
@@ -100,9 +116,30 @@ class SalonServer:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def set_web_certificate(self, certificate: str, private_key: str) -> None:
+        """Present this certificate (PEM files) to WebTransport clients from now on.
+
+        Browsers pin a certificate by hash only if it is valid for at most 14 days, so in
+        development WebTransport handshakes get a short-lived one instead of the long-lived
+        certificate ``salon/1`` clients pin. Without one (a CA-signed certificate) both
+        ALPNs present the configured certificate.
+        """
+        cert, key = load_pem_pair(certificate, private_key)
+        configured = load_pem_pair(self._certificate, self._private_key)[1]
+        if not can_swap_to(configured, key):
+            log.warning("web certificate not used: both keys must be ECDSA P-256")
+            return
+        self._web_certificate = (cert, key)
+
+    def prepare_connection(self, quic: QuicConnection) -> None:
+        """Called for every new connection before its first packet is processed."""
+        if self._web_certificate is not None:
+            present_certificate_for_alpn(quic, H3_ALPN, *self._web_certificate)
+
     def quic_configuration(self) -> QuicConfiguration:
         configuration = QuicConfiguration(
-            alpn_protocols=[ALPN],
+            # ALPN h3: browsers over WebTransport (salon.daemon.net.webtransport).
+            alpn_protocols=[ALPN, H3_ALPN],
             is_client=False,
             max_datagram_frame_size=65536,
             idle_timeout=self.config.server.idle_timeout,

@@ -12,9 +12,11 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from aioquic.h3 import events as h3_events
 from aioquic.quic import events
 
 from salon.daemon.core import Identity, Outlet
+from salon.daemon.net.webtransport import H3_ALPN, WebTransportGate
 from salon.daemon.wire.datagram import payload_limit
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
@@ -88,10 +90,19 @@ class SessionProtocol(ServerProtocol):
         self.backlog_exceeded = False
         self.hello_timer: asyncio.TimerHandle | None = None
         """Closes the session if no hello succeeds in time; cancelled once it is moot."""
+        self.web: WebTransportGate | None = None
+        """HTTP/3 when the client came over WebTransport (ALPN h3); None for ``salon/1``."""
+        server.prepare_connection(self.quic)
 
     # -- aioquic callbacks
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if self.web is not None and not isinstance(
+            event, (events.HandshakeCompleted, events.ConnectionTerminated)
+        ):
+            for web_event in self.web.handle(event):
+                self._on_web_event(web_event)
+            return
         if isinstance(event, events.DatagramFrameReceived):
             self.server.on_datagram(self, event.data)
             self.count_datagram_received()
@@ -107,32 +118,67 @@ class SessionProtocol(ServerProtocol):
             )
             addr = self.peer_address
             self.address = str(addr[0]) if addr else ""
+            if event.alpn_protocol == H3_ALPN:
+                self.web = WebTransportGate(self.quic)
             self.server.on_handshake(self)
         elif isinstance(event, events.ConnectionTerminated) and not self.closed:
             self.closed = True
             self.server.on_closed(self, event.reason_phrase or str(event.error_code))
 
+    def _on_web_event(self, event: h3_events.H3Event) -> None:
+        web = self.web
+        assert web is not None
+        if isinstance(event, h3_events.DatagramReceived):
+            if event.stream_id == web.session_stream_id:
+                self.server.on_datagram(self, event.data)
+                self.count_datagram_received()
+            else:
+                self.server.stats.count_drop("malformed")
+        elif isinstance(event, h3_events.WebTransportStreamDataReceived):
+            if event.session_id == web.session_stream_id:
+                self._on_control_data(event.stream_id, event.data, event.stream_ended)
+            else:
+                self.server.stats.count_drop("extra_stream")
+        elif isinstance(event, h3_events.HeadersReceived):
+            if web.on_request(event):
+                # Media goes out as HTTP/3 datagrams of the session from now on.
+                self.use_http3_datagrams(
+                    web.datagram_prefix, payload_limit(self.remote_max_datagram_frame_size)
+                )
+            else:
+                self.server.stats.count_drop("webtransport_refused")
+        elif (
+            isinstance(event, h3_events.DataReceived)
+            and event.stream_id == web.session_stream_id
+            and event.stream_ended
+        ):
+            # Ending the CONNECT stream ends the WebTransport session.
+            self.close_with(CloseCode.NO_ERROR, "webtransport session closed")
+
     def _on_stream_data(self, event: events.StreamDataReceived) -> None:
+        self._on_control_data(event.stream_id, event.data, event.end_stream)
+
+    def _on_control_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self.control_stream_id is None:
             # The control stream is the client's first bidirectional stream.
-            if event.stream_id % 4 != 0:
+            if stream_id % 4 != 0:
                 self.close_with(
                     CloseCode.PROTOCOL_VIOLATION, "control stream must be bidirectional"
                 )
                 return
-            self.control_stream_id = event.stream_id
-        if event.stream_id != self.control_stream_id:
+            self.control_stream_id = stream_id
+        if stream_id != self.control_stream_id:
             self.server.stats.count_drop("extra_stream")
             return
         try:
-            messages = self.reader.feed(event.data)
+            messages = self.reader.feed(data)
         except WireError as exc:
             self.server.stats.count_drop("control_framing")
             self.close_with(CloseCode.PROTOCOL_VIOLATION, str(exc))
             return
         for payload in messages:
             self.server.on_control_message(self, payload)
-        if event.end_stream:
+        if end_stream:
             self.close_with(CloseCode.NO_ERROR, "control stream closed")
 
     # -- sending
