@@ -21,6 +21,8 @@ const state = {
   speaking: new Set(),
   levels: new Map(),
   attempts: 0,
+  connects: 0,
+  invite: new URLSearchParams(location.search).get("invite"),
 };
 
 function el(tag, text, className) {
@@ -88,6 +90,7 @@ async function connect() {
   connection.maxDatagram = Number(hello.limits && hello.limits.max_datagram_size) || 1100;
   state.user = hello.user;
   state.attempts = 0;
+  state.connects++;
   setStatus(`connected as ${hello.display_name}`);
   if (!state.media) {
     state.media = new MediaEngine((datagram) => state.connection && state.connection.sendDatagram(datagram));
@@ -146,7 +149,7 @@ async function joinRoom(roomId) {
   await state.media.start().catch((error) => console.warn("audio", error));
   let result;
   try {
-    result = await call("join", { room: roomId });
+    result = await call("join", state.invite ? { room: roomId, invite: state.invite } : { room: roomId });
   } catch (error) {
     if (error.code === "already_in_room") return;
     note(`cannot join: ${error.message}`);

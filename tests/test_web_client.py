@@ -1,0 +1,168 @@
+"""The web client in Debian's headless Chromium against a real salond, with real clients.
+
+Audio is real: espeak-ng speech through Chromium's fake microphone or a ``salon`` process,
+Opus via WebCodecs and opuslib, SRTP via WebCrypto and libsrtp, QUIC datagrams over loopback,
+WebTransport on one side and ``salon/1`` on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from salon.client.audiofile import read_audio, write_wav
+from salon.client.connection import SalonClient
+from salon.client.srtp import SrtpReceiver, SrtpSender
+from salon.daemon.wire import messages as msg
+from tests.audio_checks import align, speech
+from tests.browser import Browser, require_chromium
+from tests.conftest import SalondProcess, salon_cli, start_salond
+
+pytestmark = pytest.mark.e2e
+HOST_KEY = "d2ViLWNsaWVudC1ob3N0LWtleS0xMjM0NTY3ODk="
+SPEECH = "The browser hears Salon speak. The quick brown fox jumps over the lazy dog."
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_web_salond(state_dir: Path, quic_port: int = 0, http_port: int = 0) -> SalondProcess:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir.parent / "salond.toml"
+    config.write_text(f"[server]\nport = {quic_port}\n[http]\nenabled = true\nport = {http_port}\n")
+    return start_salond(state_dir, "--config", str(config), *(["--port", str(quic_port)]))
+
+
+def web_base(daemon: SalondProcess) -> str:
+    for line in daemon.lines:
+        if "http on " in line:
+            return line.split("http on ", 1)[1].strip().rstrip("/")
+    raise AssertionError("salond printed no http address:\n" + daemon.log_text())
+
+
+@pytest.fixture(scope="module")
+def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake microphone's file: speech at 48 kHz (what Chromium reads without resampling)."""
+    folder = tmp_path_factory.mktemp("microphone")
+    source = read_audio(speech(SPEECH, folder / "speech.wav"))
+    path = folder / "microphone.wav"
+    write_wav(path, np.concatenate([source, np.zeros(48000 * 3, dtype=np.int16)]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(microphone: Path) -> Iterator[Browser]:
+    require_chromium()
+    chromium = Browser(microphone)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def web_salond(tmp_path: Path) -> Iterator[SalondProcess]:
+    daemon = start_web_salond(tmp_path / "state")
+    yield daemon
+    assert daemon.stop() == 0, daemon.log_text()
+
+
+async def host_client(daemon: SalondProcess) -> SalonClient:
+    return await SalonClient.connect(
+        daemon.host,
+        daemon.port,
+        display_name="Host",
+        fingerprint=daemon.fingerprint,
+        credentials={"guest_key": HOST_KEY},
+    )
+
+
+def cli(daemon: SalondProcess, tmp: Path, name: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        salon_cli(
+            daemon, *args, "--name", name, "--guest-key-file", str(tmp / f"{name}.key"),
+            "--quiet", "--no-input",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+async def in_thread(function, *args):
+    # Selenium blocks: the test's own salon client keeps running meanwhile.
+    return await asyncio.to_thread(function, *args)
+
+
+def participant(browser: Browser, name: str) -> dict | None:
+    return browser.js(
+        "const r = salonTest.state.room;"
+        "return r && r.participants.find(p => p.display_name === arguments[0]) || null;",
+        name,
+    )
+
+
+SRTP_SCRIPT = """
+const [keyB64, packetsB64, done] = arguments;
+(async () => {
+    const srtp = await import('/web/srtp.js');
+    const key = srtp.base64ToBytes(keyB64);
+    const sender = await srtp.SrtpSender.create(key);
+    const out = [];
+    for (const p of packetsB64) {
+        out.push(srtp.bytesToBase64(await sender.protect(srtp.base64ToBytes(p))));
+    }
+    const receiver = await srtp.SrtpReceiver.create(key, 0x1234abcd);
+    const back = await receiver.unprotect(srtp.base64ToBytes(out[0]));
+    const replay = await receiver.unprotect(srtp.base64ToBytes(out[0]));
+    done({out, back: back && srtp.bytesToBase64(back), replay});
+})().catch((error) => done({error: String(error)}));
+"""
+
+
+async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_salond):
+    """The page's SRTP (WebCrypto) against PROTOCOL.md 11.7's vector and against libsrtp."""
+    await in_thread(browser.open, web_base(web_salond) + "/")
+    key = base64.b64decode("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHA==")
+    extension = bytes.fromhex("1234abcdbede000110850000")
+    clear = [bytes.fromhex("906f0001000003c0") + extension + bytes.fromhex("f8fffe")]
+    # More packets as a speaker sends them: consecutive sequence numbers, other payloads.
+    for seq in range(2, 40):
+        clear.append(
+            bytes.fromhex("906f")
+            + seq.to_bytes(2, "big")
+            + (seq * 960).to_bytes(4, "big")
+            + extension
+            + bytes(range(seq % 7, seq % 7 + 40))
+        )
+    result = await in_thread(
+        browser.js_async,
+        SRTP_SCRIPT,
+        base64.b64encode(key).decode(),
+        [base64.b64encode(p).decode() for p in clear],
+    )
+    assert "error" not in result, result
+    protected = [base64.b64decode(p) for p in result["out"]]
+    vector = bytes.fromhex("53183c303cd7e9837af369e3b4cd4d5cc6f876")
+    assert protected[0] == clear[0][:20] + vector  # the worked example of PROTOCOL.md 11.7
+    python_sender = SrtpSender(key)
+    assert protected == [python_sender.protect(p) for p in clear]  # byte for byte libsrtp's
+    receiver = SrtpReceiver()
+    receiver.add(5, 0x1234ABCD, key)
+    assert [receiver.unprotect(5, p) for p in protected] == clear
+    assert base64.b64decode(result["back"]) == clear[0]
+    assert result["replay"] is None  # the page's replay window refuses a copy
