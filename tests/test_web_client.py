@@ -166,3 +166,39 @@ async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_sa
     assert [receiver.unprotect(5, p) for p in protected] == clear
     assert base64.b64decode(result["back"]) == clear[0]
     assert result["replay"] is None  # the page's replay window refuses a copy
+
+
+def assert_heard(source: np.ndarray, heard: np.ndarray) -> None:
+    result = align(source, heard)
+    # As in test_e2e_audio: Opus keeps speech's waveform closely; other speech scores near 0.
+    assert result.correlation > 0.4, result
+    assert result.envelope_correlation > 0.85, result
+    assert len(heard) >= result.lag + len(source) * 0.95, "the speech did not arrive whole"
+
+
+async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_path):
+    source_path = speech(SPEECH, tmp_path / "speech.wav")
+    host = await host_client(web_salond)
+    try:
+        await host.create_room("Web listens", room="web-listen")
+        await host.join("web-listen")
+        invite = (await host.call("create_invite", role="speaker"))["invite"]["token"]
+        await in_thread(browser.open, web_base(web_salond) + "/r/web-listen?name=Browser")
+        await host.wait_for_event(
+            msg.ParticipantJoined,
+            timeout=30,
+            where=lambda e: e.participant.display_name == "Browser",
+        )
+        await in_thread(browser.js, "salonTest.recordStart()")
+        speaker = cli(
+            web_salond, tmp_path, "Speaker", "join", "web-listen", f"--invite={invite}",
+            "--play", str(source_path),
+        )
+        await in_thread(finish, speaker)
+        await asyncio.sleep(0.5)  # the last frames leave the page's jitter buffer
+        heard = await in_thread(browser.take_recording)
+    finally:
+        await host.close()
+    assert_heard(read_audio(source_path), heard)
+    other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "o.wav"))
+    assert align(other, heard).correlation < 0.25

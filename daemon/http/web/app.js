@@ -360,11 +360,9 @@ window.salonTest = {
   call,
   recordStart() { state.media.record(true); },
   recordTake() {
-    const blocks = (state.media && state.media.recorded) || [];
-    state.media.recorded = [];
-    const pcm = new Int16Array(blocks.reduce((n, b) => n + b.length, 0));
-    let at = 0;
-    for (const block of blocks) for (const s of block) pcm[at++] = Math.max(-32768, Math.min(32767, Math.round(s * 32767)));
+    const samples = state.media.takeRecording();
+    const pcm = new Int16Array(samples.length);
+    for (let i = 0; i < samples.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(samples[i] * 32767)));
     return bytesToBase64(new Uint8Array(pcm.buffer));
   },
 };

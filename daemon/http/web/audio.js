@@ -83,6 +83,9 @@ class Flow {
     // Safari decodes Opus only when configured at 48 kHz, which is what RTP Opus is.
     this.decoder.configure({ codec: "opus", sampleRate: RATE, numberOfChannels: 1 });
     this.talkspurtStart = true;
+    // RTP timestamps of the packets in the decoder, oldest first: one output per packet, and
+    // the decoder's own output timestamps do not keep the gaps of DTX silence.
+    this.inFlight = [];
   }
 }
 
@@ -92,7 +95,7 @@ export class MediaEngine {
     this.context = null;
     this.playout = null;
     this.flows = new Map();
-    this.recorded = null; // Float32Array blocks, when the test hook records
+    this.recorded = null; // decoded frames {at, samples} while the test hook records
     this.onLevel = () => {};
     this.sending = null; // {flowId, ssrc, sender, seq, timestamp}
     this.captureNode = null;
@@ -109,15 +112,30 @@ export class MediaEngine {
     await this.context.audioWorklet.addModule(new URL("./worklet.js", import.meta.url));
     this.playout = new AudioWorkletNode(this.context, "salon-playout", { outputChannelCount: [1] });
     this.playout.connect(this.context.destination);
-    this.playout.port.onmessage = ({ data }) => {
-      if (data.type === "recorded" && this.recorded) this.recorded.push(...data.blocks);
-    };
     if (this.context.state !== "running") await this.context.resume().catch(() => {});
   }
 
+  // Keep every decoded frame with its media time (the tests compare it with what was said).
   record(on) {
-    this.recorded = on ? [] : this.recorded;
-    this.playout.port.postMessage({ type: "record", on });
+    this.recorded = on ? [] : null;
+  }
+
+  // The recorded frames as one signal at their RTP timestamps (silence in gaps).
+  takeRecording() {
+    const frames = this.recorded || [];
+    this.recorded = [];
+    if (!frames.length) return new Float32Array(0);
+    // Media time relative to the first frame, across a wrap of the 32-bit RTP timestamp.
+    const first = frames[0].at;
+    const offsets = frames.map((f) => ((f.at - first) | 0));
+    const start = Math.min(...offsets);
+    const end = Math.max(...offsets.map((o, i) => o + frames[i].samples.length));
+    const out = new Float32Array(Math.min(end - start, RATE * 600));
+    for (const [i, frame] of frames.entries()) {
+      const at = offsets[i] - start;
+      if (at + frame.samples.length <= out.length) out.set(frame.samples, at);
+    }
+    return out;
   }
 
   async addKey(mediaKey, ownUser) {
@@ -173,6 +191,7 @@ export class MediaEngine {
     flow.level = readLevel(packet);
     this.onLevel(flow.user, flow.level);
     const timestamp = new DataView(packet.buffer, packet.byteOffset).getUint32(4);
+    flow.inFlight.push(timestamp);
     flow.decoder.decode(new EncodedAudioChunk({
       type: "key",
       timestamp: Math.round((timestamp * 1e6) / RATE),
@@ -183,7 +202,10 @@ export class MediaEngine {
   _decoded(flow, data) {
     const samples = new Float32Array(data.numberOfFrames);
     data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
+    const sent = flow.inFlight.shift();
+    const at = sent === undefined ? Math.round((data.timestamp * RATE) / 1e6) : sent;
     data.close();
+    if (this.recorded) this.recorded.push({ at, samples: samples.slice() });
     this.framesDecoded++;
     const talkspurtStart = flow.talkspurtStart;
     flow.talkspurtStart = false;

@@ -90,7 +90,6 @@ class PlayoutProcessor extends AudioWorkletProcessor {
   constructor() {
     super();
     this.flows = new Map();
-    this.recording = null;
     this.port.onmessage = ({ data }) => {
       if (data.type === "frame") {
         let flow = this.flows.get(data.flow);
@@ -98,8 +97,6 @@ class PlayoutProcessor extends AudioWorkletProcessor {
         flow.push(data.samples, data.talkspurtStart);
       } else if (data.type === "remove") {
         this.flows.delete(data.flow);
-      } else if (data.type === "record") {
-        this.recording = data.on ? [] : null;
       }
     };
   }
@@ -109,13 +106,6 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     out.fill(0);
     for (const flow of this.flows.values()) flow.mixInto(out);
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
-    if (this.recording) {
-      this.recording.push(out.slice());
-      if (this.recording.length >= 30) {
-        this.port.postMessage({ type: "recorded", blocks: this.recording });
-        this.recording = [];
-      }
-    }
     return true;
   }
 }
