@@ -202,3 +202,35 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
     assert_heard(read_audio(source_path), heard)
     other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "o.wav"))
     assert align(other, heard).correlation < 0.25
+
+
+async def test_python_listener_hears_the_browser_speaking(browser, web_salond, microphone, tmp_path):
+    host = await host_client(web_salond)
+    try:
+        await host.create_room("Web speaks", room="web-speak")
+        await host.join("web-speak")
+        invite = (await host.call("create_invite", role="speaker"))["invite"]["token"]
+        listener = cli(
+            web_salond, tmp_path, "Listener", "join", "web-speak",
+            "--record", str(tmp_path / "heard.wav"), "--duration", "14",
+        )
+        await host.wait_for_event(
+            msg.ParticipantJoined, timeout=30, where=lambda e: e.participant.display_name == "Listener"
+        )
+        await in_thread(
+            browser.open, web_base(web_salond) + f"/r/web-speak?name=Talker&invite={invite}"
+        )
+        await in_thread(browser.wait, "the unmute button", lambda: browser.has_button("Unmute"))
+        await in_thread(browser.click_button, "Unmute")
+        await host.wait_for_event(
+            msg.ParticipantUpdated,
+            timeout=30,
+            where=lambda e: e.participant.display_name == "Talker" and not e.participant.muted,
+        )
+        await in_thread(finish, listener)
+        sent = await in_thread(browser.js, "return salonTest.state.media.framesSent")
+    finally:
+        await host.close()
+    assert sent > 100
+    source = read_audio(microphone)[: 48000 * 5]
+    assert_heard(source[np.flatnonzero(source)[0] :], read_audio(tmp_path / "heard.wav"))
