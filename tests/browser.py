@@ -43,6 +43,17 @@ def require_chromium() -> None:
         pytest.skip("chromium and chromium-driver are not installed (./run test installs them)")
 
 
+_FIND_BUTTON = """
+const find = (label) => [...document.querySelectorAll('button')].find(
+    (b) => b.textContent === label && b.offsetParent !== null && !b.disabled);
+"""
+_FOCUS_BUTTON = _FIND_BUTTON + """
+const button = find(arguments[0]);
+if (button) button.focus();
+return Boolean(button);
+"""
+
+
 class Browser:
     """One headless Chromium with a fake microphone playing ``microphone`` (a 48 kHz WAV)."""
 
@@ -98,22 +109,22 @@ class Browser:
 
     def click_button(self, label: str) -> None:
         """Press the button with this text the way a keyboard user does: focus, then Enter."""
-        from selenium.webdriver.common.by import By
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.keys import Keys
 
-        for element in self.driver.find_elements(By.TAG_NAME, "button"):
-            if element.text == label and element.is_displayed():
-                element.send_keys(Keys.ENTER)
+        for _ in range(5):
+            if not self.js(_FOCUS_BUTTON, label):
+                raise AssertionError(f"no visible button {label!r}\n{self.console()}")
+            try:
+                # The page keeps focus on the same control when it redraws a list.
+                self.driver.switch_to.active_element.send_keys(Keys.ENTER)
                 return
-        raise AssertionError(f"no visible button {label!r}\n{self.console()}")
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"button {label!r} kept being replaced")
 
     def has_button(self, label: str) -> bool:
-        from selenium.webdriver.common.by import By
-
-        return any(
-            e.text == label and e.is_displayed()
-            for e in self.driver.find_elements(By.TAG_NAME, "button")
-        )
+        return bool(self.js(_FIND_BUTTON + "return Boolean(find(arguments[0]));", label))
 
     def take_recording(self) -> np.ndarray:
         """What the page played out since ``salonTest.recordStart()``: 48 kHz int16."""

@@ -234,3 +234,61 @@ async def test_python_listener_hears_the_browser_speaking(browser, web_salond, m
     assert sent > 100
     source = read_audio(microphone)[: 48000 * 5]
     assert_heard(source[np.flatnonzero(source)[0] :], read_audio(tmp_path / "heard.wav"))
+
+
+async def test_browser_host_approves_a_knock_and_mutes_the_speaker(browser, web_salond, tmp_path):
+    source = read_audio(speech(SPEECH, tmp_path / "speech.wav"))
+    write_wav(tmp_path / "long.wav", np.concatenate([source] * 4))  # still talking when muted
+    host = await host_client(web_salond)
+    knocker = None
+    try:
+        await host.create_room("Web hosts", room="web-host", policy="approval")
+        await host.join("web-host")
+        invite = (await host.call("create_invite", role="listener"))["invite"]["token"]
+        await in_thread(browser.open, web_base(web_salond) + f"/r/web-host?name=Mod&invite={invite}")
+        joined = await host.wait_for_event(
+            msg.ParticipantJoined, timeout=30, where=lambda e: e.participant.display_name == "Mod"
+        )
+        await host.call("promote", user=joined.participant.user)
+        knocker = cli(
+            web_salond, tmp_path, "Knocker", "join", "web-host", "--play", str(tmp_path / "long.wav")
+        )
+        # The knock with the requester's profile, then the host's keyboard.
+        await in_thread(browser.wait, "the knock", lambda: browser.has_button("Approve Knocker"))
+        detail = await in_thread(
+            browser.js, "return document.querySelector('#knocks .detail').textContent"
+        )
+        assert "user guest-" in detail
+        await in_thread(browser.click_button, "Approve Knocker")
+        resolved = await host.wait_for_event(msg.KnockResolved, timeout=30)
+        assert resolved.outcome == "approved" and resolved.by == joined.participant.user
+        # The knocker raises its hand (salon join --play): invite it, it accepts and talks.
+        await in_thread(
+            browser.wait, "the raised hand", lambda: browser.has_button("Invite Knocker to speak")
+        )
+        await in_thread(browser.click_button, "Invite Knocker to speak")
+        await in_thread(
+            browser.wait,
+            "the knocker on stage",
+            lambda: (participant(browser, "Knocker") or {}).get("role") == "speaker",
+        )
+        await in_thread(browser.wait, "the mute button", lambda: browser.has_button("Mute Knocker"))
+        await in_thread(browser.click_button, "Mute Knocker")
+        muted = await host.wait_for_event(
+            msg.ParticipantUpdated,
+            timeout=30,
+            where=lambda e: (
+                e.participant.display_name == "Knocker" and e.participant.muted_by_moderator
+            ),
+        )
+        assert muted.participant.muted and muted.participant.role == "speaker"
+        await in_thread(
+            browser.wait,
+            "the mute shown",
+            lambda: (participant(browser, "Knocker") or {}).get("muted_by_moderator"),
+        )
+    finally:
+        if knocker is not None:
+            knocker.terminate()
+            knocker.communicate(timeout=30)
+        await host.close()

@@ -247,6 +247,17 @@ async function onEvent(event) {
 }
 
 function render() {
+  // Lists are redrawn from the model: keep the keyboard focus on the same control.
+  const focused = document.activeElement;
+  const focusedLabel = focused && focused.closest("ul") ? focused.textContent : null;
+  draw();
+  if (focusedLabel !== null) {
+    const again = [...document.querySelectorAll("ul button")].find((b) => b.textContent === focusedLabel);
+    if (again) again.focus();
+  }
+}
+
+function draw() {
   const room = state.room;
   const self = me();
   $("room-title").textContent = room ? room.summary.title || room.summary.room : state.roomId;
