@@ -54,6 +54,9 @@ return Boolean(button);
 """
 
 
+_NOTE = "const n = document.getElementById('room-note'); return n ? n.textContent : '';"
+
+
 class Browser:
     """One headless Chromium with a fake microphone playing ``microphone`` (a 48 kHz WAV)."""
 
@@ -101,7 +104,10 @@ class Browser:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"browser: timed out waiting for {what}\n{self.console()}")
+                raise AssertionError(
+                    f"browser: timed out waiting for {what}; status {self.status()!r},"
+                    f" note {self.js(_NOTE)!r}\n{self.console()}"
+                )
             time.sleep(0.2)
 
     def status(self) -> str:

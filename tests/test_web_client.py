@@ -292,3 +292,32 @@ async def test_browser_host_approves_a_knock_and_mutes_the_speaker(browser, web_
             knocker.terminate()
             knocker.communicate(timeout=30)
         await host.close()
+
+
+async def test_page_reconnects_by_itself_after_salond_restarts(browser, tmp_path):
+    quic_port, http_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    daemon = start_web_salond(tmp_path / "state", quic_port, http_port)
+    try:
+        host = await host_client(daemon)
+        await host.create_room("Survives restarts", room="web-again", persistent=True)
+        await host.close()
+        await in_thread(browser.open, web_base(daemon) + "/r/web-again?name=Stayer")
+        await in_thread(
+            browser.wait, "the room", lambda: participant(browser, "Stayer") is not None
+        )
+        assert daemon.stop() == 0
+        await in_thread(browser.wait, "the outage", lambda: "connected as" not in browser.status())
+        daemon = start_web_salond(tmp_path / "state", quic_port, http_port)
+        await in_thread(
+            browser.wait,
+            "a new session",
+            lambda: browser.js("return salonTest.state.connects") >= 2
+            and "connected as" in browser.status(),
+            60,
+        )
+        # Back in the room as well, without anyone touching the page.
+        await in_thread(
+            browser.wait, "the room again", lambda: participant(browser, "Stayer") is not None
+        )
+    finally:
+        daemon.stop()

@@ -105,6 +105,8 @@ function onDisconnected(connection, reason) {
   state.connection = null;
   if (state.media) state.media.clear();
   state.knocking = false;
+  state.room = null; // the new session gets the room anew (room_state) when it rejoins
+  render();
   const delay = RETRY_MS[Math.min(state.attempts++, RETRY_MS.length - 1)];
   setStatus(`disconnected (${reason}); reconnecting…`);
   setTimeout(start, delay);
