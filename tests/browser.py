@@ -47,11 +47,14 @@ _FIND_BUTTON = """
 const find = (label) => [...document.querySelectorAll('button')].find(
     (b) => b.textContent === label && b.offsetParent !== null && !b.disabled);
 """
-_FOCUS_BUTTON = _FIND_BUTTON + """
+_FOCUS_BUTTON = (
+    _FIND_BUTTON
+    + """
 const button = find(arguments[0]);
 if (button) button.focus();
 return Boolean(button);
 """
+)
 
 
 _NOTE = "const n = document.getElementById('room-note'); return n ? n.textContent : '';"

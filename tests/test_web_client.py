@@ -88,8 +88,14 @@ async def host_client(daemon: SalondProcess) -> SalonClient:
 def cli(daemon: SalondProcess, tmp: Path, name: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         salon_cli(
-            daemon, *args, "--name", name, "--guest-key-file", str(tmp / f"{name}.key"),
-            "--quiet", "--no-input",
+            daemon,
+            *args,
+            "--name",
+            name,
+            "--guest-key-file",
+            str(tmp / f"{name}.key"),
+            "--quiet",
+            "--no-input",
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -191,8 +197,14 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
         )
         await in_thread(browser.js, "salonTest.recordStart()")
         speaker = cli(
-            web_salond, tmp_path, "Speaker", "join", "web-listen", f"--invite={invite}",
-            "--play", str(source_path),
+            web_salond,
+            tmp_path,
+            "Speaker",
+            "join",
+            "web-listen",
+            f"--invite={invite}",
+            "--play",
+            str(source_path),
         )
         await in_thread(finish, speaker)
         await asyncio.sleep(0.5)  # the last frames leave the page's jitter buffer
@@ -204,18 +216,29 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
     assert align(other, heard).correlation < 0.25
 
 
-async def test_python_listener_hears_the_browser_speaking(browser, web_salond, microphone, tmp_path):
+async def test_python_listener_hears_the_browser_speaking(
+    browser, web_salond, microphone, tmp_path
+):
     host = await host_client(web_salond)
     try:
         await host.create_room("Web speaks", room="web-speak")
         await host.join("web-speak")
         invite = (await host.call("create_invite", role="speaker"))["invite"]["token"]
         listener = cli(
-            web_salond, tmp_path, "Listener", "join", "web-speak",
-            "--record", str(tmp_path / "heard.wav"), "--duration", "14",
+            web_salond,
+            tmp_path,
+            "Listener",
+            "join",
+            "web-speak",
+            "--record",
+            str(tmp_path / "heard.wav"),
+            "--duration",
+            "14",
         )
         await host.wait_for_event(
-            msg.ParticipantJoined, timeout=30, where=lambda e: e.participant.display_name == "Listener"
+            msg.ParticipantJoined,
+            timeout=30,
+            where=lambda e: e.participant.display_name == "Listener",
         )
         await in_thread(
             browser.open, web_base(web_salond) + f"/r/web-speak?name=Talker&invite={invite}"
@@ -245,13 +268,21 @@ async def test_browser_host_approves_a_knock_and_mutes_the_speaker(browser, web_
         await host.create_room("Web hosts", room="web-host", policy="approval")
         await host.join("web-host")
         invite = (await host.call("create_invite", role="listener"))["invite"]["token"]
-        await in_thread(browser.open, web_base(web_salond) + f"/r/web-host?name=Mod&invite={invite}")
+        await in_thread(
+            browser.open, web_base(web_salond) + f"/r/web-host?name=Mod&invite={invite}"
+        )
         joined = await host.wait_for_event(
             msg.ParticipantJoined, timeout=30, where=lambda e: e.participant.display_name == "Mod"
         )
         await host.call("promote", user=joined.participant.user)
         knocker = cli(
-            web_salond, tmp_path, "Knocker", "join", "web-host", "--play", str(tmp_path / "long.wav")
+            web_salond,
+            tmp_path,
+            "Knocker",
+            "join",
+            "web-host",
+            "--play",
+            str(tmp_path / "long.wav"),
         )
         # The knock with the requester's profile, then the host's keyboard.
         await in_thread(browser.wait, "the knock", lambda: browser.has_button("Approve Knocker"))
@@ -311,8 +342,10 @@ async def test_page_reconnects_by_itself_after_salond_restarts(browser, tmp_path
         await in_thread(
             browser.wait,
             "a new session",
-            lambda: browser.js("return salonTest.state.connects") >= 2
-            and "connected as" in browser.status(),
+            lambda: (
+                browser.js("return salonTest.state.connects") >= 2
+                and "connected as" in browser.status()
+            ),
             60,
         )
         # Back in the room as well, without anyone touching the page.
