@@ -22,7 +22,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from salon.daemon.net.h3_seam import WT_MAX_SESSIONS
+from salon.quic.h3 import WT_MAX_SESSIONS
 from salon.daemon.tls import WEB_CERTIFICATE_FILE
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import pack_datagram
