@@ -45,7 +45,8 @@ def require_chromium() -> None:
 
 _FIND_BUTTON = """
 const find = (label) => [...document.querySelectorAll('button')].find(
-    (b) => b.textContent === label && b.offsetParent !== null && !b.disabled);
+    (b) => (b.getAttribute('aria-label') || b.textContent) === label
+        && b.offsetParent !== null && !b.disabled);
 """
 _FOCUS_BUTTON = (
     _FIND_BUTTON
@@ -82,6 +83,12 @@ class Browser:
             service=Service(executable_path=CHROMEDRIVER), options=options
         )
         self.driver.set_script_timeout(30)
+        if width < 500:
+            # Chromium keeps windows at least 500 pixels wide; a phone is emulated instead.
+            self.driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True},
+            )
 
     def close(self) -> None:
         try:
@@ -117,7 +124,8 @@ class Browser:
         return str(self.js("return document.getElementById('status').textContent"))
 
     def click_button(self, label: str) -> None:
-        """Press the button with this text the way a keyboard user does: focus, then Enter."""
+        """Press the button with this accessible name the way a keyboard user does: focus it,
+        then Enter."""
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.keys import Keys
 

@@ -8,6 +8,7 @@ import { Connection, PROTOCOL_VERSION, ProtocolError } from "./wire.js";
 const $ = (id) => document.getElementById(id);
 const HOSTS = new Set(["owner", "moderator"]);
 const STAGE = new Set(["owner", "moderator", "speaker"]);
+const RANK = { owner: 3, moderator: 2, speaker: 1, listener: 0 };
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
 const state = {
@@ -32,8 +33,10 @@ function el(tag, text, className) {
   return node;
 }
 
-function button(label, onClick, secondary) {
-  const node = el("button", label, secondary ? "secondary" : "");
+// `label` is what a screen reader announces (it names the person); `text` what is shown.
+function button(label, onClick, secondary, text) {
+  const node = el("button", text || label, secondary ? "secondary" : "");
+  if (text) node.setAttribute("aria-label", label);
   node.type = "button";
   node.addEventListener("click", onClick);
   return node;
@@ -251,10 +254,11 @@ async function onEvent(event) {
 function render() {
   // Lists are redrawn from the model: keep the keyboard focus on the same control.
   const focused = document.activeElement;
-  const focusedLabel = focused && focused.closest("ul") ? focused.textContent : null;
+  const name = (node) => node.getAttribute("aria-label") || node.textContent;
+  const focusedLabel = focused && focused.closest("ul") ? name(focused) : null;
   draw();
   if (focusedLabel !== null) {
-    const again = [...document.querySelectorAll("ul button")].find((b) => b.textContent === focusedLabel);
+    const again = [...document.querySelectorAll("ul button")].find((b) => name(b) === focusedLabel);
     if (again) again.focus();
   }
 }
@@ -282,6 +286,7 @@ function renderPeople(room) {
   audience.replaceChildren();
   if (!room) return;
   const host = isHost();
+  const myRank = RANK[(me() || {}).role] || 0;
   for (const p of room.participants) {
     const item = el("li", undefined, state.speaking.has(p.user) ? "speaking" : "");
     item.dataset.user = p.user;
@@ -296,14 +301,15 @@ function renderPeople(room) {
     }
     if (p.hand_raised) item.append(el("span", "✋ hand raised", "badge"));
     for (const [name, value] of Object.entries(p.verified || {})) item.append(el("span", `✓ ${name}: ${value}`, "badge"));
-    if (host && p.user !== state.user) {
+    // Hosts act on members below them (the owner on everyone): what the server permits.
+    if (host && p.user !== state.user && (myRank === 3 || (RANK[p.role] || 0) < myRank)) {
       if (STAGE.has(p.role) && !p.muted_by_moderator) {
-        item.append(button(`Mute ${p.display_name}`, () => call("mute", { user: p.user }).catch(() => {}), true));
+        item.append(button(`Mute ${p.display_name}`, () => call("mute", { user: p.user }).catch(() => {}), true, "Mute"));
       }
       if (!STAGE.has(p.role)) {
-        item.append(button(`Invite ${p.display_name} to speak`, () => call("invite_to_speak", { user: p.user }).catch(() => {}), true));
+        item.append(button(`Invite ${p.display_name} to speak`, () => call("invite_to_speak", { user: p.user }).catch(() => {}), true, "Invite to speak"));
       }
-      item.append(button(`Remove ${p.display_name}`, () => call("remove", { user: p.user }).catch(() => {}), true));
+      item.append(button(`Remove ${p.display_name}`, () => call("remove", { user: p.user }).catch(() => {}), true, "Remove"));
     }
     (STAGE.has(p.role) ? stage : audience).append(item);
   }
@@ -322,8 +328,8 @@ function renderKnocks(room) {
     for (const [name, value] of Object.entries(knock.verified || {})) details.push(`✓ ${name}: ${value}`);
     for (const signal of knock.trust || []) details.push(signal);
     item.append(el("span", details.join(" · "), "detail"));
-    item.append(button(`Approve ${knock.display_name}`, () => call("approve_knock", { request_id: knock.request_id }).catch(() => {})));
-    item.append(button(`Deny ${knock.display_name}`, () => call("deny_knock", { request_id: knock.request_id }).catch(() => {}), true));
+    item.append(button(`Approve ${knock.display_name}`, () => call("approve_knock", { request_id: knock.request_id }).catch(() => {}), false, "Approve"));
+    item.append(button(`Deny ${knock.display_name}`, () => call("deny_knock", { request_id: knock.request_id }).catch(() => {}), true, "Deny"));
     list.append(item);
   }
 }
