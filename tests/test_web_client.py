@@ -19,6 +19,7 @@ import pytest
 
 from salon.client.audiofile import read_audio, write_wav
 from salon.client.connection import SalonClient
+from salon.client.levels import audio_level
 from salon.client.srtp import SrtpReceiver, SrtpSender
 from salon.daemon.wire import messages as msg
 from tests.audio_checks import align, speech
@@ -123,7 +124,7 @@ def participant(browser: Browser, name: str) -> dict | None:
 
 
 SRTP_SCRIPT = """
-const [keyB64, packetsB64, done] = arguments;
+const [keyB64, packetsB64, frames, done] = arguments;
 (async () => {
     const srtp = await import('/web/srtp.js');
     const key = srtp.base64ToBytes(keyB64);
@@ -135,7 +136,12 @@ const [keyB64, packetsB64, done] = arguments;
     const receiver = await srtp.SrtpReceiver.create(key, 0x1234abcd);
     const back = await receiver.unprotect(srtp.base64ToBytes(out[0]));
     const replay = await receiver.unprotect(srtp.base64ToBytes(out[0]));
-    done({out, back: back && srtp.bytesToBase64(back), replay});
+    const audio = await import('/web/audio.js');
+    const levels = frames.map((f) => audio.audioLevel(Float32Array.from(f, (v) => v / 32768)));
+    const rtp = audio.packetize(
+        {seq: 1, timestamp: 960, ssrc: 0x1234abcd}, Uint8Array.of(0xf8, 0xff, 0xfe), 5, false);
+    done({out, back: back && srtp.bytesToBase64(back), replay, levels,
+          rtp: srtp.bytesToBase64(rtp)});
 })().catch((error) => done({error: String(error)}));
 """
 
@@ -155,11 +161,18 @@ async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_sa
             + extension
             + bytes(range(seq % 7, seq % 7 + 40))
         )
+    # RFC 6464 levels of frames from silence to full scale, computed by the page and by Python.
+    t = np.arange(960) / 48000
+    level_frames = [np.zeros(960, dtype=np.int16)] + [
+        (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        for amplitude in (3, 30, 300, 3000, 32767)
+    ]
     result = await in_thread(
         browser.js_async,
         SRTP_SCRIPT,
         base64.b64encode(key).decode(),
         [base64.b64encode(p).decode() for p in clear],
+        [frame.tolist() for frame in level_frames],
     )
     assert "error" not in result, result
     protected = [base64.b64decode(p) for p in result["out"]]
@@ -172,6 +185,9 @@ async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_sa
     assert [receiver.unprotect(5, p) for p in protected] == clear
     assert base64.b64decode(result["back"]) == clear[0]
     assert result["replay"] is None  # the page's replay window refuses a copy
+    assert result["levels"] == [audio_level(frame) for frame in level_frames]
+    # The page's RTP packet is 11.7's: one-byte extension block, the level as element 1, V set.
+    assert base64.b64decode(result["rtp"]) == clear[0]
 
 
 def assert_heard(source: np.ndarray, heard: np.ndarray) -> None:

@@ -23,6 +23,7 @@ const state = {
   levels: new Map(),
   attempts: 0,
   connects: 0,
+  unmuting: false,
   invite: new URLSearchParams(location.search).get("invite"),
 };
 
@@ -206,6 +207,8 @@ async function onEvent(event) {
       await media.addKey(event.key, state.user);
       break;
     case "media_key_revoked":
+      // Our own flow stops at once; others' a little later, for datagrams still in flight.
+      if (media.sending && media.sending.flowId === event.flow_id) media.sending = null;
       setTimeout(() => media.removeFlow(event.flow_id), 200);
       break;
     case "knock":
@@ -274,7 +277,9 @@ function draw() {
   $("hand").hidden = !self || onStage;
   $("hand").textContent = self && self.hand_raised ? "Lower hand" : "Raise hand";
   $("accept").hidden = !state.invited || onStage;
-  if (state.media) state.media.muted = !self || self.muted || !onStage;
+  // Audio goes out only after the unmute request's ok (PROTOCOL.md 11.3), even though the
+  // participant_updated showing us unmuted may arrive before it.
+  if (state.media) state.media.muted = !self || self.muted || !onStage || state.unmuting;
   renderPeople(room);
   renderKnocks(room);
 }
@@ -347,7 +352,15 @@ $("mute").addEventListener("click", async () => {
   if (!self) return;
   if (self.muted) {
     await state.media.startMicrophone().catch((error) => note(`microphone: ${error.message}`));
-    await call("unmute", {}).catch(() => {}); // sends only after the ok (PROTOCOL.md 11.3)
+    state.unmuting = true;
+    try {
+      await call("unmute", {});
+    } catch (_) {
+      // shown by call()
+    } finally {
+      state.unmuting = false;
+      render();
+    }
   } else {
     state.media.muted = true; // stop sending before asking
     await call("mute", {}).catch(() => {});
