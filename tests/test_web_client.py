@@ -53,11 +53,16 @@ def web_base(daemon: SalondProcess) -> str:
 
 @pytest.fixture(scope="module")
 def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fake microphone's file: speech at 48 kHz (what Chromium reads without resampling)."""
+    """The fake microphone's file: speech at 48 kHz (what Chromium reads without resampling).
+
+    Chromium plays it from the start when the page opens the microphone, which it does when
+    the user unmutes: the second of silence first lets the unmute complete before the speech.
+    """
     folder = tmp_path_factory.mktemp("microphone")
     source = read_audio(speech(SPEECH, folder / "speech.wav"))
     path = folder / "microphone.wav"
-    write_wav(path, np.concatenate([source, np.zeros(48000 * 3, dtype=np.int16)]))
+    silence = np.zeros(48000 * 2, dtype=np.int16)
+    write_wav(path, np.concatenate([silence, source, silence]))
     return path
 
 
@@ -190,12 +195,60 @@ async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_sa
     assert base64.b64decode(result["rtp"]) == clear[0]
 
 
-def assert_heard(source: np.ndarray, heard: np.ndarray) -> None:
-    result = align(source, heard)
-    # As in test_e2e_audio: Opus keeps speech's waveform closely; other speech scores near 0.
-    assert result.correlation > 0.4, result
-    assert result.envelope_correlation > 0.85, result
-    assert len(heard) >= result.lag + len(source) * 0.95, "the speech did not arrive whole"
+CHUNK = 24000  # 0.5 s
+RATE = 48000
+SEARCH = 12000  # how far a chunk may have moved from the global alignment (jitter buffers)
+
+
+def chunks_found(source: np.ndarray, heard: np.ndarray) -> float:
+    """Share of the source's voiced half-second chunks found in ``heard`` nearly intact.
+
+    A single alignment over the whole recording punishes every jitter-buffer adjustment (20 ms
+    of delay added or removed shifts everything after it), which a loaded machine makes
+    frequent; each chunk is therefore looked for near the global alignment on its own. The
+    speech may be in the recording more than once (a looping microphone) and cut at its end:
+    the best of the three strongest alignments counts.
+    """
+    a_all = source.astype(np.float64)
+    b_all = heard.astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(a_all) + len(b_all))))
+    xcorr = np.fft.irfft(np.fft.rfft(b_all, n) * np.conj(np.fft.rfft(a_all, n)), n)[: len(b_all)]
+    best = 0.0
+    for _ in range(3):
+        lag = int(np.argmax(xcorr))
+        best = max(best, _share_at(a_all, b_all, lag))
+        xcorr[max(0, lag - RATE) : lag + RATE] = -np.inf
+    return best
+
+
+def _share_at(a_all: np.ndarray, b_all: np.ndarray, lag: int) -> float:
+    found = voiced = 0
+    for start in range(0, len(a_all) - CHUNK + 1, CHUNK):
+        a = a_all[start : start + CHUNK]
+        if np.sqrt(np.mean(a**2)) < 300:  # silence between words
+            continue
+        voiced += 1
+        low = max(0, lag + start - SEARCH)
+        b = b_all[low : lag + start + CHUNK + SEARCH]
+        if len(b) < CHUNK:
+            continue
+        n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+        xcorr = np.fft.irfft(np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n)), n)[
+            : len(b) - CHUNK + 1
+        ]
+        offset = int(np.argmax(xcorr))
+        window = b[offset : offset + CHUNK]
+        score = xcorr[offset] / (np.sqrt((a**2).sum() * (window**2).sum()) or 1.0)
+        found += score > 0.6
+    return found / max(voiced, 1)
+
+
+def assert_heard(source: np.ndarray, heard: np.ndarray, control: np.ndarray) -> None:
+    # Opus keeps speech's waveform closely: nearly every chunk is found (0.9-1.0 measured
+    # here); other speech is found nowhere (0.0), which the control shows.
+    share = chunks_found(source, heard)
+    assert share > 0.7, (share, align(source, heard))
+    assert chunks_found(control, heard) < 0.2
 
 
 async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_path):
@@ -227,9 +280,8 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
         heard = await in_thread(browser.take_recording)
     finally:
         await host.close()
-    assert_heard(read_audio(source_path), heard)
     other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "o.wav"))
-    assert align(other, heard).correlation < 0.25
+    assert_heard(read_audio(source_path), heard, other)
 
 
 async def test_python_listener_hears_the_browser_speaking(
@@ -270,9 +322,12 @@ async def test_python_listener_hears_the_browser_speaking(
         sent = await in_thread(browser.js, "return salonTest.state.media.framesSent")
     finally:
         await host.close()
+
     assert sent > 100
-    source = read_audio(microphone)[: 48000 * 5]
-    assert_heard(source[np.flatnonzero(source)[0] :], read_audio(tmp_path / "heard.wav"))
+    played = read_audio(microphone)
+    voiced = np.flatnonzero(played)
+    other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "o.wav"))
+    assert_heard(played[voiced[0] : voiced[-1] + 1], read_audio(tmp_path / "heard.wav"), other)
 
 
 async def test_browser_host_approves_a_knock_and_mutes_the_speaker(browser, web_salond, tmp_path):

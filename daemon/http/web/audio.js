@@ -219,7 +219,9 @@ export class MediaEngine {
     if (this.microphone) return;
     await this.start();
     this.microphone = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      // Echo cancellation keeps the room out of a speaker without headphones; the voice itself
+      // goes out unprocessed, as the reference client sends it (no gain riding, no gating).
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
     });
     this.encoder = new AudioEncoder({
       output: (chunk) => this._encoded(chunk),
