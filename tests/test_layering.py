@@ -33,9 +33,14 @@ PUBLIC_AIOQUIC = {
     "aioquic.asyncio.server",
     "aioquic.asyncio.protocol",
     "aioquic.quic.configuration",
+    "aioquic.quic.connection",
     "aioquic.quic.events",
+    "aioquic.h3",
+    "aioquic.h3.connection",
+    "aioquic.h3.events",
 }
-"""aioquic's documented API (connect, serve, the protocol class, configuration, events)."""
+"""aioquic's documented API (connect, serve, the protocol class, configuration, events, the
+sans-I/O connection, and the HTTP/3 layer WebTransport sessions use)."""
 
 
 def python_files(*folders: str) -> Iterator[Path]:

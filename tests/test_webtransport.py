@@ -22,12 +22,12 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from salon.quic.h3 import WT_MAX_SESSIONS
 from salon.daemon.tls import WEB_CERTIFICATE_FILE
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import pack_datagram
 from salon.daemon.wire.framing import MessageReader, frame_message
 from salon.daemon.wire.rtp import RtpPacket
+from salon.quic.h3 import WT_MAX_SESSIONS
 from tests.conftest import InProcessDaemon, run_daemon
 
 GUEST_KEY = "d2VidHJhbnNwb3J0LXRlc3Qta2V5LTEyMzQ1Njc4"

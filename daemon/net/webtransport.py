@@ -9,11 +9,11 @@ section 15). Everything above the session protocol sees one kind of session.
 
 from __future__ import annotations
 
-from aioquic.buffer import encode_uint_var
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 
+from salon.daemon.wire.varint import encode_varint
 from salon.quic.h3 import SalonH3Connection
 
 H3_ALPN = "h3"
@@ -47,7 +47,7 @@ class WebTransportGate:
             status = b"429"  # one session per connection
         else:
             self.session_stream_id = event.stream_id
-            self.datagram_prefix = encode_uint_var(event.stream_id // 4)
+            self.datagram_prefix = encode_varint(event.stream_id // 4)
             self.h3.send_headers(
                 event.stream_id,
                 [
