@@ -19,9 +19,9 @@ import pytest
 
 from salon.client.audiofile import read_audio, write_wav
 from salon.client.connection import SalonClient
-from salon.client.levels import audio_level
-from salon.client.srtp import SrtpReceiver, SrtpSender
 from salon.daemon.wire import messages as msg
+from salon.media.levels import audio_level
+from salon.media.srtp import SrtpReceiver, SrtpSender
 from tests.audio_checks import align, speech
 from tests.browser import Browser, require_chromium
 from tests.conftest import SalondProcess, salon_cli, start_salond
