@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from salon.daemon.wire.datagram import pack_datagram
 from salon.daemon.wire.framing import MessageReader, frame_message
 from salon.daemon.wire.rtp import RtpPacket
 from salon.quic.h3 import WT_MAX_SESSIONS
-from tests.conftest import InProcessDaemon, run_daemon
+from tests.conftest import InProcessDaemon, SalondProcess, run_daemon, start_salond
 
 GUEST_KEY = "d2VidHJhbnNwb3J0LXRlc3Qta2V5LTEyMzQ1Njc4"
 
@@ -223,3 +225,28 @@ async def test_the_page_learns_port_path_and_certificate_hash(web_live):
     pem = (web_live.state_dir / "tls" / WEB_CERTIFICATE_FILE).read_bytes()
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     assert info["certificate_hashes"] == [base64.b64encode(hashlib.sha256(der).digest()).decode()]
+
+
+async def test_demo_prints_the_link_that_opens_the_lobby(tmp_path):
+    config = tmp_path / "salond.toml"
+    config.write_text("[http]\nport = 0\n")
+    daemon = start_salond(tmp_path / "state", "--demo", "--config", str(config))
+    try:
+        link = await asyncio.to_thread(wait_for_link, daemon)
+        async with aiohttp.ClientSession() as http, http.get(link) as response:
+            assert response.status == 200
+            assert '<script type="module" src="/web/app.js">' in await response.text()
+    finally:
+        assert daemon.stop() == 0
+
+
+def wait_for_link(daemon: SalondProcess) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = daemon.log_text()
+        if "Or open it in a browser:" in text:
+            match = re.search(r"Or open it in a browser:\s+(http://\S+/r/lobby)\n", text)
+            assert match, text
+            return match.group(1)
+        time.sleep(0.1)
+    raise AssertionError("no link in the demo's output:\n" + daemon.log_text())
