@@ -11,11 +11,20 @@ const STAGE = new Set(["owner", "moderator", "speaker"]);
 const RANK = { owner: 3, moderator: 2, speaker: 1, listener: 0 };
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
+function roomFromPath() {
+  const match = location.pathname.match(/^\/r\/([^/]+)/);
+  try {
+    return match ? decodeURIComponent(match[1]) : "";
+  } catch (_) {
+    return ""; // a malformed link opens the rooms list
+  }
+}
+
 const state = {
   connection: null,
   media: null,
   user: null,
-  roomId: decodeURIComponent((location.pathname.match(/^\/r\/([^/]+)/) || [])[1] || ""),
+  roomId: roomFromPath(),
   room: null, // RoomSnapshot while a member
   knocking: false,
   invited: false,
@@ -153,6 +162,7 @@ async function joinRoom(roomId) {
   $("room").hidden = false;
   $("room-title").textContent = roomId;
   await state.media.start().catch((error) => console.warn("audio", error));
+  showListenButton();
   let result;
   try {
     result = await call("join", state.invite ? { room: roomId, invite: state.invite } : { room: roomId });
@@ -345,7 +355,18 @@ function showLevel(user, level) {
   if (item) item.style.width = `${Math.round(100 * Math.max(0, 1 - level / 70))}%`;
 }
 
+// Browsers start audio only after a user gesture when the page was opened from a link.
+function showListenButton() {
+  const context = state.media && state.media.context;
+  $("listen").hidden = !context || context.state === "running";
+}
+
 // ---------------------------------------------------------------- controls
+
+$("listen").addEventListener("click", async () => {
+  await state.media.context.resume().catch(() => {});
+  showListenButton();
+});
 
 $("mute").addEventListener("click", async () => {
   const self = me();
