@@ -234,6 +234,8 @@ CHECKS: dict[str, Callable[[Pair], bool]] = {
             "space.ack_queue.add(packet_number)",
             "space.received_packets.add(packet_number)",
             "space.ack_queue.shift()",
+        )
+    ),
     # WebTransport (salon.quic.h3): the HTTP/3 settings hook and the TLS certificate swap.
     "H3Connection._get_local_settings()": lambda p: isinstance(
         H3Connection._get_local_settings, types.FunctionType
