@@ -3,13 +3,17 @@ who streams (a real core; the service's decisions observed on the core's forward
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+from aiohttp import web
 
-from salon.client.stream_player import AacDecoder, parse_playlist
+from salon.client.stream_player import AacDecoder, StreamPlayer, parse_playlist
 from salon.daemon.config import StreamConfig
 from salon.daemon.core.events import Deliver
 from salon.daemon.stream.access import StreamSigner
@@ -177,3 +181,102 @@ def test_a_member_may_ask_for_the_stream_and_back(tmp_path: Path) -> None:
     else:
         raise AssertionError("the owner was allowed to stream")
     assert streams.realtime(owner)
+
+
+def _segments_of(source: np.ndarray, tmp: Path) -> tuple[bytes, list[bytes]]:
+    """``source`` through the origin's segmenter: its init section and its finished segments."""
+    segmenter = HlsSegmenter(tmp / "mix", started_at=1000.0, keep=16)
+    for start in range(0, len(source) - 960 + 1, 960):
+        segmenter.write(source[start : start + 960].astype("<i2").tobytes())
+    window = segmenter.window
+    segmenter.close()
+    return window.init, [segment.data for segment in window.segments]
+
+
+def _decode_whole(init: bytes, segments: list[bytes]) -> np.ndarray:
+    """The segments decoded as one file by one FFmpeg decoder: the reference for continuity."""
+    chunks = []
+    with av.open(io.BytesIO(init + b"".join(segments)), "r", format="mp4") as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+    return np.concatenate(chunks).astype(np.int16)
+
+
+def _varying_signal(seconds: float) -> np.ndarray:
+    """A sweep whose every 20 ms differs from every other (a gap or a repeat shows)."""
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (0.3 * 32767 * np.sin(2 * np.pi * (200 * t + 150 * t**2))).astype(np.int16)
+
+
+def test_the_decoder_continues_across_segment_boundaries(tmp_path: Path) -> None:
+    init, segments = _segments_of(_varying_signal(4.5), tmp_path)
+    assert len(segments) == 4
+    whole = _decode_whole(init, segments)
+    decoder = AacDecoder(init)
+    pieces = [np.frombuffer(decoder.decode(segment), dtype="<i2") for segment in segments]
+    # Segment by segment, the player's decoder gives exactly what one decoder gives for the
+    # whole file: no sample lost, repeated or re-primed at a boundary.
+    assert sum(len(p) for p in pieces) == len(whole)
+    assert np.array_equal(np.concatenate(pieces), whole)
+
+
+async def test_the_player_plays_consecutive_segments_without_gap_or_repeat(
+    tmp_path: Path,
+) -> None:
+    """The player against a live-looking origin on loopback: each playlist load reveals one more
+    segment; what :meth:`StreamPlayer.pull` hands out is the decoded segments, end to end."""
+    # Four segments: joined at the second, the player holds three seconds (under MAX_BUFFER,
+    # past which it would rightly drop the oldest audio).
+    init, segments = _segments_of(_varying_signal(4.5), tmp_path)
+    assert len(segments) == 4
+    shown = 2  # the player joins with two segments listed and starts at the newest
+
+    async def playlist(request: web.Request) -> web.Response:
+        nonlocal shown
+        lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:1", "#EXT-X-MEDIA-SEQUENCE:0"]
+        lines.append('#EXT-X-MAP:URI="e/init.mp4"')
+        for sequence in range(shown):
+            lines += ["#EXTINF:1.0,", f"e/{sequence}.m4s"]
+        shown = min(len(segments), shown + 1)
+        return web.Response(text="\n".join(lines) + "\n")
+
+    async def segment(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        data = init if name == "init.mp4" else segments[int(name.split(".")[0])]
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.add_routes([web.get("/live.m3u8", playlist), web.get("/e/{name}", segment)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    player = StreamPlayer(f"http://127.0.0.1:{port}/live.m3u8")
+    player.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while player.segments < len(segments) - 1:
+            assert player.error is None and loop.time() < deadline, player.error
+            await asyncio.sleep(0.05)
+        frames = []
+        while not frames or frames[-1] is not None:
+            assert loop.time() < deadline
+            frame = player.pull()
+            if frame is not None or frames:
+                frames.append(frame)
+            else:
+                await asyncio.sleep(0.05)  # the player's wait before it starts playing
+    finally:
+        player.cancel()
+        await runner.cleanup()
+    played = np.frombuffer(b"".join(frames[:-1]), dtype="<i2")
+    # From the live edge on (segment 1), every sample once, in order, as one decoder decoding
+    # segments 1-3 as one file gives them.
+    expected = _decode_whole(init, segments[1:])
+    assert len(expected) - 960 < len(played) <= len(expected)
+    assert np.array_equal(played, expected[: len(played)])
+    assert player.underruns == 1  # only the end of the stream
