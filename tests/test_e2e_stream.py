@@ -422,10 +422,13 @@ async def test_stream_mode_through_nginx(tmp_path):
             # Not admitted: 403 for the playlist and the segments, whatever is tried.
             base = f"http://127.0.0.1:{nginx_port}/stream/big/"
             forged = f"{outsider.session}.{'A' * 22}"
+            # A token made up for a member's session: only the signature can refuse it.
+            forged_member = f"{watcher.session}.{'A' * 22}"
             epoch = init_uri.split("/")[0]
             for url in (
                 base + "live.m3u8",
                 base + f"live.m3u8?t={forged}",
+                base + f"live.m3u8?t={forged_member}",
                 base + f"{epoch}/init.mp4",
                 base + f"{epoch}/init.mp4?s={'B' * 22}",
                 base + f"{epoch}/0.m4s?s={'C' * 22}",
