@@ -51,6 +51,7 @@ EVENT_KINDS = (
     "recording",
     "moderation",
     "levels",
+    "stream",
     "stats",
     "shutdown",
 )
@@ -344,6 +345,7 @@ class Event(msgspec.Struct, tag="event", tag_field="type", kw_only=True):
         "recording",
         "moderation",
         "levels",
+        "stream",
         "stats",
         "shutdown",
     ]

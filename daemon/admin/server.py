@@ -116,6 +116,7 @@ class _Connection:
         self.subscribed = False
         self.levels_room: str | None = None
         self.last_levels: list[p.MeterLevel] | None = None
+        self.last_stream: p.RoomStream | None = None
         self.stats_interval = 1.0
         self.stats_sent_at = 0.0
         self.overflowed = False
@@ -335,6 +336,7 @@ class AdminServer:
             connection.subscribed = True
             connection.levels_room = request.levels_room
             connection.last_levels = None
+            connection.last_stream = None
             connection.stats_interval = request.stats_interval
             connection.stats_sent_at = 0.0
             return {}
@@ -557,6 +559,17 @@ class AdminServer:
                             "room": connection.levels_room,
                             "levels": msgspec.to_builtins(levels),
                         },
+                    )
+                    connection.push(p.encode_line(event))
+                # Stream mode's counters (segments served...) change without a core event.
+                stream = self.room_stream(connection.levels_room)
+                if stream is not None and stream != connection.last_stream:
+                    connection.last_stream = stream
+                    event = p.Event(
+                        kind="stream",
+                        room=connection.levels_room,
+                        at=now,
+                        data={"room": connection.levels_room, **msgspec.to_builtins(stream)},
                     )
                     connection.push(p.encode_line(event))
             if now - connection.stats_sent_at >= connection.stats_interval:
