@@ -209,6 +209,11 @@ REQUEST_ACTIONS: Final[dict[type, tuple[Action, Action]]] = {
 }
 
 
+ROLE_FREE_REQUESTS: Final[frozenset[type]] = frozenset({messages.ReceiverReport})
+"""Room requests every member may send whatever its role, so no matrix row applies: a receiver
+report is media housekeeping (PROTOCOL.md 11.9), answered for owner and listener alike."""
+
+
 def check_caller(request: object, actor_role: str, names_other: bool) -> None:
     """Refuse a room request the caller's role may never make, whatever it names."""
     actions = REQUEST_ACTIONS.get(type(request))
