@@ -20,7 +20,17 @@ import pytest
 from salon.client.audiofile import read_audio, write_wav
 from salon.client.connection import SalonClient
 from salon.daemon.wire import messages as msg
+from salon.daemon.wire.rtp import (
+    AUDIO_LEVEL_EXTENSION_ID,
+    FRAME_SAMPLES,
+    OPUS_PAYLOAD_TYPE,
+    HeaderExtension,
+    RtpPacket,
+    pack_audio_level,
+)
+from salon.media.codec import OpusEncoder
 from salon.media.levels import audio_level
+from salon.media.red import RED_PAYLOAD_TYPE, RedundantBlock, pack_red
 from salon.media.srtp import SrtpReceiver, SrtpSender
 from tests.audio_checks import align, speech
 from tests.browser import Browser, require_chromium
@@ -193,6 +203,96 @@ async def test_page_srtp_matches_the_protocol_vector_and_libsrtp(browser, web_sa
     assert result["levels"] == [audio_level(frame) for frame in level_frames]
     # The page's RTP packet is 11.7's: one-byte extension block, the level as element 1, V set.
     assert base64.b64decode(result["rtp"]) == clear[0]
+
+
+RED_SCRIPT = """
+const [keyB64, ssrc, datagramsB64, done] = arguments;
+(async () => {
+    const srtp = await import('/web/srtp.js');
+    const audio = await import('/web/audio.js');
+    const engine = new audio.MediaEngine(() => {});
+    engine.record(true);
+    await engine.addKey({user: 'speaker', flow_id: 7, ssrc, profile: 'AEAD_AES_128_GCM',
+                         key: keyB64, epoch: 0}, 'me');
+    for (const d of datagramsB64) await engine.receive(srtp.base64ToBytes(d));
+    const flow = engine.flows.get(7);
+    await flow.decoder.flush();
+    const rms = (f) => Math.sqrt(f.samples.reduce((s, v) => s + v * v, 0) / f.samples.length);
+    done({at: engine.recorded.map((f) => f.at), rms: engine.recorded.map(rms),
+          repaired: engine.framesRepaired, reports: engine.takeReports()});
+})().catch((error) => done({error: String(error)}));
+"""
+
+
+async def test_page_decodes_red_and_fills_lost_packets_from_its_copies(browser, web_salond):
+    """RED (PROTOCOL.md 11.9) built by media/red.py through the page's real receive path.
+
+    The primary of every RED packet is decoded; a copy fills the slot of a packet that never
+    came and of no other; a malformed RED payload is dropped; the page's receiver report
+    counts the loss before repair.
+    """
+    await in_thread(browser.open, web_base(web_salond) + "/")
+    key = bytes(range(1, 29))
+    ssrc = 0x0BADCAFE
+    encoder = OpusEncoder()
+    t = np.arange(FRAME_SAMPLES) / 48000
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+    frames = [encoder.encode(tone) for _ in range(10)]
+    base_seq, base_ts = 100, 960_000
+
+    def rtp(index: int, payload_type: int, payload: bytes) -> bytes:
+        return RtpPacket(
+            payload_type=payload_type,
+            sequence_number=base_seq + index,
+            timestamp=base_ts + index * FRAME_SAMPLES,
+            ssrc=ssrc,
+            extensions=[HeaderExtension(AUDIO_LEVEL_EXTENSION_ID, pack_audio_level(True, 20))],
+            payload=payload,
+        ).serialize()
+
+    def red(index: int, *distances: int) -> bytes:
+        copies = [RedundantBlock(k * FRAME_SAMPLES, frames[index - k]) for k in distances]
+        return rtp(index, RED_PAYLOAD_TYPE, pack_red(frames[index], copies))
+
+    malformed = bytearray(pack_red(frames[8], [RedundantBlock(FRAME_SAMPLES, frames[7])]))
+    malformed[0] = 0x80 | 0  # a block that is not Opus
+    clear = [
+        rtp(0, OPUS_PAYLOAD_TYPE, frames[0]),
+        red(1, 1),  # 0 arrived: its copy is not decoded again
+        # 2 and 3 lost
+        red(4, 2, 1),  # fills 2 and 3
+        # 5 lost, and no copy of it comes
+        red(7, 1),  # fills 6
+        rtp(8, RED_PAYLOAD_TYPE, bytes(malformed)),  # dropped
+        rtp(9, OPUS_PAYLOAD_TYPE, frames[9]),
+        rtp(2, OPUS_PAYLOAD_TYPE, frames[2]),  # too late: its slot was filled and played
+    ]
+    sender = SrtpSender(key)
+    datagrams = [bytes([7]) + sender.protect(packet) for packet in clear]
+    result = await in_thread(
+        browser.js_async,
+        RED_SCRIPT,
+        base64.b64encode(key).decode(),
+        ssrc,
+        [base64.b64encode(d).decode() for d in datagrams],
+    )
+    assert "error" not in result, result
+    decoded = [(at - base_ts) // FRAME_SAMPLES for at in result["at"]]
+    assert decoded == [0, 1, 2, 3, 4, 6, 7, 9], result
+    assert result["repaired"] == 3
+    # Every frame, copies included, is the tone (a copy decoded from the wrong bytes or
+    # concealment would not be), past the codec's first frame.
+    assert all(level > 0.05 for level in result["rms"][1:]), result["rms"]
+    # 100..109 expected; 100, 101, 104, 107, 109 and the late 102 arrived (the malformed 108
+    # is not counted); RED's repair does not hide the loss from the speaker.
+    [report] = result["reports"]
+    assert {k: report[k] for k in ("flow_id", "expected", "lost", "late")} == {
+        "flow_id": 7,
+        "expected": 10,
+        "lost": 4,
+        "late": 1,
+    }
+    assert 0 <= report["jitter_ms"] <= 10000
 
 
 CHUNK = 24000  # 0.5 s

@@ -10,6 +10,7 @@ const HOSTS = new Set(["owner", "moderator"]);
 const STAGE = new Set(["owner", "moderator", "speaker"]);
 const RANK = { owner: 3, moderator: 2, speaker: 1, listener: 0 };
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+const REPORT_INTERVAL_MS = 1500; // receiver_report, PROTOCOL.md 11.9 (as the reference client)
 
 function roomFromPath() {
   const match = location.pathname.match(/^\/r\/([^/]+)/);
@@ -420,4 +421,14 @@ window.salonTest = {
   },
 };
 
+// Loss of what this page hears reaches the speakers, who size their redundancy for it.
+function sendReceiverReport() {
+  if (!state.connection || !state.room || !state.media) return;
+  const reports = state.media.takeReports();
+  if (!reports.length) return;
+  // Best effort: a refused or lost report costs nothing but that report.
+  state.connection.request("receiver_report", { reports }).catch(() => {});
+}
+
+setInterval(sendReceiverReport, REPORT_INTERVAL_MS);
 start();

@@ -7,6 +7,10 @@ import { decodeVarint, encodeVarint } from "./wire.js";
 const RATE = 48000;
 const FRAME = 960;
 const PAYLOAD_TYPE = 111;
+const RED_PAYLOAD_TYPE = 63; // RFC 2198 redundancy, PROTOCOL.md 11.9
+const MAX_REDUNDANCY = 2;
+const MAX_REPORTED_FLOWS = 32; // receiver_report limits (PROTOCOL.md, FlowReception)
+const MAX_EXPECTED = 1000;
 const LEVEL_EXTENSION_ID = 1;
 const VOICE_LEVEL = 50; // -50 dBov or louder counts as voice (the reference client's threshold)
 
@@ -69,6 +73,33 @@ export function readLevel(packet) {
   return 127;
 }
 
+// The primary Opus frame and the redundant blocks ({offset, payload}, oldest first) of a RED
+// payload, or null for anything PROTOCOL.md 11.9's profile refuses (as media/red.py does).
+export function parseRed(payload) {
+  const headers = [];
+  let at = 0;
+  for (;;) {
+    if (at >= payload.length) return null;
+    const first = payload[at];
+    if ((first & 0x7f) !== PAYLOAD_TYPE) return null;
+    if (!(first & 0x80)) { at += 1; break; }
+    if (headers.length === MAX_REDUNDANCY || at + 4 > payload.length) return null;
+    const word = (payload[at + 1] << 16) | (payload[at + 2] << 8) | payload[at + 3];
+    const offset = word >> 10;
+    if (offset === 0 || offset % FRAME) return null;
+    headers.push({ offset, length: word & 0x3ff });
+    at += 4;
+  }
+  const redundant = [];
+  for (const { offset, length } of headers) {
+    if (at + length > payload.length) return null;
+    if (length) redundant.push({ offset, payload: payload.subarray(at, at + length) });
+    at += length;
+  }
+  if (at >= payload.length) return null;
+  return { primary: payload.subarray(at), redundant };
+}
+
 class Flow {
   constructor(user, flowId, receiver, engine) {
     this.user = user;
@@ -86,6 +117,46 @@ class Flow {
     // RTP timestamps of the packets in the decoder, oldest first: one output per packet, and
     // the decoder's own output timestamps do not keep the gaps of DTX silence.
     this.inFlight = [];
+    // receiver_report counts (PROTOCOL.md 11.9, as RFC 3550 A.3): highest sequence number
+    // received (extended past wraps), where the previous report left it, arrivals since.
+    this.highestSeq = null;
+    this.reportBase = 0;
+    this.reportReceived = 0;
+    this.late = 0;
+    this.jitterMs = 0; // RFC 3550 interarrival jitter
+    this.lastTransit = null;
+  }
+
+  count(seq, timestamp) {
+    if (this.highestSeq === null) this.highestSeq = this.reportBase = seq - 1;
+    const delta = ((seq - this.highestSeq) << 16) >> 16; // signed 16-bit distance
+    this.highestSeq = Math.max(this.highestSeq, this.highestSeq + delta);
+    this.reportReceived++;
+    const transit = performance.now() - (timestamp * 1000) / RATE;
+    if (this.lastTransit !== null) {
+      let d = Math.abs(transit - this.lastTransit);
+      if (d > 60000) d = 0; // a timestamp jump (new talkspurt base), not jitter
+      this.jitterMs += (d - this.jitterMs) / 16;
+    }
+    this.lastTransit = transit;
+  }
+
+  // The FlowReception since the previous call, or null when nothing was expected.
+  takeReport() {
+    if (this.highestSeq === null) return null;
+    const expected = this.highestSeq - this.reportBase;
+    if (expected <= 0) return null;
+    const report = {
+      flow_id: this.flowId,
+      expected: Math.min(expected, MAX_EXPECTED),
+      lost: Math.min(Math.max(0, expected - this.reportReceived), MAX_EXPECTED),
+      late: Math.min(this.late, expected, MAX_EXPECTED),
+      jitter_ms: Math.min(10000, Math.round(this.jitterMs * 10) / 10),
+    };
+    this.reportBase = this.highestSeq;
+    this.reportReceived = 0;
+    this.late = 0;
+    return report;
   }
 }
 
@@ -104,6 +175,7 @@ export class MediaEngine {
     this.muted = true;
     this.framesSent = 0;
     this.framesDecoded = 0;
+    this.framesRepaired = 0; // frames decoded from a RED copy in place of a lost packet
   }
 
   async start() {
@@ -183,20 +255,55 @@ export class MediaEngine {
     const flow = this.flows.get(prefix[0]);
     if (!flow) return;
     const packet = await flow.receiver.unprotect(datagram.subarray(prefix[1]));
-    if (!packet || (packet[1] & 0x7f) !== PAYLOAD_TYPE || flow.decoder.state !== "configured") return;
+    if (!packet || flow.decoder.state !== "configured") return;
+    const payloadType = packet[1] & 0x7f;
+    const payload = packet.subarray(rtpHeaderLength(packet));
+    let primary = payload;
+    let redundant = [];
+    if (payloadType === RED_PAYLOAD_TYPE) {
+      const red = parseRed(payload);
+      if (!red) return;
+      ({ primary, redundant } = red);
+    } else if (payloadType !== PAYLOAD_TYPE || !payload.length) {
+      return;
+    }
     const seq = (packet[2] << 8) | packet[3];
-    if (flow.nextSeq >= 0 && ((seq - flow.nextSeq) & 0xffff) >= 0x8000) return; // late: already past
+    const timestamp = new DataView(packet.buffer, packet.byteOffset).getUint32(4);
+    flow.count(seq, timestamp);
+    const missing = flow.nextSeq < 0 ? 0 : (seq - flow.nextSeq) & 0xffff;
+    if (missing >= 0x8000) { flow.late++; return; } // late: already past
     flow.nextSeq = (seq + 1) & 0xffff;
     if (packet[1] & 0x80) flow.talkspurtStart = true;
     flow.level = readLevel(packet);
     this.onLevel(flow.user, flow.level);
-    const timestamp = new DataView(packet.buffer, packet.byteOffset).getUint32(4);
+    // Packets seq - missing .. seq - 1 have not arrived and, decoded in order, cannot play any
+    // more once this one is: a copy of one (the block at offset k * FRAME is packet seq - k)
+    // takes its slot, oldest first. Nothing else is ever filled from a copy.
+    for (const block of redundant) {
+      if (block.offset / FRAME > missing) continue;
+      this._decode(flow, (timestamp - block.offset) >>> 0, block.payload);
+      this.framesRepaired++;
+    }
+    this._decode(flow, timestamp, primary);
+  }
+
+  _decode(flow, timestamp, data) {
     flow.inFlight.push(timestamp);
     flow.decoder.decode(new EncodedAudioChunk({
       type: "key",
       timestamp: Math.round((timestamp * 1e6) / RATE),
-      data: packet.subarray(rtpHeaderLength(packet)),
+      data,
     }));
+  }
+
+  // PROTOCOL.md 11.9: one FlowReception per speaker flow heard since the previous call.
+  takeReports() {
+    const reports = [];
+    for (const flow of this.flows.values()) {
+      const report = flow.takeReport();
+      if (report && reports.length < MAX_REPORTED_FLOWS) reports.push(report);
+    }
+    return reports;
   }
 
   _decoded(flow, data) {
