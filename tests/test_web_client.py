@@ -352,6 +352,22 @@ def assert_heard(source: np.ndarray, heard: np.ndarray, control: np.ndarray) -> 
     assert chunks_found(control, heard) < 0.2
 
 
+# Keeps the outcome of every receiver_report the page sends (the page itself ignores them).
+WATCH_REPORTS = """
+const connection = salonTest.state.connection;
+const request = connection.request.bind(connection);
+window.reportOutcomes = [];
+connection.request = (type, fields) => {
+    const answer = request(type, fields);
+    if (type === 'receiver_report') answer.then(
+        () => reportOutcomes.push({reports: fields.reports}),
+        (error) => reportOutcomes.push({error: String(error), reports: fields.reports}));
+    return answer;
+};
+"""
+REPORTS_SEEN = "return window.reportOutcomes.length ? window.reportOutcomes : null;"
+
+
 async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_path):
     source_path = speech(SPEECH, tmp_path / "speech.wav")
     host = await host_client(web_salond)
@@ -366,6 +382,7 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
             where=lambda e: e.participant.display_name == "Browser",
         )
         await in_thread(browser.js, "salonTest.recordStart()")
+        await in_thread(browser.js, WATCH_REPORTS)
         speaker = cli(
             web_salond,
             tmp_path,
@@ -379,8 +396,18 @@ async def test_browser_listener_hears_a_python_speaker(browser, web_salond, tmp_
         await in_thread(finish, speaker)
         await asyncio.sleep(0.5)  # the last frames leave the page's jitter buffer
         heard = await in_thread(browser.take_recording)
+        # The page reported what it heard of the speaker (PROTOCOL.md 11.9) and salond took it.
+        outcomes = await in_thread(
+            browser.wait, "a receiver report answered", lambda: browser.js(REPORTS_SEEN)
+        )
     finally:
         await host.close()
+    assert all("error" not in o for o in outcomes), outcomes
+    assert all(
+        r["expected"] >= 1 and 0 <= r["lost"] <= r["expected"]
+        for o in outcomes
+        for r in o["reports"]
+    )
     other = read_audio(speech("Something else entirely, said at another pace.", tmp_path / "o.wav"))
     assert_heard(read_audio(source_path), heard, other)
 
