@@ -611,6 +611,43 @@ class StreamConfig(Section, frozen=True):
     empty: the ``[http]`` endpoint's own address."""
 
 
+RedisUrl = Annotated[
+    str,
+    Meta(
+        pattern=r"^((redis|rediss|unix)://\S+)?$",
+        extra={"expected": "empty or a redis://, rediss:// or unix:// URL"},
+    ),
+]
+Milliseconds = Annotated[int, Meta(ge=100, le=600_000)]
+NodeId = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        extra={"expected": "at most 64 letters, digits, '.', '_' or '-'"},
+    ),
+]
+
+
+class ClusterConfig(Section, frozen=True):
+    """``[cluster]``: one room across several salond nodes, Redis as the control plane
+    (docs/cluster.md). Off by default: an empty ``redis_url`` is a single process."""
+
+    redis_url: RedisUrl = ""
+    """Redis the nodes share; empty: no cluster (the default)."""
+    node_id: NodeId = ""
+    """This node's name in the cluster; empty: the host name and QUIC port."""
+    secret_file: Path | None = None
+    """File holding the cluster secret (at least 32 bytes) that authenticates bus messages."""
+    heartbeat_ms: Milliseconds = 1000
+    """How often a node refreshes its registry entry; the entry expires after three."""
+    lease_ms: Milliseconds = 3000
+    """How long a room's home lease lasts without renewal before another node takes over."""
+    replay_window_ms: Milliseconds = 5000
+    """Bus messages older or newer than this (by their timestamp) are refused as replays."""
+    relay_queue: Annotated[int, Meta(ge=16, le=1_000_000)] = 4096
+    """Bus messages queued per direction at most; past it the oldest are dropped, counted."""
+
+
 class DemoConfig(Section, frozen=True):
     """``[demo]``: an always-open room where a bot speaks, to try a client right away."""
 
@@ -692,6 +729,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
@@ -921,4 +959,5 @@ def resolve_paths(config: Config) -> Config:
         ),
         admin=replace(config.admin, socket=socket),
         demo=replace(config.demo, audio=optional(config.demo.audio)),
+        cluster=replace(config.cluster, secret_file=optional(config.cluster.secret_file)),
     )
