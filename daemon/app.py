@@ -179,6 +179,19 @@ class Daemon:
             self.components.append(self.streams)
         if self.http is not None:
             self.components.append(self.http)
+        # A cluster node (docs/cluster.md) only with [cluster] redis_url: without it nothing of
+        # the cluster is imported and salond is one process.
+        if config.cluster.redis_url:
+            from salon.daemon.cluster.node import ClusterNode
+            from salon.daemon.cluster.registry import NodeLoad
+
+            self.components.append(
+                ClusterNode(
+                    config.cluster,
+                    lambda: "{}:{}".format(*self.server.address),
+                    lambda: NodeLoad(len(self.server.sessions), len(self.core.rooms)),
+                )
+            )
         self.admin: AdminServer | None = None
         if config.admin.enabled:
             from salon.daemon.admin.server import AdminServer

@@ -26,12 +26,18 @@ from typing import Any
 
 import msgspec
 
-from salon.daemon.config import ConfigError
+from salon.daemon.config import ConfigError, load_config
 from salon.daemon.wire.confusables import confusable, name_warning
 from salon.daemon.wire.messages import JoinRequestInfo, Participant
 from salon.daemon.wire.text import printable
 
-from .client import AdminClient, AdminConnectionError, AdminError, default_socket_path
+from .client import (
+    CONFIG_ENV,
+    AdminClient,
+    AdminConnectionError,
+    AdminError,
+    default_socket_path,
+)
 from .protocol import AuditEntry, RoomDetail, RoomStream, StatusInfo, StoreStatus
 
 EXIT_REFUSED = 1
@@ -161,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--room", help="also stream this room's audio levels")
     watch.add_argument("--stats", action="store_true", help="include the periodic stats events")
     watch.add_argument("--count", type=int, help="stop after this many events")
+    nodes = sub.add_parser(
+        "nodes", help="the cluster's live nodes and their load, read from Redis (docs/cluster.md)"
+    )
+    nodes.add_argument("--redis", help="Redis URL; default: [cluster] redis_url of the config")
     store = sub.add_parser("store", help="offline store operations (salond stopped)")
     store_sub = store.add_subparsers(dest="store_command", required=True, metavar="OPERATION")
     copy = store_sub.add_parser(
@@ -617,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "store":
         return store_command(args)
+    if args.command == "nodes":
+        return asyncio.run(nodes_command(args))
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
@@ -648,6 +660,57 @@ def store_command(args: argparse.Namespace) -> int:
         print("salonctl: store copy: the copy does not match its source", file=sys.stderr)
         return 1
     return 0
+
+
+async def nodes_command(args: argparse.Namespace) -> int:
+    """``salonctl nodes``: reads the node registry in Redis itself, so it works from any
+    machine that reaches Redis, whichever nodes are up."""
+    url = args.redis
+    if not url:
+        config = args.config or (
+            Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+        )
+        try:
+            url = load_config(config).cluster.redis_url
+        except ConfigError as exc:
+            print(f"salonctl: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if not url:
+        print(
+            "salonctl: nodes: no cluster ([cluster] redis_url is empty; or pass --redis)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from salon.daemon.cluster.registry import live_nodes
+
+    redis = Redis.from_url(url)
+    try:
+        nodes = await live_nodes(redis)
+    except (RedisError, OSError) as exc:
+        print(printable(f"salonctl: nodes: Redis unreachable: {exc}"), file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await redis.aclose()
+    if getattr(args, "json", False):
+        print(json.dumps([vars_of(node) for node in nodes], sort_keys=True))
+        return 0
+    for node in nodes:
+        print(
+            printable(
+                f"{node.node_id:<32} {node.address:<24} {node.sessions:>6} sessions "
+                f"{node.rooms:>4} rooms  up since {when(node.started_at)}"
+            )
+        )
+    if not nodes:
+        print("no live nodes")
+    return 0
+
+
+def vars_of(node: Any) -> dict[str, Any]:
+    return {name: getattr(node, name) for name in node.__slots__}
 
 
 if __name__ == "__main__":
