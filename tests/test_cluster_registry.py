@@ -82,3 +82,93 @@ def test_bad_cluster_keys_are_named(tmp_path: Path) -> None:
         load_config(conf)
     text = str(caught.value)
     assert "cluster.redis_url" in text and "cluster.node_id" in text
+
+
+# -- two salond processes as cluster nodes ----------------------------------------------------
+
+
+def _node_config(tmp_path: Path, name: str, redis_url: str, secret: Path | None) -> Path:
+    conf = tmp_path / f"{name}.toml"
+    secret_line = f'secret_file = "{secret}"\n' if secret is not None else ""
+    conf.write_text(f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "{name}"\n{secret_line}')
+    return conf
+
+
+def _salonctl_nodes(redis_url: str) -> list[dict[str, object]]:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "salon.daemon.admin.ctl", "nodes", "--redis", redis_url, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    result: list[dict[str, object]] = json.loads(out)
+    return result
+
+
+def _wait_for_nodes(redis_url: str, expected: list[str]) -> list[dict[str, object]]:
+    """Poll until the registry lists exactly ``expected`` (a readiness wait, not a timing check)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = _salonctl_nodes(redis_url)
+        if [node["node_id"] for node in nodes] == expected or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.2)
+
+
+def test_two_salond_nodes_register_and_leave(tmp_path: Path, redis_url: str) -> None:
+    from tests.conftest import start_salond
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_bytes(b"k" * 48)
+    a = start_salond(
+        tmp_path / "a", "--config", str(_node_config(tmp_path, "a", redis_url, secret))
+    )
+    try:
+        b = start_salond(
+            tmp_path / "b", "--config", str(_node_config(tmp_path, "b", redis_url, secret))
+        )
+        try:
+            nodes = _wait_for_nodes(redis_url, ["a", "b"])
+            assert [(n["node_id"], n["address"]) for n in nodes] == [
+                ("a", a.server),
+                ("b", b.server),
+            ]
+            assert a.stop() == 0
+            # A clean stop deregisters at once, without waiting for the entry to expire.
+            assert [n["node_id"] for n in _wait_for_nodes(redis_url, ["b"])] == ["b"]
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def test_cluster_without_secret_refuses_to_start(tmp_path: Path, redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    conf = _node_config(tmp_path, "a", redis_url, None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "salon.daemon.app",
+            "--config",
+            str(conf),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cluster.secret_file" in done.stderr

@@ -695,7 +695,7 @@ async def nodes_command(args: argparse.Namespace) -> int:
     finally:
         await redis.aclose()
     if getattr(args, "json", False):
-        print(json.dumps([vars_of(node) for node in nodes], sort_keys=True))
+        print(json.dumps([vars_of(node) for node in nodes], indent=2, sort_keys=True))
         return 0
     for node in nodes:
         print(
