@@ -18,6 +18,9 @@ import hmac
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 MAGIC = b"SB1"
 MAC_SIZE = hashlib.sha256().digest_size
@@ -162,21 +165,41 @@ class BusCodec:
         return BusMessage(sender, seq, timestamp_ms, kind_value, body)
 
 
+def media_body(room: str, datagram: bytes) -> bytes:
+    """A MEDIA message's body: the room inside the signed part (a relayed datagram cannot be
+    replayed into another room's channel), then the SRTP datagram unchanged."""
+    name = room.encode()
+    if not 0 < len(name) <= 255:
+        raise ValueError("room id must be 1..255 bytes")
+    return bytes((len(name),)) + name + datagram
+
+
+def split_media_body(body: bytes) -> tuple[str, bytes] | None:
+    """(room, datagram) of a MEDIA body, or None when malformed."""
+    if not body or len(body) < 1 + body[0]:
+        return None
+    try:
+        room = body[1 : 1 + body[0]].decode()
+    except UnicodeDecodeError:
+        return None
+    return room, body[1 + body[0] :]
+
+
 @dataclass(slots=True)
-class DropOldestQueue:
+class DropOldestQueue(Generic[T]):
     """A bounded FIFO that, when full, drops its oldest item (stale audio is worthless)."""
 
     limit: int
-    items: list[bytes] = field(default_factory=list)
+    items: list[T] = field(default_factory=list)
     dropped: int = 0
 
-    def push(self, item: bytes) -> None:
+    def push(self, item: T) -> None:
         self.items.append(item)
         excess = len(self.items) - self.limit
         if excess > 0:
             del self.items[:excess]
             self.dropped += excess
 
-    def take_all(self) -> list[bytes]:
+    def take_all(self) -> list[T]:
         items, self.items = self.items, []
         return items
