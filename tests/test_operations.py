@@ -287,3 +287,30 @@ async def test_health_endpoint(tmp_path: Path) -> None:
             live.daemon.server.shutting_down = False
         assert status == "HTTP/1.1 503 Service Unavailable"
         assert json.loads(body)["status"] == "stopping"
+
+
+async def test_a_task_that_will_not_end_does_not_keep_salond_from_stopping(tmp_path, monkeypatch):
+    """A companion task (like the demo bot) that swallows its cancellation is left behind after
+    TASK_STOP_TIMEOUT instead of hanging the stop (seen: salond --demo killed 15 s after
+    SIGTERM)."""
+    from salon.daemon import app
+    from tests.conftest import run_daemon
+
+    monkeypatch.setattr(app, "TASK_STOP_TIMEOUT", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # refuses to end while salond stops
+
+    task = asyncio.ensure_future(stubborn())
+    async with run_daemon(tmp_path / "state") as live:
+        live.daemon._tasks.append(task)
+    # run_daemon's exit awaited daemon.stop(): reaching this line means the stop returned.
+    assert live.daemon.stopped.is_set()
+    assert not task.done()
+    release.set()
+    await task
