@@ -163,7 +163,9 @@ async def test_loss_reports_reach_the_speaker_who_switches_redundancy_on_and_off
                 await eventually(lambda: voice.sender is not None and voice.sender.redundancy == 2)
                 report = voice.loss_reports[-1]
                 assert report.reporters >= 1 and report.loss >= 0.03
-                assert voice.sender.stats.red > 0
+                # The switch and the next 20 ms frame are separate events: wait for a RED frame
+                # to actually go out rather than racing the sender's clock.
+                await eventually(lambda: voice.sender is not None and voice.sender.stats.red > 0)
                 red_before = listening.receiver.jitter_stats()
                 relay.set_impairment(down=Impairment())
                 await eventually(lambda: voice.sender is not None and voice.sender.redundancy == 0)
