@@ -576,6 +576,7 @@ async def test_a_thousand_knocks_per_second_are_rate_limited(live):
         knocks_seen = 0
         limited_before = stats.errors["rate_limited"]
         accepted = 0
+        refused_knocks: list[RequestError] = []
         elapsed_total = 0.0
         loop = asyncio.get_running_loop()
         for _ in range(rounds):
@@ -592,6 +593,7 @@ async def test_a_thousand_knocks_per_second_are_rate_limited(live):
                 for result in results[::2]:
                     if isinstance(result, RequestError):
                         assert result.code == "rate_limited", result
+                        refused_knocks.append(result)
                     else:
                         assert not isinstance(result, BaseException), result
                         assert result["status"] == "knocking"
@@ -609,7 +611,11 @@ async def test_a_thousand_knocks_per_second_are_rate_limited(live):
         limited = stats.errors["rate_limited"] - limited_before
         attempts = attackers_count * per_attacker * rounds
         knock_rate = live.daemon.config.limits.knock_rate
-        assert accepted + limited == attempts
+        # Every knock got exactly one answer: admitted to the queue or rate_limited. The server's
+        # counter must include them all (it also counts other members' refusals, such as a
+        # listener's receiver report sent early, so it may only be higher).
+        assert accepted + len(refused_knocks) == attempts
+        assert limited >= len(refused_knocks)
         # Hosts see at most the configured rate (with its burst), not the flood.
         assert accepted <= knock_rate * (elapsed_total + rounds) + knock_rate * rounds
         # ... and at least what the limit lets through: each round starts with a bucket of at
