@@ -27,7 +27,7 @@ from .forwarder import Forwarder, Outlet
 from .identity import Identity
 from .keys import FlowIdAllocator
 from .limits import Limits
-from .permissions import HOST_ROLES
+from .permissions import HOST_ROLES, Action, check
 from .records import room_settings
 from .room import Ban, JoinRequest, Member, Room
 
@@ -247,6 +247,20 @@ class Concern:
         if member is None:
             raise CoreError(ErrorCode.PARTICIPANT_NOT_FOUND, f"{user} is not in the room")
         return member
+
+    def _target(
+        self, actor: Actor, user: str | None, self_action: Action, other_action: Action
+    ) -> tuple[Member, bool]:
+        """The member a request acts on -- the caller, or the member it names -- checked against
+        the matrix row for that case; the flag says whether it names another member."""
+        if self._names_other(actor, user):
+            assert user is not None
+            target = self._present(actor.room, user)
+            check(other_action, actor.role, target.role)
+            return target, True
+        target = self._self(actor)
+        check(self_action, target.role)
+        return target, False
 
     @staticmethod
     def _not_self(actor: Actor, user: str, action: str) -> None:

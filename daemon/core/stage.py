@@ -59,14 +59,7 @@ class Stage(Concern):
 
     def lower_hand(self, actor: Actor, request: messages.LowerHand, now: float) -> Result:
         room = actor.room
-        other = self._names_other(actor, request.user)
-        if other:
-            assert request.user is not None
-            target = self._present(room, request.user)
-            check(Action.LOWER_HAND_OF, actor.role, target.role)
-        else:
-            target = self._self(actor)
-            check(Action.LOWER_HAND, target.role)
+        target, other = self._target(actor, request.user, Action.LOWER_HAND, Action.LOWER_HAND_OF)
         if room.hands.lower_hand(target.user):
             self._hand_queue_changed(room)
             self._participant_updated(room, target)
@@ -110,14 +103,9 @@ class Stage(Concern):
         self, actor: Actor, request: messages.MoveToAudience, now: float
     ) -> Result:
         room = actor.room
-        other = self._names_other(actor, request.user)
-        if other:
-            assert request.user is not None
-            target = self._present(room, request.user)
-            check(Action.MOVE_TO_AUDIENCE, actor.role, target.role)
-        else:
-            target = self._self(actor)
-            check(Action.MOVE_SELF_TO_AUDIENCE, target.role)
+        target, other = self._target(
+            actor, request.user, Action.MOVE_SELF_TO_AUDIENCE, Action.MOVE_TO_AUDIENCE
+        )
         self.change_role(room, target, "listener", now)
         if other:
             self._moderation(actor, "move_to_audience", target.user)
