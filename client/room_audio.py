@@ -237,7 +237,8 @@ class RoomAudio:
                     self.on_frame_sent(self.frames_sent, now)
         stream = self.stream
         if stream is not None:
-            pcm, levels = stream.pull() or SILENCE, {}
+            levels: dict[str, int] = {}
+            pcm = stream.pull() or SILENCE
         else:
             pcm, levels = self.receiver.pull(now)
         self.levels = levels

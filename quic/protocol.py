@@ -122,7 +122,12 @@ class ServerProtocol(SalonQuicProtocol):
         """ACK-only packets take the ACK fast path (:mod:`salon.quic.ackpath`); the rest
         aioquic's ``receive_datagram``."""
         ackpath = self.ackpath
-        if ackpath is not None and ackpath.receive(data, addr, self._loop.time()):
+        # Only str from a datagram socket would be a bug in asyncio; the fast path reads bytes.
+        if (
+            ackpath is not None
+            and isinstance(data, bytes)
+            and ackpath.receive(data, addr, self._loop.time())
+        ):
             # The ACK may have released or lost packets aioquic must act on: the send fast
             # path checks the connection again, as after any call into aioquic.
             if self.fastpath is not None:

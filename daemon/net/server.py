@@ -377,11 +377,11 @@ class SalonServer:
             # state to persist, so it skips the plugins' review and the store's barriers.
             try:
                 self.core.check_session_state(protocol.session_id, request)
-                result = self.core.handle_request(protocol.session_id, request, time.time())
+                reported = self.core.handle_request(protocol.session_id, request, time.time())
             except CoreError as exc:
                 self._reply_error(protocol, request.id, exc.code, exc.message)
             else:
-                self._reply_ok(protocol, request.id, result)
+                self._reply_ok(protocol, request.id, reported or {})
             self.pipeline.pump()
             return
         if isinstance(request, msg.SetStream):
