@@ -295,6 +295,68 @@ async def test_page_decodes_red_and_fills_lost_packets_from_its_copies(browser, 
     assert 0 <= report["jitter_ms"] <= 10000
 
 
+BAD_FRAME_SCRIPT = """
+const [keyB64, ssrc, batchesB64, done] = arguments;
+(async () => {
+    const srtp = await import('/web/srtp.js');
+    const audio = await import('/web/audio.js');
+    const engine = new audio.MediaEngine(() => {});
+    engine.record(true);
+    await engine.addKey({user: 'speaker', flow_id: 7, ssrc, profile: 'AEAD_AES_128_GCM',
+                         key: keyB64, epoch: 0}, 'me');
+    for (const batch of batchesB64) {
+        for (const d of batch) await engine.receive(srtp.base64ToBytes(d));
+        // Let the decoder answer (output or error) before the next batch arrives.
+        const flow = engine.flows.get(7);
+        if (flow.decoder) await flow.decoder.flush().catch(() => {});
+        await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    done({at: engine.recorded.map((f) => f.at), resets: engine.decoderResets});
+})().catch((error) => done({error: String(error)}));
+"""
+
+
+async def test_page_recovers_from_a_frame_its_decoder_refuses(browser, web_salond):
+    """Any speaker can send bytes that are not Opus; WebCodecs closes a decoder for good on
+    them. The page opens a new decoder, so the frames after the bad one are still heard.
+    (Seen failing: with the old single decoder, nothing after the bad frame was decoded.)"""
+    await in_thread(browser.open, web_base(web_salond) + "/")
+    key = bytes(range(1, 29))
+    ssrc = 0x0BADF00D
+    encoder = OpusEncoder()
+    t = np.arange(FRAME_SAMPLES) / 48000
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+    base_seq, base_ts = 500, 480_000
+    sender = SrtpSender(key)
+
+    def datagram(index: int, payload: bytes) -> str:
+        packet = RtpPacket(
+            payload_type=OPUS_PAYLOAD_TYPE,
+            sequence_number=base_seq + index,
+            timestamp=base_ts + index * FRAME_SAMPLES,
+            ssrc=ssrc,
+            extensions=[HeaderExtension(AUDIO_LEVEL_EXTENSION_ID, pack_audio_level(True, 20))],
+            payload=payload,
+        ).serialize()
+        return base64.b64encode(bytes([7]) + sender.protect(packet)).decode()
+
+    # TOC code 3 (arbitrary frame count) announcing zero frames: invalid in RFC 6716 3.2.5.
+    not_opus = bytes([0x03, 0x00])
+    batches = [
+        [datagram(i, encoder.encode(tone)) for i in range(3)],
+        [datagram(3, not_opus)],
+        [datagram(i, encoder.encode(tone)) for i in range(4, 8)],
+    ]
+    result = await in_thread(
+        browser.js_async, BAD_FRAME_SCRIPT, base64.b64encode(key).decode(), ssrc, batches
+    )
+    assert "error" not in result, result
+    decoded = [(at - base_ts) // FRAME_SAMPLES for at in result["at"]]
+    assert result["resets"] == 1, result
+    assert decoded[:3] == [0, 1, 2], decoded
+    assert decoded[-4:] == [4, 5, 6, 7], decoded
+
+
 CHUNK = 24000  # 0.5 s
 RATE = 48000
 SEARCH = 12000  # how far a chunk may have moved from the global alignment (jitter buffers)

@@ -107,16 +107,13 @@ class Flow {
     this.receiver = receiver;
     this.nextSeq = -1;
     this.level = 127;
-    this.decoder = new AudioDecoder({
-      output: (data) => engine._decoded(this, data),
-      error: (error) => console.warn("decoder", error),
-    });
-    // Safari decodes Opus only when configured at 48 kHz, which is what RTP Opus is.
-    this.decoder.configure({ codec: "opus", sampleRate: RATE, numberOfChannels: 1 });
-    this.talkspurtStart = true;
+    this.engine = engine;
+    this.decoder = null;
     // RTP timestamps of the packets in the decoder, oldest first: one output per packet, and
     // the decoder's own output timestamps do not keep the gaps of DTX silence.
     this.inFlight = [];
+    this.openDecoder();
+    this.talkspurtStart = true;
     // receiver_report counts (PROTOCOL.md 11.9, as RFC 3550 A.3): highest sequence number
     // received (extended past wraps), where the previous report left it, arrivals since.
     this.highestSeq = null;
@@ -125,6 +122,26 @@ class Flow {
     this.late = 0;
     this.jitterMs = 0; // RFC 3550 interarrival jitter
     this.lastTransit = null;
+  }
+
+  // A WebCodecs decoder closes itself for good on the first frame it cannot decode (any
+  // speaker can send one): a fresh decoder takes over, so one bad frame costs the frames
+  // queued with it, not the rest of the flow.
+  openDecoder() {
+    const decoder = new AudioDecoder({
+      output: (data) => this.engine._decoded(this, data),
+      error: (error) => {
+        console.warn("decoder", error);
+        if (this.decoder !== decoder) return;
+        this.engine.decoderResets++;
+        this.decoder = null;
+        this.inFlight = [];
+      },
+    });
+    // Safari decodes Opus only when configured at 48 kHz, which is what RTP Opus is.
+    decoder.configure({ codec: "opus", sampleRate: RATE, numberOfChannels: 1 });
+    this.decoder = decoder;
+    this.inFlight = [];
   }
 
   count(seq, timestamp) {
@@ -176,6 +193,7 @@ export class MediaEngine {
     this.framesSent = 0;
     this.framesDecoded = 0;
     this.framesRepaired = 0; // frames decoded from a RED copy in place of a lost packet
+    this.decoderResets = 0; // decoders replaced after refusing a frame
   }
 
   async start() {
@@ -236,7 +254,9 @@ export class MediaEngine {
     const flow = this.flows.get(flowId);
     if (!flow) return;
     this.flows.delete(flowId);
-    try { flow.decoder.close(); } catch (_) { /* already closed */ }
+    const decoder = flow.decoder;
+    flow.decoder = null; // a late error callback must not reopen it
+    try { if (decoder) decoder.close(); } catch (_) { /* already closed */ }
     if (this.playout) this.playout.port.postMessage({ type: "remove", flow: flowId });
   }
 
@@ -255,7 +275,8 @@ export class MediaEngine {
     const flow = this.flows.get(prefix[0]);
     if (!flow) return;
     const packet = await flow.receiver.unprotect(datagram.subarray(prefix[1]));
-    if (!packet || flow.decoder.state !== "configured") return;
+    if (!packet || !this.flows.has(flow.flowId)) return;
+    if (!flow.decoder || flow.decoder.state === "closed") flow.openDecoder();
     const payloadType = packet[1] & 0x7f;
     const payload = packet.subarray(rtpHeaderLength(packet));
     let primary = payload;
