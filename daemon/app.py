@@ -37,6 +37,8 @@ from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collecto
 
 if TYPE_CHECKING:
     from salon.daemon.admin.server import AdminServer
+    from salon.daemon.cluster.node import ClusterNode
+    from salon.daemon.cluster.registry import ClusterSnapshot
     from salon.daemon.http import HttpEndpoint
 
 log = logging.getLogger("salon")
@@ -184,17 +186,10 @@ class Daemon:
             self.components.append(self.http)
         # A cluster node (docs/cluster.md) only with [cluster] redis_url: without it nothing of
         # the cluster is imported and salond is one process.
+        self.cluster: ClusterNode | None = None
+        self.cluster_snapshot: Callable[[], ClusterSnapshot | None] | None = None
         if config.cluster.redis_url:
-            from salon.daemon.cluster.node import ClusterNode
-            from salon.daemon.cluster.registry import NodeLoad
-
-            self.components.append(
-                ClusterNode(
-                    config.cluster,
-                    lambda: "{}:{}".format(*self.server.address),
-                    lambda: NodeLoad(len(self.server.sessions), len(self.core.rooms)),
-                )
-            )
+            self._join_cluster()
         self.admin: AdminServer | None = None
         if config.admin.enabled:
             from salon.daemon.admin.server import AdminServer
@@ -207,6 +202,7 @@ class Daemon:
                 self.recordings.index,
                 self.tls.fingerprint,
                 streams=self.streams,
+                cluster=self.cluster_snapshot,
             )
             self.components.append(self.admin)
         if config.metrics.enabled:
@@ -221,8 +217,47 @@ class Daemon:
                     self.store,
                     admin_clients=(lambda: admin.client_count) if admin is not None else None,
                     streams=self.streams,
+                    cluster=self.cluster_snapshot,
                 )
             )
+
+    def _join_cluster(self) -> None:
+        """This salond as a cluster node (docs/cluster.md): registered with its load and how
+        clients reach it; redirects joins when ``cluster.redirect_margin`` is set."""
+        from salon.daemon.cluster.node import ClusterNode
+        from salon.daemon.cluster.redirect import Redirector
+        from salon.daemon.cluster.registry import NodeContact, NodeLoad
+
+        def load() -> NodeLoad:
+            rooms = self.core.rooms.values()
+            carried = tuple(room.id for room in rooms if room.members)
+            return NodeLoad(len(self.server.sessions), len(self.core.rooms), carried)
+
+        node = ClusterNode(
+            self.config.cluster,
+            lambda: "{}:{}".format(*self.server.address),
+            load,
+            contact=lambda: NodeContact(self.public_address(), self.tls.fingerprint),
+        )
+        self.cluster = node
+        self.components.append(node)
+        redirector = Redirector(
+            lambda: node.node_id,
+            lambda: node.registry.view if node.registry is not None else [],
+            lambda: len(self.server.sessions),
+            margin=self.config.cluster.redirect_margin,
+        )
+        if redirector.margin:
+            self.server.redirect = redirector.decide
+        self.cluster_snapshot = lambda: (
+            node.registry.snapshot(redirector.sent) if node.registry is not None else None
+        )
+
+    def public_address(self) -> str:
+        """``host:port`` clients reach this salond at (the public name for a wildcard bind)."""
+        host, port = self.server.address
+        host = self.config.server.public_name if host in ("0.0.0.0", "::") else host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _start_http(self) -> None:
         """The HTTP endpoint with the web client on it (started in order as a component)."""

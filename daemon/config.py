@@ -646,6 +646,12 @@ class ClusterConfig(Section, frozen=True):
     """Bus messages older or newer than this (by their timestamp) are refused as replays."""
     relay_queue: Annotated[int, Meta(ge=16, le=1_000_000)] = 4096
     """Bus messages queued per direction at most; past it the oldest are dropped, counted."""
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    """salond processes on this machine sharing the UDP port (SO_REUSEPORT), each its own
+    node; 1: one process, as without a cluster. More than 1 needs ``redis_url``."""
+    redirect_margin: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    """Redirect a client's first join to a live node with at least this many fewer sessions
+    (PROTOCOL.md section 17); 0: never redirect."""
 
 
 class DemoConfig(Section, frozen=True):
@@ -922,6 +928,11 @@ def _check_relations(config: Config, origin: _Origin) -> None:
         if file is not None and not file.is_file():
             section, name = key.split(".")
             problems.append(f"{origin(section, name)}: {key}: file not found: {str(file)!r}")
+    if config.cluster.workers > 1 and not config.cluster.redis_url:
+        problems.append(
+            f"{origin('cluster', 'workers')}: cluster.workers: {config.cluster.workers} worker"
+            " processes need cluster.redis_url (each worker is a cluster node)"
+        )
     if problems:
         raise ConfigError(problems)
 

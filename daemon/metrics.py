@@ -14,7 +14,10 @@ Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connecti
 ``store_reconnects_total``, ``store_queued``; with stream mode, per room:
 ``stream_listeners{room,mode}``, ``stream_segments_served_total{room}``,
 ``stream_playlists_served_total{room}``, ``stream_bytes_served_total{room}``,
-``stream_refused_total{room}``, ``stream_cpu_seconds_total{room}``.
+``stream_refused_total{room}``, ``stream_cpu_seconds_total{room}``; as a cluster node:
+``cluster_node{node_id}`` (1, naming this node), ``cluster_nodes``,
+``cluster_node_sessions{node_id}`` and ``cluster_node_rooms{node_id}`` for every live node,
+``cluster_redirects_total``, ``cluster_heartbeat_failures_total``.
 
 ``GET /healthz`` on the same listener answers 200 with ``{"status": "serving", ...}`` while
 salond serves, and 503 (``starting``, ``stopping``) otherwise, for load balancers and systemd
@@ -32,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from salon.daemon.cluster.registry import ClusterSnapshot
     from salon.daemon.config import MetricsConfig
     from salon.daemon.net.server import SalonServer
     from salon.daemon.pipeline import RequestPipeline
@@ -89,10 +93,12 @@ class SalonCollector:
         store: Store | None,
         admin_clients: Callable[[], int] | None,
         streams: StreamService | None = None,
+        cluster: Callable[[], ClusterSnapshot | None] | None = None,
     ) -> None:
         self.server = server
         self.store = store
         self.streams = streams
+        self.cluster = cluster
         self.admin_clients = admin_clients
         """How many admin API connections are open (None: the admin API is disabled)."""
 
@@ -182,6 +188,46 @@ class SalonCollector:
         yield GaugeMetricFamily("salon_admin_clients", "Admin API connections open now.", clients)
         yield from store_metrics(self.store)
         yield from stream_metrics(self.streams)
+        if self.cluster is not None:
+            yield from cluster_metrics(self.cluster())
+
+
+def cluster_metrics(snapshot: ClusterSnapshot | None) -> Iterator[Any]:
+    """This node's name, and every live node's load as the registry lists it (one scrape of any
+    node shows the whole cluster; each node's own counters come from its own endpoint)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if snapshot is None:
+        return
+    info = GaugeMetricFamily(
+        "salon_cluster_node",
+        "1, labelled with the cluster node serving this endpoint.",
+        labels=["node_id"],
+    )
+    info.add_metric([snapshot.node_id], 1)
+    yield info
+    yield GaugeMetricFamily(
+        "salon_cluster_nodes", "Live nodes in the node registry.", len(snapshot.nodes)
+    )
+    sessions = GaugeMetricFamily(
+        "salon_cluster_node_sessions", "Client sessions per live node.", labels=["node_id"]
+    )
+    rooms = GaugeMetricFamily(
+        "salon_cluster_node_rooms", "Rooms held per live node.", labels=["node_id"]
+    )
+    for node in snapshot.nodes:
+        sessions.add_metric([node.node_id], node.sessions)
+        rooms.add_metric([node.node_id], node.rooms)
+    yield sessions
+    yield rooms
+    yield CounterMetricFamily(
+        "salon_cluster_redirects", "Clients redirected to another node.", snapshot.redirects
+    )
+    yield CounterMetricFamily(
+        "salon_cluster_heartbeat_failures",
+        "Heartbeats to Redis that failed.",
+        snapshot.heartbeat_failures,
+    )
 
 
 def store_metrics(store: Store | None) -> Iterator[Any]:
@@ -263,6 +309,7 @@ class MetricsEndpoint:
         store: Store | None = None,
         admin_clients: Callable[[], int] | None = None,
         streams: StreamService | None = None,
+        cluster: Callable[[], ClusterSnapshot | None] | None = None,
     ) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
@@ -270,7 +317,7 @@ class MetricsEndpoint:
         self.pipeline = pipeline
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SalonCollector(server, store, admin_clients, streams))
+        self.registry.register(SalonCollector(server, store, admin_clients, streams, cluster))
         self.plugin_seconds = Histogram(
             "salon_plugin_seconds",
             "Time spent in plugin decisions: request review and authentication.",

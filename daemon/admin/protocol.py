@@ -99,6 +99,38 @@ class StoreStatus(msgspec.Struct, kw_only=True):
     failures: int = 0
 
 
+class ClusterNodeStatus(msgspec.Struct, kw_only=True):
+    """One live node of the cluster, as the node registry lists it."""
+
+    node_id: str
+    address: str
+    """``host:port`` its QUIC socket is bound to."""
+    public: str = ""
+    """``host:port`` clients are sent to."""
+    pid: int = 0
+    started_at: float = 0.0
+    sessions: int = 0
+    rooms: int = 0
+    room_ids: list[str] = []
+    """The rooms with members on that node (at most 1000 listed)."""
+    this: bool = False
+    """True for the node answering this admin API."""
+
+
+class ClusterStatus(msgspec.Struct, kw_only=True):
+    """The cluster this salond is a node of (``[cluster] redis_url``), from its registry view."""
+
+    node_id: str
+    nodes: list[ClusterNodeStatus] = []
+    read_at: float = 0.0
+    """When the registry was last read (0: not yet; refreshed every heartbeat)."""
+    heartbeat_failures: int = 0
+    redirects: int = 0
+    """Clients this node sent to another node (PROTOCOL.md 17)."""
+    room_nodes: dict[str, list[str]] = {}
+    """Which nodes carry each room: room id -> node ids."""
+
+
 class StatusInfo(msgspec.Struct, kw_only=True):
     """The ``status`` result: what the server is and its counters."""
 
@@ -134,6 +166,8 @@ class StatusInfo(msgspec.Struct, kw_only=True):
     """Requests refused by the per-address guest limits, by limit."""
     admin_clients: int = 0
     store: StoreStatus | None = None
+    cluster: ClusterStatus | None = None
+    """None: salond is not a cluster node."""
 
 
 class MeterLevel(msgspec.Struct, kw_only=True):

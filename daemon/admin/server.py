@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from . import protocol as p
 from .socket_path import bind_private_socket, check_socket_path, peer_uid, user_name
 
 if TYPE_CHECKING:
+    from salon.daemon.cluster.registry import ClusterSnapshot
     from salon.daemon.net.server import SalonServer
     from salon.daemon.recording.index import RecordingIndex
     from salon.daemon.store.base import Store
@@ -83,6 +84,37 @@ def store_status(store: Store | None) -> p.StoreStatus | None:
         queued=values.get("queued", 0),
         commits=values.get("commits", 0),
         failures=values.get("failures", 0),
+    )
+
+
+def cluster_status(snapshot: ClusterSnapshot | None) -> p.ClusterStatus | None:
+    """The ``cluster`` part of ``status``: the live nodes and which of them carry each room."""
+    if snapshot is None:
+        return None
+    room_nodes: dict[str, list[str]] = {}
+    for node in snapshot.nodes:
+        for room in node.room_ids:
+            room_nodes.setdefault(room, []).append(node.node_id)
+    return p.ClusterStatus(
+        node_id=snapshot.node_id,
+        nodes=[
+            p.ClusterNodeStatus(
+                node_id=node.node_id,
+                address=node.address,
+                public=node.public,
+                pid=node.pid,
+                started_at=node.started_at,
+                sessions=node.sessions,
+                rooms=node.rooms,
+                room_ids=list(node.room_ids),
+                this=node.node_id == snapshot.node_id,
+            )
+            for node in snapshot.nodes
+        ],
+        read_at=snapshot.read_at,
+        heartbeat_failures=snapshot.heartbeat_failures,
+        redirects=snapshot.redirects,
+        room_nodes=room_nodes,
     )
 
 
@@ -147,8 +179,11 @@ class AdminServer:
         recordings: RecordingIndex,
         fingerprint: str,
         streams: StreamService | None = None,
+        cluster: Callable[[], ClusterSnapshot | None] | None = None,
     ) -> None:
         self.path = path
+        self.cluster = cluster
+        """The cluster as this node's registry sees it (None: not a cluster node)."""
         self.pipeline = pipeline
         self.core = pipeline.core
         self.server = server
@@ -392,6 +427,7 @@ class AdminServer:
             abuse=counters["abuse"],
             admin_clients=len(self._connections),
             store=store_status(self.store),
+            cluster=cluster_status(self.cluster() if self.cluster is not None else None),
         )
 
     def room_detail(self, room_id: str) -> p.RoomDetail:

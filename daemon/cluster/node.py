@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from salon.daemon.cluster.bus import MIN_SECRET, BusCodec
-from salon.daemon.cluster.registry import NodeLoad, NodeRegistry
+from salon.daemon.cluster.registry import NodeContact, NodeLoad, NodeRegistry
 from salon.daemon.config import ClusterConfig, ConfigError
 
 log = logging.getLogger("salond.cluster")
@@ -46,7 +46,11 @@ class ClusterNode:
     """A daemon component: joins the registry at start, heartbeats, leaves at stop."""
 
     def __init__(
-        self, cluster: ClusterConfig, address: Callable[[], str], load: Callable[[], NodeLoad]
+        self,
+        cluster: ClusterConfig,
+        address: Callable[[], str],
+        load: Callable[[], NodeLoad],
+        contact: Callable[[], NodeContact] = NodeContact,
     ) -> None:
         self.config = cluster
         secret = read_secret(cluster)
@@ -60,6 +64,7 @@ class ClusterNode:
         )
         self._address = address
         self._load = load
+        self._contact = contact
         self.redis: Redis | None = None
         self.registry: NodeRegistry | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,6 +80,8 @@ class ClusterNode:
             self._address(),
             heartbeat_ms=self.config.heartbeat_ms,
             load=self._load,
+            contact=self._contact,
+            pid=os.getpid(),
         )
         self._task = asyncio.create_task(self.registry.run(), name="cluster-heartbeat")
         log.info("cluster: node %s (pid %d) registering in Redis", self.node_id, os.getpid())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -95,6 +96,11 @@ class SalonServer:
         """Guest abuse limits per source address, and the addresses bans remember."""
         pipeline.address_limits = self.guard
         pipeline.observers.append(self._guard_observer)
+        self.redirect: Callable[[str], dict[str, Any] | None] | None = None
+        """The cluster's redirect policy (daemon/cluster/redirect.py): the ``join`` result
+        sending a client elsewhere, or None to serve it here. None: never redirect."""
+        self._may_redirect: set[int] = set()
+        """Sessions whose hello says they follow redirects and that have not joined yet."""
         self.stream_mode: StreamMode | None = None
         """Handles ``set_stream`` (daemon/stream); None: the server offers no stream mode."""
         self._certificate = certificate
@@ -277,6 +283,7 @@ class SalonServer:
             task.cancel()
         self._dirty.discard(protocol)
         self.guard.closed(session_id)
+        self._may_redirect.discard(session_id)
         if protocol.identity is not None:
             self.core.disconnect(session_id, time.time())
             self.pipeline.pump()
@@ -387,6 +394,8 @@ class SalonServer:
         if isinstance(request, msg.SetStream):
             self._set_stream(protocol, request)
             return
+        if isinstance(request, msg.Join) and self._redirected(protocol, request):
+            return
         actor = Actor.client(protocol.session_id, protocol.identity, protocol.address)
         try:
             result = await self.pipeline.perform(
@@ -416,6 +425,21 @@ class SalonServer:
             return
         if result is not None:
             self._reply_ok(protocol, request.id, result)
+
+    def _redirected(self, protocol: SessionProtocol, request: msg.Join) -> bool:
+        """PROTOCOL.md 17: a session's first join may be answered with a redirect, if its hello
+        said it follows them (and it did not already follow one to get here)."""
+        if protocol.session_id not in self._may_redirect:
+            return False
+        self._may_redirect.discard(protocol.session_id)
+        if self.redirect is None:
+            return False
+        result = self.redirect(request.room)
+        if result is None:
+            return False
+        log.info("session %d: join %s redirected to %s", protocol.session_id, request.room, result)
+        self._reply_ok(protocol, request.id, result)
+        return True
 
     def _set_stream(self, protocol: SessionProtocol, request: msg.SetStream) -> None:
         """How a room member receives audio is no policy decision: plugins do not review it."""
@@ -480,6 +504,8 @@ class SalonServer:
             )
             return
         self.admit(protocol, identity)
+        if request.redirects == 0:
+            self._may_redirect.add(protocol.session_id)
         log.info(
             "connected: session %d %s from %s",
             protocol.session_id,

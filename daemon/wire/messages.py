@@ -180,6 +180,9 @@ class RoomSnapshot(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- requests
 
 MAX_REQUEST_ID = 2**53 - 1
+MAX_REDIRECTS = 3
+"""Redirects a client follows for one join at most (PROTOCOL.md 17); ``hello`` ``redirects``
+is bounded by it."""
 """The largest request id (so that clients with JavaScript-style numbers can echo it exactly)."""
 
 
@@ -196,6 +199,7 @@ class Hello(_Request, kw_only=True, tag="hello"):
     display_name: str
     credentials: dict[str, str] = {}
     client: str = ""
+    redirects: Annotated[int, msgspec.Meta(ge=0, le=MAX_REDIRECTS)] | None = None
 
 
 class Ping(_Request, kw_only=True, tag="ping"):

@@ -6,7 +6,9 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from salon.daemon.admin.protocol import StatusInfo, StoreStatus
+from salon.daemon.admin.protocol import ClusterStatus, StatusInfo, StoreStatus
+
+from ..text import plain
 
 
 def _size(count: int) -> str:
@@ -48,7 +50,39 @@ class StatsPanel(Static):
         table.add_row("admin clients", str(status.admin_clients))
         if status.store is not None:
             table.add_row("store", store_line(status.store))
+        if status.cluster is not None:
+            # Node and room ids come from the registry in Redis: shown literally, never markup.
+            for label, line in cluster_lines(status.cluster):
+                table.add_row(plain(label), plain(line))
         self.update(table)
+
+
+MAX_ROOM_LINES = 8
+"""Rooms listed with their nodes in the panel at most (the busiest first); the rest counted."""
+
+
+def cluster_lines(cluster: ClusterStatus) -> list[tuple[str, str]]:
+    """The cluster rows: one per live node with its load (``*`` marks this one), then which
+    nodes carry each room, rooms on most nodes first."""
+    rows: list[tuple[str, str]] = [
+        ("cluster", f"node {cluster.node_id}, {len(cluster.nodes)} live")
+    ]
+    for node in cluster.nodes:
+        mark = "*" if node.this else " "
+        rows.append(
+            (
+                f" {mark}{node.node_id}",
+                f"{node.public or node.address}  {node.sessions} sessions, {node.rooms} rooms",
+            )
+        )
+    ranked = sorted(cluster.room_nodes.items(), key=lambda item: (-len(item[1]), item[0]))
+    for room, nodes in ranked[:MAX_ROOM_LINES]:
+        rows.append((f" room {room}", "on " + ", ".join(sorted(nodes))))
+    if len(ranked) > MAX_ROOM_LINES:
+        rows.append(("", f"... {len(ranked) - MAX_ROOM_LINES} more rooms"))
+    if cluster.redirects:
+        rows.append(("redirects", str(cluster.redirects)))
+    return rows
 
 
 def store_line(store: StoreStatus) -> str:
