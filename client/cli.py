@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from salon.client.connection import (
+    MAX_REDIRECTS,
     ConnectionLost,
+    RedirectError,
     RequestError,
     SalonClient,
     ServerUnreachable,
     ServerVerificationError,
     load_guest_key,
     normalize_fingerprint,
+    parse_redirect,
 )
 from salon.client.reconnect import Backoff, Outage, ReconnectingClient
 from salon.daemon.wire import messages as msg
@@ -390,15 +393,21 @@ async def cmd_join(args: argparse.Namespace) -> int:
             note(f"reconnected, but could not rejoin {args.room}: {session.rejoin_error}")
             stop.set()
 
-    session = ReconnectingClient(
-        lambda: connect(args, idle_timeout=IDLE_TIMEOUT),
-        backoff=Backoff(initial=RECONNECT_INITIAL, maximum=RECONNECT_MAXIMUM),
-        keepalive=KEEPALIVE,
-        on_connected=on_connected,
-        on_retry=on_retry,
-        on_reconnected=on_reconnected,
-        reconnect=not args.no_reconnect,
-    )
+    def new_session() -> ReconnectingClient:
+        # `salon join` follows redirects (PROTOCOL.md 17); after following one it reconnects
+        # to the node it was sent to, which will not redirect it again.
+        return ReconnectingClient(
+            lambda: connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects),
+            backoff=Backoff(initial=RECONNECT_INITIAL, maximum=RECONNECT_MAXIMUM),
+            keepalive=KEEPALIVE,
+            on_connected=on_connected,
+            on_retry=on_retry,
+            on_reconnected=on_reconnected,
+            reconnect=not args.no_reconnect,
+        )
+
+    args.redirects = 0
+    session = new_session()
     client = await session.start()
     recording_started = {"first": False}
 
@@ -437,6 +446,21 @@ async def cmd_join(args: argparse.Namespace) -> int:
                     raise
         started = time.monotonic()
         result = await session.join(args.room, args.invite)
+        while result["status"] == "redirect":
+            target = parse_redirect(result)
+            if args.redirects >= MAX_REDIRECTS:
+                raise RedirectError(f"more than {MAX_REDIRECTS} redirects; last to {target.server}")
+            args.redirects += 1
+            note(f"redirected to node {target.node} at {target.server}")
+            await session.close(timeout=CLOSE_TIMEOUT)
+            # The redirect names the node's own certificate: pinned, whatever verified the first.
+            args.server, args.fingerprint = target.server, target.fingerprint
+            args.cafile, args.insecure = None, False
+            session = new_session()
+            client = await session.start()
+            listen(client)
+            audio.rebind(client)
+            result = await session.join(args.room, args.invite)
         if result["status"] == "knocking":
             note("knocking: waiting for a host to let you in ...")
             wait = max(1.0, float(result["expires_at"]) - time.time()) + 5
@@ -486,7 +510,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             # come before the idle timeout, and the user asked to leave now.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_call_quietly(session, "leave"), LEAVE_TIMEOUT)
-    except (RequestError, ConnectionLost) as exc:
+    except (RequestError, ConnectionLost, RedirectError) as exc:
         note(f"salon: {exc}")
         return 1
     finally:

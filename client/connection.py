@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import itertools
 import logging
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,67 @@ def normalize_fingerprint(text: str) -> str:
         raise ValueError("a fingerprint is 32 bytes of SHA-256 in hex, e.g. sha256:AB:CD:...")
     upper = raw.upper()
     return "sha256:" + ":".join(upper[i : i + 2] for i in range(0, 64, 2))
+
+
+class RedirectError(Exception):
+    """A server's redirect was malformed, or redirects went on for longer than allowed."""
+
+
+MAX_REDIRECTS = msg.MAX_REDIRECTS
+"""Redirects followed for one join at most (PROTOCOL.md 17): a loop between nodes ends here."""
+MAX_HOST_LENGTH = 253
+MAX_NODE_ID_LENGTH = 64
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Where a server sent a joining client: another node of its cluster."""
+
+    host: str
+    port: int
+    fingerprint: str
+    node: str
+
+    @property
+    def server(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_redirect(result: dict[str, Any]) -> Redirect:
+    """A ``join`` result with ``"status": "redirect"``, checked like any server input (PROTOCOL.md
+    17): a host name or IP address, a port, a SHA-256 fingerprint and a node id, all bounded;
+    RedirectError otherwise."""
+    server, fingerprint, node = result.get("server"), result.get("fingerprint"), result.get("node")
+    if not isinstance(server, str) or not isinstance(fingerprint, str):
+        raise RedirectError("redirect without a server or fingerprint")
+    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_ID_LENGTH:
+        raise RedirectError("redirect without a valid node id")
+    host, sep, port_text = server.rpartition(":")
+    if not sep or not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise RedirectError(f"redirect to {server[:80]!r}: not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise RedirectError(f"redirect to port {port}: out of range")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not _valid_host(host):
+        raise RedirectError(f"redirect to {host[:80]!r}: not a host name or IP address")
+    try:
+        fingerprint = normalize_fingerprint(fingerprint)
+    except ValueError as exc:
+        raise RedirectError(f"redirect with a bad fingerprint: {exc}") from None
+    return Redirect(host, port, fingerprint, node)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if not 0 < len(host) <= MAX_HOST_LENGTH or not host.isascii():
+        return False
+    return all(_HOST_LABEL.match(label) for label in host.removesuffix(".").split("."))
 
 
 def handshake_failure(
@@ -194,6 +258,7 @@ class SalonClient:
         ack_delay: float = CLIENT_ACK_DELAY,
         timeout: float = 10.0,
         idle_timeout: float = 60.0,
+        redirects: int | None = None,
     ) -> SalonClient:
         """Connect, verify the server, and authenticate with ``hello``.
 
@@ -203,6 +268,8 @@ class SalonClient:
         ``max_datagram_frame_size``: the transport parameter sent (RFC 9221; 2.2 of the spec).
         ``idle_timeout``: seconds without any packet from the server after which the connection
         counts as lost (how fast a dead network path is noticed).
+        ``redirects``: None, the server never redirects this client; a number, the client
+        follows redirects and has followed that many to get here (PROTOCOL.md 17).
         """
         configuration = QuicConfiguration(
             alpn_protocols=[ALPN],
@@ -268,6 +335,7 @@ class SalonClient:
                         display_name=display_name,
                         credentials=credentials,
                         client="salon-python/0.1",
+                        redirects=redirects,
                     )
                 ),
                 timeout,

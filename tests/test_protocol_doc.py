@@ -268,6 +268,12 @@ class Knocking(msgspec.Struct, tag="knocking", tag_field="status", forbid_unknow
     expires_at: float
 
 
+class Redirected(msgspec.Struct, tag="redirect", tag_field="status", forbid_unknown_fields=True):
+    server: str
+    fingerprint: str
+    node: str
+
+
 class UserResult(msgspec.Struct, forbid_unknown_fields=True):
     user: str
 
@@ -296,7 +302,7 @@ RESULTS: dict[str, Any] = {
     "get_room": RoomResult,
     "create_room": RoomResult,
     "start_room": RoomResult,
-    "join": Joined | Knocking,
+    "join": Joined | Knocking | Redirected,
     "approve_knock": UserResult,
     "create_invite": InviteResult,
     "list_invites": InvitesResult,
