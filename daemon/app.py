@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="open a 'lobby' room with a bot")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="salond processes sharing the UDP port, each a cluster node (cluster.workers)",
+    )
+    # Internal: how the supervisor of --workers starts worker N (daemon/cluster/workers.py).
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
     parser.add_argument("--version", action="version", version=f"salond {__version__}")
@@ -74,6 +81,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "tls.certificate": args.cert,
         "tls.private_key": args.key,
         "logging.level": args.log_level,
+        "cluster.workers": args.workers,
         "demo.enabled": True if args.demo else None,
         # The demo is meant to be opened in a browser too.
         "http.enabled": True if args.demo else None,
@@ -404,8 +412,9 @@ def demo_companions() -> list[Callable[[Any], Awaitable[None]]]:
     return found
 
 
-async def serve_forever(config: Config) -> None:
+async def serve_forever(config: Config, reuse_port: bool = False) -> None:
     daemon = Daemon(config)
+    daemon.server.reuse_port = reuse_port  # a worker: daemon/cluster/workers.py
     # Handlers first: a SIGTERM arriving while salond starts still stops it cleanly.
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -505,9 +514,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_paths(load_config(args.config, overrides_from(args)))
+        if args.worker:
+            from salon.daemon.cluster.workers import worker_overrides
+
+            overrides = {**overrides_from(args), **worker_overrides(config, args.worker)}
+            config = resolve_paths(load_config(args.config, overrides))
     except ConfigError as exc:
         print(f"salond: configuration error: {exc}", file=sys.stderr)
         return 2
+    except TlsError as exc:
+        print(f"salond: {exc}", file=sys.stderr)
+        return 1
     if args.check_config:
         try:
             check_plugins(config)
@@ -519,13 +536,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.umask(PRIVATE_UMASK)
     setup_logging(config.logging.level, config.logging.json)
+    if config.cluster.workers > 1:
+        from salon.daemon.cluster.workers import run_workers
+
+        try:
+            return run_workers(config, sys.argv[1:] if argv is None else argv)
+        except (OSError, TlsError, ConfigError) as exc:
+            print(f"salond: {exc}", file=sys.stderr)
+            return 1
     try:
         install_event_loop_policy(config.tuning)  # uvloop when installed (BENCHMARKS.md)
     except ConfigError as exc:
         print(f"salond: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve_forever(config))
+        asyncio.run(serve_forever(config, reuse_port=bool(args.worker)))
     except KeyboardInterrupt:
         pass
     except (OSError, TlsError, StoreError, ConfigError) as exc:

@@ -112,6 +112,8 @@ class SalonServer:
         self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._quic_server: QuicServer | None = None
+        self.reuse_port = False
+        """Bind with SO_REUSEPORT: this salond is one of several workers sharing the port."""
         self._sending: BatchingTransport | None = None
         """The socket's transport: held during a flush, its packets leave in one sendmmsg."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,12 +166,23 @@ class SalonServer:
             self._next_session_id += 1
             return SessionProtocol(*args, server=self, session_id=session_id, **kwargs)
 
-        self._quic_server = await serve(
-            self.config.server.host,
-            self.config.server.port,
-            configuration=self.quic_configuration(),
-            create_protocol=create_protocol,
-        )
+        if self.reuse_port:
+            # A worker of several sharing the port (daemon/cluster/workers.py): the kernel
+            # spreads connections over their sockets by a hash of the addresses and ports.
+            _, self._quic_server = await self._loop.create_datagram_endpoint(
+                lambda: QuicServer(
+                    configuration=self.quic_configuration(), create_protocol=create_protocol
+                ),
+                local_addr=(self.config.server.host, self.config.server.port),
+                reuse_port=True,
+            )
+        else:
+            self._quic_server = await serve(
+                self.config.server.host,
+                self.config.server.port,
+                configuration=self.quic_configuration(),
+                create_protocol=create_protocol,
+            )
         self._sending = self.traffic.attach(
             self._quic_server, self.config.tuning.read_batch, self.config.tuning.send_batch
         )
