@@ -120,14 +120,14 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def _config(tmp_path: Path, name: str, redis_url: str, margin: int) -> Path:
+def _config(tmp_path: Path, name: str, redis_url: str, margin: int, metrics: str = "") -> Path:
     secret = tmp_path / "cluster.secret"
     if not secret.exists():
         secret.write_bytes(b"s" * 48)
     conf = tmp_path / f"{name}.toml"
     conf.write_text(
         f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "{name}"\nsecret_file = "{secret}"\n'
-        f"heartbeat_ms = 200\nredirect_margin = {margin}\n"
+        f"heartbeat_ms = 200\nredirect_margin = {margin}\n{metrics}"
     )
     return conf
 
@@ -135,6 +135,18 @@ def _config(tmp_path: Path, name: str, redis_url: str, margin: int) -> Path:
 def _guest(name: str) -> dict[str, str]:
     """A guest of its own (the CLI uses this machine's guest key: the same user would replace)."""
     return {"guest_key": base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()}
+
+
+METRICS = "[metrics]\nenabled = true\nport = 0\n"
+
+
+def _metrics(daemon: SalondProcess) -> str:
+    import re
+    import urllib.request
+
+    url = re.findall(r"metrics on (http://\S+)", daemon.log_text())[-1]
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
 
 
 async def _status_when(daemon: SalondProcess, ready: object) -> StatusInfo:
@@ -152,7 +164,7 @@ async def _status_when(daemon: SalondProcess, ready: object) -> StatusInfo:
 async def test_salon_join_follows_a_redirect_to_the_node_carrying_the_room(
     tmp_path: Path, redis_url: str
 ) -> None:
-    a = start_salond(tmp_path / "a", "--config", str(_config(tmp_path, "a", redis_url, 2)))
+    a = start_salond(tmp_path / "a", "--config", str(_config(tmp_path, "a", redis_url, 2, METRICS)))
     b = start_salond(tmp_path / "b", "--config", str(_config(tmp_path, "b", redis_url, 0)))
     clients: list[SalonClient] = []
     try:
@@ -219,6 +231,13 @@ async def test_salon_join_follows_a_redirect_to_the_node_carrying_the_room(
         status = await _status_when(a, lambda s: s.cluster is not None and s.cluster.redirects == 1)
         assert status.cluster is not None and status.cluster.redirects == 1
         pinger.cancel()
+        # Metrics per node: this node's name, every live node's load, the redirect counted.
+        text = await asyncio.to_thread(_metrics, a)
+        assert 'salon_cluster_node{node_id="a"} 1.0' in text
+        assert 'salon_cluster_node_sessions{node_id="a"}' in text
+        assert 'salon_cluster_node_sessions{node_id="b"}' in text
+        assert "salon_cluster_nodes 2.0" in text
+        assert "salon_cluster_redirects_total 1.0" in text
     finally:
         for client in clients:
             await client.close()
