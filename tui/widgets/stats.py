@@ -69,12 +69,8 @@ def cluster_lines(cluster: ClusterStatus) -> list[tuple[str, str]]:
     ]
     for node in cluster.nodes:
         mark = "*" if node.this else " "
-        rows.append(
-            (
-                f" {mark}{node.node_id}",
-                f"{node.public or node.address}  {node.sessions} sessions, {node.rooms} rooms",
-            )
-        )
+        # The addresses are in `salonctl nodes`: the panel is narrow.
+        rows.append((f" {mark}{node.node_id}", f"{node.sessions} sessions, {node.rooms} rooms"))
     ranked = sorted(cluster.room_nodes.items(), key=lambda item: (-len(item[1]), item[0]))
     for room, nodes in ranked[:MAX_ROOM_LINES]:
         rows.append((f" room {room}", "on " + ", ".join(sorted(nodes))))
