@@ -57,6 +57,15 @@ def test_admin_status_says_which_nodes_carry_each_room() -> None:
     assert msgspec.json.decode(msgspec.json.encode(status), type=p.StatusInfo) == status
 
 
+def test_salonctl_status_shows_the_cluster() -> None:
+    from salon.daemon.admin.ctl import format_status
+
+    text = format_status(msgspec.structs.replace(STATUS, cluster=cluster_status(SNAPSHOT)))
+    assert "cluster       node a, 3 live, 5 redirected" in text
+    assert "  *a a.example:4433: 40 sessions, 2 rooms (carrying: book-club, jazz)" in text
+    assert "   b b.example:4433: 12 sessions, 1 rooms (carrying: jazz)" in text
+
+
 async def test_console_stats_show_nodes_load_and_rooms(tmp_path: Path) -> None:
     status = msgspec.structs.replace(STATUS, cluster=cluster_status(SNAPSHOT))
 

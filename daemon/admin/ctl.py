@@ -38,7 +38,14 @@ from .client import (
     AdminError,
     default_socket_path,
 )
-from .protocol import AuditEntry, RoomDetail, RoomStream, StatusInfo, StoreStatus
+from .protocol import (
+    AuditEntry,
+    ClusterStatus,
+    RoomDetail,
+    RoomStream,
+    StatusInfo,
+    StoreStatus,
+)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -231,8 +238,25 @@ def format_status(status: StatusInfo) -> str:
             f"plugin errors {plugins}",
             f"abuse refused {abuse}",
             *([_store_line(status.store)] if status.store is not None else []),
+            *(_cluster_lines(status.cluster) if status.cluster is not None else []),
         ]
     )
+
+
+def _cluster_lines(cluster: ClusterStatus) -> list[str]:
+    """This node, then each live node's load and the rooms it carries (``salonctl nodes``
+    reads the same from Redis without a daemon)."""
+    lines = [
+        f"cluster       node {cluster.node_id}, {len(cluster.nodes)} live, "
+        f"{cluster.redirects} redirected"
+    ]
+    for node in cluster.nodes:
+        rooms = ", ".join(node.room_ids) or "-"
+        lines.append(
+            f"  {'*' if node.this else ' '}{node.node_id} {node.public or node.address}:"
+            f" {node.sessions} sessions, {node.rooms} rooms (carrying: {rooms})"
+        )
+    return lines
 
 
 def format_detail(detail: RoomDetail) -> str:
