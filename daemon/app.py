@@ -38,6 +38,7 @@ from salon.daemon.tuning import install_event_loop_policy, tune_garbage_collecto
 if TYPE_CHECKING:
     from salon.daemon.admin.server import AdminServer
     from salon.daemon.cluster.node import ClusterNode
+    from salon.daemon.cluster.redirect import Redirector
     from salon.daemon.cluster.registry import ClusterSnapshot
     from salon.daemon.http import HttpEndpoint
 
@@ -196,6 +197,7 @@ class Daemon:
         # the cluster is imported and salond is one process.
         self.cluster: ClusterNode | None = None
         self.cluster_snapshot: Callable[[], ClusterSnapshot | None] | None = None
+        self.redirector: Redirector | None = None
         if config.cluster.redis_url:
             self._join_cluster()
         self.admin: AdminServer | None = None
@@ -255,6 +257,8 @@ class Daemon:
             lambda: len(self.server.sessions),
             margin=self.config.cluster.redirect_margin,
         )
+        # The room directory plugs in here (redirector.carriers, .any_node_serves_room).
+        self.redirector = redirector
         if redirector.margin:
             self.server.redirect = redirector.decide
         self.cluster_snapshot = lambda: (

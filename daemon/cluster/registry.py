@@ -179,10 +179,13 @@ async def live_nodes(redis: Redis) -> list[NodeInfo]:
     ids = sorted(_text(member) for member in await redis.smembers(NODES_KEY))
     found: list[NodeInfo] = []
     dead: list[str] = []
-    for node_id in ids:
-        fields = {
-            _text(k): _text(v) for k, v in (await redis.hgetall(NODE_KEY.format(node_id))).items()
-        }
+    # One round trip for all the entries: every node reads the registry every heartbeat.
+    async with redis.pipeline(transaction=False) as pipe:
+        for node_id in ids:
+            pipe.hgetall(NODE_KEY.format(node_id))
+        entries = await pipe.execute() if ids else []
+    for node_id, entry in zip(ids, entries, strict=True):
+        fields = {_text(k): _text(v) for k, v in entry.items()}
         if not fields:
             dead.append(node_id)
             continue
