@@ -10,6 +10,8 @@ import hashlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +43,31 @@ def test_workers_without_redis_are_refused_naming_key_and_file(tmp_path: Path) -
     assert f"{conf}: cluster.workers" in str(caught.value)
     assert "cluster.redis_url" in str(caught.value)
     assert load_config(None).cluster.workers == 1
+
+
+def test_workers_without_a_cluster_secret_stop_at_once(tmp_path: Path, redis_url: str) -> None:
+    conf = tmp_path / "salond.toml"
+    conf.write_text(f'[cluster]\nredis_url = "{redis_url}"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "salon.daemon.app",
+            "--config",
+            str(conf),
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cluster.secret_file" in done.stderr and "worker 1 started" not in done.stderr
 
 
 async def _nodes_when(redis_url: str, ready: Callable[[list[NodeInfo]], bool]) -> list[NodeInfo]:

@@ -126,9 +126,12 @@ class Supervisor:
 
     def prepare(self) -> None:
         """What the workers share: the state directory, the certificate and the port."""
+        from salon.daemon.cluster.node import read_secret
         from salon.daemon.tls import ensure_certificate, load_material
 
         config = self.config
+        # Refused here, once and at once, rather than by every worker and its restarts.
+        read_secret(config.cluster)
         config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if config.tls.certificate is not None and config.tls.private_key is not None:
             material = load_material(config.tls.certificate, config.tls.private_key)
