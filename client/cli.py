@@ -453,11 +453,20 @@ async def cmd_join(args: argparse.Namespace) -> int:
             args.redirects += 1
             note(f"redirected to node {target.node} at {target.server}")
             await session.close(timeout=CLOSE_TIMEOUT)
+            sender = (args.server, args.fingerprint, args.cafile, args.insecure)
             # The redirect names the node's own certificate: pinned, whatever verified the first.
             args.server, args.fingerprint = target.server, target.fingerprint
             args.cafile, args.insecure = None, False
             session = new_session()
-            client = await session.start()
+            try:
+                client = await session.start()
+            except (ServerUnreachable, ServerVerificationError, ConnectionError, OSError) as exc:
+                # The registry may still list a node that just died: back to the node that sent
+                # us, which serves a client that already followed a redirect.
+                note(f"node {target.node} unreachable ({exc}); staying on {sender[0]}")
+                args.server, args.fingerprint, args.cafile, args.insecure = sender
+                session = new_session()
+                client = await session.start()
             listen(client)
             audio.rebind(client)
             result = await session.join(args.room, args.invite)

@@ -285,3 +285,45 @@ async def test_a_redirect_loop_ends_on_the_client(live: InProcessDaemon) -> None
     )
     assert await cli.cmd_join(args) == 1
     assert seen == list(range(MAX_REDIRECTS + 1))
+
+
+async def test_a_redirect_to_an_unreachable_node_falls_back_to_the_sender(
+    live: InProcessDaemon,
+) -> None:
+    """The registry lists a dead node for up to three heartbeats: a client sent there comes
+    back to the node that sent it, which then serves it (it has followed a redirect)."""
+    from salon.client import cli
+    from tests.pg_cluster import free_port
+
+    server = live.daemon.server
+    server.redirect = lambda room: {
+        "status": "redirect",
+        "server": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "fingerprint": live.fingerprint,
+        "node": "gone",
+    }
+    owner = await live.client("Owner")
+    await owner.create_room("Here", room="here")
+    await owner.join("here")
+    args = cli.build_parser().parse_args(
+        [
+            "join",
+            "here",
+            "--server",
+            f"{live.host}:{live.port}",
+            "--fingerprint",
+            live.fingerprint,
+            "--name",
+            "Back",
+            "--connect-timeout",
+            "2",
+            "--duration",
+            "0.5",
+            "--no-input",
+            "--quiet",
+            "--no-reconnect",
+        ]
+    )
+    assert await cli.cmd_join(args) == 0
+    joined = await owner.wait_for_event(msg.ParticipantJoined, timeout=30)
+    assert joined.participant.display_name == "Back"
