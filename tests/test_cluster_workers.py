@@ -70,6 +70,20 @@ def test_workers_without_a_cluster_secret_stop_at_once(tmp_path: Path, redis_url
     assert "cluster.secret_file" in done.stderr and "worker 1 started" not in done.stderr
 
 
+def test_worker_log_lines_name_the_worker_and_json_stays_json() -> None:
+    import json
+
+    from salon.daemon.cluster.workers import Supervisor
+
+    overrides = {"cluster.redis_url": "redis://127.0.0.1:1/0", "cluster.workers": 2}
+    plain = Supervisor(load_config(None, overrides), [])
+    assert plain._labelled(plain.workers[1], b"ready\n", b"[w2] ") == b"[w2] ready\n"
+    as_json = Supervisor(load_config(None, {**overrides, "logging.json": True}), [])
+    line = as_json._labelled(as_json.workers[1], b'{"message": "ready"}\n', b"[w2] ")
+    assert json.loads(line) == {"message": "ready", "worker": 2}
+    assert as_json._labelled(as_json.workers[0], b"Traceback\n", b"[w1] ") == b"[w1] Traceback\n"
+
+
 async def _nodes_when(redis_url: str, ready: Callable[[list[NodeInfo]], bool]) -> list[NodeInfo]:
     """Poll the registry until ``ready(nodes)`` (a readiness wait, not a timing check)."""
     redis = Redis.from_url(redis_url)

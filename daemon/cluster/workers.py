@@ -16,8 +16,8 @@ What the supervisor does:
   keeps the usual one, so ``salonctl`` and the console find a node there; each worker's own is
   in its state directory), its metrics port (``metrics.port + n - 1``), and the HTTP endpoint,
   stream mode and demo, which worker 1 alone runs;
-- relays the workers' log lines to its own standard error, prefixed ``[w<n>]``, and says
-  ``listening on`` once every worker listens;
+- relays the workers' log lines to its own standard error, prefixed ``[w<n>]`` (JSON lines
+  get a ``worker`` key instead), and says ``listening on`` once every worker listens;
 - restarts a worker that exits, after a pause that doubles while it keeps dying young (1 s up to
   30 s); a worker that dies young five times in a row stops the whole server (a configuration
   error would otherwise restart for ever);
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -232,10 +233,21 @@ class Supervisor:
         assert process.stderr is not None
         prefix = f"[w{worker.index}] ".encode()
         while line := await process.stderr.readline():
-            sys.stderr.buffer.write(prefix + line)
+            sys.stderr.buffer.write(self._labelled(worker, line, prefix))
             sys.stderr.buffer.flush()
             if not worker.listening.is_set() and LISTENING.search(line.decode(errors="replace")):
                 worker.listening.set()
+
+    def _labelled(self, worker: Worker, line: bytes, prefix: bytes) -> bytes:
+        """A worker's log line naming the worker: prefixed, or with a ``worker`` key when the
+        logs are JSON lines (``[logging] json``), so they stay JSON for log collectors."""
+        if self.config.logging.json:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    entry["worker"] = worker.index
+                    return json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+        return prefix + line
 
     async def _stop_all(self) -> None:
         running = [w.process for w in self.workers if w.process and w.process.returncode is None]
