@@ -393,11 +393,25 @@ async def cmd_join(args: argparse.Namespace) -> int:
             note(f"reconnected, but could not rejoin {args.room}: {session.rejoin_error}")
             stop.set()
 
+    entry = (args.server, args.fingerprint, args.cafile, args.insecure)
+
+    async def connect_following() -> SalonClient:
+        """`salon join` follows redirects (PROTOCOL.md 17): it connects to the node it was sent
+        to, which will not redirect it again; when that node cannot be reached (it died, and
+        the registry has not noticed yet or no longer lists it) it goes back for good to the
+        node it first asked, which serves a client that already followed a redirect."""
+        try:
+            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects)
+        except (ServerUnreachable, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            if not args.redirects or args.server == entry[0]:
+                raise
+            note(f"{args.server} unreachable ({exc}); back to {entry[0]}")
+            args.server, args.fingerprint, args.cafile, args.insecure = entry
+            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects)
+
     def new_session() -> ReconnectingClient:
-        # `salon join` follows redirects (PROTOCOL.md 17); after following one it reconnects
-        # to the node it was sent to, which will not redirect it again.
         return ReconnectingClient(
-            lambda: connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects),
+            connect_following,
             backoff=Backoff(initial=RECONNECT_INITIAL, maximum=RECONNECT_MAXIMUM),
             keepalive=KEEPALIVE,
             on_connected=on_connected,
@@ -453,20 +467,11 @@ async def cmd_join(args: argparse.Namespace) -> int:
             args.redirects += 1
             note(f"redirected to node {target.node} at {target.server}")
             await session.close(timeout=CLOSE_TIMEOUT)
-            sender = (args.server, args.fingerprint, args.cafile, args.insecure)
             # The redirect names the node's own certificate: pinned, whatever verified the first.
             args.server, args.fingerprint = target.server, target.fingerprint
             args.cafile, args.insecure = None, False
             session = new_session()
-            try:
-                client = await session.start()
-            except (ServerUnreachable, ServerVerificationError, ConnectionError, OSError) as exc:
-                # The registry may still list a node that just died: back to the node that sent
-                # us, which serves a client that already followed a redirect.
-                note(f"node {target.node} unreachable ({exc}); staying on {sender[0]}")
-                args.server, args.fingerprint, args.cafile, args.insecure = sender
-                session = new_session()
-                client = await session.start()
+            client = await session.start()
             listen(client)
             audio.rebind(client)
             result = await session.join(args.room, args.invite)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -327,3 +328,57 @@ async def test_a_redirect_to_an_unreachable_node_falls_back_to_the_sender(
     assert await cli.cmd_join(args) == 0
     joined = await owner.wait_for_event(msg.ParticipantJoined, timeout=30)
     assert joined.participant.display_name == "Back"
+
+
+async def test_a_client_whose_node_dies_goes_back_to_the_node_it_first_asked(
+    live: InProcessDaemon, tmp_path: Path
+) -> None:
+    """Redirected from A to B, `salon join` loses B (stopped): it reconnects, cannot reach B,
+    and rejoins the room at A, which serves it (it followed a redirect already). The room
+    exists on both here; once rooms span nodes it is one room."""
+    from salon.client import cli
+    from tests.conftest import run_daemon
+
+    async with run_daemon(tmp_path / "b") as b:
+        live.daemon.server.redirect = lambda room: {
+            "status": "redirect",
+            "server": f"{b.host}:{b.port}",
+            "fingerprint": b.fingerprint,
+            "node": "b",
+        }
+        owner_a = await live.client("Owner A")
+        await owner_a.create_room("Here", room="here")
+        await owner_a.join("here")
+        owner_b = await b.client("Owner B")
+        await owner_b.create_room("Here", room="here")
+        await owner_b.join("here")
+        args = cli.build_parser().parse_args(
+            [
+                "join",
+                "here",
+                "--server",
+                f"{live.host}:{live.port}",
+                "--fingerprint",
+                live.fingerprint,
+                "--name",
+                "Wanderer",
+                "--connect-timeout",
+                "2",
+                "--duration",
+                "120",
+                "--no-input",
+                "--quiet",
+            ]
+        )
+        joining = asyncio.ensure_future(cli.cmd_join(args))
+        try:
+            on_b = await owner_b.wait_for_event(msg.ParticipantJoined, timeout=60)
+            assert on_b.participant.display_name == "Wanderer"
+            await b.daemon.stop()
+            on_a = await owner_a.wait_for_event(msg.ParticipantJoined, timeout=90)
+            assert on_a.participant.display_name == "Wanderer"
+            assert args.server == f"{live.host}:{live.port}"
+        finally:
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await joining
