@@ -70,6 +70,42 @@ def test_workers_without_a_cluster_secret_stop_at_once(tmp_path: Path, redis_url
     assert "cluster.secret_file" in done.stderr and "worker 1 started" not in done.stderr
 
 
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path, redis_url: str) -> None:
+    """The port is taken by a socket without SO_REUSEPORT: the workers cannot bind it, and
+    the supervisor stops at once instead of restarting them for ever."""
+    import socket
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_bytes(b"w" * 48)
+    conf = tmp_path / "salond.toml"
+    conf.write_text(f'[cluster]\nredis_url = "{redis_url}"\nsecret_file = "{secret}"\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "salon.daemon.app",
+                "--config",
+                str(conf),
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "before it listened" in done.stderr and "restarting" not in done.stderr
+
+
 def test_worker_log_lines_name_the_worker_and_json_stays_json() -> None:
     import json
 
@@ -106,11 +142,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def test_two_workers_share_the_port_restart_and_stop(tmp_path: Path, redis_url: str) -> None:
+async def test_two_workers_share_the_port_restart_and_stop(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
     secret = tmp_path / "cluster.secret"
     secret.write_bytes(b"w" * 48)
     conf = tmp_path / "salond.toml"
+    # The workers are nodes: they share the PostgreSQL store, never one SQLite file.
     conf.write_text(
+        f'[store]\nurl = "{postgres_url}"\n'
         f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "m"\nsecret_file = "{secret}"\n'
         "heartbeat_ms = 200\nworkers = 2\n"
     )

@@ -18,9 +18,10 @@ What the supervisor does:
   stream mode and demo, which worker 1 alone runs;
 - relays the workers' log lines to its own standard error, prefixed ``[w<n>]`` (JSON lines
   get a ``worker`` key instead), and says ``listening on`` once every worker listens;
-- restarts a worker that exits, after a pause that doubles while it keeps dying young (1 s up to
-  30 s); a worker that dies young five times in a row stops the whole server (a configuration
-  error would otherwise restart for ever);
+- stops the whole server when a worker exits before it ever listened (a configuration, store or
+  port problem that a restart would repeat), and otherwise restarts a worker that exits, after
+  a pause that doubles while it keeps dying young (1 s up to 30 s); a worker that dies young
+  five times in a row stops the whole server too;
 - on SIGTERM or SIGINT, passes the signal to every worker and waits for them (a worker still
   running after the bound is killed), so the whole server stops within salond's usual bound.
 """
@@ -193,6 +194,15 @@ class Supervisor:
             assert process is not None
             code = await process.wait()
             if self.stopping.is_set():
+                return
+            if worker.restarts == 0 and not worker.listening.is_set():
+                # Never served: a configuration, store or port problem that a restart repeats.
+                self.failed = (
+                    f"worker {worker.index} exited with {code} before it listened"
+                    " (its error is in the lines above): stopping"
+                )
+                log.error("%s", self.failed)
+                self.stopping.set()
                 return
             lived = time.monotonic() - worker.started_at
             worker.young_deaths = worker.young_deaths + 1 if lived < YOUNG else 0
