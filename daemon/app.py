@@ -256,8 +256,11 @@ class Daemon:
             lambda: node.registry.view if node.registry is not None else [],
             lambda: len(self.server.sessions),
             margin=self.config.cluster.redirect_margin,
+            # Any node serves any room once nodes run rooms across the cluster (a home and its
+            # edges, docs/cluster.md); until then only the nodes that hold the room do.
+            any_node_serves_room=lambda: getattr(node, "rooms", None) is not None,
         )
-        # The room directory plugs in here (redirector.carriers, .any_node_serves_room).
+        # The room directory plugs in here (redirector.carriers).
         self.redirector = redirector
         if redirector.margin:
             self.server.redirect = redirector.decide
