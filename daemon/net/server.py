@@ -392,6 +392,9 @@ class SalonServer:
         if isinstance(request, msg.Ping):
             self._reply_ok(protocol, request.id, {})
             return
+        # Before anything routes the join (to this node's core or to the room's home node).
+        if isinstance(request, msg.Join) and self._redirected(protocol, request):
+            return
         if isinstance(request, msg.ReceiverReport):
             # Media housekeeping every second or two per listener: no policy to consult, no
             # state to persist, so it skips the plugins' review and the store's barriers.
@@ -406,8 +409,6 @@ class SalonServer:
             return
         if isinstance(request, msg.SetStream):
             self._set_stream(protocol, request)
-            return
-        if isinstance(request, msg.Join) and self._redirected(protocol, request):
             return
         actor = Actor.client(protocol.session_id, protocol.identity, protocol.address)
         try:
