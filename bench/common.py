@@ -29,6 +29,7 @@ from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.framing import MessageReader, frame_message
@@ -152,6 +153,12 @@ class BenchProtocol(QuicConnectionProtocol):
         fast = self.receive_path
         if fast is None or not fast.receive(data, addr, now):  # type: ignore[arg-type]
             quic.receive_datagram(data, addr, now=now)  # type: ignore[arg-type]
+            if any(isinstance(event, quic_events.StreamDataReceived) for event in quic._events):
+                # As the reference client (ClientProtocol): control data is acknowledged at
+                # once, only media ACKs wait.
+                for space in quic._spaces.values():
+                    if space.ack_at is not None:
+                        space.ack_at = now
         self._process_events()
         timer_at = quic.get_timer()
         if (
@@ -161,6 +168,12 @@ class BenchProtocol(QuicConnectionProtocol):
             or (timer_at is not None and timer_at < self._timer_at)
         ):
             self.transmit()
+
+    def stop_timer(self) -> None:
+        """Cancel the connection's timer (its connection is handed to the listener fleet)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def quic_event_received(self, event: quic_events.QuicEvent) -> None:
         if isinstance(event, quic_events.DatagramFrameReceived):
@@ -226,30 +239,57 @@ class BenchSession:
     manager: Any
 
     async def close(self) -> None:
+        if self.manager is None:
+            return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.manager.__aexit__(None, None, None), 2.0)
 
 
-async def open_session(
-    host: str, port: int, name: str, index: int, ack_delay: float = CLIENT_ACK_DELAY
-) -> BenchSession:
-    """Connect and say hello as a guest whose key derives from ``name`` and ``index``."""
-    import base64
-    import hashlib
-
+def client_configuration() -> QuicConfiguration:
     configuration = QuicConfiguration(
         alpn_protocols=[ALPN], is_client=True, max_datagram_frame_size=65536
     )
     configuration.verify_mode = ssl.CERT_NONE
+    return configuration
+
+
+async def open_session(
+    host: str,
+    port: int,
+    name: str,
+    index: int,
+    ack_delay: float = CLIENT_ACK_DELAY,
+    endpoint: Any = None,
+) -> BenchSession:
+    """Connect and say hello as a guest whose key derives from ``name`` and ``index``.
+
+    With ``endpoint`` (a ``bench.listener_fleet.SharedEndpoint``) the connection uses that
+    endpoint's socket instead of one of its own.
+    """
     # The same acknowledgement delay as the reference client (see client/connection.py).
-    manager = quic_connect(
-        host,
-        port,
-        configuration=configuration,
-        create_protocol=functools.partial(BenchProtocol, ack_delay=ack_delay),
-    )
-    protocol = await asyncio.wait_for(manager.__aenter__(), 90.0)
+    create_protocol = functools.partial(BenchProtocol, ack_delay=ack_delay)
+    manager: Any = None
+    if endpoint is None:
+        manager = quic_connect(
+            host, port, configuration=client_configuration(), create_protocol=create_protocol
+        )
+        protocol = await asyncio.wait_for(manager.__aenter__(), 90.0)
+    else:
+        protocol = create_protocol(QuicConnection(configuration=client_configuration()))
+        endpoint.routes[protocol._quic.host_cid] = protocol
+        protocol.connection_made(endpoint.transport)
+        protocol.connect((host, port))
+        await asyncio.wait_for(protocol.wait_connected(), 90.0)
+        endpoint.learn(protocol)
     assert isinstance(protocol, BenchProtocol)
+    await say_hello(protocol, name, index)
+    return BenchSession(protocol, manager)
+
+
+async def say_hello(protocol: BenchProtocol, name: str, index: int) -> None:
+    import base64
+    import hashlib
+
     key = base64.b64encode(hashlib.sha256(f"bench/{name}/{index}/{os.getpid()}".encode()).digest())
     result = await protocol.call(
         "hello",
@@ -259,7 +299,6 @@ async def open_session(
         client="salon-bench",
     )
     protocol.user = str(result.get("user", ""))
-    return BenchSession(protocol, manager)
 
 
 # ---------------------------------------------------------------------------------- processes

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 from array import array
@@ -25,6 +27,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (
+    MEDIA_OFFSET,
     BenchSession,
     install_fast_loop,
     media_datagram,
@@ -33,10 +36,12 @@ from bench.common import (
     process_cpu_seconds,
     read_media,
 )
+from bench.listener_fleet import Fleet, SharedEndpoint
 from salon.client.connection import CLIENT_ACK_DELAY
 from salon.daemon.wire import messages as msg
 
 FRAME_NS = 20_000_000
+FLEET_RECEIVE_BUFFER = 8 << 20
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -158,6 +163,9 @@ async def run_speakers(args: argparse.Namespace) -> None:
 
 
 async def run_listeners(args: argparse.Namespace) -> None:
+    if args.generator == "fleet":
+        await run_fleet(args)
+        return
     latencies = array("I")
     # Per 500 ms of send time: the worst latency (for looking at how latency evolves).
     worst: dict[int, int] = {}
@@ -211,6 +219,59 @@ async def run_listeners(args: argparse.Namespace) -> None:
     )
 
 
+async def run_fleet(args: argparse.Namespace) -> None:
+    """Listeners of the cheap generator (``bench/listener_fleet.py``): set up with the bench
+    client on one shared socket, then served by the fleet's loop from the ``go`` on."""
+    loop = asyncio.get_running_loop()
+    endpoint = SharedEndpoint()
+    await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(args.host, 0))
+    assert endpoint.transport is not None
+    sock: socket.socket = endpoint.transport.get_extra_info("socket")
+    # One socket takes every listener's burst of copies at once.
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, FLEET_RECEIVE_BUFFER)
+                break
+    gate = asyncio.Semaphore(8)
+    sessions: list[BenchSession] = []
+
+    async def connect(index: int) -> None:
+        async with gate:
+            session = await open_session(
+                args.host, args.port, args.name, args.base + index, args.ack_delay, endpoint
+            )
+            await session.protocol.call("join", room=args.room)
+        sessions.append(session)
+
+    await asyncio.gather(*(connect(index) for index in range(args.count)))
+    emit({"ready": True, "pid": os.getpid()})
+    start, window_end, end = await read_go()
+    # From here on aioquic is not called: the fleet owns the connections and the socket.
+    own = socket.socket(fileno=os.dup(sock.fileno()))
+    fleet = Fleet(own, (args.host, args.port), MEDIA_OFFSET + 6)
+    fleet.latencies = array("I")
+    loop_time = loop.time()
+    for session in sessions:
+        protocol = session.protocol
+        protocol.stop_timer()
+        fleet.adopt(protocol._quic, loop_time)
+    fleet.run((start, window_end), end)
+    emit(
+        {
+            "result": {
+                "received": fleet.received,
+                "latencies_us": fleet.latencies.tolist(),
+                "worst_us": sorted(fleet.worst.items()),
+                "packets_in": fleet.packets_in,
+                "packets_out": fleet.packets_out,
+                "fleet": fleet.counts(),
+                "cpu": process_cpu_seconds(os.getpid()),
+            }
+        }
+    )
+
+
 # ---------------------------------------------------------------------------------- entry
 
 
@@ -224,6 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--name", default="listener")
     parser.add_argument("--base", type=int, default=0)
+    parser.add_argument(
+        "--generator",
+        choices=["full", "fleet"],
+        default="fleet",
+        help="listeners as full bench clients or as the cheap fleet (bench/listener_fleet.py)",
+    )
     parser.add_argument("--ack-delay", type=float, default=CLIENT_ACK_DELAY)
     parser.add_argument("--deadline", type=float, default=300.0)
     return parser.parse_args(argv)

@@ -62,6 +62,8 @@ class Scenario:
     window: float = 10.0
     per_process: int = 50
     ack_delay: float = CLIENT_ACK_DELAY
+    generator: str = "fleet"
+    """The listeners: "fleet" (``bench/listener_fleet.py``) or "full" (a bench client each)."""
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Result:
     """UDP packets the listeners received from the server per copy (probes and ACKs count)."""
     acks_per_copy: float = float("nan")
     """UDP packets the listeners sent to the server (their ACKs) per copy."""
+    acks_per_packet: float = float("nan")
+    """UDP packets the listeners sent per UDP packet they received: how often they ACK."""
+    generator: str = ""
     rcvbuf_errors: int = 0
     """UDP packets the kernel dropped on full receive buffers (any socket) during the window."""
     error: str = ""
@@ -183,6 +188,7 @@ def run_scenario(
 ) -> Result:
     """Run ``scenario`` against a fresh server of ``server_kind``; never leaves a process."""
     result = Result(scenario.name, server_kind, scenario.speakers, scenario.listeners)
+    result.generator = scenario.generator
     children: list[Child] = []
     server: ServerProcess | None = None
     total_time = scenario.warmup + scenario.window + 300
@@ -197,6 +203,7 @@ def run_scenario(
                 "--ack-delay",
                 str(scenario.ack_delay),
             ]
+            generator = ["--generator", scenario.generator]
             speakers = Child(["speakers", "--count", str(scenario.speakers), *common], total_time)
             children.append(speakers)
             speakers.wait_for("ready", 60)
@@ -206,7 +213,8 @@ def run_scenario(
             while remaining > 0:
                 count = min(scenario.per_process, remaining)
                 child = Child(
-                    ["listeners", "--count", str(count), "--base", str(base), *common], total_time
+                    ["listeners", "--count", str(count), "--base", str(base), *common, *generator],
+                    total_time,
                 )
                 listeners.append(child)
                 children.append(child)
@@ -219,7 +227,8 @@ def run_scenario(
             stalled: Child | None = None
             if scenario.stalled:
                 stalled = Child(
-                    ["listeners", "--count", "1", "--name", "stalled", *common], total_time
+                    ["listeners", "--count", "1", "--name", "stalled", *common, *generator],
+                    total_time,
                 )
                 children.append(stalled)
                 stalled.wait_for("ready", 60)
@@ -283,8 +292,11 @@ def run_scenario(
             worst: dict[int, int] = {}
             delivered = 0
             packets_in = packets_out = 0
+            fleet: dict[str, int] = {}
             for child in listeners:
                 data = child.wait_for("result", 60)["result"]
+                for key, value in data.get("fleet", {}).items():
+                    fleet[key] = fleet.get(key, 0) + value
                 packets_in += data["packets_in"]
                 packets_out += data["packets_out"]
                 latencies.extend(data["latencies_us"])
@@ -313,6 +325,11 @@ def run_scenario(
             result.rss_growth_kib = rss1 - rss0
             result.packets_per_copy = packets_in / max(1, delivered)
             result.acks_per_copy = packets_out / max(1, delivered)
+            result.acks_per_packet = packets_out / max(1, packets_in)
+            if fleet:
+                result.notes.append(
+                    "listener fleet: " + ", ".join(f"{k} {v}" for k, v in sorted(fleet.items()))
+                )
             result.worst_ms_by_half_second = [worst[b] / 1000 for b in sorted(worst)]
             result.loadgen_max_cpu_share = max(
                 (load1[pid] - load0[pid]) / elapsed for pid in load1 if pid in load0
