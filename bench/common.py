@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -34,7 +33,7 @@ from aioquic.quic.connection import QuicConnection
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.framing import MessageReader, frame_message
 from salon.quic.ackpath import AckFastPath
-from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
+from salon.quic.protocol import CLIENT_ACK_DELAY, SalonQuicProtocol, delay_acks
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -113,7 +112,7 @@ FAST_RECEIVE = os.environ.get("BENCH_FAST_RECEIVE", "1") != "0"
 environment variable to 0 to compare with aioquic's receive_datagram)."""
 
 
-class BenchProtocol(QuicConnectionProtocol):
+class BenchProtocol(SalonQuicProtocol):
     """A ``salon/1`` session without audio: requests, events and raw media datagrams."""
 
     def __init__(self, *args: Any, ack_delay: float | None = None, **kwargs: Any) -> None:
@@ -179,6 +178,8 @@ class BenchProtocol(QuicConnectionProtocol):
         if isinstance(event, quic_events.DatagramFrameReceived):
             if self.on_media is not None:
                 self.on_media(event.data)
+            # The reference client's ACK-state PING (salon.quic.protocol).
+            self.count_datagram_received()
         elif isinstance(event, quic_events.StreamDataReceived):
             for payload in self.reader.feed(event.data):
                 message = msg.decode_server_message(payload)

@@ -106,6 +106,7 @@ class FastListener:
         spin_bit: bool,
         spin_highest: int,
         datagrams_received: int,
+        stream_received: dict[int, int],
         send: Callable[[bytes], None],
         on_media: Callable[[bytes, int, int], None],
     ) -> None:
@@ -140,6 +141,8 @@ class FastListener:
         """Frame types the fleet stopped reading a packet at: type -> packets."""
         self.undecryptable = 0
         self.stream_frames = 0
+        self.stream_received = stream_received
+        """Per stream, the data received in order so far (bytes)."""
         self.acks_sent = 0
         self.pings_sent = 0
 
@@ -201,6 +204,10 @@ class FastListener:
             spin_bit=q._spin_bit,
             spin_highest=q._spin_highest_pn,
             datagrams_received=0,
+            stream_received={
+                stream_id: stream.receiver.starting_offset()
+                for stream_id, stream in q._streams.items()
+            },
             send=send,
             on_media=on_media,
         )
@@ -218,9 +225,17 @@ class FastListener:
         first = data[0] ^ (mask[0] & 0x1F)
         pn_length = (first & 3) + 1
         payload_offset = pn_offset + pn_length
-        truncated = int.from_bytes(data[pn_offset:payload_offset], "big") ^ int.from_bytes(
-            mask[1 : 1 + pn_length], "big"
-        )
+        if pn_length == 2:  # what salond (aioquic) sends
+            high = data[pn_offset] ^ mask[1]
+            low = data[pn_offset + 1] ^ mask[2]
+            truncated = (high << 8) | low
+            header = bytes((first,)) + data[1:pn_offset] + bytes((high, low))
+        else:
+            truncated = int.from_bytes(data[pn_offset:payload_offset], "big") ^ int.from_bytes(
+                mask[1 : 1 + pn_length], "big"
+            )
+            header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_length, "big")
+        # The full packet number nearest the expected one (RFC 9000 A.3).
         expected = self.largest_received + 1
         window = 1 << (pn_length * 8)
         number = (expected & ~(window - 1)) | truncated
@@ -231,7 +246,6 @@ class FastListener:
         if (first >> 2) & 1 != self.key_phase:
             self.unusual += 1  # a key update: not something salond starts
             return False
-        header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_length, "big")
         try:
             payload = self._open(
                 (self._recv_iv ^ number).to_bytes(12, "big"), data[payload_offset:], header
@@ -250,7 +264,12 @@ class FastListener:
             while position < end:
                 kind = payload[position]
                 if kind == DATAGRAM_WITH_LENGTH:
-                    length, start = read_varint(payload, position + 1)
+                    byte = payload[position + 1]
+                    if byte >> 6 == 1:  # a 2-byte length, as audio frames have
+                        length = ((byte & 0x3F) << 8) | payload[position + 2]
+                        start = position + 3
+                    else:
+                        length, start = read_varint(payload, position + 1)
                     position = start + length
                     self._on_media(payload, start, now)
                     media += 1
@@ -271,17 +290,23 @@ class FastListener:
                 elif 0x08 <= kind <= 0x0F:
                     # Control messages (room events): skipped, acknowledged at once as the
                     # reference client does (ClientProtocol.datagram_received).
-                    _, position = read_varint(payload, position + 1)
+                    stream, position = read_varint(payload, position + 1)
+                    offset = 0
                     if kind & 0x04:
-                        _, position = read_varint(payload, position)
+                        offset, position = read_varint(payload, position)
                     if kind & 0x02:
                         length, position = read_varint(payload, position)
-                        position += length
                     else:
-                        position = end
+                        length = end - position
+                    position += length
                     self.stream_frames += 1
                     eliciting = True
-                    immediate = True
+                    # Only data not received before makes aioquic report it (a retransmission
+                    # does not): then the reference client acknowledges at once.
+                    received = self.stream_received.get(stream, 0)
+                    if offset <= received < offset + length:
+                        self.stream_received[stream] = offset + length
+                        immediate = True
                 else:
                     self.unusual += 1
                     self.unusual_frames[kind] = self.unusual_frames.get(kind, 0) + 1
@@ -555,7 +580,7 @@ class Fleet:
                 self.wakeups += 1
                 while True:
                     try:
-                        data = recv(65536)
+                        data = recv(2048)
                     except BlockingIOError:
                         break
                     now = time_ns()
