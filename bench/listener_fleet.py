@@ -382,10 +382,16 @@ class FastListener:
         if ecn:
             for _ in range(3):
                 _, position = read_varint(payload, position)
-        for number in [n for n in self.sent if n <= largest]:
-            highest = self.sent.pop(number)
+        sent = self.sent
+        done = []
+        for number, highest in sent.items():  # in the order sent: ascending
+            if number > largest:
+                break
+            done.append(number)
             if highest >= 0 and any(lo <= number < hi for lo, hi in acked):
                 self._forget_received(highest)
+        for number in done:
+            del sent[number]
         return position
 
     def _forget_received(self, highest: int) -> None:

@@ -256,7 +256,16 @@ async def run_fleet(args: argparse.Namespace) -> None:
         protocol = session.protocol
         protocol.stop_timer()
         fleet.adopt(protocol._quic, loop_time)
-    fleet.run((start, window_end), end)
+    profile = os.environ.get("BENCH_FLEET_PROFILE")
+    if profile:
+        import cProfile
+        import time
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.runcall(fleet.run, (start, window_end), end)
+        profiler.dump_stats(f"{profile}.{os.getpid()}")
+    else:
+        fleet.run((start, window_end), end)
     emit(
         {
             "result": {

@@ -12,9 +12,14 @@ other, on a fresh server process each time):
 
 Every figure of a load run comes from ``bench/scenarios.py``: server CPU time from the server
 process's own accounting divided by the copies delivered in the window, latency from the send
-time carried in each datagram, loss from the copies expected. Listeners run in separate
-processes (``--per-process`` connections each). At the end a markdown table is printed, ready
-to paste into BENCHMARKS.md.
+time carried in each datagram, loss from the copies expected. The listeners are the cheap
+fleet of ``bench/listener_fleet.py`` (``--fleet-per-process`` connections per process, one
+socket and one loop each), whose CPU per copy is printed next to the server's in every row
+(the "limit" column names the side that spent more); ``--generator full`` runs them as full
+bench clients instead (``--per-process`` each). The generator comparison (``--compare-sizes``)
+runs salond with both kinds of listeners, one after the other in the same run: the same
+loss, latency and ACK packets per received packet show the fleet loads the server as the full
+clients do. At the end markdown tables are printed, ready to paste into BENCHMARKS.md.
 
     python bench/run_all.py            # the full run (about 6-8 minutes)
     python bench/run_all.py --quick    # a smaller, shorter run (about 1-2 minutes)
@@ -70,7 +75,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=CLIENT_ACK_DELAY,
         help="the listeners' ACK delay in seconds (default: the reference client's)",
     )
-    parser.add_argument("--per-process", type=int, default=50, help="connections per process")
+    parser.add_argument(
+        "--per-process", type=int, default=50, help="full clients' connections per process"
+    )
+    parser.add_argument(
+        "--fleet-per-process", type=int, default=200, help="fleet connections per process"
+    )
+    parser.add_argument(
+        "--generator",
+        choices=["fleet", "full"],
+        default="fleet",
+        help="the listeners of the main runs: the cheap fleet or full bench clients",
+    )
+    parser.add_argument(
+        "--compare-sizes",
+        type=parse_sizes,
+        help="broadcast sizes run on salond with both generators (empty: none)",
+    )
     parser.add_argument(
         "--servers",
         default=f"salond,{NAIVE}",
@@ -78,14 +99,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="sansio,broadcast,conference,stalled,m2e",
-        help="what to run: sansio, broadcast, conference, stalled, m2e",
+        default="sansio,broadcast,conference,stalled,generators,m2e",
+        help="what to run: sansio, broadcast, conference, stalled, generators, m2e",
     )
     parser.add_argument("--m2e-seconds", type=float, help="length of the mouth-to-ear run")
     parser.add_argument(
         "--aioquic-generator",
         action="store_true",
-        help="load generator sessions receive through aioquic's receive_datagram (no fast path)",
+        help="full bench clients receive through aioquic's receive_datagram (no fast path)",
     )
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     args = parser.parse_args(argv)
@@ -99,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "conference_speakers": 3 if quick else 4,
         "conference_listeners": 30 if quick else 200,
         "stalled_size": 50 if quick else 100,
+        "compare_sizes": [20] if quick else [20, 200],
         "m2e_seconds": 6.0 if quick else 15.0,
     }
     for name, value in defaults.items():
@@ -112,12 +134,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def per_process(args: argparse.Namespace, generator: str) -> int:
+    return int(args.fleet_per_process if generator == "fleet" else args.per_process)
+
+
 def plan(args: argparse.Namespace) -> list[Scenario]:
     common = {
         "warmup": args.warmup,
         "window": args.window,
-        "per_process": args.per_process,
+        "per_process": per_process(args, args.generator),
         "ack_delay": args.ack_delay,
+        "generator": args.generator,
     }
     scenarios: list[Scenario] = []
     sizes = list(args.sizes)
@@ -142,6 +169,25 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
     return scenarios
 
 
+def comparison_plan(args: argparse.Namespace) -> list[Scenario]:
+    """The same broadcasts with the fleet and with full clients (salond only)."""
+    if "generators" not in args.only:
+        return []
+    return [
+        Scenario(
+            f"broadcast 1->{size}",
+            listeners=size,
+            warmup=args.warmup,
+            window=args.window,
+            per_process=per_process(args, generator),
+            ack_delay=args.ack_delay,
+            generator=generator,
+        )
+        for size in args.compare_sizes
+        for generator in ("fleet", "full")
+    ]
+
+
 def fmt(value: float, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -158,14 +204,14 @@ def table(results: list[tuple[Result, float]], servers: list[str]) -> list[str]:
     """The markdown table: one row per scenario and server; ratio on the non-naive rows."""
     naive = {r.scenario: r for r, _ in results if r.server == NAIVE}
     lines = [
-        "| scenario | server | copies/s | CPU µs/copy | vs naive | generator µs/copy | p50 ms"
-        " | p99 ms | p99.9 ms | loss | server CPU | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | server | copies/s | CPU µs/copy | vs naive | generator µs/copy | limit"
+        " | p50 ms | p99 ms | p99.9 ms | loss | server CPU | load |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for result, load in results:
         if result.error:
             lines.append(
-                f"| {result.scenario} | {result.server} | failed: {result.error[:60]} |" + " |" * 9
+                f"| {result.scenario} | {result.server} | failed: {result.error[:60]} |" + " |" * 10
             )
             continue
         base = naive.get(result.scenario)
@@ -175,11 +221,64 @@ def table(results: list[tuple[Result, float]], servers: list[str]) -> list[str]:
         lines.append(
             f"| {result.scenario} | {result.server} | {result.copies_per_s:,.0f}"
             f" | {fmt(result.cpu_us_per_copy)} | {ratio} | {fmt(result.loadgen_us_per_copy)}"
-            f" | {fmt(result.p50_ms)}"
+            f" | {limit(result)} | {fmt(result.p50_ms)}"
             f" | {fmt(result.p99_ms)} | {fmt(result.p999_ms)} | {fmt_loss(result.loss)}"
             f" | {result.server_cpu_share * 100:.0f}% | {load:.1f} |"
         )
     return lines
+
+
+def limit(result: Result) -> str:
+    """Which side spent more CPU per copy: on a machine both share, that side saturates it."""
+    if math.isnan(result.cpu_us_per_copy) or math.isnan(result.loadgen_us_per_copy):
+        return "-"
+    ratio = result.loadgen_us_per_copy / max(result.cpu_us_per_copy, 1e-9)
+    side = "generator" if ratio > 1 else "server"
+    return f"{side} (gen/srv {ratio:.2f})"
+
+
+def comparison_table(results: list[tuple[Result, float]]) -> list[str]:
+    """The fleet and the full clients on the same broadcasts: what the server sees."""
+    lines = [
+        "| scenario | listeners | server µs/copy | generator µs/copy | ACK pkts per pkt in"
+        " | pkts in per copy | p50 ms | p99 ms | loss | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result, load in results:
+        if result.error:
+            lines.append(f"| {result.scenario} | {result.generator} | failed: {result.error[:60]}")
+            continue
+        lines.append(
+            f"| {result.scenario} | {result.generator} | {fmt(result.cpu_us_per_copy)}"
+            f" | {fmt(result.loadgen_us_per_copy)} | {fmt(result.acks_per_packet, 3)}"
+            f" | {fmt(result.packets_per_copy, 3)} | {fmt(result.p50_ms)} | {fmt(result.p99_ms)}"
+            f" | {fmt_loss(result.loss)} | {load:.1f} |"
+        )
+    return lines
+
+
+def run_one(scenario: Scenario, server: str, results: list[tuple[Result, float]]) -> None:
+    load = load_average()
+    log(f"-- {scenario.name} on {server}, {scenario.generator} listeners (load {load:.2f})")
+    result = run_scenario(scenario, server, log=log)
+    results.append((result, load))
+    if result.error:
+        log(f"   failed: {result.error}")
+        return
+    log(
+        f"   {result.cpu_us_per_copy:.1f} µs/copy, {result.copies_per_s:,.0f}"
+        f" copies/s, p50/p99/p99.9 {fmt(result.p50_ms)}/{fmt(result.p99_ms)}/"
+        f"{fmt(result.p999_ms)} ms, loss {fmt_loss(result.loss)},"
+        f" load generator {fmt(result.loadgen_us_per_copy)} µs/copy in all,"
+        f" max {result.loadgen_max_cpu_share * 100:.0f}% of a core per process,"
+        f" per copy {result.packets_per_copy:.2f} packets in and"
+        f" {result.acks_per_copy:.2f} ACK packets out at the listeners"
+        f" ({result.acks_per_packet:.3f} per packet in);"
+        f" {result.rcvbuf_errors} UDP packets dropped on full socket buffers"
+    )
+    for note in result.notes:
+        if note.startswith("listener fleet"):
+            log(f"   {note}")
 
 
 def stalled_summary(results: list[tuple[Result, float]]) -> list[str]:
@@ -221,23 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[Result, float]] = []
     for scenario in plan(args):
         for server in args.servers:
-            load = load_average()
-            log(f"-- {scenario.name} on {server} (load {load:.2f})")
-            result = run_scenario(scenario, server, log=log)
-            results.append((result, load))
-            if result.error:
-                log(f"   failed: {result.error}")
-            else:
-                log(
-                    f"   {result.cpu_us_per_copy:.1f} µs/copy, {result.copies_per_s:,.0f}"
-                    f" copies/s, p50/p99/p99.9 {fmt(result.p50_ms)}/{fmt(result.p99_ms)}/"
-                    f"{fmt(result.p999_ms)} ms, loss {fmt_loss(result.loss)},"
-                    f" load generator {fmt(result.loadgen_us_per_copy)} µs/copy in all,"
-                    f" max {result.loadgen_max_cpu_share * 100:.0f}% of a core per process,"
-                    f" per copy {result.packets_per_copy:.2f} packets in and"
-                    f" {result.acks_per_copy:.2f} ACK packets out at the listeners;"
-                    f" {result.rcvbuf_errors} UDP packets dropped on full socket buffers"
-                )
+            run_one(scenario, server, results)
+    compared: list[tuple[Result, float]] = []
+    for scenario in comparison_plan(args):
+        run_one(scenario, "salond", compared)
     m2e: dict[str, Any] | None = None
     if "m2e" in args.only:
         from bench.mouth_to_ear import run as run_mouth_to_ear
@@ -260,6 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         *table(results, args.servers),
         "",
     ]
+    if compared:
+        out += [
+            "The same broadcasts on salond with both load generators (the fleet of"
+            " bench/listener_fleet.py, and a full bench client per listener):",
+            "",
+            *comparison_table(compared),
+            "",
+        ]
     if sansio:
         from bench.sansio import summary_lines as sansio_lines
 
@@ -286,12 +380,13 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "machine": machine,
                     "results": [dict(r.as_dict(), load=load) for r, load in results],
+                    "generators": [dict(r.as_dict(), load=load) for r, load in compared],
                     "mouth_to_ear": m2e,
                 },
                 indent=2,
             )
         )
-    failed = [r for r, _ in results if r.error]
+    failed = [r for r, _ in results + compared if r.error]
     return 1 if failed else 0
 
 

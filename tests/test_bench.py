@@ -10,7 +10,15 @@ import math
 
 import pytest
 
-from bench.run_all import NAIVE, parse_args, plan, stalled_summary, table
+from bench.run_all import (
+    NAIVE,
+    comparison_plan,
+    comparison_table,
+    parse_args,
+    plan,
+    stalled_summary,
+    table,
+)
 from bench.scenarios import Result, Scenario, run_scenario
 
 pytestmark = pytest.mark.e2e
@@ -75,6 +83,14 @@ def test_the_plan_and_the_table() -> None:
     assert "| 0.20 |" in salond_row
     full = [scenario.name for scenario in plan(parse_args([]))]
     assert "broadcast 1->800" in full and "conference 4x200" in full
+    # The main runs use the cheap listener fleet; the comparison runs each size with both.
+    assert {scenario.generator for scenario in plan(args)} == {"fleet"}
+    compared = [(s.name, s.generator) for s in comparison_plan(args)]
+    assert compared == [("broadcast 1->20", "fleet"), ("broadcast 1->20", "full")]
+    # Every row says which side spent more CPU per copy.
+    rows[0][0].loadgen_us_per_copy = 10.0
+    assert "| server (gen/srv 0.50) |" in table(rows, ["salond", NAIVE])[2]
+    assert len(comparison_table(rows)) == 2 + len(rows)
     summary = stalled_summary(rows)
     assert len(summary) == 2 and "+1.0 ms" in summary[0]
 
