@@ -323,7 +323,11 @@ class FastListener:
         if number > self.largest_received:
             self.largest_received = number
             self.largest_received_ns = now
-        self._add_received(number)
+        ranges = self.ranges
+        if ranges and number == ranges[-1][1]:
+            ranges[-1][1] = number + 1  # the next packet in order: the usual case
+        else:
+            self._add_received(number)
         armed = False
         if eliciting and self.ack_at_ns is None:
             self.ack_at_ns = now + self.ack_delay_ns
@@ -333,10 +337,13 @@ class FastListener:
             self._transmit(now, ping=False)
             armed = False
         # The ACK-state PING of salon.quic.protocol's count_datagram_received.
-        for _ in range(media):
-            self.datagrams_received += 1
-            if self.datagrams_received % ACK_STATE_CHECK == 0 and len(self.sent) > ACK_STATE_LIMIT:
-                self._transmit(now, ping=True)
+        if media:
+            before = self.datagrams_received
+            self.datagrams_received = before + media
+            checks = (before + media) // ACK_STATE_CHECK - before // ACK_STATE_CHECK
+            for _ in range(checks):
+                if len(self.sent) > ACK_STATE_LIMIT:
+                    self._transmit(now, ping=True)
         return armed
 
     def _add_received(self, number: int) -> None:
