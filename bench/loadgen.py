@@ -8,6 +8,10 @@ JSON object per line:
    then until ``B``; listeners record every datagram sent in the window ``[A, B)``;
 3. at ``END`` the process prints ``{"result": ...}`` and exits.
 
+Listeners are the cheap fleet of ``bench/listener_fleet.py`` (``--generator fleet``: one socket
+and one loop for all of a process's connections once they joined) or full bench clients
+(``--generator full``: aioquic and an asyncio transport per connection throughout).
+
 Every process also exits on its own after ``--deadline`` seconds, whatever happens.
 """
 
