@@ -85,6 +85,37 @@ class FastListener:
     returns the ACK packet due; ``send`` (given at adoption) puts packets on the wire.
     """
 
+    __slots__ = (
+        "_on_media",
+        "_open",
+        "_recv_hp",
+        "_recv_iv",
+        "_seal",
+        "_send",
+        "_send_hp",
+        "_send_iv",
+        "ack_at_ns",
+        "ack_delay_ns",
+        "acks_sent",
+        "datagrams_received",
+        "host_cid",
+        "key_phase",
+        "largest_received",
+        "largest_received_ns",
+        "packet_number",
+        "peer_cid",
+        "pings_sent",
+        "ranges",
+        "sent",
+        "spin_bit",
+        "spin_highest",
+        "stream_frames",
+        "stream_received",
+        "undecryptable",
+        "unusual",
+        "unusual_frames",
+    )
+
     def __init__(
         self,
         *,
