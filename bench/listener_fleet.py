@@ -104,6 +104,7 @@ class FastListener:
         "largest_received_ns",
         "packet_number",
         "peer_cid",
+        "pings_received",
         "pings_sent",
         "ranges",
         "sent",
@@ -177,6 +178,8 @@ class FastListener:
         """Per stream, the data received in order so far (bytes)."""
         self.acks_sent = 0
         self.pings_sent = 0
+        self.pings_received = 0
+        """PING frames from the server: its loss-detection probes (PTO) on a clean path."""
 
     # ------------------------------------------------------------------ adoption
 
@@ -317,6 +320,7 @@ class FastListener:
                 elif kind == 1:
                     eliciting = True
                     position += 1
+                    self.pings_received += 1
                 elif kind in (2, 3):
                     position = self._read_ack(payload, position + 1, kind == 3)
                 elif 0x08 <= kind <= 0x0F:
@@ -659,6 +663,7 @@ class Fleet:
             "acks_sent": sum(listener.acks_sent for listener in self.listeners),
             "stream_frames": sum(listener.stream_frames for listener in self.listeners),
             "pings_sent": sum(listener.pings_sent for listener in self.listeners),
+            "server_pings": sum(listener.pings_received for listener in self.listeners),
             "unrouted": self.unrouted,
             "wakeups": self.wakeups,
         }
