@@ -51,6 +51,8 @@ BENCH_PAYLOAD = struct.Struct("!HIq")
 PAYLOAD_SIZE = 81 + 16
 RTP_HEADER = struct.Struct("!BBHIIHHBBBB")
 MEDIA_OFFSET = 1 + RTP_HEADER.size
+SEND_TIME_OFFSET = MEDIA_OFFSET + struct.calcsize("!HI")
+"""Where a bench datagram carries its send time (8 bytes, big-endian)."""
 
 
 def now_ns() -> int:

@@ -454,14 +454,15 @@ class FastListener:
         frames = []
         number = self.packet_number
         highest = -1
-        if self.ack_at_ns is not None and self.ack_at_ns <= now and self.ranges:
-            frames.append(self._ack_frame(now))
-            highest = self.largest_received
+        if self.ack_at_ns is not None and self.ack_at_ns <= now:
             self.ack_at_ns = None
-            self.acks_sent += 1
-            # aioquic's ACK-of-ACK trigger: with several ranges, a PING every 8th packet.
-            if len(self.ranges) > 1 and number % 8 == 0:
-                ping = True
+            if self.ranges:
+                frames.append(self._ack_frame(now))
+                highest = self.largest_received
+                self.acks_sent += 1
+                # aioquic's ACK-of-ACK trigger: with several ranges, a PING every 8th packet.
+                if len(self.ranges) > 1 and number % 8 == 0:
+                    ping = True
         if ping:
             frames.append(PING_FRAME)
             self.pings_sent += 1
@@ -552,10 +553,12 @@ class Fleet:
     and counts the UDP packets in and out while the window is open.
     """
 
-    def __init__(self, sock: socket.socket, server: Any, media_offset: int) -> None:
+    def __init__(self, sock: socket.socket, server: Any, send_time_offset: int) -> None:
+        """``server``: the address ACKs go to; ``send_time_offset``: where a DATAGRAM frame's
+        data carries its send time (``bench.common.SEND_TIME_OFFSET``)."""
         self.sock = sock
         self.server = server
-        self.media_offset = media_offset
+        self.send_time_offset = send_time_offset
         self.routes: dict[bytes, FastListener] = {}
         self.listeners: list[FastListener] = []
         self.due: collections.deque[tuple[int, FastListener]] = collections.deque()
@@ -588,7 +591,7 @@ class Fleet:
     def _recorder(self, index: int) -> Callable[[bytes, int, int], None]:
         received = self.received
         worst = self.worst
-        offset = self.media_offset
+        offset = self.send_time_offset
 
         def record(payload: bytes, start: int, now: int) -> None:
             sent = SEND_TIME.unpack_from(payload, start + offset)[0]

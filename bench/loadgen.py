@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (
-    MEDIA_OFFSET,
+    SEND_TIME_OFFSET,
     BenchSession,
     install_fast_loop,
     media_datagram,
@@ -253,7 +253,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
     start, window_end, end = await read_go()
     # From here on aioquic is not called: the fleet owns the connections and the socket.
     own = socket.socket(fileno=os.dup(sock.fileno()))
-    fleet = Fleet(own, (args.host, args.port), MEDIA_OFFSET + 6)
+    fleet = Fleet(own, (args.host, args.port), SEND_TIME_OFFSET)
     fleet.latencies = array("I")
     loop_time = loop.time()
     for session in sessions:

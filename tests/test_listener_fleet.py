@@ -19,7 +19,7 @@ import pytest
 from aioquic.quic import events as quic_events
 from aioquic.tls import Epoch
 
-from bench.common import MEDIA_OFFSET, media_datagram, read_media
+from bench.common import SEND_TIME_OFFSET, media_datagram, read_media
 from bench.listener_fleet import SEND_TIME, FastListener, read_varint, varint
 from bench.sansio import SERVER_ADDR
 from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
@@ -78,7 +78,7 @@ class CheapClient:
         self.media: list[int] = []
 
         def record(payload: bytes, start: int, when: int) -> None:
-            self.media.append(SEND_TIME.unpack_from(payload, start + MEDIA_OFFSET + 6)[0])
+            self.media.append(SEND_TIME.unpack_from(payload, start + SEND_TIME_OFFSET)[0])
 
         self.listener = FastListener.adopt(side.client, ns(now), now, self.out.append, record)
 
