@@ -21,8 +21,8 @@ runs salond with both kinds of listeners, one after the other in the same run: t
 loss, latency and ACK packets per received packet show the fleet loads the server as the full
 clients do. At the end markdown tables are printed, ready to paste into BENCHMARKS.md.
 
-    python bench/run_all.py            # the full run (about 6-8 minutes)
-    python bench/run_all.py --quick    # a smaller, shorter run (about 1-2 minutes)
+    python bench/run_all.py            # the full run (about 10-14 minutes)
+    python bench/run_all.py --quick    # a smaller, shorter run (about 2-3 minutes)
 """
 
 from __future__ import annotations
