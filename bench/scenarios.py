@@ -87,6 +87,8 @@ class Result:
     loadgen_us_per_copy: float = float("nan")
     """CPU of every load generator process (speakers and listeners) per copy: next to the
     server's, it says which side was the limit."""
+    speaker_us_per_copy: float = float("nan")
+    """The speakers' process's share of ``loadgen_us_per_copy`` (the rest is the listeners')."""
     packets_per_copy: float = float("nan")
     """UDP packets the listeners received from the server per copy (probes and ACKs count)."""
     acks_per_copy: float = float("nan")
@@ -334,6 +336,11 @@ def run_scenario(
             result.loadgen_max_cpu_share = max(
                 (load1[pid] - load0[pid]) / elapsed for pid in load1 if pid in load0
             )
+            speaker_pid = speakers.proc.pid
+            if speaker_pid in load0 and speaker_pid in load1:
+                result.speaker_us_per_copy = (
+                    (load1[speaker_pid] - load0[speaker_pid]) / max(1, copies) * 1e6
+                )
             result.loadgen_us_per_copy = (
                 sum(load1[pid] - load0[pid] for pid in load1 if pid in load0) / max(1, copies) * 1e6
             )
