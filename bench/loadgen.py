@@ -260,6 +260,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
         protocol = session.protocol
         protocol.stop_timer()
         fleet.adopt(protocol._quic, loop_time)
+    # BENCH_FLEET_PROFILE=path: a cProfile of the loop (CPU time) in path.<pid> per process.
     profile = os.environ.get("BENCH_FLEET_PROFILE")
     if profile:
         import cProfile
