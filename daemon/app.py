@@ -240,17 +240,29 @@ class Daemon:
 
         def load() -> NodeLoad:
             rooms = self.core.rooms.values()
-            carried = tuple(room.id for room in rooms if room.members)
-            return NodeLoad(len(self.server.sessions), len(self.core.rooms), carried)
+            carried = {room.id for room in rooms if room.members}
+            if node.rooms is not None:
+                carried.update(node.rooms.carried())  # rooms homed elsewhere, members here
+            return NodeLoad(len(self.server.sessions), len(self.core.rooms), tuple(sorted(carried)))
 
         node = ClusterNode(
             self.config.cluster,
             lambda: "{}:{}".format(*self.server.address),
             load,
             contact=lambda: NodeContact(self.public_address(), self.tls.fingerprint),
+            server=self.server,
+            load_room=self.persistence.load_room,
         )
         self.cluster = node
         self.components.append(node)
+        if not self.config.store.url:
+            # Nodes share rooms, so they share their durable state: one SQLite file cannot.
+            raise ConfigError(
+                "store.url: a cluster node ([cluster] redis_url is set) needs the "
+                "PostgreSQL store all nodes share (a postgresql:// URL), not SQLite"
+            )
+        # A node that lost a room to another writes nothing of it any more (docs/cluster.md).
+        self.persistence.may_write = node.may_write
         redirector = Redirector(
             lambda: node.node_id,
             lambda: node.registry.view if node.registry is not None else [],
@@ -331,7 +343,9 @@ class Daemon:
         """Open the database and restore rooms and bans into the core; StoreError if unusable."""
         await self.store.start()
         try:
-            restored = await self.persistence.restore(self.core, time.time())
+            restored = await self.persistence.restore(
+                self.core, time.time(), shared=bool(self.config.cluster.redis_url)
+            )
         except BaseException:
             await self.store.stop()
             raise

@@ -25,11 +25,12 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[str]:
-    """A ``redis://`` URL of a fresh server, stopped on exit."""
+def running_redis(port: int | None = None) -> Iterator[str]:
+    """A ``redis://`` URL of a fresh server, stopped on exit (``port``: that one, e.g. to
+    start a server again where a stopped one was)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     directory = Path(tempfile.mkdtemp(prefix="salon-redis-"))
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,

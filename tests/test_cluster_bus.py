@@ -3,6 +3,8 @@ ones are refused and counted (docs/cluster.md, "Authentication of inter-node mes
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -102,3 +104,33 @@ def test_queue_drops_oldest_and_counts() -> None:
     assert queue.take_all() == [b"3", b"4", b"5"]
     assert queue.dropped == 2
     assert queue.take_all() == []
+
+
+async def test_control_messages_are_sealed_and_tampering_is_refused() -> None:
+    """Control messages carry speaker keys: Redis sees them sealed; a tampered, foreign or
+    replayed one is refused and counted, never handed on."""
+    from redis.asyncio import Redis
+
+    from salon.daemon.cluster.control import ControlBus, Gone, Sealer, _encoder
+
+    secret = b"c" * 32
+    got: list[object] = []
+    redis = Redis.from_url("redis://127.0.0.1:1/0")  # never connected: receive() is offline
+    sender = BusCodec(secret, "a/1", replay_window_ms=5000)
+    bus = ControlBus(redis, BusCodec(secret, "b/1", replay_window_ms=5000), secret, "b", got.append)
+    plain = _encoder.encode([Gone(node="a", session=7)])
+    sealed = Sealer(secret).seal(plain)
+    assert plain not in sealed
+    message = sender.encode(Kind.CONTROL, sealed, int(time.time() * 1000))
+    bus.receive(message)
+    assert got == [Gone(node="a", session=7)]
+    bus.receive(message)  # replayed
+    tampered = bytearray(sender.encode(Kind.CONTROL, sealed, int(time.time() * 1000)))
+    tampered[-40] ^= 1
+    bus.receive(bytes(tampered))
+    foreign = sender.encode(Kind.CONTROL, Sealer(b"x" * 32).seal(plain), int(time.time() * 1000))
+    bus.receive(foreign)  # signed by a node, sealed with another secret
+    assert got == [Gone(node="a", session=7)]
+    assert bus.refused == 1 and bus._codec.refused[Refusal.REPLAYED] == 1
+    assert bus._codec.refused[Refusal.BAD_MAC] == 1
+    await redis.aclose()

@@ -87,10 +87,15 @@ def test_bad_cluster_keys_are_named(tmp_path: Path) -> None:
 # -- two salond processes as cluster nodes ----------------------------------------------------
 
 
-def _node_config(tmp_path: Path, name: str, redis_url: str, secret: Path | None) -> Path:
+def _node_config(
+    tmp_path: Path, name: str, redis_url: str, secret: Path | None, store: str = ""
+) -> Path:
     conf = tmp_path / f"{name}.toml"
     secret_line = f'secret_file = "{secret}"\n' if secret is not None else ""
-    conf.write_text(f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "{name}"\n{secret_line}')
+    store_lines = f'[store]\nurl = "{store}"\n' if store else ""
+    conf.write_text(
+        f'{store_lines}[cluster]\nredis_url = "{redis_url}"\nnode_id = "{name}"\n{secret_line}'
+    )
     return conf
 
 
@@ -122,17 +127,23 @@ def _wait_for_nodes(redis_url: str, expected: list[str]) -> list[dict[str, objec
         time.sleep(0.2)
 
 
-def test_two_salond_nodes_register_and_leave(tmp_path: Path, redis_url: str) -> None:
+def test_two_salond_nodes_register_and_leave(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
     from tests.conftest import start_salond
 
     secret = tmp_path / "cluster.secret"
     secret.write_bytes(b"k" * 48)
     a = start_salond(
-        tmp_path / "a", "--config", str(_node_config(tmp_path, "a", redis_url, secret))
+        tmp_path / "a",
+        "--config",
+        str(_node_config(tmp_path, "a", redis_url, secret, postgres_url)),
     )
     try:
         b = start_salond(
-            tmp_path / "b", "--config", str(_node_config(tmp_path, "b", redis_url, secret))
+            tmp_path / "b",
+            "--config",
+            str(_node_config(tmp_path, "b", redis_url, secret, postgres_url)),
         )
         try:
             nodes = _wait_for_nodes(redis_url, ["a", "b"])
@@ -172,3 +183,30 @@ def test_cluster_without_secret_refuses_to_start(tmp_path: Path, redis_url: str)
     )
     assert done.returncode != 0
     assert "cluster.secret_file" in done.stderr
+
+
+def test_cluster_refuses_sqlite(tmp_path: Path, redis_url: str) -> None:
+    """Nodes share rooms, so they share the durable store: a SQLite file cannot be shared."""
+    import subprocess
+    import sys
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_bytes(b"k" * 48)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "salon.daemon.app",
+            "--config",
+            str(_node_config(tmp_path, "a", redis_url, secret)),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "store.url" in done.stderr and "PostgreSQL" in done.stderr

@@ -1,7 +1,8 @@
 """This salond as a cluster node: registered in Redis with its load while it runs.
 
-Built only when ``[cluster] redis_url`` is set (docs/cluster.md). This first slice registers
-the node and holds its bus codec; room leases and the media relay come next.
+Built only when ``[cluster] redis_url`` is set (docs/cluster.md): registers the node, and runs
+the rooms it is home of or an edge for (:mod:`.rooms`) with their leases, control bus and media
+relay.
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from salon.daemon.cluster.bus import MIN_SECRET, BusCodec
-from salon.daemon.cluster.registry import NodeContact, NodeLoad, NodeRegistry
+from salon.daemon.cluster.control import ControlBus
+from salon.daemon.cluster.lease import RoomLeases
+from salon.daemon.cluster.registry import NODE_KEY, NodeContact, NodeLoad, NodeRegistry
+from salon.daemon.cluster.relay import RedisMediaRelay
 from salon.daemon.config import ClusterConfig, ConfigError
+
+if TYPE_CHECKING:
+    from salon.daemon.cluster.rooms import ClusterRooms
+    from salon.daemon.core.records import RoomRecord
+    from salon.daemon.net.server import SalonServer
 
 log = logging.getLogger("salond.cluster")
 
@@ -51,22 +61,34 @@ class ClusterNode:
         address: Callable[[], str],
         load: Callable[[], NodeLoad],
         contact: Callable[[], NodeContact] = NodeContact,
+        server: SalonServer | None = None,
+        load_room: Callable[[str], Awaitable[RoomRecord | None]] | None = None,
     ) -> None:
         self.config = cluster
-        secret = read_secret(cluster)
+        self._secret = secret = read_secret(cluster)
         self.node_id = cluster.node_id or socket.gethostname()
         # A fresh boot id per process: sequence numbers restart at 0 after a restart and must
         # not be taken for replays of the previous run's messages.
+        boot = secrets.token_hex(4)
         self.codec = BusCodec(
-            secret,
-            f"{self.node_id}/{secrets.token_hex(4)}",
-            replay_window_ms=cluster.replay_window_ms,
+            secret, f"{self.node_id}/{boot}", replay_window_ms=cluster.replay_window_ms
+        )
+        # Control has its own sequence space: thousands of media messages arriving first must
+        # not push a control message out of the replay window.
+        self.control_codec = BusCodec(
+            secret, f"{self.node_id}/{boot}c", replay_window_ms=cluster.replay_window_ms
         )
         self._address = address
         self._load = load
         self._contact = contact
+        self._server = server
+        self._load_room = load_room
         self.redis: Redis | None = None
         self.registry: NodeRegistry | None = None
+        self.rooms: ClusterRooms | None = None
+        self.leases: RoomLeases | None = None
+        self.relay: RedisMediaRelay | None = None
+        self.control: ControlBus | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -84,9 +106,62 @@ class ClusterNode:
             pid=os.getpid(),
         )
         self._task = asyncio.create_task(self.registry.run(), name="cluster-heartbeat")
+        if self._server is not None and self._load_room is not None:
+            await self._start_rooms(self._server, self._load_room)
         log.info("cluster: node %s (pid %d) registering in Redis", self.node_id, os.getpid())
 
+    def may_write(self, room: str) -> bool:
+        """Whether this node may write the room's durable state (the store fence)."""
+        return self.rooms is None or self.rooms.may_write(room)
+
+    async def _start_rooms(
+        self, server: SalonServer, load_room: Callable[[str], Awaitable[RoomRecord | None]]
+    ) -> None:
+        from salon.daemon.cluster.rooms import ClusterRooms
+
+        assert self.redis is not None
+        # Late-bound callbacks: the rooms need the relay, the relay and bus deliver to the rooms.
+        self.leases = RoomLeases(
+            self.redis,
+            self.node_id,
+            lease_ms=self.config.lease_ms,
+            on_lost=lambda room: self.rooms.lease_lost(room) if self.rooms else None,
+        )
+        self.relay = RedisMediaRelay(
+            self.redis,
+            self.codec,
+            lambda room, data: self.rooms.on_media(room, data) if self.rooms else None,
+            queue_limit=self.config.relay_queue,
+        )
+        self.control = ControlBus(
+            self.redis,
+            self.control_codec,
+            self._secret,
+            self.node_id,
+            lambda message: self.rooms.on_control(message) if self.rooms else None,
+        )
+        redis = self.redis
+
+        async def node_alive(node: str) -> bool:
+            return bool(await redis.exists(NODE_KEY.format(node)))
+
+        self.rooms = ClusterRooms(
+            server, self.node_id, self.leases, self.relay, self.control, load_room, node_alive
+        )
+        await self.relay.start()
+        await self.control.start()
+        self.leases.start()
+        self.rooms.start()
+
     async def stop(self) -> None:
+        if self.rooms is not None:
+            await self.rooms.stop()
+        if self.leases is not None:
+            await self.leases.stop()
+        if self.control is not None:
+            await self.control.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

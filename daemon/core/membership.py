@@ -19,11 +19,13 @@ from .room import Invite, Member, Room
 class Membership(Concern):
     """Who is connected, and who is in which room: join, enter, leave, depart."""
 
-    def connect(self, session: int, identity: Identity, now: float) -> None:
+    def connect(self, session: int, identity: Identity, now: float, relayed: bool = False) -> None:
         """An authenticated session appears; it gets an outlet for media."""
         if session in self._sessions:
             raise CoreError(ErrorCode.ALREADY_AUTHENTICATED, f"session {session} is connected")
-        self._sessions[session] = Session(identity, Outlet(session, self.limits.outlet_queue))
+        self._sessions[session] = Session(
+            identity, Outlet(session, self.limits.outlet_queue), relayed
+        )
 
     def disconnect(self, session: int, now: float) -> None:
         """The session is gone: it leaves its room or withdraws its knock. Never raises."""
@@ -158,7 +160,8 @@ class Membership(Concern):
         member = Member(session=session, identity=identity, role=role, joined_at=now)
         room.members[user] = member
         state.room = room
-        self.forwarder.join(room.id, state.outlet)
+        if not state.relayed:
+            self.forwarder.join(room.id, state.outlet)
         if member.on_stage:
             member.muted_by_moderator = room.mute_on_join and role == "speaker"
             self.ctx.flows.open_flow(room, member)

@@ -108,9 +108,14 @@ class SalonCore:
 
     # ------------------------------------------------------------------ sessions
 
-    def connect(self, session: int, identity: Identity, now: float) -> None:
-        """An authenticated session appears; it gets an outlet for media."""
-        self._membership.connect(session, identity, now)
+    def connect(self, session: int, identity: Identity, now: float, relayed: bool = False) -> None:
+        """An authenticated session appears; it gets an outlet for media.
+
+        ``relayed``: the session's client is connected to another node of a cluster, which
+        receives the room's media once through the room's relay outlet (:meth:`add_relay`), so
+        this session's own outlet never joins the room's forwarding group.
+        """
+        self._membership.connect(session, identity, now, relayed)
 
     def disconnect(self, session: int, now: float) -> None:
         """The session is gone: it leaves its room or withdraws its knock. Never raises."""
@@ -361,7 +366,7 @@ class SalonCore:
         if member is None or member.session != session:
             return False
         receiving = session in self.forwarder.group_sessions(room.id)
-        if realtime and not receiving:
+        if realtime and not receiving and not state.relayed:
             self.forwarder.join(room.id, state.outlet)
         elif not realtime and receiving:
             if member.on_stage:
@@ -369,6 +374,25 @@ class SalonCore:
             self.forwarder.leave(room.id, session)
             state.outlet.queue.clear()
         return True
+
+    def add_relay(self, room: str, limit: int) -> Outlet:
+        """An outlet that gets every flow of ``room`` once, for the other nodes of a cluster.
+
+        It is one more recipient of the room's forwarding group (with a session number no real
+        session has); the caller drains it. It stays until :meth:`remove_relay` or the room
+        closes.
+        """
+        found = self.rooms.get(room)
+        if found is None or found.state != "live":
+            raise CoreError(ErrorCode.ROOM_NOT_FOUND, f"no live room {room}")
+        outlet = Outlet(next(self._ctx.tap_sessions), limit)
+        self.forwarder.join(room, outlet)
+        return outlet
+
+    def remove_relay(self, room: str, outlet: Outlet) -> None:
+        """Stop a relay outlet made by :meth:`add_relay`."""
+        self.forwarder.leave(room, outlet.session)
+        outlet.queue.clear()
 
     def add_monitor(self, limit: int) -> tuple[Outlet, list[tuple[str, messages.MediaKey]]]:
         """A tap on every media flow of every room, now and later, for audio analysis.

@@ -25,7 +25,7 @@ from salon.daemon import __version__
 from salon.daemon.abuse import AddressGuard
 from salon.daemon.auth import MAX_DISPLAY_NAME, AuthError
 from salon.daemon.config import Config
-from salon.daemon.core import CoreError, Identity, SalonCore
+from salon.daemon.core import CoreError, Identity, Outlet, SalonCore
 from salon.daemon.core.events import BanChanged, CoreEvent, ModerationTaken, RoomClosed
 from salon.daemon.net.session import CloseCode, SessionProtocol
 from salon.daemon.net.webtransport import H3_ALPN
@@ -60,6 +60,34 @@ class StreamMode(Protocol):
     def set_stream(self, session: int, on: bool) -> dict[str, Any]: ...
 
 
+class Peer(Protocol):
+    """What the request path needs of a session: a QUIC connection, or (in a cluster) a member
+    whose client is on another node and whose transport is the cluster's control bus."""
+
+    session_id: int
+    identity: Identity | None
+    closed: bool
+    address: str
+
+    def send_control(self, framed: bytes) -> None: ...
+
+    def transmit(self) -> None: ...
+
+
+class ClusterGlue(Protocol):
+    """What a cluster node does with this server's sessions (daemon/cluster/rooms.py)."""
+
+    async def route(self, peer: Peer, request: Any, payload: bytes) -> bool:
+        """True when the request went to the room's home on another node."""
+        ...
+
+    def uplink(self, session: int, data: bytes) -> bool:
+        """True when the datagram went to the room's home on another node."""
+        ...
+
+    def closed(self, session: int) -> None: ...
+
+
 def load_pem_pair(certificate: str, private_key: str) -> tuple[x509.Certificate, Any]:
     """The leaf certificate and the private key of two PEM files."""
     with open(certificate, "rb") as file:
@@ -92,6 +120,16 @@ class SalonServer:
         self.traffic = UdpTraffic()
         """UDP packets and bytes of the QUIC socket (read by the admin API and metrics)."""
         self.sessions: dict[int, SessionProtocol] = {}
+        self.remote: dict[int, Peer] = {}
+        """Members whose client is connected to another cluster node (this node is their
+        room's home); their requests and events travel over the control bus."""
+        self.cluster: ClusterGlue | None = None
+        """Routes requests and media of rooms whose home is another node (None: no cluster)."""
+        self._quiet: dict[int, tuple[int, str]] = {}
+        """Requests made on a session's behalf (a cluster rejoining it after its room's server
+        failed), by session: (request id, room); their reply is not sent to the client."""
+        self.media_sinks: dict[int, Callable[[Outlet], None]] = {}
+        """Outlets that are no session, drained when the forwarder fills them (the relay)."""
         self.guard = AddressGuard(config.limits, self.stats.abuse)
         """Guest abuse limits per source address, and the addresses bans remember."""
         pipeline.address_limits = self.guard
@@ -107,7 +145,7 @@ class SalonServer:
         self._private_key = private_key
         self._web_certificate: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
         self._next_session_id = 1
-        self._dirty: set[SessionProtocol] = set()
+        self._dirty: set[Peer] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
@@ -290,6 +328,8 @@ class SalonServer:
             protocol.hello_timer.cancel()
             protocol.hello_timer = None
         self.sessions.pop(session_id, None)
+        if self.cluster is not None:
+            self.cluster.closed(session_id)
         self._inboxes.pop(session_id, None)
         task = self._workers.pop(session_id, None)
         if task is not None:
@@ -337,7 +377,14 @@ class SalonServer:
         if protocol.identity is None:
             self.stats.count_drop("not_authenticated")
             return
-        outlets = self.core.receive_datagram(protocol.session_id, data, time.time())
+        cluster = self.cluster
+        if cluster is not None and cluster.uplink(protocol.session_id, data):
+            return
+        self.forward_media(protocol.session_id, data)
+
+    def forward_media(self, session: int, data: bytes) -> None:
+        """Forward a datagram of ``session`` (local, or a remote member's from its edge)."""
+        outlets = self.core.receive_datagram(session, data, time.time())
         if outlets:
             sessions = self.sessions
             dirty = self._dirty
@@ -345,12 +392,90 @@ class SalonServer:
                 target = sessions.get(outlet.session)
                 if target is not None:
                     dirty.add(target)
+                else:
+                    sink = self.media_sinks.get(outlet.session)
+                    if sink is not None:
+                        sink(outlet)
             self._schedule_flush()
+        self.pipeline.pump()
+
+    def media_queued(self, protocols: list[SessionProtocol]) -> None:
+        """Datagrams were queued on these sessions' outlets outside the forwarder (a cluster
+        edge fanning out what the room's home relayed): send them this tick."""
+        self._dirty.update(protocols)
+        self._schedule_flush()
+
+    def send_framed(self, session: int, framed: bytes) -> None:
+        """Send an already framed control message to a local session (an edge passing on
+        what the room's home answered)."""
+        protocol = self.sessions.get(session)
+        if protocol is None:
+            return
+        self.stats.messages_out += 1
+        protocol.send_control(framed)
+        self._dirty.add(protocol)
+        self._schedule_flush()
+
+    # ------------------------------------------------------------------ remote members
+
+    def attach_remote(self, peer: Peer, identity: Identity) -> None:
+        """A member whose client is on another node: its requests come through :meth:`enqueue`."""
+        session_id = peer.session_id
+        self.remote[session_id] = peer
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inboxes[session_id] = inbox
+        self._workers[session_id] = asyncio.ensure_future(self._session_worker(peer, inbox))
+        peer.identity = identity
+        self.core.connect(session_id, identity, time.time(), relayed=True)
+
+    def enqueue(self, session: int, payload: bytes, *, on_behalf: str | None = None) -> None:
+        """A control message of a remote member, handled in order like a local one.
+
+        ``on_behalf``: a join of that room made for the client, not by it (a cluster rejoining
+        it after the room's server failed): the client gets the join's events but no reply, and
+        ``removed`` if the join fails.
+        """
+        inbox = self._inboxes.get(session)
+        if inbox is not None:
+            if on_behalf is not None:
+                request_id = msg.peek_request_id(payload)
+                if request_id is not None:
+                    self._quiet[session] = (request_id, on_behalf)
+            self.stats.messages_in += 1
+            inbox.put_nowait(payload)
+
+    def take_on_behalf(self, session: int) -> bool:
+        """Whether the session's current request is made on its behalf (and forget it: the
+        cluster passes it on to the room's home, which withholds the reply)."""
+        return self._quiet.pop(session, None) is not None
+
+    def _withheld(self, protocol: Peer, request_id: int | None, error: str | None) -> bool:
+        quiet = self._quiet.get(protocol.session_id)
+        if quiet is None or quiet[0] != request_id:
+            return False
+        del self._quiet[protocol.session_id]
+        if error is not None:
+            reason = f"rejoining the room after its server failed did not work: {error}"
+            self._send(protocol, msg.encode(msg.Removed(room=quiet[1], by="", reason=reason)))
+        return True
+
+    def detach_remote(self, session: int) -> None:
+        """The remote member's client left its node: it leaves the room as if disconnected."""
+        peer = self.remote.pop(session, None)
+        if peer is None:
+            return
+        peer.closed = True
+        self._inboxes.pop(session, None)
+        task = self._workers.pop(session, None)
+        if task is not None:
+            task.cancel()
+        self._dirty.discard(peer)
+        self.core.disconnect(session, time.time())
         self.pipeline.pump()
 
     # ------------------------------------------------------------------ requests
 
-    async def _session_worker(self, protocol: SessionProtocol, inbox: asyncio.Queue[bytes]) -> None:
+    async def _session_worker(self, protocol: Peer, inbox: asyncio.Queue[bytes]) -> None:
         # One worker per session keeps that session's requests strictly in arrival order,
         # even when a plugin check awaits.
         while True:
@@ -370,7 +495,7 @@ class SalonServer:
                     "internal server error",
                 )
 
-    async def _handle_payload(self, protocol: SessionProtocol, payload: bytes) -> None:
+    async def _handle_payload(self, protocol: Peer, payload: bytes) -> None:
         try:
             request = msg.decode_request(payload)
         except msg.MessageError as exc:
@@ -382,7 +507,15 @@ class SalonServer:
             )
             return
         if isinstance(request, msg.Hello):
-            await self._hello(protocol, request)
+            if isinstance(protocol, SessionProtocol):
+                await self._hello(protocol, request)
+            else:
+                self._reply_error(
+                    protocol,
+                    request.id,
+                    msg.ErrorCode.ALREADY_AUTHENTICATED,
+                    "this session is already authenticated",
+                )
             return
         if protocol.identity is None:
             self._reply_error(
@@ -394,6 +527,8 @@ class SalonServer:
             return
         # Before anything routes the join (to this node's core or to the room's home node).
         if isinstance(request, msg.Join) and self._redirected(protocol, request):
+            return
+        if self.cluster is not None and await self.cluster.route(protocol, request, payload):
             return
         if isinstance(request, msg.ReceiverReport):
             # Media housekeeping every second or two per listener: no policy to consult, no
@@ -440,7 +575,7 @@ class SalonServer:
         if result is not None:
             self._reply_ok(protocol, request.id, result)
 
-    def _redirected(self, protocol: SessionProtocol, request: msg.Join) -> bool:
+    def _redirected(self, protocol: Peer, request: msg.Join) -> bool:
         """PROTOCOL.md 17: a session's first join may be answered with a redirect, if its hello
         said it follows them (and it did not already follow one to get here)."""
         if protocol.session_id not in self._may_redirect:
@@ -455,7 +590,7 @@ class SalonServer:
         self._reply_ok(protocol, request.id, result)
         return True
 
-    def _set_stream(self, protocol: SessionProtocol, request: msg.SetStream) -> None:
+    def _set_stream(self, protocol: Peer, request: msg.SetStream) -> None:
         """How a room member receives audio is no policy decision: plugins do not review it."""
         if self.stream_mode is None:
             self._reply_error(
@@ -559,16 +694,20 @@ class SalonServer:
 
     # ------------------------------------------------------------------ output
 
-    def _reply_ok(self, protocol: SessionProtocol, request_id: int, result: dict[str, Any]) -> None:
+    def _reply_ok(self, protocol: Peer, request_id: int, result: dict[str, Any]) -> None:
+        if self._quiet and self._withheld(protocol, request_id, None):
+            return
         self._send(protocol, msg.encode(msg.Ok(re=request_id, result=result)))
 
     def _reply_error(
-        self, protocol: SessionProtocol, request_id: int | None, code: msg.ErrorCode, text: str
+        self, protocol: Peer, request_id: int | None, code: msg.ErrorCode, text: str
     ) -> None:
         self.stats.errors[code.value] += 1
+        if self._quiet and self._withheld(protocol, request_id, text):
+            return
         self._send(protocol, msg.encode(msg.Error(re=request_id, code=code.value, message=text)))
 
-    def _send(self, protocol: SessionProtocol, payload: bytes) -> None:
+    def _send(self, protocol: Peer, payload: bytes) -> None:
         self.stats.messages_out += 1
         protocol.send_control(frame_message(payload))
         self._dirty.add(protocol)
@@ -577,10 +716,13 @@ class SalonServer:
     def deliver(self, sessions: tuple[int, ...], message: Any) -> None:
         """Send one event to several sessions, encoding and framing it once."""
         framed = frame_message(msg.encode(message))
+        local = self.sessions
         for session_id in sessions:
-            protocol = self.sessions.get(session_id)
+            protocol: Peer | None = local.get(session_id)
             if protocol is None:
-                continue
+                protocol = self.remote.get(session_id)
+                if protocol is None:
+                    continue
             protocol.send_control(framed)
             self.stats.messages_out += 1
             self._dirty.add(protocol)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from salon.daemon.core import CoreError, SalonCore, events
+from salon.daemon.core.records import RoomRecord
 
 from .base import AuditEntry, Store, StoreError
 
@@ -66,6 +67,11 @@ class Persistence:
         self.recorded = 0
         """Core events turned into store writes so far."""
         """Set by :meth:`freeze`: events are no longer recorded."""
+        self.may_write: Callable[[str], bool] | None = None
+        """In a cluster: whether this node may write a room's state (it has not lost the room
+        to another node); the events of a room it may not write are not recorded."""
+        self.fenced = 0
+        """Events not recorded because this node may not write their room."""
         self._handlers: dict[type, Callable[[Any], None]] = {
             events.RoomCreated: self._room_created,
             events.RoomSettingsChanged: self._settings_changed,
@@ -83,6 +89,12 @@ class Persistence:
         """A ``SalonServer`` observer: queue the writes ``event`` calls for (cheap, no I/O)."""
         handler = self._handlers.get(type(event))
         if handler is not None and not self.frozen:
+            may_write = self.may_write
+            if may_write is not None:
+                room = getattr(event, "room", None)
+                if isinstance(room, str) and room and not may_write(room):
+                    self.fenced += 1
+                    return
             self.recorded += 1
             handler(event)
 
@@ -137,8 +149,17 @@ class Persistence:
 
     # ------------------------------------------------------------------ store -> core
 
-    async def restore(self, core: SalonCore, now: float) -> RestoreSummary:
+    async def load_room(self, room: str) -> RoomRecord | None:
+        """One stored room, as the node taking it over as its home finds it (None: unknown)."""
+        state = await self.store.load()
+        return next((r for r in state.rooms if r.settings.room == room), None)
+
+    async def restore(self, core: SalonCore, now: float, *, shared: bool = False) -> RestoreSummary:
         """Load the store into ``core`` (before any session connects) and tidy the store.
+
+        ``shared``: other cluster nodes use the store too, so a live room that is not
+        persistent may be running on one of them: it is neither restored nor deleted here
+        (the node that becomes its home loads it, :meth:`load_room`).
 
         Raises :class:`StoreError` naming the store and the room when a stored room is invalid.
         """
@@ -146,6 +167,8 @@ class Persistence:
         summary = RestoreSummary()
         for record in state.rooms:
             settings = record.settings
+            if shared and not settings.persistent and settings.state == "live":
+                continue
             if not (settings.persistent or settings.state == "scheduled"):
                 summary.dropped_rooms.append(settings.room)
                 self.store.delete_room(settings.room)

@@ -1,0 +1,498 @@
+"""One room across three salond nodes on a real redis-server: the room's home runs it, the
+other nodes pass their clients' requests and media on (docs/cluster.md).
+
+Three daemons run in this test's event loop (real QUIC over loopback, real Redis, real SRTP);
+a fourth node, with a client but no member in the room, must receive none of its media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from salon.client.connection import RequestError, SalonClient
+from salon.daemon.cluster.lease import (
+    EPOCH_KEY,
+    LEASE_KEY,
+    ROOMS_KEY,
+    EpochGuard,
+    RoomLeases,
+    parse_lease,
+)
+from salon.daemon.cluster.registry import NODE_KEY
+from salon.daemon.cluster.relay import MEDIA_CHANNEL
+from salon.daemon.wire import messages as msg
+from salon.daemon.wire.datagram import pack_datagram
+from salon.daemon.wire.rtp import RtpPacket
+from salon.media.srtp import SrtpSender, key_from_base64
+from tests.conftest import InProcessDaemon, run_daemon
+from tests.test_cluster_registry import redis_url  # noqa: F401  (the module-scoped server)
+
+WAIT = 30.0
+"""Upper bound of every wait below: it only stops a hang, nothing is timed."""
+
+
+# -- leases and fencing (one Redis, no salond) -------------------------------------------------
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:  # noqa: F811
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_one_home_per_room_and_every_takeover_raises_the_epoch(redis: Redis) -> None:
+    lost: list[str] = []
+    a = RoomLeases(redis, "a", lease_ms=300, on_lost=lost.append)
+    b = RoomLeases(redis, "b", lease_ms=300, on_lost=lost.append)
+    first = await a.acquire("r")
+    assert first is not None
+    assert await b.acquire("r") is None
+    assert await b.home("r") == parse_lease(f"a {first}")
+    await a.renew_all()
+    assert a.epoch("r") == first
+    # The lease ends unrenewed (as when its node dies): the next home fences the old one out.
+    await redis.delete(LEASE_KEY.format("r"))
+    second = await b.acquire("r")
+    assert second is not None and second > first
+    await a.renew_all()  # finds the lease is not its own any more
+    assert a.epoch("r") is None and lost == ["r"]
+    guard = EpochGuard()
+    assert guard.accept("r", second)
+    assert not guard.accept("r", first) and guard.stale == 1
+
+
+async def test_a_home_that_cannot_renew_stops_acting_as_home_until_it_takes_the_lease_again(
+    tmp_path: Path,
+) -> None:
+    """Redis goes away: past its own deadline the home stops acting as home, without asking
+    Redis; a new Redis (a restart forgets every key) and the home takes its lease again, under a
+    higher epoch than before even though the counter was forgotten too."""
+    from tests.pg_cluster import free_port
+    from tests.redis_server import running_redis
+
+    port = free_port()
+    lost: list[str] = []
+    with running_redis(port) as url:
+        redis = Redis.from_url(url)
+        a = RoomLeases(redis, "a", lease_ms=300, on_lost=lost.append)
+        first = await a.acquire("r")
+        assert first is not None
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + 0.3
+        while loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await a.renew_all()  # Redis is down: the renewal fails
+        assert a.epoch("r") is None
+        with running_redis(port):
+            await a.renew_all()
+            again = a.epoch("r")
+            assert again is not None and again > first
+            assert lost == []
+    finally:
+        await redis.aclose()
+
+
+# -- three nodes -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def nodes(
+    tmp_path: Path, url: str, store: str, names: list[str]
+) -> AsyncIterator[list[InProcessDaemon]]:
+    secret = tmp_path / "cluster.secret"
+    secret.write_bytes(b"s" * 48)
+    async with contextlib.AsyncExitStack() as stack:
+        running = []
+        for name in names:
+            running.append(
+                await stack.enter_async_context(
+                    run_daemon(
+                        tmp_path / name,
+                        **{
+                            "cluster.redis_url": url,
+                            "cluster.node_id": name,
+                            "cluster.secret_file": str(secret),
+                            "store.url": store,
+                        },
+                    )
+                )
+            )
+        yield running
+
+
+def cluster_of(node: InProcessDaemon) -> Any:
+    from salon.daemon.cluster.node import ClusterNode
+
+    return next(c for c in node.daemon.components if isinstance(c, ClusterNode))
+
+
+async def until(check: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not check():
+        assert loop.time() < deadline, f"gave up waiting: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def event(client: SalonClient, kind: type, **match: Any) -> Any:
+    return await client.wait_for_event(
+        kind, timeout=WAIT, where=lambda e: all(getattr(e, k) == v for k, v in match.items())
+    )
+
+
+def srtp_datagrams(key: msg.MediaKey, first: int, count: int) -> list[bytes]:
+    sender = SrtpSender(key_from_base64(key.key))
+    return [
+        pack_datagram(
+            key.flow_id,
+            sender.protect(
+                RtpPacket(
+                    payload_type=111,
+                    sequence_number=seq,
+                    timestamp=seq * 960,
+                    ssrc=key.ssrc,
+                    payload=bytes([seq % 256]) * 80,
+                ).serialize()
+            ),
+        )
+        for seq in range(first, first + count)
+    ]
+
+
+async def speak(speaker: SalonClient, datagrams: list[bytes], listeners: list[list[bytes]]) -> None:
+    """Send, paced like audio, until every listener got them all (or the wait gives up)."""
+    before = [len(got) for got in listeners]
+    for datagram in datagrams:
+        speaker.send_datagram(datagram)
+        await asyncio.sleep(0.005)
+    await until(
+        lambda: all(
+            len(got) - n >= len(datagrams) for got, n in zip(listeners, before, strict=True)
+        ),
+        "media on every listener",
+    )
+
+
+async def test_one_room_spans_three_nodes(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    async with nodes(tmp_path, redis_url, postgres_url, ["a", "b", "c", "d"]) as (a, b, c, d):
+        host = await a.client("Host")
+        await host.create_room("Across nodes", room="wide")
+        await host.join("wide")
+        state = await event(host, msg.RoomState)
+        host_key = next(k for k in state.room.media_keys if k.user == host.user)
+        await host.call("unmute")
+        on_a = await a.client("ListenerA")
+        on_b = await b.client("ListenerB")
+        on_c = await c.client("ListenerC")
+        idle = await d.client("Elsewhere")  # connected to d, in no room
+        got: dict[str, list[bytes]] = {}
+        for client in (on_a, on_b, on_c, host, idle):
+            got[client.display_name] = []
+            client.on_datagram = got[client.display_name].append
+        for client in (on_a, on_b, on_c):
+            joined = await client.join("wide")
+            assert joined["status"] == "joined" and joined["room"]["room"] == "wide"
+            await event(host, msg.ParticipantJoined)
+        redis = Redis.from_url(redis_url)
+        try:
+            assert parse_lease(await redis.get(LEASE_KEY.format("wide"))).node == "a"  # type: ignore[union-attr]
+
+            async def subscribers() -> int:
+                return int((await redis.pubsub_numsub(MEDIA_CHANNEL + "wide"))[0][1])
+
+            loop_checks = 0
+            while await subscribers() < 2:  # b and c; a (the home) and d do not follow
+                loop_checks += 1
+                assert loop_checks < WAIT / 0.02
+                await asyncio.sleep(0.02)
+
+            # An event to the room crosses to each edge once, whatever its members there.
+            second = await b.client("ListenerB2")
+            await second.join("wide")
+            await event(host, msg.ParticipantJoined)
+            control = cluster_of(a).control
+            before = control.sent
+            await host.call("update_room", title="Wider")
+            for client in (on_b, second, on_c):
+                await event(client, msg.RoomUpdated)
+            assert control.sent - before == 2  # b (two members) and c
+            # A client leaving its edge leaves the room at the home.
+            await second.close()
+            await host.wait_for_event(
+                msg.ParticipantLeft, timeout=WAIT, where=lambda e: e.user == second.user
+            )
+
+            # 1. The host speaks on a: byte-identical copies on a, b and c.
+            sent = srtp_datagrams(host_key, 1, 40)
+            await speak(host, sent, [got["ListenerA"], got["ListenerB"], got["ListenerC"]])
+            assert got["ListenerA"] == sent
+            assert got["ListenerB"] == got["ListenerA"]
+            assert got["ListenerC"] == got["ListenerA"]
+
+            # 2. A listener on c raises a hand, the host on a invites it, it is heard on a and b.
+            await on_c.call("raise_hand")
+            queue = await event(host, msg.HandQueue)
+            assert queue.users == [on_c.user]
+            await host.call("invite_to_speak", user=on_c.user)
+            await event(on_c, msg.SpeakInvitation)
+            await on_c.call("accept_speak")
+            c_key = (await event(on_c, msg.MediaKeyEvent)).key
+            assert c_key.user == on_c.user
+            await event(on_b, msg.MediaKeyEvent)  # the listener on b learns the new key too
+            await on_c.call("unmute")
+            for client in (on_a, on_b, host, on_c):
+                got[client.display_name].clear()
+            c_sent = srtp_datagrams(c_key, 1, 30)
+            await speak(on_c, c_sent, [got["ListenerA"], got["ListenerB"], got["Host"]])
+            assert got["ListenerA"] == c_sent
+            assert got["ListenerB"] == c_sent
+            assert got["Host"] == c_sent
+            assert got["ListenerC"] == []  # a speaker does not hear itself back
+
+            # 3. The host mutes the speaker on c: the home drops its audio, wherever it connects.
+            home = a.daemon.core.forwarder
+            muted_before = home.drops["muted"]
+            await host.call("mute", user=on_c.user)
+            await event(on_c, msg.Muted)
+            for datagram in srtp_datagrams(c_key, 31, 10):
+                on_c.send_datagram(datagram)
+            await until(lambda: home.drops["muted"] >= muted_before + 10, "muted drops at home")
+            assert got["ListenerA"] == c_sent and got["ListenerB"] == c_sent
+
+            # 4. An unknown room is refused without a takeover attempt (no lease, no epoch,
+            # no store load): the room directory does not list it.
+            assert await redis.sismember(ROOMS_KEY, "wide")
+            with pytest.raises(RequestError) as unknown:
+                await idle.join("nosuch")
+            assert unknown.value.code == "room_not_found"
+            assert not await redis.exists(EPOCH_KEY.format("nosuch"))
+
+            # The node with no member in the room received none of its media.
+            far = cluster_of(d)
+            assert far.relay.delivered == 0 and far.relay.rooms == set()
+            assert got["Elsewhere"] == []
+            for node in (b, c):
+                assert cluster_of(node).relay.misrouted == 0
+
+            # 5. Node c dies (its registry entry expires): the home lets its members go.
+            dying = cluster_of(c)
+            assert dying._task is not None
+            dying._task.cancel()  # no more heartbeats, as after kill -9
+            await redis.delete(NODE_KEY.format("c"))
+            host.drain_events()
+            await cluster_of(a).rooms.check_edges()
+            await host.wait_for_event(
+                msg.ParticipantLeft, timeout=WAIT, where=lambda e: e.user == on_c.user
+            )
+        finally:
+            await redis.aclose()
+
+
+async def test_the_room_goes_on_when_its_home_is_killed(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """kill -9 of the room's home: another node takes the room over from the shared store,
+    members on other nodes are rejoined with their roles, the owner rejoins as owner."""
+    from tests.conftest import start_salond
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_bytes(b"s" * 48)
+    conf = tmp_path / "a.toml"
+    conf.write_text(
+        f'[store]\nurl = "{postgres_url}"\n'
+        f'[cluster]\nredis_url = "{redis_url}"\nnode_id = "a"\nsecret_file = "{secret}"\n'
+    )
+    home = start_salond(tmp_path / "a", "--config", str(conf))
+    owner_key = {"guest_key": "b3duZXIta2V5LWZvci10aGUtZmFpbG92ZXItdGVzdC0xMjM="}
+    try:
+        async with nodes(tmp_path, redis_url, postgres_url, ["b", "c"]) as (b, c):
+            host = await SalonClient.connect(
+                home.host,
+                home.port,
+                display_name="Host",
+                fingerprint=home.fingerprint,
+                credentials=owner_key,
+            )
+            await host.create_room("Survives", room="lasting")
+            await host.join("lasting")
+            moderator = await c.client("Moderator")
+            await moderator.join("lasting")
+            await host.call("promote", user=moderator.user)
+            await moderator.wait_for_event(
+                msg.ParticipantUpdated,
+                timeout=WAIT,
+                where=lambda e: e.participant.user == moderator.user,
+            )
+            listener = await b.client("Listener")
+            heard: list[bytes] = []
+            listener.on_datagram = heard.append
+            await listener.join("lasting")
+            redis = Redis.from_url(redis_url)
+            try:
+                assert parse_lease(await redis.get(LEASE_KEY.format("lasting"))) is not None
+                for client in (moderator, listener):
+                    client.drain_events()
+                loop = asyncio.get_running_loop()
+                home.proc.kill()  # SIGKILL: no goodbye, the lease just stops being renewed
+                home.proc.wait()
+                killed = loop.time()
+                # A request on its way to the dead home is answered, with an error, at the
+                # failover (not left hanging).
+                unanswered = asyncio.ensure_future(moderator.call("lower_hand"))
+                # The edges notice the home is gone and rejoin their members on their behalf:
+                # one of them takes the room over from the store, with its roles.
+                state = await event(moderator, msg.RoomState)
+                roles = {p.user: p.role for p in state.room.participants}
+                assert roles[moderator.user] == "moderator"
+                with pytest.raises(RequestError) as failed:
+                    await unanswered
+                assert failed.value.code == "internal_error"
+                new_home = parse_lease(await redis.get(LEASE_KEY.format("lasting")))
+                assert new_home is not None and new_home.node in ("b", "c")
+                await event(listener, msg.RoomState)
+                # The owner's client reconnects (to b) and gets its role back.
+                await host.close()
+                host = await b.client("Host", credentials=owner_key)
+                joined = await host.join("lasting")
+                recovered = loop.time() - killed
+                assert joined["role"] == "owner"
+                print(f"room went on {recovered:.1f} s after kill -9 of its home")
+                # And it is heard: the moderator on c speaks, the listener on b hears it.
+                state = await event(host, msg.RoomState)
+                key = next(k for k in state.room.media_keys if k.user == moderator.user)
+                await moderator.call("unmute")
+                sent = srtp_datagrams(key, 1, 20)
+                await speak(moderator, sent, [heard])
+                assert heard[-len(sent) :] == sent
+            finally:
+                await redis.aclose()
+    finally:
+        home.stop()
+
+
+async def test_media_across_nodes_resumes_after_a_redis_restart(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Redis restarts (forgetting every key): the nodes re-subscribe, the home takes its lease
+    again, and the listener on the other node hears the speaker again."""
+    from tests.pg_cluster import free_port
+    from tests.redis_server import running_redis
+
+    port = free_port()
+    first = running_redis(port)
+    url = first.__enter__()
+    try:
+        async with nodes(tmp_path, url, postgres_url, ["a", "b"]) as (a, b):
+            host = await a.client("Host")
+            await host.create_room("Through a restart", room="steady")
+            await host.join("steady")
+            key = next(
+                k for k in (await event(host, msg.RoomState)).room.media_keys if k.user == host.user
+            )
+            await host.call("unmute")
+            listener = await b.client("Listener")
+            heard: list[bytes] = []
+            listener.on_datagram = heard.append
+            await listener.join("steady")
+            relay = cluster_of(b).relay
+            await until(lambda: "steady" in relay.rooms, "b follows the room")
+            redis = Redis.from_url(url)
+            try:
+                while int((await redis.pubsub_numsub(MEDIA_CHANNEL + "steady"))[0][1]) < 1:
+                    await asyncio.sleep(0.02)
+            finally:
+                await redis.aclose()
+            await speak(host, srtp_datagrams(key, 1, 10), [heard])
+
+            first.__exit__(None, None, None)
+            loop = asyncio.get_running_loop()
+            restarted = loop.time()
+            with running_redis(port):
+                redis = Redis.from_url(url)
+                try:
+                    # Readiness: the home holds its lease again and b is subscribed again.
+                    while (
+                        await redis.get(LEASE_KEY.format("steady")) is None
+                        or int((await redis.pubsub_numsub(MEDIA_CHANNEL + "steady"))[0][1]) < 1
+                    ):
+                        assert loop.time() < restarted + WAIT, "no recovery after the restart"
+                        await asyncio.sleep(0.05)
+                finally:
+                    await redis.aclose()
+                heard.clear()
+                again = srtp_datagrams(key, 11, 10)
+                await speak(host, again, [heard])
+                print(f"relay resumed {loop.time() - restarted:.1f} s after the Redis restart")
+                assert heard[-len(again) :] == again
+    finally:
+        with contextlib.suppress(Exception):
+            first.__exit__(None, None, None)
+
+
+async def test_a_home_that_lost_its_room_becomes_an_edge(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """Another node took the room while the home was alive (its lease lapsed in a pause): the
+    old home rejoins its own members at the new home and writes nothing of the room any more."""
+    async with nodes(tmp_path, redis_url, postgres_url, ["a", "b"]) as (a, b):
+        host = await a.client("Host")
+        await host.create_room("Moving", room="moving")
+        await host.join("moving")
+        await host.call("unmute")
+        listener = await b.client("Listener")
+        heard: list[bytes] = []
+        listener.on_datagram = heard.append
+        await listener.join("moving")
+        old, new = cluster_of(a), cluster_of(b)
+        assert old.leases._task is not None
+        old.leases._task.cancel()  # a pause: no renewals
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.delete(LEASE_KEY.format("moving"))  # as if the lease had expired
+            assert await new.rooms._home_of("moving") == "b"  # b takes the room over
+        finally:
+            await redis.aclose()
+        host.drain_events()
+        listener.drain_events()
+        await old.leases.renew_all()  # a wakes up: the lease is b's
+        assert old.leases.epoch("moving") is None and old.leases.lost == 1
+        state = await event(host, msg.RoomState)  # rejoined at b, on a's behalf
+        roles = {p.user: p.role for p in state.room.participants}
+        assert roles[host.user] == "owner"
+        await event(listener, msg.RoomState)
+        key = next(k for k in state.room.media_keys if k.user == host.user)
+        await host.call("unmute")
+        sent = srtp_datagrams(key, 1, 10)
+        await speak(host, sent, [heard])
+        assert heard[-len(sent) :] == sent
+        # The copy left on a is fenced off the shared store: closing it there deletes nothing.
+        import time
+
+        from salon.daemon.core import Identity
+
+        operator = Identity("op", "Operator", operator=True)
+        a.daemon.core.admin_request(operator, "moving", msg.CloseRoom(id=1), time.time())
+        a.daemon.pipeline.pump()
+        assert a.daemon.persistence.fenced > 0
+        await a.daemon.store.commit()
+        assert await b.daemon.persistence.load_room("moving") is not None
