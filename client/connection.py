@@ -259,6 +259,7 @@ class SalonClient:
         timeout: float = 10.0,
         idle_timeout: float = 60.0,
         redirects: int | None = None,
+        capabilities: tuple[str, ...] = (msg.CAPABILITY_RED,),
     ) -> SalonClient:
         """Connect, verify the server, and authenticate with ``hello``.
 
@@ -270,6 +271,8 @@ class SalonClient:
         counts as lost (how fast a dead network path is noticed).
         ``redirects``: None, the server never redirects this client; a number, the client
         follows redirects and has followed that many to get here (PROTOCOL.md 17).
+        ``capabilities``: what ``hello`` declares; the default ``red`` says this library's
+        receiver decodes RED payloads (PROTOCOL.md 11.9).
         """
         configuration = QuicConfiguration(
             alpn_protocols=[ALPN],
@@ -336,6 +339,7 @@ class SalonClient:
                         credentials=credentials,
                         client="salon-python/0.1",
                         redirects=redirects,
+                        capabilities=list(capabilities),
                     )
                 ),
                 timeout,

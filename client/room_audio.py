@@ -124,7 +124,7 @@ class RoomAudio:
             sender = self.sender
             if sender is not None and sender.flow_id == event.flow_id:
                 self.loss_reports = [*self.loss_reports[-99:], event]
-                if sender.on_loss_report(event.loss):
+                if sender.on_loss_report(event.loss, event.red):
                     log.info("redundancy now %d (loss %.1f%%)", sender.redundancy, event.loss * 100)
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.sender = None
@@ -165,12 +165,27 @@ class RoomAudio:
                 key.key,
                 OpusEncoder(bitrate=self.bitrate),
                 sequence_number=self.first_sequence_number,
+                bitrate_bounds=self._bitrate_bounds(),
             )
             self.first_sequence_number = None
             if self.auto_unmute and self.muted:
                 self._request_unmute()
         else:
             self.receiver.add_speaker(key.user, key.flow_id, key.ssrc, key.key)
+
+    def _bitrate_bounds(self) -> tuple[int, int]:
+        """The server's ``min_bitrate`` and ``max_bitrate``; our own bitrate if it sent none."""
+        limits = self.client.limits
+        try:
+            minimum = int(limits.get("min_bitrate", self.bitrate))
+            maximum = int(limits.get("max_bitrate", self.bitrate))
+        except (TypeError, ValueError):
+            return self.bitrate, self.bitrate
+        # Opus encodes 6 to 510 kbit/s; whatever the server says stays inside that.
+        minimum, maximum = max(6000, minimum), min(510000, maximum)
+        if minimum > maximum:
+            return self.bitrate, self.bitrate
+        return minimum, maximum
 
     def _request_unmute(self) -> None:
         if self.muted_by_moderator or (self._unmute_task and not self._unmute_task.done()):

@@ -546,6 +546,10 @@ class LimitsConfig(Section, frozen=True):
     """Seconds one recording may last before salond stops it; 0: no bound."""
     recording_disk_mib: NonNegativeNumber = 10240.0
     """MiB all recording files may take together; reaching it stops recordings; 0: no bound."""
+    min_bitrate: Annotated[int, Meta(ge=6000, le=510000)] = 16000
+    """Lowest Opus bitrate (bit/s) a speaker's loss adaptation may go down to (sent in hello)."""
+    max_bitrate: Annotated[int, Meta(ge=6000, le=510000)] = 40000
+    """Highest Opus bitrate (bit/s) a speaker may send, redundancy not counted (sent in hello)."""
 
 
 class AdminConfig(Section, frozen=True):
@@ -932,6 +936,12 @@ def _check_relations(config: Config, origin: _Origin) -> None:
         problems.append(
             f"{origin('cluster', 'workers')}: cluster.workers: {config.cluster.workers} worker"
             " processes need cluster.redis_url (each worker is a cluster node)"
+        )
+    limits = config.limits
+    if limits.min_bitrate > limits.max_bitrate:
+        problems.append(
+            f"{origin('limits', 'min_bitrate')}: limits.min_bitrate: {limits.min_bitrate} is above"
+            f" limits.max_bitrate ({limits.max_bitrate})"
         )
     if problems:
         raise ConfigError(problems)

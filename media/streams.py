@@ -84,9 +84,19 @@ class RedundancyPolicy:
         self.expected_loss = 0
         """Loss percentage the encoder's in-band FEC is sized for."""
 
-    def update(self, loss: float) -> bool:
-        """Take a reported loss fraction (0..1); return whether the redundancy changed."""
+    def update(self, loss: float, red_allowed: bool = True) -> bool:
+        """Take a reported loss fraction (0..1); return whether the redundancy changed.
+
+        Without ``red_allowed`` (a member of the room cannot decode RED) RED goes off at once
+        and in-band FEC alone is sized for the loss.
+        """
         loss = min(max(loss, 0.0), 1.0)
+        if not red_allowed:
+            changed = self.redundancy != 0
+            self.redundancy = 0
+            self._low_reports = 0
+            self.expected_loss = min(self.max_fec_loss, round(loss * 100))
+            return changed
         level = self.redundancy
         if level == 0 and loss >= self.red_on:
             level = 1
@@ -108,6 +118,44 @@ class RedundancyPolicy:
         return changed
 
 
+class BitratePolicy:
+    """The encoder's bitrate for the reported loss, within the server's bounds.
+
+    The loss-based rule of WebRTC's congestion control (draft-ietf-rmcat-gcc-02, section 6):
+    above :attr:`decrease_above` loss the bitrate drops by half the loss fraction, below
+    :attr:`increase_below` it climbs by :attr:`step_up` back towards the preferred one; in
+    between it holds. It never leaves ``[minimum, maximum]`` (the ``min_bitrate`` and
+    ``max_bitrate`` limits of ``hello``) nor climbs past the preferred bitrate, so on a clean
+    network a speaker sends exactly what it did before any loss.
+    """
+
+    decrease_above = 0.10
+    increase_below = 0.02
+    step_up = 1.05
+
+    def __init__(self, preferred: int, minimum: int, maximum: int) -> None:
+        if minimum > maximum:
+            raise ValueError(f"bitrate bounds reversed: {minimum} > {maximum}")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.ceiling = min(max(preferred, minimum), maximum)
+        """The bitrate on a clean network: the preferred one, clipped to the bounds."""
+        self.bitrate = self.ceiling
+
+    def update(self, loss: float) -> bool:
+        """Take a reported loss fraction (0..1); return whether the bitrate changed."""
+        loss = min(max(loss, 0.0), 1.0)
+        bitrate = self.bitrate
+        if loss > self.decrease_above:
+            bitrate = round(bitrate * (1 - 0.5 * loss))
+        elif loss < self.increase_below:
+            bitrate = round(bitrate * self.step_up)
+        bitrate = min(max(bitrate, self.minimum), self.ceiling)
+        changed = bitrate != self.bitrate
+        self.bitrate = bitrate
+        return changed
+
+
 class MediaSender:
     """Encodes, packetizes, protects and frames one speaker's audio.
 
@@ -126,10 +174,16 @@ class MediaSender:
         muted: bool = False,
         sequence_number: int | None = None,
         timestamp: int | None = None,
+        bitrate_bounds: tuple[int, int] | None = None,
     ) -> None:
         self.flow_id = flow_id
         self.ssrc = ssrc
         self.encoder = encoder
+        minimum, maximum = bitrate_bounds or (encoder.bitrate, encoder.bitrate)
+        self.bitrate_policy = BitratePolicy(encoder.bitrate, minimum, maximum)
+        """The bitrate the loss reports made, within the server's bounds."""
+        if encoder.bitrate != self.bitrate_policy.bitrate:
+            encoder.set_bitrate(self.bitrate_policy.bitrate)
         self._srtp = SrtpSender(key_from_base64(key_b64))
         self._packetizer = RtpPacketizer(ssrc, sequence_number, timestamp)
         self._muted = muted
@@ -146,13 +200,16 @@ class MediaSender:
         """Earlier frames each packet carries (RFC 2198 RED); 0 sends plain Opus."""
         return self.policy.redundancy
 
-    def on_loss_report(self, loss: float) -> bool:
-        """Adapt FEC and RED to the loss fraction the server reports for this flow.
+    def on_loss_report(self, loss: float, red_allowed: bool = True) -> bool:
+        """Adapt FEC, RED and bitrate to the loss fraction the server reports for this flow.
 
-        Return whether the redundancy changed.
+        ``red_allowed``: the report's ``red`` (every receiver decodes RED). Return whether the
+        redundancy changed.
         """
-        changed = self.policy.update(loss)
+        changed = self.policy.update(loss, red_allowed)
         self.encoder.set_expected_loss(self.policy.expected_loss)
+        if self.bitrate_policy.update(loss):
+            self.encoder.set_bitrate(self.bitrate_policy.bitrate)
         return changed
 
     @property

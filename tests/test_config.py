@@ -279,6 +279,15 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
     assert error_of(path).startswith(f"{path}: tls.certificate: required when tls.private_key")
 
 
+def test_bitrate_bounds_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nmin_bitrate = 48000\n")
+    assert error_of(path) == (
+        f"{path}: limits.min_bitrate: 48000 is above limits.max_bitrate (40000)"
+    )
+    path = write(tmp_path, "[limits]\nmax_bitrate = 1000\n")
+    assert "limits.max_bitrate" in error_of(path)
+
+
 def test_tls_files_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "x", "cert.pem")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from salon.daemon.core.forwarder import NOTIFY_FIRST_PACKET, Flow
 from salon.daemon.core.reception import FlowQuality, Reception, percentile
+from salon.daemon.wire import messages
+from tests.test_core_support import Harness, received
 
 
 def test_uplink_loss_from_the_sequence_numbers_the_forwarder_saw():
@@ -25,3 +27,48 @@ def test_one_bad_listener_does_not_set_the_room_s_loss():
     assert percentile([0.0, 0.0, 0.0, 0.3]) == 0.0
     assert percentile([0.0, 0.05, 0.06, 0.3]) == 0.06
     assert percentile([0.02]) == 0.02
+
+
+def test_speakers_may_send_red_only_while_every_other_member_decodes_it():
+    h = Harness()
+    h.connect("owner", red=True)
+    h.room()
+    voice = h.connect("alice", red=True)
+    h.speaker("alice")
+    ear = h.connect("ear", red=True)
+    h.join("ear")
+    flow = h.member("alice").flow
+    assert flow is not None
+
+    def report(lost: int) -> None:
+        h.do(
+            ear,
+            messages.ReceiverReport,
+            reports=[messages.FlowReception(flow_id=flow.flow_id, expected=50, lost=lost)],
+        )
+
+    def loss_reports() -> list[messages.LossReport]:
+        return received(h.drain(), messages.LossReport).get(voice, [])
+
+    h.drain()
+    report(5)
+    (allowed,) = loss_reports()
+    assert allowed.red and allowed.loss == 0.1
+    # A member of an older revision enters: the speaker hears at once, figures unchanged.
+    old = h.connect("old")
+    h.join("old")
+    (stop,) = loss_reports()
+    assert not stop.red and stop.loss == allowed.loss and stop.reporters == allowed.reporters
+    h.advance(1.5)
+    report(5)
+    (still,) = loss_reports()
+    assert not still.red
+    # Another RED-capable member entering changes nothing; the old one leaving allows RED again.
+    h.connect("new", red=True)
+    h.join("new")
+    assert loss_reports() == []
+    h.do(old, messages.Leave)
+    h.advance(1.5)
+    report(5)
+    (again,) = loss_reports()
+    assert again.red

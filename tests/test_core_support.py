@@ -71,6 +71,7 @@ class Harness:
         name: str | None = None,
         verified: dict[str, str] | None = None,
         operator: bool = False,
+        red: bool = False,
     ) -> int:
         session = self._next_session
         self._next_session += 1
@@ -80,7 +81,7 @@ class Harness:
             verified=verified or {},
             operator=operator,
         )
-        self.core.connect(session, identity, self.now)
+        self.core.connect(session, identity, self.now, red=red)
         self.sessions.setdefault(user, session)
         return session
 

@@ -19,10 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from salon.client.connection import RequestError, SalonClient
 from salon.client.room_audio import RoomAudio
+from salon.daemon.wire import messages as msg
+from salon.media.codec import OpusDecoder
+from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
+from tests.audio_checks import dominant_frequencies
 from tests.conftest import run_daemon
 from tests.lossy_relay import Impairment, _Direction, lossy_relay
 from tests.test_reconnect import eventually
@@ -213,3 +218,177 @@ async def test_bad_receiver_reports_get_an_error_and_change_nothing(tmp_path: Pa
             await ear.call("receiver_report", reports=[entry()])
         assert refused.value.code == "rate_limited"
         assert (await ear.call("ping")) == {}
+
+
+class PlainListener:
+    """A minimal listener of an older revision: no ``red`` capability, no receiver reports.
+
+    It keeps each speaker's key from the room's events, opens every datagram with SRTP and
+    decodes payload type 111 with Opus; anything else it counts and drops, as PROTOCOL.md 11.5
+    lets a receiver that never declared ``red`` do.
+    """
+
+    def __init__(self, client: SalonClient) -> None:
+        self.srtp = SrtpReceiver()
+        self.decoder = OpusDecoder()
+        self.plain: list[tuple[int, bytes]] = []
+        """(sequence number, decoded PCM) of each payload type 111 packet, in arrival order."""
+        self.dropped: list[tuple[int, int]] = []
+        """(sequence number, payload type) of each packet it could not use."""
+        client.add_listener(self._on_event)
+        client.on_datagram = self._on_datagram
+
+    def _on_event(self, event: Any) -> None:
+        keys = []
+        if isinstance(event, msg.RoomState):
+            keys = list(event.room.media_keys)
+        elif isinstance(event, msg.MediaKeyEvent):
+            keys = [event.key]
+        for key in keys:
+            self.srtp.add(key.flow_id, key.ssrc, key_from_base64(key.key))
+
+    def _on_datagram(self, datagram: bytes) -> None:
+        try:
+            _, packet = self.srtp.open(datagram)
+        except SrtpError:
+            return
+        if packet.payload_type != 111:
+            self.dropped.append((packet.sequence_number, packet.payload_type))
+            return
+        self.plain.append((packet.sequence_number, self.decoder.decode(packet.payload)))
+
+
+async def test_a_listener_without_red_and_reports_hears_the_speaker(tmp_path: Path):
+    """RED is on for a lossy listener; an older client joins: the speaker goes back to plain
+    Opus at once, and that client decodes every packet after its first one (a 440 Hz tone),
+    while the lossy listener keeps its loss covered by in-band FEC. When it leaves, RED is
+    allowed again."""
+    async with run_daemon(tmp_path / "state") as live:
+        host = await live.client("Host")
+        await host.create_room("Mixed", room="mixed")
+        await host.join("mixed")
+        speaker = await live.client("Voice")
+        await speaker.join("mixed")
+        voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
+        await host.call("invite_to_speak", user=speaker.user)
+        await speaker.call("accept_speak")
+        tasks = [asyncio.ensure_future(voice.run())]
+        async with lossy_relay(live.host, live.port, down=Impairment(loss=0.10), seed=13) as relay:
+            ear = await SalonClient.connect(
+                *relay.address,
+                display_name="Ear",
+                fingerprint=live.fingerprint,
+                credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+            )
+            live.clients.append(ear)
+            listening = RoomAudio(ear)
+            await ear.join("mixed")
+            tasks.append(asyncio.ensure_future(listening.run()))
+            try:
+                await eventually(lambda: voice.sender is not None and voice.sender.stats.red > 0)
+                assert voice.loss_reports[-1].red
+                old = await live.client("Old", capabilities=())
+                plain = PlainListener(old)
+                await old.join("mixed")
+                # The server tells the speaker at once, not at the next receiver report.
+                await eventually(lambda: voice.sender is not None and voice.sender.redundancy == 0)
+                assert not voice.loss_reports[-1].red
+                await eventually(lambda: len(plain.plain) >= 150)
+                first_plain = plain.plain[0][0]
+                red_after = [
+                    seq for seq, pt in plain.dropped if (seq - first_plain) & 0xFFFF < 0x8000
+                ]
+                assert red_after == [], plain.dropped
+                assert {pt for _, pt in plain.dropped} <= {63}
+                heard = np.frombuffer(b"".join(pcm for _, pcm in plain.plain[25:]), dtype="<i2")
+                assert abs(dominant_frequencies(heard, 1)[0] - 440.0) < 5.0
+                assert np.sqrt(np.mean(heard.astype(np.float64) ** 2)) > 0.2 * 32767 / 2**0.5
+                # The lossy listener still reports; RED stays off while the old client is in.
+                reports_before = len(voice.loss_reports)
+                await eventually(lambda: len(voice.loss_reports) >= reports_before + 2)
+                assert not any(r.red for r in voice.loss_reports[reports_before:])
+                assert voice.sender is not None and voice.sender.redundancy == 0
+                assert voice.sender.encoder.expected_loss > 0  # in-band FEC instead
+                await old.call("leave")
+                await eventually(lambda: voice.sender is not None and voice.sender.redundancy > 0)
+                record(
+                    "plain_listener_beside_red",
+                    plain_packets=len(plain.plain),
+                    red_packets_before_switch=len(plain.dropped),
+                    dropped_down=relay.down.stats.dropped,
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_the_speaker_s_bitrate_follows_loss_within_the_server_s_bounds(tmp_path: Path):
+    bounds = (16000, 24000)
+    async with run_daemon(
+        tmp_path / "state", **{"limits.min_bitrate": bounds[0], "limits.max_bitrate": bounds[1]}
+    ) as live:
+        host = await live.client("Host")
+        await host.create_room("Bitrate", room="bitrate")
+        await host.join("bitrate")
+        speaker = await live.client("Voice")
+        assert (speaker.limits["min_bitrate"], speaker.limits["max_bitrate"]) == bounds
+        await speaker.join("bitrate")
+        voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
+        assert voice.bitrate == 32000  # what it would send without bounds
+        # The encoder's bitrate after each loss report, and the size of what it encodes.
+        trace: list[tuple[float, int]] = []
+        sizes: dict[int, list[int]] = {}
+        speaker.add_listener(
+            lambda event: (
+                isinstance(event, msg.LossReport)
+                and voice.sender is not None
+                and trace.append((event.loss, voice.sender.encoder.bitrate))
+            )
+        )
+        await host.call("invite_to_speak", user=speaker.user)
+        await speaker.call("accept_speak")
+        await eventually(lambda: voice.sender is not None)
+        encoder = voice.sender.encoder  # type: ignore[union-attr]
+        encode = encoder.encode
+
+        def measured(pcm: bytes) -> bytes:
+            payload = encode(pcm)
+            sizes.setdefault(encoder.bitrate, []).append(len(payload))
+            return payload
+
+        encoder.encode = measured  # type: ignore[method-assign]
+        assert encoder.bitrate == bounds[1]  # the preferred 32 kbit/s clipped at once
+        tasks = [asyncio.ensure_future(voice.run())]
+        async with lossy_relay(live.host, live.port, down=Impairment(loss=0.30), seed=17) as relay:
+            ear = await SalonClient.connect(
+                *relay.address,
+                display_name="Ear",
+                fingerprint=live.fingerprint,
+                credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+            )
+            live.clients.append(ear)
+            listening = RoomAudio(ear)
+            await ear.join("bitrate")
+            tasks.append(asyncio.ensure_future(listening.run()))
+            try:
+                await eventually(lambda: encoder.bitrate == bounds[0], timeout=60.0)
+                lowest = len(trace)
+                relay.set_impairment(down=Impairment())
+                await eventually(lambda: encoder.bitrate > bounds[0], timeout=60.0)
+                rates = [rate for _, rate in trace]
+                assert all(bounds[0] <= rate <= bounds[1] for rate in rates), trace
+                assert rates[:lowest] == sorted(rates[:lowest], reverse=True), trace
+                # The encoder really sends less at the lower bitrate (a steady tone).
+                top, bottom = np.mean(sizes[bounds[1]]), np.mean(sizes[bounds[0]])
+                assert bottom < 0.85 * top, (top, bottom)
+                record(
+                    "bitrate_follows_loss",
+                    trace=trace,
+                    mean_payload_at_max=round(float(top), 1),
+                    mean_payload_at_min=round(float(bottom), 1),
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)

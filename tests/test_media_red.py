@@ -23,7 +23,7 @@ from salon.media.red import (
     primary_opus,
     unpack_red,
 )
-from salon.media.streams import MediaReceiver, MediaSender, RedundancyPolicy
+from salon.media.streams import BitratePolicy, MediaReceiver, MediaSender, RedundancyPolicy
 
 KEY = base64.b64encode(os.urandom(28)).decode()
 
@@ -75,6 +75,45 @@ def test_policy_switches_with_hysteresis():
     assert [(policy.update(0.01), policy.redundancy)[1] for _ in range(3)] == [2, 2, 1]
     assert [(policy.update(0.0), policy.redundancy)[1] for _ in range(3)] == [1, 1, 0]
     assert policy.expected_loss == 0
+
+
+def test_red_goes_off_at_once_when_a_member_cannot_decode_it():
+    policy = RedundancyPolicy()
+    policy.update(0.05)
+    assert policy.redundancy == 2
+    assert policy.update(0.05, red_allowed=False) and policy.redundancy == 0
+    assert policy.expected_loss == 5  # in-band FEC takes over
+    policy.update(0.05)
+    assert policy.redundancy == 2
+
+
+def test_bitrate_follows_loss_within_the_bounds():
+    policy = BitratePolicy(32000, 16000, 24000)
+    assert policy.bitrate == 24000  # the preferred bitrate clipped to the server's bounds
+    policy.update(0.05)  # between the thresholds: holds
+    assert policy.bitrate == 24000
+    seen = []
+    for _ in range(10):
+        policy.update(0.30)
+        seen.append(policy.bitrate)
+    assert seen[0] == 20400 and seen[-1] == 16000 and min(seen) == 16000
+    for _ in range(20):
+        policy.update(0.0)
+        seen.append(policy.bitrate)
+    assert seen[-1] == 24000 and max(seen) == 24000
+    assert BitratePolicy(20000, 16000, 40000).ceiling == 20000  # never above the preferred
+    with pytest.raises(ValueError):
+        BitratePolicy(32000, 40000, 16000)
+
+
+def test_the_sender_sets_the_encoder_to_the_adapted_bitrate():
+    sender = MediaSender(7, 1234, KEY, OpusEncoder(bitrate=32000), bitrate_bounds=(16000, 40000))
+    assert sender.encoder.bitrate == 32000
+    sender.on_loss_report(0.2)
+    assert sender.encoder.bitrate == 28800
+    clean = MediaSender(7, 1234, KEY, OpusEncoder(bitrate=32000))
+    clean.on_loss_report(0.5)
+    assert clean.encoder.bitrate == 32000  # no bounds given: it keeps its bitrate
 
 
 def voiced(seconds: float) -> list[bytes]:

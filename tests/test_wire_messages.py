@@ -133,6 +133,7 @@ EVENT_SAMPLES: list[msgspec.Struct] = [
         late=0.0,
         jitter_ms=6.5,
         reporters=3,
+        red=True,
     ),
 ]
 

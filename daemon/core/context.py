@@ -64,14 +64,18 @@ TimerHandler = Callable[[Room, str, float], None]
 class Session:
     """A connected session: who it is, its media outlet, and the room it is in or knocks on."""
 
-    __slots__ = ("identity", "knock", "knock_room", "outlet", "relayed", "room")
+    __slots__ = ("identity", "knock", "knock_room", "outlet", "red", "relayed", "room")
 
-    def __init__(self, identity: Identity, outlet: Outlet, relayed: bool = False) -> None:
+    def __init__(
+        self, identity: Identity, outlet: Outlet, relayed: bool = False, *, red: bool = False
+    ) -> None:
         self.identity = identity
         self.outlet = outlet
         self.relayed = relayed
         """The session's client is on another node (a cluster edge): its outlet never joins a
         forwarding group; the room's relay outlet carries the media to that node once."""
+        self.red = red
+        """The client decodes RED payloads (its ``hello`` said so)."""
         self.room: Room | None = None
         self.knock: JoinRequest | None = None
         self.knock_room: Room | None = None

@@ -19,12 +19,20 @@ from .room import Invite, Member, Room
 class Membership(Concern):
     """Who is connected, and who is in which room: join, enter, leave, depart."""
 
-    def connect(self, session: int, identity: Identity, now: float, relayed: bool = False) -> None:
+    def connect(
+        self,
+        session: int,
+        identity: Identity,
+        now: float,
+        relayed: bool = False,
+        *,
+        red: bool = False,
+    ) -> None:
         """An authenticated session appears; it gets an outlet for media."""
         if session in self._sessions:
             raise CoreError(ErrorCode.ALREADY_AUTHENTICATED, f"session {session} is connected")
         self._sessions[session] = Session(
-            identity, Outlet(session, self.limits.outlet_queue), relayed
+            identity, Outlet(session, self.limits.outlet_queue), relayed, red=red
         )
 
     def disconnect(self, session: int, now: float) -> None:
@@ -157,7 +165,7 @@ class Membership(Concern):
             self.ctx.knocks.resolve_knock(
                 room, request, "cancelled", user, requester_reason="replaced"
             )
-        member = Member(session=session, identity=identity, role=role, joined_at=now)
+        member = Member(session=session, identity=identity, role=role, joined_at=now, red=state.red)
         room.members[user] = member
         state.room = room
         if not state.relayed:
@@ -179,6 +187,7 @@ class Membership(Concern):
                 room, messages.MediaKeyEvent(room=room.id, key=member.media_key), exclude=session
             )
         self._to_members(room, messages.RoomUpdated(room=room.summary()), exclude=session)
+        self.ctx.reception.member_entered(room, member, now)
         self._emit(events.MemberJoined(room.id, user, session, role))
         return member
 

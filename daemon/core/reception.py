@@ -9,11 +9,19 @@ byte of audio. At most every :data:`LOSS_REPORT_INTERVAL` seconds, when a report
 speaker is told the larger of the uplink loss and the 75th percentile of the listeners' loss:
 a robust figure that one listener on a bad link cannot push up for the whole room, since
 redundancy costs every listener's bandwidth.
+
+The forwarder cannot rewrite an encrypted payload, so RED (payload type 63) reaches every
+member once a speaker sends it. The report therefore also says whether the speaker may send
+RED (``red``): only while every other member's client declared it decodes RED in its
+``hello``. A member without it entering the room makes the server tell each speaker that was
+allowed RED at once, without waiting for the next report, so that it goes back to plain Opus.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import msgspec
 
 from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
@@ -47,6 +55,8 @@ class FlowQuality:
 
     reports: dict[int, _Listened] = field(default_factory=dict)
     """Latest report by listener session."""
+    last_report: messages.LossReport | None = None
+    """The last ``loss_report`` sent to the speaker about this flow."""
     last_sent: float = float("-inf")
     seq_mark: int | None = None
     packets_mark: int = 0
@@ -110,18 +120,35 @@ class Reception(Concern):
         uplink = self._uplink_loss(flow, quality)
         listened = list(reports.values())
         heard_loss = percentile([r.loss for r in listened])
-        self._send(
-            (speaker.session,),
-            messages.LossReport(
-                room=room.id,
-                flow_id=flow.flow_id,
-                loss=round(max(uplink, heard_loss), 4),
-                uplink_loss=round(uplink, 4),
-                late=round(percentile([r.late for r in listened]), 4),
-                jitter_ms=round(percentile([r.jitter_ms for r in listened]), 1),
-                reporters=len(listened),
-            ),
+        quality.last_report = report = messages.LossReport(
+            room=room.id,
+            flow_id=flow.flow_id,
+            loss=round(max(uplink, heard_loss), 4),
+            uplink_loss=round(uplink, 4),
+            late=round(percentile([r.late for r in listened]), 4),
+            jitter_ms=round(percentile([r.jitter_ms for r in listened]), 1),
+            reporters=len(listened),
+            red=self._red_allowed(room, speaker),
         )
+        self._send((speaker.session,), report)
+
+    @staticmethod
+    def _red_allowed(room: Room, speaker: Member) -> bool:
+        return all(m.red for m in room.members.values() if m.session != speaker.session)
+
+    def member_entered(self, room: Room, member: Member, now: float) -> None:
+        """A member without RED came in: speakers allowed RED must stop it now (11.9)."""
+        if member.red:
+            return
+        for speaker in room.members.values():
+            flow = speaker.flow
+            if speaker is member or flow is None or flow.quality is None:
+                continue
+            last = flow.quality.last_report
+            if last is None or not last.red:
+                continue
+            flow.quality.last_report = report = msgspec.structs.replace(last, red=False)
+            self._send((speaker.session,), report)
 
     @staticmethod
     def _uplink_loss(flow: Flow, quality: FlowQuality) -> float:

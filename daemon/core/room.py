@@ -56,6 +56,8 @@ class Member:
     """The flow's key as sent to the members."""
     last_report: float = -math.inf
     """When this member's last receiver report was accepted."""
+    red: bool = False
+    """The member's client decodes RED payloads, so speakers may send it RED."""
 
     @property
     def user(self) -> str:

@@ -108,14 +108,23 @@ class SalonCore:
 
     # ------------------------------------------------------------------ sessions
 
-    def connect(self, session: int, identity: Identity, now: float, relayed: bool = False) -> None:
+    def connect(
+        self,
+        session: int,
+        identity: Identity,
+        now: float,
+        relayed: bool = False,
+        *,
+        red: bool = False,
+    ) -> None:
         """An authenticated session appears; it gets an outlet for media.
 
         ``relayed``: the session's client is connected to another node of a cluster, which
         receives the room's media once through the room's relay outlet (:meth:`add_relay`), so
         this session's own outlet never joins the room's forwarding group.
+        ``red``: the client decodes RED payloads (PROTOCOL.md 11.9), so speakers may send them.
         """
-        self._membership.connect(session, identity, now, relayed)
+        self._membership.connect(session, identity, now, relayed, red=red)
 
     def disconnect(self, session: int, now: float) -> None:
         """The session is gone: it leaves its room or withdraws its knock. Never raises."""

@@ -652,7 +652,7 @@ class SalonServer:
                 REFUSED_CLOSE_DELAY, protocol.close_with, CloseCode.RATE_ABUSE, refusal
             )
             return
-        self.admit(protocol, identity)
+        self.admit(protocol, identity, red=msg.CAPABILITY_RED in request.capabilities)
         if request.redirects == 0:
             self._may_redirect.add(protocol.session_id)
         log.info(
@@ -678,18 +678,23 @@ class SalonServer:
                         # An integer when whole, as the spec's example shows it (50, not 50.0).
                         message_rate=msg.json_number(limits.message_rate),
                         message_burst=limits.message_burst,
+                        min_bitrate=limits.min_bitrate,
+                        max_bitrate=limits.max_bitrate,
                     )
                 ),
             },
         )
 
-    def admit(self, protocol: SessionProtocol, identity: Identity) -> None:
-        """Bind an authenticated identity to the session and give it a media outlet."""
+    def admit(self, protocol: SessionProtocol, identity: Identity, *, red: bool = False) -> None:
+        """Bind an authenticated identity to the session and give it a media outlet.
+
+        ``red``: the client decodes RED payloads (its ``hello`` listed the capability).
+        """
         protocol.identity = identity
         if protocol.hello_timer is not None:
             protocol.hello_timer.cancel()
             protocol.hello_timer = None
-        self.core.connect(protocol.session_id, identity, time.time())
+        self.core.connect(protocol.session_id, identity, time.time(), red=red)
         protocol.outlet = self.core.outlet(protocol.session_id)
 
     # ------------------------------------------------------------------ output

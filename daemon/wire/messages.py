@@ -159,6 +159,10 @@ class Limits(msgspec.Struct, kw_only=True):
     max_datagram_size: int
     message_rate: float
     message_burst: int
+    min_bitrate: int
+    """Lowest Opus bitrate (bits per second) a speaker's adaptation may go down to."""
+    max_bitrate: int
+    """Highest Opus bitrate (bits per second) a speaker may send."""
 
 
 def json_number(value: float) -> int | float:
@@ -192,6 +196,12 @@ class _Request(msgspec.Struct, tag_field="type", kw_only=True):
     id: Annotated[int, msgspec.Meta(ge=0, le=MAX_REQUEST_ID)]
 
 
+CAPABILITY_RED = "red"
+"""The ``hello`` capability of a client that decodes RED payloads (PROTOCOL.md 11.9)."""
+MAX_CAPABILITIES = 16
+"""Most entries a ``hello``'s ``capabilities`` may list."""
+
+
 class Hello(_Request, kw_only=True, tag="hello"):
     """Opens the session: protocol version, display name and credentials for the auth layer."""
 
@@ -200,6 +210,11 @@ class Hello(_Request, kw_only=True, tag="hello"):
     credentials: dict[str, str] = {}
     client: str = ""
     redirects: Annotated[int, msgspec.Meta(ge=0, le=MAX_REDIRECTS)] | None = None
+    capabilities: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=32)]],
+        msgspec.Meta(max_length=MAX_CAPABILITIES),
+    ] = []
+    """Optional features the client supports, e.g. ``"red"``; unknown names are ignored."""
 
 
 class Ping(_Request, kw_only=True, tag="ping"):
@@ -750,6 +765,8 @@ class LossReport(_Event, kw_only=True, tag="loss_report"):
     late: float
     jitter_ms: float
     reporters: int
+    red: bool
+    """Whether the speaker may send RED: every other member of the room declared ``"red"``."""
 
 
 Event = Union[

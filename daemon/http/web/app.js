@@ -100,6 +100,7 @@ async function connect() {
     display_name: displayName(),
     credentials: { guest_key: guestKey() },
     client: "salon-web/0.1",
+    capabilities: ["red"], // audio.js decodes RED payloads (PROTOCOL.md 11.9)
   });
   connection.maxDatagram = Number(hello.limits && hello.limits.max_datagram_size) || 1100;
   state.user = hello.user;
