@@ -121,3 +121,18 @@ def test_the_micro_benchmarks_run() -> None:
     assert "4 aioquic connections" in line
     [line] = sendto(count=500, rounds=1)
     assert "asyncio transport" in line
+
+
+def test_the_redundancy_cost_bench_counts_copies_only_for_the_lossy_listener() -> None:
+    from bench.redundancy_cost import encode
+    from tests.test_reliability_support import tone_frames
+
+    frames = list(tone_frames(seconds=1.0))
+    plain, red = encode(frames, 0), encode(frames, 2)
+    assert plain.redundancy_datagrams == 0 and red.datagrams == plain.datagrams
+    # The separate flow carries the copies RED carries, in datagrams of their own (one fewer
+    # than the packets: the first has nothing to repeat), each with its own RTP header and tag.
+    assert red.redundancy_datagrams == plain.datagrams - 1
+    copies = red.datagram_bytes - plain.datagram_bytes
+    headers = (red.redundancy_bytes - copies) / red.redundancy_datagrams
+    assert 15 < headers < 40, headers
