@@ -20,8 +20,15 @@ Per condition:
   of that stretch; p50 and p95 over the stretches;
 - what the speaker did: the redundancy it ended with and the loss the server reported to it.
 
+With ``--netem`` the listener's link is a network namespace joined by a veth pair with the
+kernel's netem qdisc on both ends (``tests/netem_path.py``) instead of the user-space relay:
+same conditions (Gilbert-Elliott loss for the bursts), root, iproute2 and the ``sch_netem``
+kernel module needed; the listener link's bytes are then what the host end sent into the
+namespace after netem's losses (UDP payload).
+
     python bench/quality.py                 # every condition (about 2 minutes)
     python bench/quality.py --only clean,loss5
+    python bench/quality.py --netem --only loss5
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +60,7 @@ from salon.client.connection import SalonClient
 from salon.client.room_audio import RoomAudio
 from salon.media.codec import OpusDecoder, OpusEncoder
 from tests.lossy_relay import Impairment, lossy_relay
+from tests.netem_path import NetemPath, netem_path, netem_unavailable
 
 RATE = 48000
 FRAME = 960
@@ -137,6 +147,58 @@ class Outcome:
     concealed: int
 
 
+class ListenerLink(Protocol):
+    """The impaired path between the listener and salond, and what it counted."""
+
+    address: tuple[str, int]
+
+    def socket_context(self) -> contextlib.AbstractContextManager[None]: ...
+    def down_bytes(self) -> int: ...
+    def down_packets(self) -> int: ...
+    def dropped(self) -> int: ...
+
+
+class RelayLink:
+    """Through ``tests/lossy_relay.py`` on loopback; bytes counted before loss."""
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+        self.address = relay.address
+
+    def socket_context(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def down_bytes(self) -> int:
+        return int(self.relay.down.stats.bytes_forwarded)
+
+    def down_packets(self) -> int:
+        return int(self.relay.down.stats.forwarded)
+
+    def dropped(self) -> int:
+        return int(self.relay.down.stats.dropped + self.relay.up.stats.dropped)
+
+
+class NetemLink:
+    """Through a network namespace with netem; bytes counted after loss (UDP payload)."""
+
+    def __init__(self, path: NetemPath, port: int) -> None:
+        self.path = path
+        self.address = (path.host_address, port)
+        self._dropped_before = path.dropped()
+
+    def socket_context(self) -> contextlib.AbstractContextManager[None]:
+        return self.path.inside()
+
+    def down_bytes(self) -> int:
+        return self.path.udp_payload_sent_to_namespace()
+
+    def down_packets(self) -> int:
+        return self.path.packets_sent_to_namespace()
+
+    def dropped(self) -> int:
+        return self.path.dropped() - self._dropped_before
+
+
 def guest_key(name: str) -> str:
     digest = hashlib.sha256(f"bench-quality/{name}/{os.getpid()}".encode()).digest()
     return base64.b64encode(digest).decode()
@@ -151,6 +213,7 @@ async def run_condition(
     scored: npt.NDArray[np.int16],
     codec_score: float,
     seed: int,
+    netem: NetemPath | None = None,
 ) -> Outcome:
     host, port, fingerprint = server.host, server.port, server.fingerprint
 
@@ -162,6 +225,15 @@ async def run_condition(
             credentials={"guest_key": guest_key(f"{name}/{who}")},
         )
 
+    @contextlib.asynccontextmanager
+    async def listener_link() -> AsyncIterator[ListenerLink]:
+        if netem is not None:
+            netem.impair(impairment)
+            yield NetemLink(netem, port)
+            return
+        async with lossy_relay(host, port, up=impairment, down=impairment, seed=seed) as relay:
+            yield RelayLink(relay)
+
     gap = np.zeros(RATE // 2, dtype=np.int16)
     tail = np.zeros(RATE, dtype=np.int16)
     source = np.concatenate([warmup, gap, scored, tail])
@@ -171,10 +243,11 @@ async def run_condition(
         for chunk in (source[i : i + FRAME] for i in range(0, len(source), FRAME))
     ]
     room = f"q-{name}"
-    async with lossy_relay(host, port, up=impairment, down=impairment, seed=seed) as relay:
+    async with listener_link() as link:
         owner = await connect("Host", (host, port))
         speaker = await connect("Speaker", (host, port))
-        listener = await connect("Listener", relay.address)
+        with link.socket_context():
+            listener = await connect("Listener", link.address)
         clients = [owner, speaker, listener]
         try:
             await owner.create_room(f"quality {label}", room=room)
@@ -200,14 +273,14 @@ async def run_condition(
             while len(sent_at) <= scored_frame:
                 await asyncio.sleep(0.02)
             up.counting = True
-            down_before = relay.down.stats.bytes_forwarded
+            down_before = link.down_bytes()
             started = loop.time()
             scored_frames = len(scored) // FRAME
             while len(sent_at) <= scored_frame + scored_frames and not talk.source_done:
                 await asyncio.sleep(0.02)
             seconds = loop.time() - started
             up.counting = False
-            down_bytes = relay.down.stats.bytes_forwarded - down_before
+            down_bytes = link.down_bytes() - down_before
             while not talk.source_done:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
@@ -266,8 +339,8 @@ async def run_condition(
         m2e_p95_ms=round(p95, 1),
         redundancy=redundancy,
         reported_loss=round(reported, 3),
-        dropped=relay.down.stats.dropped + relay.up.stats.dropped,
-        forwarded=relay.down.stats.forwarded,
+        dropped=link.dropped(),
+        forwarded=link.down_packets(),
         filled_by_red=sum(b.redundancy_filled for b in buffers),
         fec_recovered=sum(b.fec_recovered for b in buffers),
         concealed=sum(b.concealed for b in buffers),
@@ -280,18 +353,29 @@ async def main_async(args: argparse.Namespace) -> list[Outcome]:
         scored = speak(SCORED_TEXT, Path(tmp) / "scored.wav")
         codec_score = wb_pesq(scored, codec_alone(scored))
         print(f"codec alone ({BITRATE // 1000} kbit/s): WB-PESQ {codec_score:.2f}", file=sys.stderr)
-        server = start_server("salond", Path(tmp) / "state")
-        outcomes = []
-        try:
+        with contextlib.ExitStack() as stack:
+            netem = stack.enter_context(netem_path()) if args.netem else None
+            # Behind netem salond listens on the host end of the namespace's link (the speaker
+            # and the host reach that address directly, not through netem).
+            host = ("--host", netem.host_address) if netem is not None else ()
+            server = start_server("salond", Path(tmp) / "state", args=host)
+            stack.callback(server.stop)
+            outcomes = []
             for index, name in enumerate(args.only):
                 label, impairment = CONDITIONS[name]
                 outcome = await run_condition(
-                    name, label, impairment, server, warmup, scored, codec_score, seed=index + 1
+                    name,
+                    label,
+                    impairment,
+                    server,
+                    warmup,
+                    scored,
+                    codec_score,
+                    seed=index + 1,
+                    netem=netem,
                 )
                 print(json.dumps(vars(outcome)), file=sys.stderr, flush=True)
                 outcomes.append(outcome)
-        finally:
-            server.stop()
     return outcomes
 
 
@@ -318,10 +402,19 @@ def main(argv: list[str] | None = None) -> int:
         default=list(CONDITIONS),
         help=f"comma-separated conditions among {', '.join(CONDITIONS)}",
     )
+    parser.add_argument(
+        "--netem",
+        action="store_true",
+        help="impair the listener's link with the kernel's netem in a network namespace "
+        "(root, iproute2, sch_netem) instead of the user-space relay",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(CONDITIONS)
     if unknown:
         parser.error(f"unknown conditions {sorted(unknown)}")
+    if args.netem and (reason := netem_unavailable()) is not None:
+        print(f"--netem: {reason}", file=sys.stderr)
+        return 2
     outcomes = asyncio.run(main_async(args))
     print(table(outcomes))
     return 0

@@ -30,8 +30,9 @@ from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 from tests.audio_checks import dominant_frequencies
 from tests.conftest import run_daemon
 from tests.lossy_relay import Impairment, _Direction, lossy_relay
+from tests.netem_path import netem_arguments, netem_path, netem_unavailable
 from tests.test_reconnect import eventually
-from tests.test_reliability_support import record, tone_frames
+from tests.test_reliability_support import AudioProbe, record, tone_frames
 
 BURSTY = Impairment(loss=0.05, burst_length=2.0)
 
@@ -387,6 +388,64 @@ async def test_the_speaker_s_bitrate_follows_loss_within_the_server_s_bounds(tmp
                     trace=trace,
                     mean_payload_at_max=round(float(top), 1),
                     mean_payload_at_min=round(float(bottom), 1),
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_netem_arguments_match_the_relay_s_impairments():
+    assert netem_arguments(Impairment(loss=0.05)) == ["loss", "random", "5.0000%"]
+    # Gilbert-Elliott: mean burst 2 leaves the bad state half the time; 5% of packets in it.
+    assert netem_arguments(BURSTY) == ["loss", "gemodel", "2.6316%", "50.0000%"]
+    assert netem_arguments(Impairment(jitter=0.040)) == ["delay", "20.0ms", "20.0ms"]
+    assert netem_arguments(Impairment()) == ["loss", "0%"]
+
+
+async def test_kernel_netem_loss_reaches_the_speaker_from_a_network_namespace(tmp_path: Path):
+    """The listener's socket lives in a network namespace whose link to salond loses 5% in the
+    kernel (netem), both ways: it hears the tone and its loss reaches the speaker."""
+    reason = netem_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with netem_path(Impairment(loss=0.05)) as path:
+        async with run_daemon(tmp_path / "state", **{"server.host": path.host_address}) as live:
+            host = await live.client("Host")
+            await host.create_room("Netem", room="netem")
+            await host.join("netem")
+            speaker = await live.client("Voice")
+            await speaker.join("netem")
+            voice = RoomAudio(speaker, source=tone_frames(seconds=60.0), auto_unmute=True)
+            await host.call("invite_to_speak", user=speaker.user)
+            await speaker.call("accept_speak")
+            tasks = [asyncio.ensure_future(voice.run())]
+            # The client's socket is made in the namespace (after an await: nothing else in
+            # this process makes a socket meanwhile); salond's was made before, outside.
+            with path.inside():
+                ear = await SalonClient.connect(
+                    live.host,
+                    live.port,
+                    display_name="Ear",
+                    fingerprint=live.fingerprint,
+                    credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+                )
+            live.clients.append(ear)
+            probe = AudioProbe()
+            listening = RoomAudio(ear)
+            listening.on_frame_played = probe
+            await ear.join("netem")
+            tasks.append(asyncio.ensure_future(listening.run()))
+            try:
+                await eventually(
+                    lambda: any(r.loss > 0 for r in voice.loss_reports) and probe.loud >= 100
+                )
+                # The listener's packets went through the veth link, the others' did not need to.
+                assert path.packets_sent_to_namespace() > 0
+                record(
+                    "netem_namespace",
+                    loss_reports=[r.loss for r in voice.loss_reports],
+                    loud_frames=probe.loud,
                 )
             finally:
                 for task in tasks:
