@@ -141,6 +141,15 @@ class OpusEncoder:
         """Whether discontinuous transmission is enabled."""
         return bool(self._ctl(self._api.ctl.get_dtx))
 
+    def settings(self) -> dict[str, int]:
+        """What libopus itself reports of the encoder's configuration (for comparing two)."""
+        ctl = self._api.ctl
+        names = ("application", "bitrate", "complexity", "inband_fec", "dtx", "signal", "vbr")
+        values = {name: int(self._ctl(getattr(ctl, f"get_{name}"))) for name in names}
+        values["packet_loss_perc"] = int(self._ctl(ctl.get_packet_loss_perc))
+        values["frame_samples"] = self.frame_samples
+        return values
+
     def encode(self, pcm: bytes) -> bytes:
         """Encode one frame of interleaved int16 samples; see :func:`is_dtx` for the result."""
         if len(pcm) != self._frame_bytes:
