@@ -72,3 +72,32 @@ def test_speakers_may_send_red_only_while_every_other_member_decodes_it():
     report(5)
     (again,) = loss_reports()
     assert again.red
+
+
+def test_a_member_in_stream_mode_does_not_hold_red_back_until_it_comes_back():
+    h = Harness()
+    h.connect("owner", red=True)
+    h.room()
+    voice = h.connect("alice", red=True)
+    h.speaker("alice")
+    ear = h.connect("ear", red=True)
+    h.join("ear")
+    old = h.connect("old")
+    h.join("old")
+    flow = h.member("alice").flow
+    assert flow is not None
+
+    def report_and_tell() -> list[messages.LossReport]:
+        h.advance(1.5)
+        h.do(
+            ear,
+            messages.ReceiverReport,
+            reports=[messages.FlowReception(flow_id=flow.flow_id, expected=50, lost=5)],
+        )
+        return received(h.drain(), messages.LossReport).get(voice, [])
+
+    assert [r.red for r in report_and_tell()] == [False]
+    assert h.core.set_realtime(old, False)  # the old client now plays the HLS stream
+    assert [r.red for r in report_and_tell()] == [True]
+    assert h.core.set_realtime(old, True)  # back to datagrams: the speaker is told at once
+    assert [r.red for r in received(h.drain(), messages.LossReport)[voice]] == [False]

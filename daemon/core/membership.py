@@ -187,7 +187,7 @@ class Membership(Concern):
                 room, messages.MediaKeyEvent(room=room.id, key=member.media_key), exclude=session
             )
         self._to_members(room, messages.RoomUpdated(room=room.summary()), exclude=session)
-        self.ctx.reception.member_entered(room, member, now)
+        self.ctx.reception.receiver_added(room, member)
         self._emit(events.MemberJoined(room.id, user, session, role))
         return member
 

@@ -12,9 +12,10 @@ redundancy costs every listener's bandwidth.
 
 The forwarder cannot rewrite an encrypted payload, so RED (payload type 63) reaches every
 member once a speaker sends it. The report therefore also says whether the speaker may send
-RED (``red``): only while every other member's client declared it decodes RED in its
-``hello``. A member without it entering the room makes the server tell each speaker that was
-allowed RED at once, without waiting for the next report, so that it goes back to plain Opus.
+RED (``red``): only while every other member receiving the room's datagrams (not in stream
+mode) declared it decodes RED in its ``hello``. When one without it starts receiving them
+(it enters, or leaves stream mode), the server tells each speaker that was allowed RED at
+once, without waiting for the next report, so that it goes back to plain Opus.
 """
 
 from __future__ import annotations
@@ -132,12 +133,18 @@ class Reception(Concern):
         )
         self._send((speaker.session,), report)
 
-    @staticmethod
-    def _red_allowed(room: Room, speaker: Member) -> bool:
-        return all(m.red for m in room.members.values() if m.session != speaker.session)
+    def _red_allowed(self, room: Room, speaker: Member) -> bool:
+        # Members in stream mode get no datagrams: their client's RED support does not matter.
+        receiving = set(self.forwarder.group_sessions(room.id))
+        return all(
+            m.red
+            for m in room.members.values()
+            if m.session != speaker.session and m.session in receiving
+        )
 
-    def member_entered(self, room: Room, member: Member, now: float) -> None:
-        """A member without RED came in: speakers allowed RED must stop it now (11.9)."""
+    def receiver_added(self, room: Room, member: Member) -> None:
+        """A member now gets the room's datagrams (it entered, or left stream mode); without
+        RED, speakers allowed RED must stop it at once (11.9)."""
         if member.red:
             return
         for speaker in room.members.values():

@@ -377,6 +377,7 @@ class SalonCore:
         receiving = session in self.forwarder.group_sessions(room.id)
         if realtime and not receiving and not state.relayed:
             self.forwarder.join(room.id, state.outlet)
+            self._reception.receiver_added(room, member)
         elif not realtime and receiving:
             if member.on_stage:
                 return False
