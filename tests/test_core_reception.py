@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from salon.daemon.core.forwarder import NOTIFY_FIRST_PACKET, Flow
+from salon.daemon.core.identity import Identity
 from salon.daemon.core.reception import FlowQuality, Reception, percentile
 from salon.daemon.wire import messages
 from tests.test_core_support import Harness, received
@@ -101,3 +102,26 @@ def test_a_member_in_stream_mode_does_not_hold_red_back_until_it_comes_back():
     assert [r.red for r in report_and_tell()] == [True]
     assert h.core.set_realtime(old, True)  # back to datagrams: the speaker is told at once
     assert [r.red for r in received(h.drain(), messages.LossReport)[voice]] == [False]
+
+
+def test_a_member_on_another_node_counts_as_without_red():
+    h = Harness()
+    h.connect("owner", red=True)
+    h.room()
+    voice = h.connect("alice", red=True)
+    h.speaker("alice")
+    ear = h.connect("ear", red=True)
+    h.join("ear")
+    remote = 99
+    h.core.connect(remote, Identity(user="far", display_name="Far"), h.now, relayed=True)
+    h.do(remote, messages.Join, room="r1")
+    flow = h.member("alice").flow
+    assert flow is not None
+    h.drain()
+    h.do(
+        ear,
+        messages.ReceiverReport,
+        reports=[messages.FlowReception(flow_id=flow.flow_id, expected=50, lost=5)],
+    )
+    (report,) = received(h.drain(), messages.LossReport)[voice]
+    assert not report.red

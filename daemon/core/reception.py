@@ -135,11 +135,18 @@ class Reception(Concern):
 
     def _red_allowed(self, room: Room, speaker: Member) -> bool:
         # Members in stream mode get no datagrams: their client's RED support does not matter.
+        # Members on another node of a cluster (relayed) get them through the room's relay;
+        # their hello went to that node, so they count as without RED.
         receiving = set(self.forwarder.group_sessions(room.id))
+        sessions = self._sessions
         return all(
             m.red
             for m in room.members.values()
-            if m.session != speaker.session and m.session in receiving
+            if m.session != speaker.session
+            and (
+                m.session in receiving
+                or ((state := sessions.get(m.session)) is not None and state.relayed)
+            )
         )
 
     def receiver_added(self, room: Room, member: Member) -> None:
