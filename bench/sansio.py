@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -88,14 +89,17 @@ class Pair:
 def measure(
     path: str, ack_delay: float, copies: int = 5000, acks: str = "aioquic"
 ) -> dict[str, Any]:
-    """CPU µs per copy of ``path`` with the client's ``ack_delay``: "aioquic", "fast", or
-    "fast, aioquic crypto" (the fast path sealing through aioquic's ``encrypt_packet``); the
+    """CPU µs per copy of ``path`` with the client's ``ack_delay``: "aioquic", "fast" (sealing
+    in C when the extension was built), "fast, Python crypto" (sealing with ``cryptography``
+    called from Python) or "fast, aioquic crypto" (through aioquic's ``encrypt_packet``); the
     server applies ACKs through ``acks`` ("aioquic" or "fast", the ACK fast path)."""
+    c_seal, inline = fastpath.C_SEAL, fastpath.INLINE_CRYPTO
+    fastpath.C_SEAL = c_seal and path == "fast"
     fastpath.INLINE_CRYPTO = path != "fast, aioquic crypto"
     try:
         return _measure(path, ack_delay, copies, acks)
     finally:
-        fastpath.INLINE_CRYPTO = True
+        fastpath.C_SEAL, fastpath.INLINE_CRYPTO = c_seal, inline
 
 
 def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, Any]:
@@ -156,17 +160,35 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, A
     }
 
 
-def run(copies: int = 5000) -> list[dict[str, Any]]:
-    """The naive combination (aioquic's path, ACK after 20 ms) and salond's, plus the two mixes."""
-    return [
-        measure("aioquic", 0.020, copies),
-        measure("aioquic", CLIENT_ACK_DELAY, copies),
-        measure("fast", 0.020, copies),
-        measure("fast", CLIENT_ACK_DELAY, copies),
-        measure("fast", 0.020, copies, acks="fast"),
-        measure("fast, aioquic crypto", CLIENT_ACK_DELAY, copies, acks="fast"),
-        measure("fast", CLIENT_ACK_DELAY, copies, acks="fast"),
-    ]
+CONFIGURATIONS: list[tuple[str, float, str]] = [
+    ("aioquic", 0.020, "aioquic"),
+    ("aioquic", CLIENT_ACK_DELAY, "aioquic"),
+    ("fast", 0.020, "aioquic"),
+    ("fast", CLIENT_ACK_DELAY, "aioquic"),
+    ("fast", 0.020, "fast"),
+    ("fast, aioquic crypto", CLIENT_ACK_DELAY, "fast"),
+    ("fast, Python crypto", CLIENT_ACK_DELAY, "fast"),
+    ("fast", CLIENT_ACK_DELAY, "fast"),
+]
+"""The naive combination (aioquic's path, ACK after 20 ms), salond's (the last), and the
+combinations between them: each change on its own."""
+
+
+def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
+    """Every configuration ``repeat`` times, interleaved (so that a busy spell of the machine
+    spreads over all of them); each figure is the median of its runs."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in CONFIGURATIONS]
+    for _ in range(repeat):
+        for index, (path, ack_delay, acks) in enumerate(CONFIGURATIONS):
+            runs[index].append(measure(path, ack_delay, copies, acks=acks))
+    results = []
+    for samples in runs:
+        result = dict(samples[0])
+        for key in ("send_us", "ack_us", "acks_per_copy"):
+            result[key] = statistics.median(sample[key] for sample in samples)
+        result["runs"] = len(samples)
+        results.append(result)
+    return results
 
 
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -188,8 +210,11 @@ def summary_lines(results: list[dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=5000)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each configuration (medians printed)"
+    )
     args = parser.parse_args(argv)
-    print("\n".join(summary_lines(run(args.copies))))
+    print("\n".join(summary_lines(run(args.copies, args.repeat))))
     return 0
 
 

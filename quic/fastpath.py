@@ -35,12 +35,18 @@ from typing import Any
 
 import aioquic
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.crypto import derive_key_iv_hp
 from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
-from aioquic.tls import Epoch
+from aioquic.tls import CipherSuite, Epoch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from salon.quic import AIOQUIC_VERSION, aioquic_matches
+
+try:
+    from salon.quic import _speedups
+except ImportError:  # not built: no compiler or OpenSSL headers at install (setup.py)
+    _speedups = None
 
 log = logging.getLogger("salon.net")
 
@@ -83,6 +89,14 @@ new_object = object.__new__
 INLINE_CRYPTO = True
 """Seal and protect AES packets by calling ``cryptography`` directly (False: through aioquic's
 ``CryptoContext.encrypt_packet``; the tests compare both)."""
+C_SEAL = _speedups is not None
+"""Seal and protect AES packets in one call into the C extension ``salon.quic._speedups``
+(when it was built; False: :data:`INLINE_CRYPTO`'s Python path; the tests compare both)."""
+
+
+def speedups_available() -> bool:
+    """Whether the optional C extension ``salon.quic._speedups`` was built at install."""
+    return _speedups is not None
 
 
 def supported() -> bool:
@@ -157,6 +171,8 @@ class DatagramFastPath:
         "_path",
         "_peer_cid",
         "_seal",
+        "_sealer",
+        "_sealer_key",
         "_space",
         "armed_pto",
         "dropped",
@@ -183,6 +199,8 @@ class DatagramFastPath:
         self._crypto: Any = None
         self._seal: Any = None
         self._hp_mask: Any = None
+        self._sealer: Any = None
+        self._sealer_key: Any = None
         self._iv = 0
         self._path: Any = None
         self._addr: Any = None
@@ -251,6 +269,7 @@ class DatagramFastPath:
         self._pacer = quic._loss._pacer
         self._crypto = crypto.send
         self._seal = self._hp_mask = None
+        self._sealer = self._c_sealer(crypto.send) if C_SEAL else None
         if INLINE_CRYPTO:
             # AES-GCM and AES header protection called directly (see _protect).
             send: Any = crypto.send
@@ -274,6 +293,26 @@ class DatagramFastPath:
         quic.fast_clean = True
         return True
 
+    def _c_sealer(self, send: Any) -> Any:
+        """A C ``PacketSealer`` for ``send``'s keys (kept while aioquic keeps its AEAD object:
+        deriving the keys costs more than a hundred packets), or None for a suite it does not
+        do. The keys are derived again from the secret, as aioquic did; a key update keeps the
+        first header protection key, so the sealer is checked against aioquic's bytes once."""
+        if send.aead is self._sealer_key:
+            return self._sealer
+        self._sealer_key = send.aead
+        self._sealer = None
+        if send.cipher_suite in (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384):
+            key, iv, hp_key = derive_key_iv_hp(
+                cipher_suite=send.cipher_suite, secret=send.secret, version=send.version
+            )
+            sealer = _speedups.PacketSealer(key, iv, hp_key)
+            header = bytes((PACKET_FIXED_BIT | 1,)) + bytes(10)
+            payload = bytes(32)
+            if sealer.protect(header, payload, 1) == send.encrypt_packet(header, payload, 1):
+                self._sealer = sealer
+        return self._sealer
+
     def ack_due(self, now: float) -> bool:
         """Whether aioquic owes the peer an ACK now (only the normal path writes ACKs)."""
         ack_at = self._space.ack_at
@@ -284,6 +323,9 @@ class DatagramFastPath:
     def protect(self, header: bytes, payload: bytes, packet_number: int) -> bytes:
         """The packet of ``header`` (2-byte packet number) and ``payload``, sealed and
         header-protected: ``CryptoContext.encrypt_packet``, with AES called directly."""
+        sealer = self._sealer
+        if sealer is not None:
+            return sealer.protect(header, payload, packet_number)  # type: ignore[no-any-return]
         seal = self._seal
         if seal is None:
             return bytes(self._crypto.encrypt_packet(header, payload, packet_number))
@@ -326,6 +368,7 @@ class DatagramFastPath:
         header_start = bytes((self._first_byte,)) + self._peer_cid
         path = self._path
         addr = self._addr
+        sealer = self._sealer
         self.armed_pto = space.ack_eliciting_in_flight == 0
         while queue:
             if pacer.packet_time is not None and pacer.next_send_time(now) is not None:
@@ -358,7 +401,10 @@ class DatagramFastPath:
                 queue.popleft()
             packet_number = quic._packet_number
             header = header_start + (packet_number & 0xFFFF).to_bytes(2, "big")
-            packet = self.protect(header, b"".join(frames), packet_number)
+            if sealer is not None:
+                packet = sealer.protect(header, b"".join(frames), packet_number)
+            else:
+                packet = self.protect(header, b"".join(frames), packet_number)
             quic._packet_number = packet_number + 1
             sent_bytes = len(packet)
             # A QuicSentPacket without its dataclass __init__ (twice as fast): the same fields,
