@@ -325,7 +325,7 @@ class DatagramFastPath:
         header-protected: ``CryptoContext.encrypt_packet``, with AES called directly."""
         sealer = self._sealer
         if sealer is not None:
-            return sealer.protect(header, payload, packet_number)  # type: ignore[no-any-return]
+            return sealer.protect(header, payload, packet_number)
         seal = self._seal
         if seal is None:
             return bytes(self._crypto.encrypt_packet(header, payload, packet_number))

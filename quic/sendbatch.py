@@ -13,6 +13,9 @@ at once (a full socket buffer, an error for one packet) goes through asyncio's o
 which buffers it or reports the error exactly as without batching; so does every packet while
 asyncio's transport still has a backlog, so that the order on the wire stays the order sent.
 
+The call itself is made by the optional C extension ``salon.quic._speedups`` when it was built
+(the addresses converted and the message headers filled in C), else through ``ctypes``.
+
 ``[tuning] send_batch`` chooses: ``sendmmsg`` (default where it works), or ``sendto``, the
 pure-Python path (one ``sendto`` per packet through asyncio's transport, still counted).
 """
@@ -28,6 +31,11 @@ import struct
 import sys
 from collections.abc import Callable
 from typing import Any
+
+try:
+    from salon.quic import _speedups
+except ImportError:  # not built (setup.py): ctypes does the same
+    _speedups = None
 
 log = logging.getLogger("salon.net")
 
@@ -121,9 +129,17 @@ class MMsgSender:
 
     ADDRESS_CACHE = 65536
 
-    def __init__(self, sock: socket.socket, batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, sock: socket.socket, batch: int = MAX_BATCH, use_c: bool | None = None
+    ) -> None:
         if _sendmmsg is None:
             raise OSError(errno.ENOSYS, "sendmmsg is not available on this platform")
+        if use_c is None:
+            use_c = _speedups is not None
+        if use_c and _speedups is None:
+            raise RuntimeError("the C extension salon.quic._speedups was not built")
+        self.in_c = bool(use_c)
+        """Whether :meth:`send` calls ``sendmmsg`` through the C extension (else ``ctypes``)."""
         self._fd = sock.fileno()
         self._family = sock.family
         self._batch = batch
@@ -152,6 +168,8 @@ class MMsgSender:
 
         Returns (how many were sent, errno of the first refused one or 0).
         """
+        if self.in_c:
+            return _speedups.sendmmsg(self._fd, self._family, packets, addrs)
         total = len(packets)
         done = 0
         while done < total:

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from salon.quic.fastpath import speedups_available
 from salon.quic.sendbatch import BatchingTransport, MMsgSender, sendmmsg_available
 
 log = logging.getLogger("salon.net")
@@ -72,6 +73,12 @@ class UdpTraffic:
         transport = quic_server._transport
         if transport is None or isinstance(transport, BatchingTransport):
             return None
+        if not speedups_available():
+            log.info(
+                "C extension salon.quic._speedups not built: packets are sealed in Python"
+                " and sendmmsg called through ctypes (a C compiler and OpenSSL's headers at"
+                " install build it)"
+            )
         sender = None
         if send_batch == "sendmmsg":
             sock = transport.get_extra_info("socket")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from pathlib import Path
+from typing import Any
 
 import aioquic
 import pytest
@@ -131,8 +132,14 @@ def media(seq: int, size: int = 81) -> bytes:
     return pack_datagram(1, packet.serialize())
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Pair:
+@pytest.fixture(params=["C", "Python"], ids=["seal-C", "seal-Python"])
+def pair(request: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pair:
+    """Every fast path test runs with packets sealed by the C extension and by Python."""
+    if request.param == "C":
+        if not fp.speedups_available():
+            pytest.skip("the C extension was not built (test_speedups.py fails for that)")
+    else:
+        monkeypatch.setattr(fp, "C_SEAL", False)
     return Pair(tmp_path)
 
 
@@ -206,11 +213,12 @@ def test_oversized_and_over_limit_datagrams_are_dropped_not_stuck(pair: Pair):
 
 
 def test_aes_called_directly_builds_aioquic_s_exact_bytes(pair: Pair):
-    """DatagramFastPath.protect (AES-GCM and header protection through cryptography) gives
-    the bytes of aioquic's CryptoContext.encrypt_packet, packet number by packet number."""
+    """DatagramFastPath.protect (AES-GCM and header protection in C, or through cryptography)
+    gives the bytes of aioquic's CryptoContext.encrypt_packet, packet number by packet number."""
     from aioquic.tls import Epoch
 
     assert pair.fast.refresh() and pair.fast._seal is not None
+    assert (pair.fast._sealer is not None) == fp.C_SEAL
     crypto = pair.server._cryptos[Epoch.ONE_RTT].send
     start = bytes((pair.fast._first_byte,)) + pair.server._peer_cid.cid
     for packet_number in (0, 1, 255, 256, 0xFFFF, 0x10000, 123456):

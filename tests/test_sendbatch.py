@@ -8,11 +8,18 @@ from typing import Any
 
 import pytest
 
+from salon.quic.fastpath import speedups_available
 from salon.quic.sendbatch import BatchingTransport, MMsgSender, sendmmsg_available
 from tests.conftest import run_daemon
 from tests.test_fastpath import _room_with_listeners, _speaker_datagram
 
 needs_sendmmsg = pytest.mark.skipif(not sendmmsg_available(), reason="no sendmmsg here")
+# Both ways of making the call: the C extension (built by the install wherever sendmmsg
+# exists, see test_the_c_extension_is_built) and ctypes, its fallback.
+built = pytest.mark.skipif(not speedups_available(), reason="the C extension was not built")
+calls_sendmmsg = pytest.mark.parametrize(
+    "use_c", [pytest.param(True, marks=built), False], ids=["C", "ctypes"]
+)
 
 
 def _receivers(family: int, host: str, count: int) -> list[socket.socket]:
@@ -26,10 +33,13 @@ def _receivers(family: int, host: str, count: int) -> list[socket.socket]:
 
 
 @needs_sendmmsg
+@calls_sendmmsg
 @pytest.mark.parametrize(
     ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
 )
-def test_sendmmsg_delivers_every_packet_to_its_address_in_order(family: int, host: str):
+def test_sendmmsg_delivers_every_packet_to_its_address_in_order(
+    family: int, host: str, use_c: bool
+):
     try:
         receivers = _receivers(family, host, 3)
     except OSError:
@@ -37,7 +47,8 @@ def test_sendmmsg_delivers_every_packet_to_its_address_in_order(family: int, hos
     sender_socket = socket.socket(family, socket.SOCK_DGRAM)
     try:
         # More packets than one call takes, of different sizes, to interleaved addresses.
-        sender = MMsgSender(sender_socket, batch=7)
+        sender = MMsgSender(sender_socket, batch=7, use_c=use_c)
+        assert sender.in_c == use_c
         packets = [bytes([index]) * (20 + index) for index in range(30)]
         addrs = [receivers[index % 3].getsockname() for index in range(30)]
         assert sender.send(packets, addrs) == (30, 0)
@@ -59,8 +70,14 @@ class _Protocol(asyncio.DatagramProtocol):
         self.errors.append(exc)
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "sendto"])
-async def test_held_sends_leave_together_and_a_refused_packet_is_reported(batched: bool):
+@pytest.mark.parametrize(
+    ("batched", "use_c"),
+    [pytest.param(True, True, marks=built), (True, False), (False, False)],
+    ids=["sendmmsg-C", "sendmmsg-ctypes", "sendto"],
+)
+async def test_held_sends_leave_together_and_a_refused_packet_is_reported(
+    batched: bool, use_c: bool
+):
     """While held, nothing leaves (sendto: sent at once); on release every packet arrives in
     order, and a packet the kernel refuses (broadcast without SO_BROADCAST) is reported as
     asyncio would, without losing the packets after it."""
@@ -72,7 +89,7 @@ async def test_held_sends_leave_together_and_a_refused_packet_is_reported(batche
     )
     receiver = _receivers(socket.AF_INET, "127.0.0.1", 1)[0]
     counted: list[tuple[int, int]] = []
-    sender = MMsgSender(transport.get_extra_info("socket")) if batched else None
+    sender = MMsgSender(transport.get_extra_info("socket"), use_c=use_c) if batched else None
     batching = BatchingTransport(transport, lambda n, size: counted.append((n, size)), sender)
     try:
         address = receiver.getsockname()

@@ -1,0 +1,113 @@
+"""The optional C extension salon.quic._speedups: built by the install, the same bytes as the
+Python path, and salond's modules work without it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from aioquic.quic.crypto import CryptoContext, derive_key_iv_hp
+from aioquic.tls import CipherSuite
+
+from salon.quic import fastpath
+
+needs_speedups = pytest.mark.skipif(
+    not fastpath.speedups_available(), reason="the C extension was not built"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="built on Linux only")
+def test_the_c_extension_is_built():
+    """The install builds it (setup.py; ./run installs OpenSSL's headers): without this test a
+    failed build would only show as skipped tests and a slower server."""
+    assert fastpath.speedups_available()
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "suite", [CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384], ids=["128", "256"]
+)
+def test_sealer_gives_aioquic_s_bytes(suite: CipherSuite):
+    """PacketSealer.protect against CryptoContext.encrypt_packet for both AES suites, every
+    packet number length, packet numbers around the wraps, short and long payloads."""
+    from salon.quic import _speedups
+
+    secret = os.urandom(48 if suite == CipherSuite.AES_256_GCM_SHA384 else 32)
+    context = CryptoContext()
+    context.setup(cipher_suite=suite, secret=secret, version=1)
+    sealer = _speedups.PacketSealer(*derive_key_iv_hp(cipher_suite=suite, secret=secret, version=1))
+    cid = os.urandom(8)
+    for pn_length in (1, 2, 3, 4):
+        for packet_number in (0, 1, 255, 256, 0xFFFF, 0x10000, 0xFFFFFF, 123456789):
+            truncated = packet_number & ((1 << (8 * pn_length)) - 1)
+            header = bytes((0x40 | (pn_length - 1),)) + cid + truncated.to_bytes(pn_length, "big")
+            for size in (4 - pn_length, 97, 1100):
+                payload = os.urandom(size)
+                assert sealer.protect(header, payload, packet_number) == context.encrypt_packet(
+                    header, payload, packet_number
+                ), (pn_length, packet_number, size)
+
+
+@needs_speedups
+def test_sealer_refuses_what_it_cannot_seal():
+    from salon.quic import _speedups
+
+    with pytest.raises(ValueError):
+        _speedups.PacketSealer(bytes(15), bytes(12), bytes(16))
+    with pytest.raises(ValueError):
+        _speedups.PacketSealer(bytes(16), bytes(11), bytes(16))
+    sealer = _speedups.PacketSealer(bytes(16), bytes(12), bytes(16))
+    with pytest.raises(ValueError):
+        sealer.protect(b"\x41" + bytes(10), b"", 1)  # too short to take the 16-byte sample
+    with pytest.raises(ValueError):
+        sealer.protect(b"", bytes(30), 1)
+
+
+@needs_speedups
+def test_sendmmsg_refuses_bad_arguments_without_sending():
+    import socket
+
+    from salon.quic import _speedups
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with pytest.raises(ValueError):
+            _speedups.sendmmsg(sock.fileno(), sock.family, [b"a", b"b"], [("127.0.0.1", 9)])
+        with pytest.raises(TypeError):
+            _speedups.sendmmsg(sock.fileno(), sock.family, ["text"], [("127.0.0.1", 9)])
+        with pytest.raises(ValueError):
+            _speedups.sendmmsg(sock.fileno(), sock.family, [b"a"], [("no.such.host", 9)])
+        with pytest.raises(TypeError):
+            _speedups.sendmmsg(sock.fileno(), sock.family, [b"a"], ["127.0.0.1"])
+        with pytest.raises(OverflowError):
+            _speedups.sendmmsg(sock.fileno(), sock.family, [b"a"], [("127.0.0.1", 70000)])
+
+
+def test_modules_fall_back_to_python_without_the_extension():
+    """With the extension absent (its import fails), the fast path seals in Python and the
+    batched send calls sendmmsg through ctypes, and they still deliver a sealed packet."""
+    script = textwrap.dedent(
+        """
+        import socket, sys
+        sys.modules["salon.quic._speedups"] = None  # import fails as if never built
+        from salon.quic import fastpath, sendbatch
+        assert not fastpath.speedups_available() and not fastpath.C_SEAL
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if sendbatch.sendmmsg_available():
+            batch = sendbatch.MMsgSender(sender)
+            assert not batch.in_c
+            assert batch.send([b"one", b"two"], [receiver.getsockname()] * 2) == (2, 0)
+            assert [receiver.recv(10) for _ in range(2)] == [b"one", b"two"]
+        print("fallback ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fallback ok" in result.stdout
