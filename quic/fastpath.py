@@ -167,6 +167,7 @@ class DatagramFastPath:
         "_iv",
         "_loss",
         "_max_payload",
+        "_only_fast",
         "_pacer",
         "_path",
         "_peer_cid",
@@ -174,6 +175,7 @@ class DatagramFastPath:
         "_sealer",
         "_sealer_key",
         "_space",
+        "_spin",
         "armed_pto",
         "dropped",
         "packets",
@@ -207,6 +209,8 @@ class DatagramFastPath:
         self._peer_cid = b""
         self._first_byte = 0
         self._max_payload = 0
+        self._only_fast = False
+        self._spin = False
 
     # ------------------------------------------------------------------ the check
 
@@ -290,7 +294,30 @@ class DatagramFastPath:
         self._max_payload = (
             quic._max_datagram_size - 1 - len(peer_cid) - PACKET_NUMBER_SIZE - AEAD_TAG_SIZE
         )
+        # Packets with delivery handlers (stream data, ACKs, PINGs aioquic sent) change
+        # connection state when acknowledged or lost; the fast path's own have none. Until
+        # the next call into aioquic only fast packets join them (see clean_after_ack).
+        self._only_fast = not any(
+            packet.delivery_handlers for packet in self._space.sent_packets.values()
+        )
+        self._spin = quic._spin_bit
         quic.fast_clean = True
+        return True
+
+    def clean_after_ack(self) -> bool:
+        """Whether the last check still holds after the ACK fast path applied an ACK: it
+        did if nothing but the fast path's own packets were in flight at that check (an
+        ACK of them, or their loss, runs no delivery handler and queues nothing). The cached
+        header's spin bit follows the peer's (as a fresh check would). The ACK did change
+        loss recovery and congestion state, which :meth:`send` reads each time, and possibly
+        the loss detection time (the caller re-arms the timer)."""
+        quic = self.quic
+        if not (quic.fast_clean and self._only_fast):
+            return False
+        spin = quic._spin_bit
+        if spin != self._spin:
+            self._spin = spin
+            self._first_byte ^= 1 << 5
         return True
 
     def _c_sealer(self, send: Any) -> Any:

@@ -128,10 +128,17 @@ class ServerProtocol(SalonQuicProtocol):
             and isinstance(data, bytes)
             and ackpath.receive(data, addr, self._loop.time())
         ):
+            fast = self.fastpath
+            if fast is not None and not ackpath.accept_datagrams and fast.clean_after_ack():
+                # Only fast packets were acknowledged or lost: no event, nothing for
+                # aioquic to send; the queue may go out now and the timer may move earlier.
+                self.transmit()
+                self._arm_timer()
+                return
             # The ACK may have released or lost packets aioquic must act on: the send fast
             # path checks the connection again, as after any call into aioquic.
-            if self.fastpath is not None:
-                self.fastpath.quic.fast_clean = False
+            if fast is not None:
+                fast.quic.fast_clean = False
             self._process_events()
             self.transmit()
             return

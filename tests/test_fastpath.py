@@ -29,6 +29,7 @@ from salon.daemon.wire.rtp import (
 )
 from salon.quic import AIOQUIC_VERSION
 from salon.quic import fastpath as fp
+from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, FastQuicConnection, SendResult
 
 CLIENT_ADDR = ("1.2.3.4", 1234)
@@ -295,6 +296,52 @@ def test_loss_of_a_fast_packet_is_detected_by_aioquic(pair: Pair):
     # no longer counts in flight; DATAGRAM frames are not retransmitted.
     assert loss.bytes_in_flight == 0
     assert pair.server._spaces[fp.ONE_RTT].sent_packets == {}
+
+
+def _fast_acks_back(pair: Pair, ack_path: AckFastPath) -> None:
+    """Let the client's delayed ACK go out and apply it on the server's ACK fast path."""
+    pair.now += 0.025
+    timer = pair.client.get_timer()
+    if timer is not None and timer <= pair.now:
+        pair.client.handle_timer(pair.now)
+    replies = pair.client.datagrams_to_send(pair.now)
+    assert replies
+    for data, _ in replies:
+        assert ack_path.receive(data, CLIENT_ADDR, pair.now)
+
+
+def test_a_fast_ack_keeps_the_check_only_over_fast_packets(pair: Pair):
+    """After an ACK of nothing but fast packets the cached check still holds (salond skips
+    the full check); with a stream packet in flight it does not, and when the ACK declares
+    that packet lost the fresh check sees the data to resend and aioquic resends it."""
+    ack_path = AckFastPath(pair.server)
+    for seq in range(3):
+        pair.now += 0.005
+        assert pair.fast_send([media(seq)]) == SendResult.SENT
+    pair.deliver_wire()
+    pair.received()
+    _fast_acks_back(pair, ack_path)
+    assert pair.server._loss.bytes_in_flight == 0
+    assert pair.fast.clean_after_ack()
+    # The cached header follows the client's spin bit as a full check would.
+    first_byte = pair.fast._first_byte
+    assert pair.fast.refresh() and pair.fast._first_byte == first_byte
+
+    pair.server.send_stream_data(1, b"hello")
+    lost = pair.server.datagrams_to_send(pair.now)  # never reaches the client
+    assert lost
+    for seq in range(3, 7):
+        pair.now += 0.005  # audio pace (the pacer holds back a burst)
+        assert pair.fast_send([media(seq)]) == SendResult.SENT
+    pair.deliver_wire()
+    pair.received()
+    _fast_acks_back(pair, ack_path)
+    assert not pair.fast.clean_after_ack()
+    assert not pair.fast.refresh()  # the lost stream data waits to be resent
+    pair.server_to_client()
+    assert [e.data for e in pair.client_events() if isinstance(e, events.StreamDataReceived)] == [
+        b"hello"
+    ]
 
 
 def test_full_congestion_window_blocks_and_keeps_the_queue(pair: Pair):
