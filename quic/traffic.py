@@ -13,10 +13,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from aioquic.quic.packet import PACKET_FIXED_BIT
+
 from salon.quic.fastpath import speedups_available
 from salon.quic.sendbatch import BatchingTransport, MMsgSender, sendmmsg_available
 
 log = logging.getLogger("salon.net")
+
+SHORT_HEADER_BITS = 0x80 | PACKET_FIXED_BIT
+"""The header form bit (clear in a short header) and the fixed bit (always set)."""
 
 SOCKET_BUFFER_BYTES = 1024 * 1024
 """Receive and send buffer asked for on the QUIC socket.
@@ -89,10 +94,20 @@ class UdpTraffic:
         batching = BatchingTransport(transport, self.count_sent, sender)
         quic_server._transport = batching
         received = quic_server.datagram_received
+        connections = quic_server._protocols
+        cid_end = 1 + quic_server._configuration.connection_id_length
 
         def datagram_received(data: bytes, addr: Any) -> None:
             self.packets_in += 1
             self.bytes_in += len(data)
+            # A short-header packet (form bit clear, fixed bit set) of a known connection
+            # goes straight to it: what aioquic's server does after parsing the header into
+            # an object, for nearly every packet salond receives.
+            if data and data[0] & SHORT_HEADER_BITS == PACKET_FIXED_BIT:
+                connection = connections.get(data[1:cid_end])
+                if connection is not None:
+                    connection.datagram_received(data, addr)
+                    return
             received(data, addr)
 
         # asyncio looks the method up on the protocol for each datagram.

@@ -563,8 +563,16 @@ async def test_the_quic_socket_is_read_in_batches_and_counted():
     loop = asyncio.get_running_loop()
     received: list[tuple[bytes, object]] = []
 
+    direct: list[bytes] = []
+
+    class Connection:
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            direct.append(data)
+
     class FakeQuicServer(asyncio.DatagramProtocol):
         _transport: asyncio.DatagramTransport | None = None
+        _configuration = QuicConfiguration(connection_id_length=8)
+        _protocols = {b"knowncid": Connection()}
 
         def datagram_received(self, data: bytes, addr: object) -> None:
             received.append((data, addr))
@@ -595,6 +603,19 @@ async def test_the_quic_socket_is_read_in_batches_and_counted():
             await asyncio.sleep(0.01)
         assert [int.from_bytes(data, "big") for data, _ in received] == list(range(count))
         assert traffic.packets_in == count and traffic.bytes_in == 2 * count
+        # A short header of a known connection id goes straight to that connection; with
+        # another id, or a long header, to the server as before.
+        short = bytes((0x41,)) + b"knowncid" + bytes(30)
+        others = [bytes((0x41,)) + b"otherxid" + bytes(30), bytes((0xC1,)) + b"knowncid"]
+        for data in (short, *others):
+            peer.sendto(data, address)
+        for _ in range(200):
+            if len(received) == count + 2:
+                break
+            await asyncio.sleep(0.01)
+        assert direct == [short]
+        assert [data for data, _ in received[count:]] == others
+        assert traffic.packets_in == count + 3
         server._transport.sendto(b"reply", peer.getsockname())
         assert peer.recvfrom(100)[0] == b"reply"
         assert traffic.packets_out == 1 and traffic.bytes_out == 5

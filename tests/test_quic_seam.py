@@ -24,6 +24,7 @@ from aioquic.h3.connection import H3Connection
 from aioquic.quic import packet as quic_packet
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import QuicPacketRecovery
 from aioquic.tls import Epoch
 
 from salon.quic import AIOQUIC_VERSION
@@ -252,6 +253,22 @@ CHECKS: dict[str, Callable[[Pair], bool]] = {
     "QuicServer._transport/.datagram_received": lambda p: (
         "self._transport" in inspect.getsource(QuicServer)
         and callable(QuicServer.datagram_received)
+    ),
+    # quic/traffic.py hands short-header packets to their connection itself.
+    "QuicServer._protocols keyed by connection id, _configuration.connection_id_length": (
+        lambda p: (
+            "self._protocols[header.destination_cid] = protocol"
+            in inspect.getsource(QuicServer.datagram_received)
+            and "self._protocols.get(header.destination_cid"
+            in inspect.getsource(QuicServer.datagram_received)
+            and "host_cid_length=self._configuration.connection_id_length"
+            in inspect.getsource(QuicServer.datagram_received)
+        )
+    ),
+    # quic/fastpath.py: an ACK of packets without delivery handlers changes nothing else.
+    "QuicSentPacket.delivery_handlers run on ACK and loss": lambda p: (
+        "packet.delivery_handlers" in inspect.getsource(QuicPacketRecovery.on_ack_received)
+        and "delivery_handlers" in inspect.getsource(QuicPacketRecovery)
     ),
 }
 
