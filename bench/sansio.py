@@ -34,7 +34,7 @@ from aioquic.quic.connection import QuicConnection
 
 from bench.common import media_datagram
 from salon.daemon.tls import ensure_certificate
-from salon.quic import fastpath
+from salon.quic import ackpath, fastpath
 from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
 from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
@@ -92,15 +92,18 @@ def measure(
     """CPU µs per copy of ``path`` with the client's ``ack_delay``: "aioquic", "fast" (sealing
     in C when the extension was built), "fast, Python crypto" (sealing with ``cryptography``
     called from Python) or "fast, aioquic crypto" (through aioquic's ``encrypt_packet``); the
-    server applies ACKs through ``acks`` ("aioquic"; "fast", the ACK fast path; "fast, full
-    check", the ACK fast path followed by a full check of the connection every time)."""
-    c_seal, inline = fastpath.C_SEAL, fastpath.INLINE_CRYPTO
+    server applies ACKs through ``acks`` ("aioquic"; "fast", the ACK fast path, opening
+    packets in C when the extension was built; "fast, aioquic crypto", opening them with
+    aioquic's ``decrypt_packet``; "fast, full check", the ACK fast path followed by a full
+    check of the connection every time, as before 2026-12-03's second round)."""
+    c_seal, inline, c_open = fastpath.C_SEAL, fastpath.INLINE_CRYPTO, ackpath.C_OPEN
     fastpath.C_SEAL = c_seal and path == "fast"
     fastpath.INLINE_CRYPTO = path != "fast, aioquic crypto"
+    ackpath.C_OPEN = c_open and acks == "fast"
     try:
         return _measure(path, ack_delay, copies, acks)
     finally:
-        fastpath.C_SEAL, fastpath.INLINE_CRYPTO = c_seal, inline
+        fastpath.C_SEAL, fastpath.INLINE_CRYPTO, ackpath.C_OPEN = c_seal, inline, c_open
 
 
 def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, Any]:
@@ -145,7 +148,7 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, A
         for packet, _ in replies:
             if ack_path is None or not ack_path.receive(packet, CLIENT_ADDR, now):
                 server.receive_datagram(packet, CLIENT_ADDR, now)
-            elif fast is not None and (acks != "fast" or not fast.clean_after_ack()):
+            elif fast is not None and (acks == "fast, full check" or not fast.clean_after_ack()):
                 # As salond does after a fast ACK: a full check before the next send,
                 # unless only fast packets were in flight ("fast, full check": always).
                 fast.quic.fast_clean = False
@@ -170,6 +173,7 @@ CONFIGURATIONS: list[tuple[str, float, str]] = [
     ("fast", CLIENT_ACK_DELAY, "aioquic"),
     ("fast", 0.020, "fast"),
     ("fast", CLIENT_ACK_DELAY, "fast, full check"),
+    ("fast", CLIENT_ACK_DELAY, "fast, aioquic crypto"),
     ("fast, aioquic crypto", CLIENT_ACK_DELAY, "fast"),
     ("fast, Python crypto", CLIENT_ACK_DELAY, "fast"),
     ("fast", CLIENT_ACK_DELAY, "fast"),

@@ -1,5 +1,6 @@
-/* The forwarding hot path's two C-sized jobs: sealing a short-header QUIC packet with AES-GCM and
- * AES header protection (RFC 9001 5.3, 5.4), and sending a list of packets in one sendmmsg call.
+/* The forwarding hot path's C-sized jobs: sealing a short-header QUIC packet with AES-GCM and
+ * AES header protection (RFC 9001 5.3, 5.4), opening a listener's packet the same way, and
+ * sending a list of packets in one sendmmsg call.
  *
  * Optional: setup.py builds it when a compiler and OpenSSL's headers are there; without it the
  * same work runs in Python (salon.quic.fastpath.DatagramFastPath.protect, salon.quic.sendbatch
@@ -141,6 +142,150 @@ static PyTypeObject PacketSealerType = {
     .tp_methods = PacketSealer_methods,
 };
 
+/* ------------------------------------------------------------------ PacketOpener */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *aead;
+    EVP_CIPHER_CTX *hp;
+    unsigned char iv[NONCE_SIZE];
+} PacketOpener;
+
+static void PacketOpener_dealloc(PacketOpener *self) {
+    if (self->aead) EVP_CIPHER_CTX_free(self->aead);
+    if (self->hp) EVP_CIPHER_CTX_free(self->hp);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int PacketOpener_init(PacketOpener *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key", "iv", "hp_key", NULL};
+    Py_buffer key, iv, hp_key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*y*", kwlist, &key, &iv, &hp_key)) return -1;
+    int result = -1;
+    const EVP_CIPHER *aead_cipher = NULL, *hp_cipher = NULL;
+    if (key.len == 16) aead_cipher = EVP_aes_128_gcm();
+    else if (key.len == 32) aead_cipher = EVP_aes_256_gcm();
+    if (hp_key.len == 16) hp_cipher = EVP_aes_128_ecb();
+    else if (hp_key.len == 32) hp_cipher = EVP_aes_256_ecb();
+    if (aead_cipher == NULL || hp_cipher == NULL || iv.len != NONCE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "AES-128/256 keys and a 12-byte IV expected");
+        goto done;
+    }
+    if (self->aead == NULL) self->aead = EVP_CIPHER_CTX_new();
+    if (self->hp == NULL) self->hp = EVP_CIPHER_CTX_new();
+    if (self->aead == NULL || self->hp == NULL ||
+        !EVP_DecryptInit_ex(self->aead, aead_cipher, NULL, key.buf, NULL) ||
+        !EVP_EncryptInit_ex(self->hp, hp_cipher, NULL, hp_key.buf, NULL) ||
+        !EVP_CIPHER_CTX_set_padding(self->hp, 0)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the keys");
+        goto done;
+    }
+    memcpy(self->iv, iv.buf, NONCE_SIZE);
+    result = 0;
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&hp_key);
+    return result;
+}
+
+/* RFC 9000 A.3, as aioquic's decode_packet_number. */
+static long long decode_packet_number(long long truncated, int bits, long long expected) {
+    long long window = 1LL << bits;
+    long long half_window = window / 2;
+    long long candidate = (expected & ~(window - 1)) | truncated;
+    if (candidate <= expected - half_window && candidate < (1LL << 62) - window)
+        return candidate + window;
+    if (candidate > expected + half_window && candidate >= window) return candidate - window;
+    return candidate;
+}
+
+static PyObject *PacketOpener_open(PacketOpener *self, PyObject *args) {
+    Py_buffer packet;
+    Py_ssize_t pn_offset;
+    long long expected;
+    int key_phase;
+    if (!PyArg_ParseTuple(args, "y*nLp", &packet, &pn_offset, &expected, &key_phase)) return NULL;
+    PyObject *result = NULL;
+    const unsigned char *data = packet.buf;
+    unsigned char mask[SAMPLE_SIZE + 16];
+    unsigned char header[64];
+    int len = 0;
+    if (pn_offset < 1 || pn_offset + PN_MAX > (Py_ssize_t)sizeof(header) ||
+        pn_offset + PN_MAX + SAMPLE_SIZE > packet.len || packet.len > INT_MAX) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (!EVP_EncryptUpdate(self->hp, mask, &len, data + pn_offset + PN_MAX, SAMPLE_SIZE) || len < 5) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to compute the header mask");
+        goto done;
+    }
+    memcpy(header, data, pn_offset);
+    header[0] ^= mask[0] & ((header[0] & 0x80) ? 0x0F : 0x1F);
+    int pn_length = (header[0] & 0x03) + 1;
+    long long truncated = 0;
+    for (int i = 0; i < pn_length; i++) {
+        header[pn_offset + i] = data[pn_offset + i] ^ mask[1 + i];
+        truncated = (truncated << 8) | header[pn_offset + i];
+    }
+    Py_ssize_t header_len = pn_offset + pn_length;
+    if (!(header[0] & 0x80) && ((header[0] & 0x04) >> 2) != key_phase) {
+        result = Py_NewRef(Py_None); /* a key update: aioquic's path handles it */
+        goto done;
+    }
+    Py_ssize_t sealed_len = packet.len - header_len;
+    if (sealed_len < TAG_SIZE) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    long long packet_number = decode_packet_number(truncated, pn_length * 8, expected);
+    unsigned char nonce[NONCE_SIZE];
+    memcpy(nonce, self->iv, NONCE_SIZE);
+    for (int i = 0; i < 8; i++)
+        nonce[NONCE_SIZE - 1 - i] ^= (unsigned char)((unsigned long long)packet_number >> (8 * i));
+    Py_ssize_t plain_len = sealed_len - TAG_SIZE;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, plain_len);
+    if (payload == NULL) goto done;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(payload);
+    const unsigned char *sealed = data + header_len;
+    if (!EVP_DecryptInit_ex(self->aead, NULL, NULL, NULL, nonce) ||
+        !EVP_DecryptUpdate(self->aead, NULL, &len, header, (int)header_len) ||
+        !EVP_DecryptUpdate(self->aead, plain, &len, sealed, (int)plain_len) ||
+        !EVP_CIPHER_CTX_ctrl(self->aead, EVP_CTRL_GCM_SET_TAG, TAG_SIZE,
+                             (void *)(sealed + plain_len)) ||
+        EVP_DecryptFinal_ex(self->aead, plain + len, &len) <= 0) {
+        Py_DECREF(payload);
+        result = Py_NewRef(Py_None); /* not authentic: aioquic's path drops it */
+        goto done;
+    }
+    result = Py_BuildValue("(iNL)", header[0], payload, packet_number);
+done:
+    PyBuffer_Release(&packet);
+    return result;
+}
+
+static PyMethodDef PacketOpener_methods[] = {
+    {"open", (PyCFunction)PacketOpener_open, METH_VARARGS,
+     "open(packet, pn_offset, expected_packet_number, key_phase) -> (first_byte, payload,\n"
+     "packet_number) or None\n\n"
+     "Remove header protection and decrypt a packet (RFC 9001 5.3, 5.4), as aioquic's\n"
+     "CryptoContext.decrypt_packet; None when it is too short, carries another key phase than\n"
+     "key_phase, or is not authentic."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PacketOpenerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "salon.quic._speedups.PacketOpener",
+    .tp_doc = "PacketOpener(key, iv, hp_key): one direction's 1-RTT AES keys, for opening packets.",
+    .tp_basicsize = sizeof(PacketOpener),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PacketOpener_init,
+    .tp_dealloc = (destructor)PacketOpener_dealloc,
+    .tp_methods = PacketOpener_methods,
+};
+
 /* ------------------------------------------------------------------ sendmmsg */
 
 /* A Python socket address (host, port[, flowinfo, scope_id]) as a C sockaddr. */
@@ -250,12 +395,18 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&PacketSealerType) < 0) return NULL;
+    if (PyType_Ready(&PacketSealerType) < 0 || PyType_Ready(&PacketOpenerType) < 0) return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL) return NULL;
     Py_INCREF(&PacketSealerType);
     if (PyModule_AddObject(module, "PacketSealer", (PyObject *)&PacketSealerType) < 0) {
         Py_DECREF(&PacketSealerType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&PacketOpenerType);
+    if (PyModule_AddObject(module, "PacketOpener", (PyObject *)&PacketOpenerType) < 0) {
+        Py_DECREF(&PacketOpenerType);
         Py_DECREF(module);
         return NULL;
     }

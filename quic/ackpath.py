@@ -26,11 +26,16 @@ from typing import Any
 
 from aioquic.buffer import Buffer, BufferReadError
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.crypto import CryptoError
+from aioquic.quic.crypto import CryptoError, derive_key_iv_hp
 from aioquic.quic.events import DatagramFrameReceived
 from aioquic.quic.packet import PACKET_FIXED_BIT, PACKET_SPIN_BIT, QuicFrameType, pull_ack_frame
 from aioquic.quic.recovery import MAX_ACK_RANGES
-from aioquic.tls import Epoch
+from aioquic.tls import CipherSuite, Epoch
+
+try:
+    from salon.quic import _speedups
+except ImportError:  # not built (setup.py): aioquic's decrypt_packet does the same
+    _speedups = None
 
 ONE_RTT = Epoch.ONE_RTT
 ZERO_RTT = Epoch.ZERO_RTT
@@ -41,12 +46,17 @@ DATAGRAM_WITH_LENGTH = QuicFrameType.DATAGRAM_WITH_LENGTH
 PADDING = QuicFrameType.PADDING
 SHORT_HEADER_MASK = 0x80 | PACKET_FIXED_BIT
 RESERVED_BITS = 0x18
+C_OPEN = _speedups is not None
+"""Remove header protection and decrypt AES packets in one call into the C extension
+``salon.quic._speedups`` (when it was built; False: aioquic's ``decrypt_packet``; the tests
+compare both)."""
+AES_SUITES = (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384)
 
 
 class AckFastPath:
     """Applies one connection's ACK-only packets (see the module docstring)."""
 
-    __slots__ = ("accept_datagrams", "applied", "fallbacks", "quic")
+    __slots__ = ("_opener", "_opener_key", "accept_datagrams", "applied", "fallbacks", "quic")
 
     def __init__(self, quic: QuicConnection, accept_datagrams: bool = False) -> None:
         self.quic = quic
@@ -58,6 +68,8 @@ class AckFastPath:
         """Packets applied by the fast path."""
         self.fallbacks = 0
         """Packets handed to aioquic's ``receive_datagram``."""
+        self._opener: Any = None
+        self._opener_key: Any = None
 
     def receive(self, data: bytes, addr: Any, now: float) -> bool:
         """Apply ``data`` if it is an ACK-only 1-RTT packet; False (nothing changed) if not."""
@@ -66,6 +78,29 @@ class AckFastPath:
             return True
         self.fallbacks += 1
         return False
+
+    def _c_opener(self, recv: Any) -> Any:
+        """A C ``PacketOpener`` for ``recv``'s keys (kept while aioquic keeps its AEAD
+        object), or None (not built, switched off, another suite). The keys are derived again
+        from the secret, as aioquic did; a key update keeps the first header protection key,
+        so the opener is checked once against aioquic's ``decrypt_packet``."""
+        self._opener_key = recv.aead
+        self._opener = None
+        if not C_OPEN or recv.cipher_suite not in AES_SUITES:
+            return None
+        keys = derive_key_iv_hp(
+            cipher_suite=recv.cipher_suite, secret=recv.secret, version=recv.version
+        )
+        opener = _speedups.PacketOpener(*keys)
+        header = bytes((PACKET_FIXED_BIT | (recv.key_phase << 2) | 1,)) + bytes(8) + b"\x00\x07"
+        packet = _speedups.PacketSealer(*keys).protect(header, bytes(24), 7)
+        try:
+            plain_header, payload, packet_number, _ = recv.decrypt_packet(packet, 9, 7)
+        except CryptoError:
+            return None
+        if opener.open(packet, 9, 7, recv.key_phase) == (plain_header[0], payload, packet_number):
+            self._opener = opener
+        return self._opener
 
     def _receive(self, data: bytes, addr: Any, now: float) -> bool:
         quic: Any = self.quic
@@ -99,17 +134,24 @@ class AckFastPath:
         space = quic._spaces[ONE_RTT]
         if space.discarded:
             return False
-        try:
-            plain_header, payload, packet_number, key_changed = recv.decrypt_packet(
-                data, cid_end, space.expected_packet_number
-            )
-        except CryptoError:
-            return False  # aioquic drops it (and logs why)
-        if (
-            key_changed
-            or plain_header[0] & RESERVED_BITS
-            or packet_number in space.received_packets
-        ):
+        opener = self._opener if recv.aead is self._opener_key else self._c_opener(recv)
+        if opener is not None:
+            # None: not authentic or another key phase, which aioquic's path handles.
+            opened = opener.open(data, cid_end, space.expected_packet_number, recv.key_phase)
+            if opened is None:
+                return False
+            first_byte, payload, packet_number = opened
+        else:
+            try:
+                plain_header, payload, packet_number, key_changed = recv.decrypt_packet(
+                    data, cid_end, space.expected_packet_number
+                )
+            except CryptoError:
+                return False  # aioquic drops it (and logs why)
+            if key_changed:
+                return False
+            first_byte = plain_header[0]
+        if first_byte & RESERVED_BITS or packet_number in space.received_packets:
             return False
 
         # Parse every frame before applying any: a packet that is not all ACKs and PADDING
@@ -152,7 +194,7 @@ class AckFastPath:
         if packet_number > space.expected_packet_number:
             space.expected_packet_number = packet_number + 1
         if packet_number > quic._spin_highest_pn:
-            spin = bool(plain_header[0] & PACKET_SPIN_BIT)
+            spin = bool(first_byte & PACKET_SPIN_BIT)
             if quic._is_client:
                 spin = not spin
             if spin != quic._spin_bit:

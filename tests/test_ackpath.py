@@ -18,6 +18,7 @@ from aioquic.tls import Epoch
 
 from bench.common import media_datagram
 from bench.sansio import CLIENT_ADDR, SERVER_ADDR, Pair
+from salon.quic import ackpath, fastpath
 from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath
 from salon.quic.protocol import CLIENT_ACK_DELAY
@@ -127,8 +128,16 @@ def _lost_on_the_way(seq: int) -> bool:
     return seq % 37 == 5 or 200 <= seq < 206
 
 
+@pytest.mark.parametrize("crypto", ["C", "Python"])
 @pytest.mark.parametrize("datagrams", [False, True], ids=["acks", "acks+datagrams"])
-def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path, datagrams: bool):
+def test_same_acknowledgements_losses_and_rtt_as_aioquic(
+    tmp_path: Path, datagrams: bool, crypto: str, monkeypatch: pytest.MonkeyPatch
+):
+    """With packets opened (and sealed) by the C extension, and by Python."""
+    if crypto == "C" and not fastpath.speedups_available():
+        pytest.skip("the C extension was not built (test_speedups.py fails for that)")
+    monkeypatch.setattr(ackpath, "C_OPEN", crypto == "C")
+    monkeypatch.setattr(fastpath, "C_SEAL", crypto == "C")
     slow = Side(tmp_path / "a", fast_acks=False)
     fast = Side(tmp_path / "b", fast_acks=True, datagrams=datagrams)
     now = max(slow.pair.now, fast.pair.now)
@@ -155,6 +164,7 @@ def test_same_acknowledgements_losses_and_rtt_as_aioquic(tmp_path: Path, datagra
                 side.server_receives(packet, now + 2 * delay)
         assert fast.state() == slow.state(), f"after copy {seq}"
     assert fast.acks is not None
+    assert (fast.acks._opener is not None) == (crypto == "C")
     # The fast path did the work: most client packets were ACK-only and applied there.
     assert fast.acks.applied >= 40 and fast.acks.applied > 3 * fast.acks.fallbacks
     if datagrams:
@@ -176,6 +186,31 @@ def test_anything_but_an_ack_only_packet_is_left_to_aioquic(tmp_path: Path):
     assert not side.acks.receive(ping, ("10.9.9.9", 1), side.pair.now)  # another address
     assert not side.acks.receive(ping, CLIENT_ADDR, side.pair.now)  # a PING frame
     assert side.acks.applied == 0
+
+
+def test_acks_after_a_key_update_are_opened_with_the_new_keys(tmp_path: Path):
+    """A key update keeps aioquic's first header protection key: the opener derived again
+    from the new secret would be wrong, is refused by its check, and ACKs still apply."""
+    side = Side(tmp_path, fast_acks=True)
+    assert side.acks is not None
+    now = side.pair.now
+    for seq in range(8):
+        now += FRAME
+        for packet in side.client_receives(side.send(media_datagram(5, 1, 0, seq, 0), now), now):
+            side.server_receives(packet, now)
+    applied = side.acks.applied
+    assert applied
+    assert (side.acks._opener is not None) == fastpath.speedups_available()
+    side.client.request_key_update()
+    side.client.send_ping(7)
+    for packet, _ in side.client.datagrams_to_send(now):
+        side.server.receive_datagram(packet, CLIENT_ADDR, now)  # the server follows
+    for seq in range(8, 20):
+        now += FRAME
+        for packet in side.client_receives(side.send(media_datagram(5, 1, 0, seq, 0), now), now):
+            side.server_receives(packet, now)
+    assert side.acks.applied > applied
+    assert side.acks._opener is None  # refused: aioquic's decrypt_packet opens them
 
 
 @pytest.mark.parametrize("enabled", [True, False])

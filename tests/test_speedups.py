@@ -111,3 +111,36 @@ def test_modules_fall_back_to_python_without_the_extension():
     )
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
+
+
+@needs_speedups
+@pytest.mark.parametrize(
+    "suite", [CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384], ids=["128", "256"]
+)
+def test_opener_gives_aioquic_s_plaintext_and_refuses_what_aioquic_would(suite: CipherSuite):
+    """PacketOpener.open against CryptoContext.decrypt_packet: the same first byte, payload
+    and full packet number (recovered from 1 to 4 bytes near the expected one); None for a
+    packet changed on the way, another key phase, or one too short to sample."""
+    from salon.quic import _speedups
+
+    secret = os.urandom(48 if suite == CipherSuite.AES_256_GCM_SHA384 else 32)
+    context = CryptoContext()
+    context.setup(cipher_suite=suite, secret=secret, version=1)
+    keys = derive_key_iv_hp(cipher_suite=suite, secret=secret, version=1)
+    opener = _speedups.PacketOpener(*keys)
+    cid = os.urandom(8)
+    for pn_length in (1, 2, 3, 4):
+        for packet_number in (0, 1, 255, 256, 0xFFFF, 0x10000, 123456789):
+            expected = max(0, packet_number - 3)
+            truncated = packet_number & ((1 << (8 * pn_length)) - 1)
+            header = bytes((0x40 | 0x20 | (pn_length - 1),)) + cid
+            header += truncated.to_bytes(pn_length, "big")
+            packet = context.encrypt_packet(header, os.urandom(40), packet_number)
+            plain_header, payload, number, _ = context.decrypt_packet(packet, 9, expected)
+            assert opener.open(packet, 9, expected, 0) == (plain_header[0], payload, number)
+            assert number == packet_number
+            assert opener.open(packet, 9, expected, 1) is None  # another key phase
+            changed = bytearray(packet)
+            changed[-1] ^= 1
+            assert opener.open(bytes(changed), 9, expected, 0) is None
+    assert opener.open(packet[:24], 9, 0, 0) is None
