@@ -80,7 +80,7 @@ static int seal_into(PacketSealer *self, const unsigned char *header, Py_ssize_t
     int len = 0;
     memcpy(nonce, self->iv, NONCE_SIZE);
     for (int i = 0; i < 8; i++) nonce[NONCE_SIZE - 1 - i] ^= (unsigned char)(packet_number >> (8 * i));
-    memcpy(out, header, header_len);
+    if (out != header) memcpy(out, header, header_len);
     unsigned char *body = out + header_len;
     if (!EVP_EncryptInit_ex(self->aead, NULL, NULL, NULL, nonce) ||
         !EVP_EncryptUpdate(self->aead, NULL, &len, header, (int)header_len) ||
@@ -122,7 +122,87 @@ done:
     return packet;
 }
 
+#define DATAGRAM_WITH_LENGTH 0x31
+
+static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args) {
+    Py_buffer start;
+    unsigned long long packet_number;
+    PyObject *queue;
+    Py_ssize_t limit, max_payload;
+    if (!PyArg_ParseTuple(args, "y*KOnn", &start, &packet_number, &queue, &limit, &max_payload))
+        return NULL;
+    PyObject *result = NULL, *iterator = NULL, *item;
+    PyObject *items[256];
+    Py_ssize_t count = 0, size = 0;
+    iterator = PyObject_GetIter(queue);
+    if (iterator == NULL) goto done;
+    /* As DatagramFastPath.send: as many datagrams as fit, from the front, in order. */
+    while (count < 256 && (item = PyIter_Next(iterator)) != NULL) {
+        if (!PyBytes_Check(item)) {
+            Py_DECREF(item);
+            PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
+            goto done;
+        }
+        Py_ssize_t length = PyBytes_GET_SIZE(item);
+        Py_ssize_t frame_size = length + (length >= 64 ? 3 : 2);
+        if (length > limit || size + frame_size > max_payload || length >= 0x4000) {
+            Py_DECREF(item);
+            break;
+        }
+        items[count++] = item; /* a new reference, released below */
+        size += frame_size;
+    }
+    if (PyErr_Occurred()) goto release;
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError, "the first datagram does not fit");
+        goto release;
+    }
+    Py_ssize_t header_len = start.len + 2;
+    if (size + 2 < PN_MAX + SAMPLE_SIZE - TAG_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "packet too short to sample");
+        goto release;
+    }
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, header_len + size + TAG_SIZE);
+    if (packet == NULL) goto release;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(packet);
+    memcpy(out, start.buf, start.len);
+    out[start.len] = (unsigned char)(packet_number >> 8);
+    out[start.len + 1] = (unsigned char)packet_number;
+    unsigned char *frame = out + header_len;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t length = PyBytes_GET_SIZE(items[i]);
+        *frame++ = DATAGRAM_WITH_LENGTH;
+        if (length >= 64) {
+            *frame++ = (unsigned char)(0x40 | (length >> 8));
+            *frame++ = (unsigned char)length;
+        } else {
+            *frame++ = (unsigned char)length;
+        }
+        memcpy(frame, PyBytes_AS_STRING(items[i]), length);
+        frame += length;
+    }
+    /* Sealed in place: the plaintext frames are where the ciphertext goes. */
+    if (seal_into(self, out, header_len, out + header_len, size, packet_number, out) != 0) {
+        Py_DECREF(packet);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal the packet");
+        goto release;
+    }
+    result = Py_BuildValue("(Nn)", packet, count);
+release:
+    for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(items[i]);
+done:
+    Py_XDECREF(iterator);
+    PyBuffer_Release(&start);
+    return result;
+}
+
 static PyMethodDef PacketSealer_methods[] = {
+    {"seal_datagrams", (PyCFunction)PacketSealer_seal_datagrams, METH_VARARGS,
+     "seal_datagrams(header_start, packet_number, queue, limit, max_payload) -> (packet, count)\n\n"
+     "One short-header packet (header_start, then the packet number's low 2 bytes) of DATAGRAM\n"
+     "frames for the datagrams at the front of queue, as many as fit in max_payload bytes of\n"
+     "frames and up to the first one over limit; sealed and header-protected. The queue is\n"
+     "left as it is: the caller pops count datagrams once the packet is sent."},
     {"protect", (PyCFunction)PacketSealer_protect, METH_VARARGS,
      "protect(header, payload, packet_number) -> bytes\n\n"
      "The packet of header (ending with its packet number) and payload, sealed with AES-GCM and\n"

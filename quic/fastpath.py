@@ -407,30 +407,37 @@ class DatagramFastPath:
                 queue.popleft()
                 self.dropped += 1
                 continue
-            # Pack as many datagrams as fit in one packet.
-            frames: list[bytes] = []
-            size = 0
-            for data in queue:
-                length = len(data)
-                frame_size = length + (3 if length >= 64 else 2)
-                if length > limit or size + frame_size > max_payload:
-                    break
-                if length >= 64:
-                    frames.append(DATAGRAM_FRAME + (0x4000 | length).to_bytes(2, "big") + data)
-                else:
-                    frames.append(DATAGRAM_FRAME + bytes((length,)) + data)
-                size += frame_size
-            packet_size = len(header_start) + PACKET_NUMBER_SIZE + size + AEAD_TAG_SIZE
-            if cc.bytes_in_flight + packet_size > cc.congestion_window:
-                # The rest waits in the queue for the next ACK (which calls transmit).
-                return SendResult.BLOCKED
-            for _ in frames:
-                queue.popleft()
             packet_number = quic._packet_number
-            header = header_start + (packet_number & 0xFFFF).to_bytes(2, "big")
             if sealer is not None:
-                packet = sealer.protect(header, b"".join(frames), packet_number)
+                # Packed (as many datagrams as fit), sealed and protected in one C call.
+                packet, count = sealer.seal_datagrams(
+                    header_start, packet_number, queue, limit, max_payload
+                )
+                if cc.bytes_in_flight + len(packet) > cc.congestion_window:
+                    return SendResult.BLOCKED  # the rest waits for the next ACK
+                for _ in range(count):
+                    queue.popleft()
             else:
+                # Pack as many datagrams as fit in one packet.
+                frames: list[bytes] = []
+                size = 0
+                for data in queue:
+                    length = len(data)
+                    frame_size = length + (3 if length >= 64 else 2)
+                    if length > limit or size + frame_size > max_payload:
+                        break
+                    if length >= 64:
+                        frames.append(DATAGRAM_FRAME + (0x4000 | length).to_bytes(2, "big") + data)
+                    else:
+                        frames.append(DATAGRAM_FRAME + bytes((length,)) + data)
+                    size += frame_size
+                packet_size = len(header_start) + PACKET_NUMBER_SIZE + size + AEAD_TAG_SIZE
+                if cc.bytes_in_flight + packet_size > cc.congestion_window:
+                    # The rest waits in the queue for the next ACK (which calls transmit).
+                    return SendResult.BLOCKED
+                for _ in frames:
+                    queue.popleft()
+                header = header_start + (packet_number & 0xFFFF).to_bytes(2, "big")
                 packet = self.protect(header, b"".join(frames), packet_number)
             quic._packet_number = packet_number + 1
             sent_bytes = len(packet)

@@ -144,3 +144,50 @@ def test_opener_gives_aioquic_s_plaintext_and_refuses_what_aioquic_would(suite: 
             changed[-1] ^= 1
             assert opener.open(bytes(changed), 9, expected, 0) is None
     assert opener.open(packet[:24], 9, 0, 0) is None
+
+
+@needs_speedups
+def test_seal_datagrams_packs_like_the_python_path():
+    """PacketSealer.seal_datagrams against the Python path's frames sealed by aioquic: the
+    same bytes and the same number of datagrams packed, for short and long datagrams, one
+    over the peer's limit (packing stops there) and a full packet."""
+    import collections
+
+    from salon.quic import _speedups
+
+    suite = CipherSuite.AES_128_GCM_SHA256
+    secret = os.urandom(32)
+    context = CryptoContext()
+    context.setup(cipher_suite=suite, secret=secret, version=1)
+    sealer = _speedups.PacketSealer(*derive_key_iv_hp(cipher_suite=suite, secret=secret, version=1))
+    start = bytes((0x41,)) + os.urandom(8)
+
+    def python_path(queue: collections.deque[bytes], limit: int, max_payload: int, pn: int):
+        frames, size = [], 0
+        for data in queue:
+            length = len(data)
+            frame_size = length + (3 if length >= 64 else 2)
+            if length > limit or size + frame_size > max_payload:
+                break
+            prefix = (0x4000 | length).to_bytes(2, "big") if length >= 64 else bytes((length,))
+            frames.append(b"\x31" + prefix + data)
+            size += frame_size
+        header = start + (pn & 0xFFFF).to_bytes(2, "big")
+        return context.encrypt_packet(header, b"".join(frames), pn), len(frames)
+
+    cases = [
+        ([bytes(10)], 1200, 1100),
+        ([os.urandom(63), os.urandom(64), os.urandom(200)], 1200, 1100),
+        ([os.urandom(100), os.urandom(300), os.urandom(50)], 200, 1100),  # 300 > limit
+        ([os.urandom(400) for _ in range(5)], 1200, 1100),  # only two fit
+    ]
+    for pn in (3, 0xFFFF, 0x10001):
+        for datagrams, limit, max_payload in cases:
+            queue = collections.deque(datagrams)
+            got = sealer.seal_datagrams(start, pn, queue, limit, max_payload)
+            assert got == python_path(queue, limit, max_payload, pn)
+            assert list(queue) == datagrams  # left for the caller to pop
+    with pytest.raises(ValueError):
+        sealer.seal_datagrams(start, 1, collections.deque([bytes(300)]), 200, 1100)
+    with pytest.raises(TypeError):
+        sealer.seal_datagrams(start, 1, collections.deque(["text"]), 200, 1100)
