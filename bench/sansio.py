@@ -87,7 +87,7 @@ class Pair:
 
 
 def measure(
-    path: str, ack_delay: float, copies: int = 5000, acks: str = "aioquic"
+    path: str, ack_delay: float, copies: int = 5000, acks: str = "aioquic", speakers: int = 1
 ) -> dict[str, Any]:
     """CPU µs per copy of ``path`` with the client's ``ack_delay``: "aioquic", "fast" (sealing
     in C when the extension was built), "fast, Python crypto" (sealing with ``cryptography``
@@ -101,12 +101,12 @@ def measure(
     fastpath.INLINE_CRYPTO = path != "fast, aioquic crypto"
     ackpath.C_OPEN = c_open and acks == "fast"
     try:
-        return _measure(path, ack_delay, copies, acks)
+        return _measure(path, ack_delay, copies, acks, speakers)
     finally:
         fastpath.C_SEAL, fastpath.INLINE_CRYPTO, ackpath.C_OPEN = c_seal, inline, c_open
 
 
-def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, Any]:
+def _measure(path: str, ack_delay: float, copies: int, acks: str, speakers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="salon-sansio-") as tmp:
         pair = Pair(Path(tmp), ack_delay)
     server, client = pair.server, pair.client
@@ -120,18 +120,22 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, A
     clock = time.process_time
     send_cpu = ack_cpu = 0.0
     ack_packets = 0
-    for seq in range(copies):
+    ticks = max(1, copies // speakers)
+    for seq in range(ticks):
         pair.now += FRAME
         now = pair.now
-        data = media_datagram(5, 0x1234, 0, seq, 0)
+        # One datagram per speaker in each 20 ms tick: a conference's listener gets them
+        # together (several share one QUIC packet).
+        datagrams = [media_datagram(5, 0x1234 + s, 0, seq, 0) for s in range(speakers)]
         started = clock()
         if fast is not None:
             if not fast.quic.fast_clean:
                 fast.refresh()
-            if fast.send(collections.deque((data,)), 1200, now, sendto) != SendResult.SENT:
+            if fast.send(collections.deque(datagrams), 1200, now, sendto) != SendResult.SENT:
                 raise RuntimeError("the fast path did not send")
         else:
-            server.send_datagram_frame(data)
+            for data in datagrams:
+                server.send_datagram_frame(data)
             for packet, _ in server.datagrams_to_send(now):
                 wire.append(packet)
         send_cpu += clock() - started
@@ -156,9 +160,11 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, A
         while server.next_event() is not None:
             pass
         ack_cpu += clock() - started
+    copies = ticks * speakers
     return {
         "path": path,
         "acks": acks,
+        "speakers": speakers,
         "ack_delay": ack_delay,
         "send_us": send_cpu / copies * 1e6,
         "ack_us": ack_cpu / copies * 1e6,
@@ -166,20 +172,24 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str) -> dict[str, A
     }
 
 
-CONFIGURATIONS: list[tuple[str, float, str]] = [
-    ("aioquic", 0.020, "aioquic"),
-    ("aioquic", CLIENT_ACK_DELAY, "aioquic"),
-    ("fast", 0.020, "aioquic"),
-    ("fast", CLIENT_ACK_DELAY, "aioquic"),
-    ("fast", 0.020, "fast"),
-    ("fast", CLIENT_ACK_DELAY, "fast, full check"),
-    ("fast", CLIENT_ACK_DELAY, "fast, aioquic crypto"),
-    ("fast, aioquic crypto", CLIENT_ACK_DELAY, "fast"),
-    ("fast, Python crypto", CLIENT_ACK_DELAY, "fast"),
-    ("fast", CLIENT_ACK_DELAY, "fast"),
+CONFIGURATIONS: list[tuple[str, float, str, int]] = [
+    ("aioquic", 0.020, "aioquic", 1),
+    ("aioquic", CLIENT_ACK_DELAY, "aioquic", 1),
+    ("fast", 0.020, "aioquic", 1),
+    ("fast", CLIENT_ACK_DELAY, "aioquic", 1),
+    ("fast", 0.020, "fast", 1),
+    ("fast", CLIENT_ACK_DELAY, "fast, full check", 1),
+    ("fast", CLIENT_ACK_DELAY, "fast, aioquic crypto", 1),
+    ("fast, aioquic crypto", CLIENT_ACK_DELAY, "fast", 1),
+    ("fast, Python crypto", CLIENT_ACK_DELAY, "fast", 1),
+    ("fast", CLIENT_ACK_DELAY, "fast", 1),
+    ("aioquic", CLIENT_ACK_DELAY, "aioquic", 4),
+    ("fast, Python crypto", CLIENT_ACK_DELAY, "fast", 4),
+    ("fast", CLIENT_ACK_DELAY, "fast", 4),
 ]
-"""The naive combination (aioquic's path, ACK after 20 ms), salond's (the last), and the
-combinations between them: each change on its own."""
+"""(send path, listener ACK delay, ACK path, speakers): the naive combination (aioquic's
+path, ACK after 20 ms), salond's (the last of the one-speaker rows), the combinations between
+them (each change on its own), and a 4-speaker conference's listener (4 datagrams a tick)."""
 
 
 def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
@@ -187,8 +197,8 @@ def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
     spreads over all of them); each figure is the median of its runs."""
     runs: list[list[dict[str, Any]]] = [[] for _ in CONFIGURATIONS]
     for _ in range(repeat):
-        for index, (path, ack_delay, acks) in enumerate(CONFIGURATIONS):
-            runs[index].append(measure(path, ack_delay, copies, acks=acks))
+        for index, (path, ack_delay, acks, speakers) in enumerate(CONFIGURATIONS):
+            runs[index].append(measure(path, ack_delay, copies, acks=acks, speakers=speakers))
     results = []
     for samples in runs:
         result = dict(samples[0])
@@ -201,13 +211,14 @@ def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
 
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| send path | ACK path | listener ACK delay | send µs/copy | ACK µs/copy | ACKs/copy"
-        " | total µs/copy |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| send path | ACK path | speakers | listener ACK delay | send µs/copy | ACK µs/copy"
+        " | ACKs/copy | total µs/copy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
-            f"| {result['path']} | {result['acks']} | {result['ack_delay'] * 1000:.0f} ms"
+            f"| {result['path']} | {result['acks']} | {result['speakers']}"
+            f" | {result['ack_delay'] * 1000:.0f} ms"
             f" | {result['send_us']:.1f}"
             f" | {result['ack_us']:.1f} | {result['acks_per_copy']:.2f}"
             f" | {result['send_us'] + result['ack_us']:.1f} |"
