@@ -136,3 +136,12 @@ def test_the_redundancy_cost_bench_counts_copies_only_for_the_lossy_listener() -
     copies = red.datagram_bytes - plain.datagram_bytes
     headers = (red.redundancy_bytes - copies) / red.redundancy_datagrams
     assert 15 < headers < 40, headers
+
+
+def test_the_sansio_bench_runs_every_configuration() -> None:
+    from bench.sansio import CONFIGURATIONS, run, summary_lines
+
+    results = run(copies=100)
+    assert len(results) == len(CONFIGURATIONS)
+    assert all(math.isfinite(r["send_us"]) and r["send_us"] > 0 for r in results)
+    assert len(summary_lines(results)) == 2 + len(CONFIGURATIONS)
