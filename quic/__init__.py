@@ -11,6 +11,9 @@ package, and nowhere else (``tests/test_layering.py`` scans the other packages):
   certificate and limits);
 - :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader;
 - :mod:`salon.quic.sendbatch`: the packets of one tick sent with one ``sendmmsg`` call.
+- ``salon.quic._speedups`` (``_speedups.c``, optional, built by ``setup.py``): packing, sealing
+  and header protection of the fast path's packets, opening the ACK fast path's, and the
+  ``sendmmsg`` call, in C; where it was not built the same work runs in Python.
 - :mod:`salon.quic.h3`: WebTransport's HTTP/3 settings Safari needs, and the certificate a
   handshake presents chosen by its ALPN.
 
