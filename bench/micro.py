@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aioquic.quic.configuration import QuicConfiguration
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PAYLOAD = b"\x01" * 118
@@ -65,7 +67,11 @@ async def _receive(batch: bool, rate: int, seconds: float) -> dict[str, Any]:
     counted = [0]
 
     class Receiver(asyncio.DatagramProtocol):
+        """Stands in for aioquic's QuicServer: no connection, every datagram to it."""
+
         _transport: Any = None
+        _protocols: dict[bytes, Any] = {}
+        _configuration = QuicConfiguration()
 
         def datagram_received(self, data: bytes, addr: Any) -> None:
             if not data:

@@ -35,7 +35,7 @@ from aioquic.tls import CipherSuite, Epoch
 try:
     from salon.quic import _speedups
 except ImportError:  # not built (setup.py): aioquic's decrypt_packet does the same
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 ONE_RTT = Epoch.ONE_RTT
 ZERO_RTT = Epoch.ZERO_RTT

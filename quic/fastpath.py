@@ -46,7 +46,7 @@ from salon.quic import AIOQUIC_VERSION, aioquic_matches
 try:
     from salon.quic import _speedups
 except ImportError:  # not built: no compiler or OpenSSL headers at install (setup.py)
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 log = logging.getLogger("salon.net")
 

@@ -35,7 +35,7 @@ from typing import Any
 try:
     from salon.quic import _speedups
 except ImportError:  # not built (setup.py): ctypes does the same
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 log = logging.getLogger("salon.net")
 
