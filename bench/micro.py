@@ -12,7 +12,12 @@ Each prints its figures and the comparison it was made for, in the same run:
 - ``sendto``: CPU per send of a 118-byte datagram on loopback through the asyncio transport's
   ``sendto`` (what salond uses) and through the socket's own ``sendto``.
 
-Run: ``python bench/micro.py receive-loop`` (or ``gc-pause``, ``sendto``, ``all``).
+- ``fast-send``: CPU of one fast-path send of one audio datagram in one process (no socket),
+  packed and sealed by the C extension against the Python packing loop with ``cryptography``,
+  and what building the sent packet's record costs (a dict literal against a template's copy).
+
+Run: ``python bench/micro.py receive-loop`` (or ``gc-pause``, ``sendto``, ``fast-send``,
+``all``).
 """
 
 from __future__ import annotations
@@ -200,6 +205,107 @@ def sendto(count: int, rounds: int) -> list[str]:
 # ---------------------------------------------------------------------------------- entry
 
 
+# ---------------------------------------------------------------------------------- fast send
+
+
+def fast_send(sends: int, rounds: int) -> list[str]:
+    """One datagram per send on an established in-memory connection, the congestion state
+    reset between sends (no ACKs needed): C sealing against Python, best of ``rounds``."""
+    import collections
+
+    from aioquic.quic.packet_builder import QuicSentPacket
+
+    from bench.common import media_datagram
+    from bench.sansio import Pair
+    from salon.quic import fastpath
+    from salon.quic.fastpath import DatagramFastPath, SendResult
+
+    with tempfile.TemporaryDirectory(prefix="salon-micro-") as tmp:
+        pair = Pair(Path(tmp), 0.1)
+    fast = DatagramFastPath(pair.server)
+    data = media_datagram(5, 0x1234, 0, 1, 0)
+    space = pair.server._spaces[fastpath.ONE_RTT]
+    cc = pair.server._loss._cc
+
+    def ignore(packet: bytes, addr: Any) -> None:
+        pass
+
+    def timed(c_seal: bool) -> float:
+        fastpath.C_SEAL = c_seal and fastpath.speedups_available()
+        pair.server.fast_clean = False
+        fast.refresh()
+        assert (fast._sealer is not None) == fastpath.C_SEAL
+        now = pair.now
+        started = time.process_time()
+        for _ in range(sends):
+            now += 0.0001
+            if fast.send(collections.deque((data,)), 1200, now, ignore) != SendResult.SENT:
+                raise RuntimeError("the fast path did not send")
+            space.sent_packets.clear()
+            space.ack_eliciting_in_flight = 0
+            cc.bytes_in_flight = 0
+        pair.now = now
+        return (time.process_time() - started) / sends * 1e6
+
+    template = {
+        "epoch": fastpath.ONE_RTT,
+        "in_flight": True,
+        "is_ack_eliciting": True,
+        "is_crypto_packet": False,
+        "packet_number": 0,
+        "packet_type": fastpath.ONE_RTT_PACKET,
+        "sent_time": 0.0,
+        "sent_bytes": 0,
+        "delivery_handlers": fastpath.NO_HANDLERS,
+        "quic_logger_frames": fastpath.NO_HANDLERS,
+    }
+
+    def record(copy: bool) -> float:
+        new = fastpath.new_object
+        started = time.process_time()
+        for number in range(sends):
+            sent = new(QuicSentPacket)
+            if copy:
+                fields = template.copy()
+                fields["packet_number"] = number
+                fields["sent_time"] = 1.0
+                fields["sent_bytes"] = 100
+                sent.__dict__ = fields
+            else:
+                sent.__dict__ = {
+                    "epoch": fastpath.ONE_RTT,
+                    "in_flight": True,
+                    "is_ack_eliciting": True,
+                    "is_crypto_packet": False,
+                    "packet_number": number,
+                    "packet_type": fastpath.ONE_RTT_PACKET,
+                    "sent_time": 1.0,
+                    "sent_bytes": 100,
+                    "delivery_handlers": fastpath.NO_HANDLERS,
+                    "quic_logger_frames": fastpath.NO_HANDLERS,
+                }
+        return (time.process_time() - started) / sends * 1e6
+
+    saved = fastpath.C_SEAL
+    runs: dict[str, list[float]] = {"C": [], "Python": [], "literal": [], "template": []}
+    try:
+        for _ in range(rounds):
+            runs["C"].append(timed(True))
+            runs["Python"].append(timed(False))
+            runs["literal"].append(record(False))
+            runs["template"].append(record(True))
+    finally:
+        fastpath.C_SEAL = saved
+    best = {name: min(values) for name, values in runs.items()}
+    c_label = "C extension" if fastpath.speedups_available() else "C extension (not built)"
+    return [
+        f"fast send of one datagram: {best['C']:.2f} µs with the {c_label},"
+        f" {best['Python']:.2f} µs packed and sealed in Python (best of {rounds})",
+        f"sent-packet record: {best['literal']:.2f} µs as a dict literal,"
+        f" {best['template']:.2f} µs as a template's copy",
+    ]
+
+
 def _span(values: list[float]) -> str:
     low, high = min(values), max(values)
     return f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
@@ -211,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         _send_steadily(int(argv[1]), int(argv[2]), float(argv[3]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["receive-loop", "gc-pause", "sendto", "all"])
+    parser.add_argument("what", choices=["receive-loop", "gc-pause", "sendto", "fast-send", "all"])
     parser.add_argument("--rate", type=int, default=4000, help="datagrams per second")
     parser.add_argument("--seconds", type=float, default=3.0, help="per receive-loop run")
     parser.add_argument("--rounds", type=int, default=2)
@@ -225,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += gc_pause(args.connections)
     if args.what in ("sendto", "all"):
         lines += sendto(args.sends, args.rounds)
+    if args.what in ("fast-send", "all"):
+        lines += fast_send(args.sends, max(args.rounds, 5))
     print("\n".join(lines))
     return 0
 

@@ -81,12 +81,12 @@ class AckFastPath:
 
     def _c_opener(self, recv: Any) -> Any:
         """A C ``PacketOpener`` for ``recv``'s keys (kept while aioquic keeps its AEAD
-        object), or None (not built, switched off, another suite). The keys are derived again
+        object), or None (another suite, or refused by the check). The keys are derived again
         from the secret, as aioquic did; a key update keeps the first header protection key,
         so the opener is checked once against aioquic's ``decrypt_packet``."""
         self._opener_key = recv.aead
         self._opener = None
-        if not C_OPEN or recv.cipher_suite not in AES_SUITES:
+        if recv.cipher_suite not in AES_SUITES:
             return None
         keys = derive_key_iv_hp(
             cipher_suite=recv.cipher_suite, secret=recv.secret, version=recv.version
@@ -134,7 +134,12 @@ class AckFastPath:
         space = quic._spaces[ONE_RTT]
         if space.discarded:
             return False
-        opener = self._opener if recv.aead is self._opener_key else self._c_opener(recv)
+        if not C_OPEN:
+            opener = None
+        elif recv.aead is self._opener_key:
+            opener = self._opener
+        else:
+            opener = self._c_opener(recv)
         if opener is not None:
             # None: not authentic or another key phase, which aioquic's path handles.
             opened = opener.open(data, cid_end, space.expected_packet_number, recv.key_phase)

@@ -173,7 +173,7 @@ class DatagramFastPath:
         "_peer_cid",
         "_seal",
         "_sealer",
-        "_sealer_key",
+        "_sealer_cache",
         "_space",
         "_spin",
         "armed_pto",
@@ -202,7 +202,7 @@ class DatagramFastPath:
         self._seal: Any = None
         self._hp_mask: Any = None
         self._sealer: Any = None
-        self._sealer_key: Any = None
+        self._sealer_cache: Any = None
         self._iv = 0
         self._path: Any = None
         self._addr: Any = None
@@ -325,10 +325,10 @@ class DatagramFastPath:
         deriving the keys costs more than a hundred packets), or None for a suite it does not
         do. The keys are derived again from the secret, as aioquic did; a key update keeps the
         first header protection key, so the sealer is checked against aioquic's bytes once."""
-        if send.aead is self._sealer_key:
-            return self._sealer
-        self._sealer_key = send.aead
-        self._sealer = None
+        cached = self._sealer_cache
+        if cached is not None and cached[0] is send.aead:
+            return cached[1]
+        self._sealer_cache = (send.aead, None)
         if send.cipher_suite in (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384):
             key, iv, hp_key = derive_key_iv_hp(
                 cipher_suite=send.cipher_suite, secret=send.secret, version=send.version
@@ -337,8 +337,8 @@ class DatagramFastPath:
             header = bytes((PACKET_FIXED_BIT | 1,)) + bytes(10)
             payload = bytes(32)
             if sealer.protect(header, payload, 1) == send.encrypt_packet(header, payload, 1):
-                self._sealer = sealer
-        return self._sealer
+                self._sealer_cache = (send.aead, sealer)
+        return self._sealer_cache[1]
 
     def ack_due(self, now: float) -> bool:
         """Whether aioquic owes the peer an ACK now (only the normal path writes ACKs)."""

@@ -113,7 +113,7 @@ def test_the_core_bench_reaches_every_listener() -> None:
 
 
 def test_the_micro_benchmarks_run() -> None:
-    from bench.micro import gc_pause, receive_loop, sendto
+    from bench.micro import fast_send, gc_pause, receive_loop, sendto
 
     [line] = receive_loop(rate=1000, seconds=0.5, rounds=1)
     assert "asyncio's reader" in line and "batch reader" in line and "nan" not in line
@@ -121,6 +121,8 @@ def test_the_micro_benchmarks_run() -> None:
     assert "4 aioquic connections" in line
     [line] = sendto(count=500, rounds=1)
     assert "asyncio transport" in line
+    send, record = fast_send(sends=200, rounds=1)
+    assert "fast send of one datagram" in send and "template" in record
 
 
 def test_the_redundancy_cost_bench_counts_copies_only_for_the_lossy_listener() -> None:
