@@ -119,8 +119,30 @@ async def test_held_sends_leave_together_and_a_refused_packet_is_reported(
         transport.close()
 
 
-@pytest.mark.parametrize("send_batch", ["sendmmsg", "sendto"])
-async def test_salond_forwards_with_each_send_path(tmp_path: Any, send_batch: str):
+@pytest.mark.parametrize(
+    ("send_batch", "c_extension"),
+    [("sendmmsg", True), ("sendto", True), ("sendmmsg", False)],
+    ids=["sendmmsg", "sendto", "without-C-extension"],
+)
+async def test_salond_forwards_with_each_send_path(
+    tmp_path: Any,
+    send_batch: str,
+    c_extension: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    """Also as salond runs where the C extension was not built: sealing, opening and the
+    batched send in Python, said once in the log."""
+    import logging
+
+    from salon.quic import ackpath, fastpath, sendbatch
+
+    if not c_extension:
+        monkeypatch.setattr(fastpath, "_speedups", None)
+        monkeypatch.setattr(fastpath, "C_SEAL", False)
+        monkeypatch.setattr(ackpath, "C_OPEN", False)
+        monkeypatch.setattr(sendbatch, "_speedups", None)
+    caplog.set_level(logging.INFO, logger="salon.net")
     async with run_daemon(tmp_path / "state", **{"tuning.send_batch": send_batch}) as live:
         speaker, key, listeners = await _room_with_listeners(live, 3)
         received: dict[int, list[bytes]] = {id(c): [] for c in listeners}
@@ -143,3 +165,7 @@ async def test_salond_forwards_with_each_send_path(tmp_path: Any, send_batch: st
             assert 0 < sending.calls < 3 * len(sent)
         else:
             assert sending.calls == 0
+        not_built = [r for r in caplog.records if "_speedups not built" in r.getMessage()]
+        assert len(not_built) == (0 if c_extension and speedups_available() else 1)
+        if sending._sender is not None:
+            assert sending._sender.in_c == (c_extension and speedups_available())
