@@ -134,6 +134,10 @@ static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args)
     PyObject *result = NULL, *iterator = NULL, *item;
     PyObject *items[256];
     Py_ssize_t count = 0, size = 0;
+    if (start.len < 1 || (((const unsigned char *)start.buf)[0] & 0x03) != 1) {
+        PyErr_SetString(PyExc_ValueError, "a header for a 2-byte packet number expected");
+        goto done;
+    }
     iterator = PyObject_GetIter(queue);
     if (iterator == NULL) goto done;
     /* As DatagramFastPath.send: as many datagrams as fit, from the front, in order. */

@@ -191,3 +191,23 @@ def test_seal_datagrams_packs_like_the_python_path():
         sealer.seal_datagrams(start, 1, collections.deque([bytes(300)]), 200, 1100)
     with pytest.raises(TypeError):
         sealer.seal_datagrams(start, 1, collections.deque(["text"]), 200, 1100)
+    with pytest.raises(ValueError):  # the header must announce a 2-byte packet number
+        sealer.seal_datagrams(b"\x40" + start[1:], 1, collections.deque([bytes(9)]), 200, 1100)
+
+
+@needs_speedups
+def test_opener_takes_any_bytes_from_the_network():
+    """A listener's bytes are hostile: random packets of every length up to 120 bytes, and
+    every offset the connection ids allow, are refused (None), never read out of bounds."""
+    import random
+
+    from salon.quic import _speedups
+
+    opener = _speedups.PacketOpener(bytes(16), bytes(12), bytes(16))
+    rng = random.Random(7)
+    for length in range(121):
+        for pn_offset in (1, 9, 21):
+            packet = bytes(rng.getrandbits(8) for _ in range(length))
+            assert opener.open(packet, pn_offset, rng.getrandbits(40), rng.getrandbits(1)) is None
+    assert opener.open(bytes(100), 0, 0, 0) is None
+    assert opener.open(bytes(100), 70, 0, 0) is None
