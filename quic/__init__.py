@@ -24,6 +24,9 @@ and names the one that moved when aioquic is upgraded.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import aioquic
 
 AIOQUIC_VERSION = "1.7.2"
@@ -33,3 +36,20 @@ AIOQUIC_VERSION = "1.7.2"
 def aioquic_matches() -> bool:
     """Whether the installed aioquic is the release this seam was written for."""
     return bool(aioquic.__version__ == AIOQUIC_VERSION)
+
+
+C_EXTENSION_VARIABLE = "SALON_C_EXTENSION"
+"""Set to ``0`` in salond's environment to run the Python paths although the C extension was
+built (``bench/c_extension.py`` compares both)."""
+
+
+def load_speedups() -> Any:
+    """The optional C extension ``salon.quic._speedups``, or None: not built (no compiler or
+    OpenSSL headers at install), or switched off with :data:`C_EXTENSION_VARIABLE`."""
+    if os.environ.get(C_EXTENSION_VARIABLE, "1") == "0":
+        return None
+    try:
+        from salon.quic import _speedups
+    except ImportError:
+        return None
+    return _speedups

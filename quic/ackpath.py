@@ -32,10 +32,9 @@ from aioquic.quic.packet import PACKET_FIXED_BIT, PACKET_SPIN_BIT, QuicFrameType
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import CipherSuite, Epoch
 
-try:
-    from salon.quic import _speedups
-except ImportError:  # not built (setup.py): aioquic's decrypt_packet does the same
-    _speedups = None  # type: ignore[assignment]
+from salon.quic import load_speedups
+
+_speedups = load_speedups()
 
 ONE_RTT = Epoch.ONE_RTT
 ZERO_RTT = Epoch.ZERO_RTT

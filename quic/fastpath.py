@@ -41,12 +41,9 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import CipherSuite, Epoch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from salon.quic import AIOQUIC_VERSION, aioquic_matches
+from salon.quic import AIOQUIC_VERSION, aioquic_matches, load_speedups
 
-try:
-    from salon.quic import _speedups
-except ImportError:  # not built: no compiler or OpenSSL headers at install (setup.py)
-    _speedups = None  # type: ignore[assignment]
+_speedups = load_speedups()
 
 log = logging.getLogger("salon.net")
 

@@ -32,10 +32,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-try:
-    from salon.quic import _speedups
-except ImportError:  # not built (setup.py): ctypes does the same
-    _speedups = None  # type: ignore[assignment]
+from salon.quic import load_speedups
+
+_speedups = load_speedups()
 
 log = logging.getLogger("salon.net")
 

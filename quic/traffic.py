@@ -80,9 +80,9 @@ class UdpTraffic:
             return None
         if not speedups_available():
             log.info(
-                "C extension salon.quic._speedups not built: packets are sealed in Python"
-                " and sendmmsg called through ctypes (a C compiler and OpenSSL's headers at"
-                " install build it)"
+                "C extension salon.quic._speedups not in use (not built, or"
+                " SALON_C_EXTENSION=0): packets are sealed and opened in Python and sendmmsg"
+                " called through ctypes (a C compiler and OpenSSL's headers at install build it)"
             )
         sender = None
         if send_batch == "sendmmsg":

@@ -85,14 +85,17 @@ def test_sendmmsg_refuses_bad_arguments_without_sending():
             _speedups.sendmmsg(sock.fileno(), sock.family, [b"a"], [("127.0.0.1", 70000)])
 
 
-def test_modules_fall_back_to_python_without_the_extension():
-    """With the extension absent (its import fails), the fast path seals in Python and the
-    batched send calls sendmmsg through ctypes, and they still deliver a sealed packet."""
+@pytest.mark.parametrize("how", ["not built", "switched off"])
+def test_modules_fall_back_to_python_without_the_extension(how: str):
+    """With the extension absent (its import fails) or switched off in the environment, the
+    fast paths use Python and the batched send calls sendmmsg through ctypes."""
     script = textwrap.dedent(
         """
         import socket, sys
-        sys.modules["salon.quic._speedups"] = None  # import fails as if never built
-        from salon.quic import fastpath, sendbatch
+        if sys.argv[1] == "not built":
+            sys.modules["salon.quic._speedups"] = None  # import fails as if never built
+        from salon.quic import ackpath, fastpath, sendbatch
+        assert not ackpath.C_OPEN
         assert not fastpath.speedups_available() and not fastpath.C_SEAL
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         receiver.bind(("127.0.0.1", 0))
@@ -106,8 +109,12 @@ def test_modules_fall_back_to_python_without_the_extension():
         print("fallback ok")
         """
     )
+    env = dict(os.environ)
+    env.pop("SALON_C_EXTENSION", None)
+    if how == "switched off":
+        env["SALON_C_EXTENSION"] = "0"
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, how], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
