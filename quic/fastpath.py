@@ -16,6 +16,10 @@ The rules that keep this correct:
 - **The cache dies on every call into aioquic.** :class:`FastQuicConnection` clears
   ``fast_clean`` in each public method that changes state (receiving, timers, sending stream
   data, closing...), so the next transmit checks again.
+- **Except after an ACK of fast packets only.** The ACK fast path applies a listener's ACK
+  without calling into aioquic's public methods; when nothing but fast packets was in flight
+  at the last check the ACK cannot queue anything, and :meth:`DatagramFastPath.clean_after_ack`
+  keeps the cache (``ServerProtocol.datagram_received``).
 - **The timers stay right.** A fast send that puts the first ack-eliciting packet in flight
   re-arms the loss detection timer; a timer that fires early (because sends moved the PTO
   later) just re-arms itself (see ``ServerProtocol._handle_timer``).
