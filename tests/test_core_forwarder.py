@@ -206,3 +206,27 @@ def test_forwarded_list_is_not_mutated_by_later_membership_changes() -> None:
     h.core.disconnect(s["lis"], h.now)
     h.join("new")
     assert outlets == snapshot
+
+
+def test_a_session_keeps_only_its_latest_retired_flows() -> None:
+    """On and off stage all evening: the flows a session retired do not pile up."""
+    from salon.daemon.core.forwarder import MAX_RETIRED_FLOWS_PER_SESSION
+
+    forwarder = Forwarder()
+    forwarder.join("g", Outlet(2, 16))
+    rounds = MAX_RETIRED_FLOWS_PER_SESSION + 6
+    for index in range(rounds):
+        flow = Flow(100 + index, 1, 1000 + index, "g")
+        forwarder.add_flow(flow)
+        forwarder.retire_flow(flow)
+    current = Flow(100 + rounds, 1, 1000 + rounds, "g")
+    forwarder.add_flow(current)
+    known = sorted(forwarder.flows)
+    assert known == list(range(100 + rounds - MAX_RETIRED_FLOWS_PER_SESSION, 100 + rounds + 1))
+    # The newest retired flow is still recognised (its late packets count as not_speaker),
+    # an old one is unknown; both are dropped.
+    assert forwarder.forward(1, media_datagram(100 + rounds - 1, 1000 + rounds - 1), 1.0) == []
+    assert forwarder.forward(1, media_datagram(100, 1000), 1.0) == []
+    assert forwarder.drops == {"not_speaker": 1, "unknown_flow": 1}
+    forwarder.forget_session(1)
+    assert forwarder.flows == {}

@@ -23,6 +23,9 @@ from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.rtp import peek_media
 
+MAX_RETIRED_FLOWS_PER_SESSION = 4
+"""Retired flows a session's flow ids keep being recognised for (see :meth:`Forwarder.add_flow`)."""
+
 DROP_REASONS = (
     "malformed",
     "unknown_flow",
@@ -219,7 +222,15 @@ class Forwarder:
         flow.recipients = [o for s, o in outlets.items() if s != flow.session]
         self.flows[flow.flow_id] = flow
         self._group_flows.setdefault(flow.group, {})[flow.flow_id] = flow
-        self._session_flows.setdefault(flow.session, []).append(flow.flow_id)
+        owned = self._session_flows.setdefault(flow.session, [])
+        owned.append(flow.flow_id)
+        # A speaker who goes on and off stage all evening, or talks through many sequence
+        # wraps, retires a flow each time: keep only the latest retired ones known (their late
+        # packets are counted as not_speaker); older ones become unknown flows, dropped as well.
+        retired = [f for f in owned if not self.flows[f].active]
+        for flow_id in retired[: max(0, len(retired) - MAX_RETIRED_FLOWS_PER_SESSION)]:
+            owned.remove(flow_id)
+            del self.flows[flow_id]
 
     def retire_flow(self, flow: Flow) -> None:
         """The speaker left the stage: their packets are dropped as ``not_speaker`` from now on."""
