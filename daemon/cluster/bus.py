@@ -39,6 +39,8 @@ class Kind(enum.IntEnum):
     """A speaker's SRTP datagram, relayed unchanged."""
     CONTROL = 2
     """A room control request or event (msgspec-encoded)."""
+    MEDIA_BATCH = 3
+    """Several SRTP datagrams of one room, relayed unchanged in one node-to-node datagram."""
 
 
 class Refusal(enum.Enum):
@@ -183,6 +185,45 @@ def split_media_body(body: bytes) -> tuple[str, bytes] | None:
     except UnicodeDecodeError:
         return None
     return room, body[1 + body[0] :]
+
+
+_DATAGRAM_LENGTH = struct.Struct("!H")
+
+
+def media_batch_body(room: str, datagrams: list[bytes]) -> bytes:
+    """A MEDIA_BATCH body: the room once (inside the signed part, like ``media_body``), then
+    each datagram unchanged behind its 16-bit length."""
+    name = room.encode()
+    if not 0 < len(name) <= 255:
+        raise ValueError("room id must be 1..255 bytes")
+    parts = [bytes((len(name),)), name]
+    for datagram in datagrams:
+        parts.append(_DATAGRAM_LENGTH.pack(len(datagram)))
+        parts.append(datagram)
+    return b"".join(parts)
+
+
+def split_media_batch_body(body: bytes) -> tuple[str, list[bytes]] | None:
+    """(room, datagrams) of a MEDIA_BATCH body, or None when malformed (a length running past
+    the end, an empty batch, a room that is not UTF-8)."""
+    if not body or len(body) < 1 + body[0] or body[0] == 0:
+        return None
+    try:
+        room = body[1 : 1 + body[0]].decode()
+    except UnicodeDecodeError:
+        return None
+    datagrams: list[bytes] = []
+    offset = 1 + body[0]
+    while offset < len(body):
+        if offset + _DATAGRAM_LENGTH.size > len(body):
+            return None
+        (length,) = _DATAGRAM_LENGTH.unpack_from(body, offset)
+        offset += _DATAGRAM_LENGTH.size
+        if offset + length > len(body):
+            return None
+        datagrams.append(body[offset : offset + length])
+        offset += length
+    return (room, datagrams) if datagrams else None
 
 
 @dataclass(slots=True)

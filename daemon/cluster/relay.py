@@ -6,6 +6,7 @@ channel; every node with local members in that room is subscribed and gets it on
 round trip per tick: one PUBLISH awaited per packet saturates near 14k msg/s (measured, issue 16).
 
 Not wired into salond yet: the building block for the relay, tested between two nodes.
+``UdpMediaRelay`` (udp_relay.py) is the other transport behind the same interface (``MediaRelay``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -135,3 +137,54 @@ class RedisMediaRelay:
                 continue
             if item is not None and item.get("type") == "message":
                 self.receive(item["channel"], item["data"])
+
+
+class MediaRelay(Protocol):
+    """What salond's forwarder needs of a media transport between nodes; ``RedisMediaRelay``
+    and ``UdpMediaRelay`` both provide it (``[cluster] relay_transport`` chooses)."""
+
+    rooms: set[str]
+    published: int
+    delivered: int
+    outbound: DropOldestQueue[tuple[str, bytes]]
+
+    def publish(self, room: str, datagram: bytes) -> None: ...
+    async def follow(self, room: str) -> None: ...
+    async def unfollow(self, room: str) -> None: ...
+    async def flush(self) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+TRANSPORTS = ("udp", "redis")
+"""The values of ``[cluster] relay_transport``."""
+
+
+def make_media_relay(
+    transport: str,
+    redis: Redis,
+    codec: BusCodec,
+    on_media: Callable[[str, bytes], None],
+    *,
+    queue_limit: int,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    advertise_host: str | None = None,
+) -> MediaRelay:
+    """The relay of the transport named (``host``/``port``/``advertise_host``: where the UDP
+    transport listens and what it tells other nodes; the Redis one ignores them)."""
+    if transport == "redis":
+        return RedisMediaRelay(redis, codec, on_media, queue_limit=queue_limit)
+    if transport == "udp":
+        from salon.daemon.cluster.udp_relay import UdpMediaRelay
+
+        return UdpMediaRelay(
+            redis,
+            codec,
+            on_media,
+            queue_limit=queue_limit,
+            host=host,
+            port=port,
+            advertise_host=advertise_host,
+        )
+    raise ValueError(f"unknown relay transport {transport!r} (one of {', '.join(TRANSPORTS)})")
