@@ -170,11 +170,20 @@ def make_media_relay(
     host: str = "127.0.0.1",
     port: int = 0,
     advertise_host: str | None = None,
+    tick_ms: int | None = None,
 ) -> MediaRelay:
     """The relay of the transport named (``host``/``port``/``advertise_host``: where the UDP
-    transport listens and what it tells other nodes; the Redis one ignores them)."""
+    transport listens and what it tells other nodes; the Redis one ignores them). ``tick_ms``:
+    how long publishing waits to batch; None: the transport's default (Redis 5 ms, UDP none,
+    the next turn of the event loop)."""
     if transport == "redis":
-        return RedisMediaRelay(redis, codec, on_media, queue_limit=queue_limit)
+        return RedisMediaRelay(
+            redis,
+            codec,
+            on_media,
+            queue_limit=queue_limit,
+            tick_ms=5 if tick_ms is None else tick_ms,
+        )
     if transport == "udp":
         from salon.daemon.cluster.udp_relay import UdpMediaRelay
 
@@ -186,5 +195,6 @@ def make_media_relay(
             host=host,
             port=port,
             advertise_host=advertise_host,
+            tick_ms=tick_ms or 0,
         )
     raise ValueError(f"unknown relay transport {transport!r} (one of {', '.join(TRANSPORTS)})")

@@ -1,0 +1,470 @@
+"""The media relay between nodes, both transports in one run: Redis pub/sub pipelined per tick
+(``RedisMediaRelay``) and node-to-node UDP with Redis for interest only (``UdpMediaRelay``).
+
+    python bench/cluster_relay.py            # speaker rates, then a ramp until loss (~3 min)
+    python bench/cluster_relay.py --quick    # shorter windows, a shorter ramp (~1 min)
+    ./run bench cluster [--quick]            # the same through ./run
+
+One sending node and ``--receivers`` receiving nodes, each its own process with its own event
+loop, share a redis-server the bench starts on a free loopback port. The sender plays
+``--rooms`` x ``--speakers`` speakers at 50 packets/s each (118-byte datagrams: a 32 kbit/s
+Opus frame with its RTP header and SRTP tag, as in bench/common.py); every receiver follows
+every room. Measured over a window after a warm-up:
+
+- CPU µs per relayed packet, from each process's own CPU time (``time.process_time`` in the
+  nodes, ``/proc/<pid>/stat`` for redis-server), which holds up on a shared, busy machine:
+  *send* per packet published, net of the generator's own cost (the same generator with no
+  relay, measured first in the same run); *receive* per packet delivered to one node;
+  *redis* per packet published;
+- the added latency of the relay hop: delivery in the receiving node minus the moment the
+  sending node was handed the packet (``CLOCK_MONOTONIC``, shared by the processes);
+- loss (packets sent in the window not delivered by the end of the drain) and duplicates;
+- a ramp: the total rate doubled step by step until more than 1% is lost or the sender cannot
+  keep the rate; the last clean step is the throughput until loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import machine_description, media_datagram, percentile, process_cpu_seconds
+from bench.common import read_media as read_bench_fields
+from tests.redis_server import running_redis
+
+PACKETS_PER_SPEAKER = 50
+GENERATOR_TICK = 0.002
+LOSS_LIMIT = 0.01
+SECRET = b"bench-cluster-secret-0123456789abcdef"
+
+
+# ------------------------------------------------------------------------------- node process
+
+
+class NullRelay:
+    """The generator's baseline: a relay that only counts."""
+
+    def __init__(self) -> None:
+        self.published = 0
+
+    def publish(self, room: str, datagram: bytes) -> None:
+        self.published += 1
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+def node_main(role: str, transport: str, url: str, rooms: int, conn: Any) -> None:
+    asyncio.run(_node(role, transport, url, rooms, conn))
+
+
+async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> None:
+    from redis.asyncio import Redis
+
+    from salon.daemon.cluster.bus import BusCodec
+    from salon.daemon.cluster.relay import make_media_relay
+
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[int, int, int, int]] = []  # speaker, seq, sent_ns, received_ns
+
+    def on_media(room: str, datagram: bytes) -> None:
+        speaker, seq, sent_ns = read_bench_fields(datagram)
+        arrivals.append((speaker, seq, sent_ns, time.monotonic_ns()))
+
+    redis = Redis.from_url(url)
+    codec = BusCodec(SECRET, f"{role}-{os.getpid()}", replay_window_ms=5000)
+    relay: Any
+    if transport == "none":
+        relay = NullRelay()
+    else:
+        name, _, tick = transport.partition("@")
+        relay = make_media_relay(
+            name,
+            redis,
+            codec,
+            on_media,
+            queue_limit=65536,
+            tick_ms=int(tick) if tick else None,
+        )
+    await relay.start()
+    if role.startswith("receiver"):
+        for index in range(rooms):
+            await relay.follow(f"room{index}")
+    marks: list[tuple[int, float, int]] = []  # monotonic_ns, process CPU s, generated
+    generated = [0]
+    commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
+    conn.send(("ready",))
+    generator: asyncio.Task[int] | None = None
+    while True:
+        command = await commands.get()
+        if command[0] == "mark":
+            marks.append((time.monotonic_ns(), time.process_time(), generated[0]))
+        elif command[0] == "run":
+            arrivals.clear()
+            marks.clear()
+            generated[0] = 0
+            generator = asyncio.create_task(
+                _generate(relay, command[1], command[2], rooms, generated)
+            )
+        elif command[0] == "report":
+            sent = await generator if generator is not None else 0
+            conn.send(("report", marks, sent, arrivals if role != "sender" else []))
+        elif command[0] == "clear":
+            arrivals.clear()
+            marks.clear()
+        elif command[0] == "stop":
+            break
+    loop.remove_reader(conn.fileno())
+    await relay.stop()
+    await redis.aclose()
+    conn.send(("stopped",))
+
+
+async def _generate(
+    relay: Any, speakers: int, seconds: float, rooms: int, generated: list[int]
+) -> int:
+    """Speakers at 50 packets/s each, spread evenly over time, round-robin over the rooms."""
+    rate = speakers * PACKETS_PER_SPEAKER
+    seqs = [0] * speakers
+    sent = 0
+    start = time.monotonic()
+    end = start + seconds
+    while (now := time.monotonic()) < end:
+        due = int((now - start) * rate) - sent
+        for _ in range(due):
+            speaker = sent % speakers
+            seq = seqs[speaker]
+            seqs[speaker] = seq + 1
+            datagram = media_datagram(1, 0x1000 + speaker, speaker, seq, time.monotonic_ns())
+            relay.publish(f"room{speaker % rooms}", datagram)
+            sent += 1
+            generated[0] = sent
+        await asyncio.sleep(GENERATOR_TICK)
+    return sent
+
+
+# --------------------------------------------------------------------------------- controller
+
+
+@dataclass
+class Step:
+    transport: str
+    speakers: int
+    target_rate: int
+    sent_rate: float
+    deliveries_rate: float
+    send_us: float
+    receive_us: float
+    redis_us: float
+    send_cpu: float
+    receive_cpu: float
+    redis_cpu: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    loss: float
+    duplicates: int
+
+
+class Nodes:
+    """A sender and receivers of one transport, as processes."""
+
+    def __init__(self, transport: str, url: str, rooms: int, receivers: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Any] = []
+        self.processes: list[Any] = []
+        roles = ["sender"] + (
+            [] if transport == "none" else [f"receiver{i}" for i in range(receivers)]
+        )
+        for role in roles:
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=node_main, args=(role, transport, url, rooms, child), daemon=True
+            )
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+        for pipe in self.pipes:
+            if not pipe.poll(60):
+                raise RuntimeError(f"a {transport} node did not start")
+            pipe.recv()
+
+    def send_all(self, *command: Any) -> None:
+        for pipe in self.pipes:
+            pipe.send(command)
+
+    def reports(self) -> list[tuple[Any, ...]]:
+        self.send_all("report")
+        return [pipe.recv() for pipe in self.pipes]
+
+    def stop(self) -> None:
+        self.send_all("stop")
+        for pipe, process in zip(self.pipes, self.processes, strict=True):
+            if pipe.poll(10):
+                pipe.recv()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+async def wait_for_interest(url: str, transport: str, rooms: int, receivers: int) -> None:
+    from redis.asyncio import Redis
+
+    from salon.daemon.cluster.relay import MEDIA_CHANNEL
+    from salon.daemon.cluster.udp_relay import INTEREST_KEY
+
+    redis = Redis.from_url(url)
+    deadline = time.monotonic() + 30
+    for index in range(rooms):
+        while True:
+            if transport.startswith("redis"):
+                count = (await redis.pubsub_numsub(MEDIA_CHANNEL + f"room{index}"))[0][1]
+            else:
+                count = await redis.zcard(INTEREST_KEY + f"room{index}")
+            if count >= receivers:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{transport}: receivers never followed room{index}")
+            await asyncio.sleep(0.05)
+    await redis.aclose()
+
+
+def run_step(
+    nodes: Nodes, transport: str, redis_pid: int, speakers: int, warmup: float, window: float
+) -> Step:
+    drain = 1.0
+    nodes.pipes[0].send(("run", speakers, warmup + window + 0.2))
+    for pipe in nodes.pipes[1:]:
+        pipe.send(("clear",))
+    time.sleep(warmup)
+    redis_before = process_cpu_seconds(redis_pid)
+    nodes.send_all("mark")
+    time.sleep(window)
+    nodes.send_all("mark")
+    redis_cpu = process_cpu_seconds(redis_pid) - redis_before
+    time.sleep(0.2 + drain)
+    reports = nodes.reports()
+    (s0_ns, s0_cpu, s0_pub), (s1_ns, s1_cpu, s1_pub) = reports[0][1]
+    elapsed = (s1_ns - s0_ns) / 1e9
+    published = s1_pub - s0_pub
+    latencies: list[int] = []
+    receive_cpu = 0.0
+    delivered = 0
+    duplicates = 0
+    for report in reports[1:]:
+        (_, r0_cpu, _), (_, r1_cpu, _) = report[1]
+        receive_cpu += r1_cpu - r0_cpu
+        seen: set[tuple[int, int]] = set()
+        for speaker, seq, sent_ns, received_ns in report[3]:
+            if s0_ns <= sent_ns < s1_ns:
+                if (speaker, seq) in seen:
+                    duplicates += 1
+                    continue
+                seen.add((speaker, seq))
+                latencies.append(received_ns - sent_ns)
+        delivered += len(seen)
+    receivers = len(reports) - 1
+    expected = published * receivers
+    latencies.sort()
+    send_cpu = s1_cpu - s0_cpu
+
+    def per(cpu: float, count: int) -> float:
+        return cpu / count * 1e6 if count else float("nan")
+
+    return Step(
+        transport=transport,
+        speakers=speakers,
+        target_rate=speakers * PACKETS_PER_SPEAKER,
+        sent_rate=published / elapsed,
+        deliveries_rate=delivered / elapsed,
+        send_us=per(send_cpu, published),
+        receive_us=per(receive_cpu, delivered),
+        redis_us=per(redis_cpu, published),
+        send_cpu=send_cpu / elapsed,
+        receive_cpu=receive_cpu / elapsed / max(receivers, 1),
+        redis_cpu=redis_cpu / elapsed,
+        p50_ms=percentile(latencies, 0.50) / 1e6,
+        p95_ms=percentile(latencies, 0.95) / 1e6,
+        p99_ms=percentile(latencies, 0.99) / 1e6,
+        loss=1 - delivered / expected if expected else float("nan"),
+        duplicates=duplicates,
+    )
+
+
+def measure(transport: str, args: argparse.Namespace, log: Any) -> tuple[Step, list[Step]]:
+    with running_redis() as url:
+        redis_pid = _redis_pid(url)
+        nodes = Nodes(transport, url, args.rooms, args.receivers)
+        try:
+            if transport != "none":
+                asyncio.run(wait_for_interest(url, transport, args.rooms, args.receivers))
+            speakers = args.rooms * args.speakers
+            step = run_step(nodes, transport, redis_pid, speakers, args.warmup, args.window)
+            log(f"{transport}: speaker rates {_describe(step)}")
+            ramp: list[Step] = []
+            if transport != "none" and args.ramp:
+                rate = args.ramp_start
+                while rate <= args.ramp_max:
+                    ramp_step = run_step(
+                        nodes,
+                        transport,
+                        redis_pid,
+                        rate // PACKETS_PER_SPEAKER,
+                        args.warmup / 2,
+                        args.ramp_window,
+                    )
+                    ramp.append(ramp_step)
+                    log(f"{transport}: ramp {rate} pkt/s {_describe(ramp_step)}")
+                    if ramp_step.loss > LOSS_LIMIT or ramp_step.sent_rate < 0.9 * rate:
+                        break
+                    rate *= 2
+            return step, ramp
+        finally:
+            nodes.stop()
+
+
+def _redis_pid(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    pid = int(client.info("server")["process_id"])
+    client.close()
+    return pid
+
+
+def _describe(step: Step) -> str:
+    return (
+        f"sent {step.sent_rate:,.0f}/s delivered {step.deliveries_rate:,.0f}/s "
+        f"send {step.send_us:.1f} µs recv {step.receive_us:.1f} µs redis {step.redis_us:.1f} µs "
+        f"p50 {step.p50_ms:.2f} p99 {step.p99_ms:.2f} ms loss {step.loss:.2%}"
+    )
+
+
+def report(
+    baseline: Step, results: dict[str, tuple[Step, list[Step]]], args: argparse.Namespace
+) -> str:
+    load = os.getloadavg()[0]
+    machine = machine_description()
+    lines = [
+        f"Machine: {machine['nproc']} x {machine['cpu']}; Python {machine['python']}; "
+        f"load average {args.load_at_start:.1f} at the start, {load:.1f} at the end; "
+        f"{args.rooms} rooms x {args.speakers} speakers at {PACKETS_PER_SPEAKER} pkt/s, "
+        f"{args.receivers} receiving nodes following every room; window {args.window:g} s.",
+        "",
+        f"Generator baseline (no relay): {baseline.send_us:.1f} µs per packet, subtracted "
+        "from *send*.",
+        "",
+        "| transport | pkt/s sent | deliveries/s | send µs/pkt | receive µs/pkt | redis µs/pkt "
+        "| total µs/pkt | p50 ms | p95 ms | p99 ms | loss | dup |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for transport, (step, _) in results.items():
+        send = step.send_us - baseline.send_us
+        receivers = args.receivers
+        total = send + step.receive_us * receivers + step.redis_us
+        lines.append(
+            f"| {transport} | {step.sent_rate:,.0f} | {step.deliveries_rate:,.0f} | {send:.1f} "
+            f"| {step.receive_us:.1f} | {step.redis_us:.1f} | {total:.1f} | {step.p50_ms:.2f} "
+            f"| {step.p95_ms:.2f} | {step.p99_ms:.2f} | {step.loss:.2%} | {step.duplicates} |"
+        )
+    lines.append("")
+    lines.append(
+        "*total* = send + receive x receiving nodes + redis: CPU of the whole cluster per "
+        "packet relayed to every receiving node."
+    )
+    if args.ramp:
+        lines += [
+            "",
+            "Ramp (total rate doubled until more than 1% is lost or the sender falls behind):",
+            "",
+            "| transport | target pkt/s | sent pkt/s | deliveries/s | sender CPU | receiver CPU "
+            "| redis CPU | p99 ms | loss |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for transport, (_, ramp) in results.items():
+            for step in ramp:
+                lines.append(
+                    f"| {transport} | {step.target_rate:,} | {step.sent_rate:,.0f} "
+                    f"| {step.deliveries_rate:,.0f} | {step.send_cpu:.0%} | {step.receive_cpu:.0%} "
+                    f"| {step.redis_cpu:.0%} | {step.p99_ms:.1f} | {step.loss:.2%} |"
+                )
+        lines.append("")
+        for transport, (_, ramp) in results.items():
+            clean = [s for s in ramp if s.loss <= LOSS_LIMIT and s.sent_rate >= 0.9 * s.target_rate]
+            best = f"{clean[-1].sent_rate:,.0f} pkt/s sent" if clean else "none"
+            lines.append(f"- {transport}: throughput until loss: {best} (last clean step)")
+    if "udp" in results and "redis" in results:
+        udp, redis_step = results["udp"][0], results["redis"][0]
+
+        def total(step: Step) -> float:
+            return (
+                step.send_us - baseline.send_us + step.receive_us * args.receivers + step.redis_us
+            )
+
+        ratio = total(udp) / total(redis_step)
+        lines.append(
+            f"- udp vs redis at speaker rates: total CPU per relayed packet "
+            f"{total(udp):.1f} vs {total(redis_step):.1f} µs (ratio {ratio:.2f}); "
+            f"p99 {udp.p99_ms:.2f} vs {redis_step.p99_ms:.2f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--speakers", type=int, default=2, help="speakers per room")
+    parser.add_argument("--receivers", type=int, default=2, help="receiving nodes")
+    parser.add_argument("--window", type=float, default=8.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--transports", default="udp,redis")
+    parser.add_argument("--no-ramp", dest="ramp", action="store_false")
+    parser.add_argument("--ramp-start", type=int, default=2000, help="first ramp rate, pkt/s")
+    parser.add_argument("--ramp-max", type=int, default=64000)
+    parser.add_argument("--ramp-window", type=float, default=3.0)
+    parser.add_argument("--quick", action="store_true", help="3 s windows, ramp from 4000")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    if args.quick:
+        args.window, args.warmup, args.ramp_window, args.ramp_start = 3.0, 1.0, 2.0, 4000
+    args.load_at_start = os.getloadavg()[0]
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    baseline, _ = measure("none", argparse.Namespace(**{**vars(args), "ramp": False}), log)
+    results = {name: measure(name, args, log) for name in args.transports.split(",")}
+    print(report(baseline, results, args))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "baseline": asdict(baseline),
+                    **{
+                        name: {"speaker_rates": asdict(step), "ramp": [asdict(s) for s in ramp]}
+                        for name, (step, ramp) in results.items()
+                    },
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
