@@ -16,13 +16,15 @@ import pytest
 from redis.asyncio import Redis
 
 from salon.daemon.cluster.bus import (
+    MAX_BATCH_PAYLOAD,
     BusCodec,
     Kind,
     Refusal,
     media_batch_body,
+    packed,
     split_media_batch_body,
 )
-from salon.daemon.cluster.udp_relay import INTEREST_KEY, MAX_BATCH_PAYLOAD, UdpMediaRelay, _packed
+from salon.daemon.cluster.udp_relay import INTEREST_KEY, UdpMediaRelay
 from tests.test_cluster_registry import redis_url  # noqa: F401  (the module-scoped server)
 from tests.test_cluster_relay import SECRET, srtp_datagrams
 
@@ -178,7 +180,7 @@ async def until_async(read: object, *, what: str) -> None:
 
 def test_batches_round_trip_and_malformed_bodies_are_refused() -> None:
     datagrams = [os.urandom(n) for n in (1, 100, 700, 700, 1300, 50)]
-    groups = _packed(datagrams)
+    groups = packed(datagrams)
     assert [d for group in groups for d in group] == datagrams
     assert all(sum(len(d) + 2 for d in g) <= MAX_BATCH_PAYLOAD or len(g) == 1 for g in groups)
     body = media_batch_body("room", datagrams)

@@ -226,6 +226,36 @@ def split_media_batch_body(body: bytes) -> tuple[str, list[bytes]] | None:
     return (room, datagrams) if datagrams else None
 
 
+MAX_BATCH_PAYLOAD = 1200
+"""Bytes of datagrams packed into one relay message at most (with the framing a UDP datagram
+stays under a 1500-byte MTU); a single larger datagram travels alone."""
+
+
+def packed(datagrams: list[bytes]) -> list[list[bytes]]:
+    """Groups of datagrams, in order, each within MAX_BATCH_PAYLOAD bytes of batch body."""
+    groups: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for datagram in datagrams:
+        cost = len(datagram) + _DATAGRAM_LENGTH.size
+        if current and size + cost > MAX_BATCH_PAYLOAD:
+            groups.append(current)
+            current, size = [], 0
+        current.append(datagram)
+        size += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def group_by_room(items: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """Queued (room, datagram) pairs as each room's datagrams, in order."""
+    rooms: dict[str, list[bytes]] = {}
+    for room, datagram in items:
+        rooms.setdefault(room, []).append(datagram)
+    return rooms
+
+
 @dataclass(slots=True)
 class DropOldestQueue(Generic[T]):
     """A bounded FIFO that, when full, drops its oldest item (stale audio is worthless)."""

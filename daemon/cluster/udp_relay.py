@@ -45,7 +45,9 @@ from salon.daemon.cluster.bus import (
     BusCodec,
     DropOldestQueue,
     Kind,
+    group_by_room,
     media_batch_body,
+    packed,
     split_media_batch_body,
 )
 
@@ -53,9 +55,6 @@ log = logging.getLogger("salond.cluster")
 
 INTEREST_KEY = "salon:relay:interest:"
 INTEREST_CHANNEL = "salon:relay:interest"
-MAX_BATCH_PAYLOAD = 1200
-"""Bytes of datagrams packed into one relay message at most (with the framing it stays under
-a 1500-byte MTU); a single larger datagram travels alone."""
 MAX_RECEIVE = 65535
 READS_PER_WAKEUP = 256
 """Datagrams read per readiness callback at most (batched reads: one loop turn, many packets)."""
@@ -174,13 +173,10 @@ class UdpMediaRelay:
         batch = self.outbound.take_all()
         if not batch:
             return
-        by_room: dict[str, list[bytes]] = {}
-        for room, datagram in batch:
-            by_room.setdefault(room, []).append(datagram)
         now = _now_ms()
         monotonic = time.monotonic()
         sock = self._sock
-        for room, datagrams in by_room.items():
+        for room, datagrams in group_by_room(batch).items():
             self._last_used[room] = monotonic
             targets = self._targets.get(room)
             if targets is None:
@@ -189,7 +185,7 @@ class UdpMediaRelay:
                 self.no_interest += len(datagrams)
                 continue
             self.published += len(datagrams)
-            for group in _packed(datagrams):
+            for group in packed(datagrams):
                 message = self._codec.encode(Kind.MEDIA_BATCH, media_batch_body(room, group), now)
                 for target in targets:
                     try:
@@ -351,20 +347,3 @@ class UdpMediaRelay:
                 await self.flush()
             except (RedisError, OSError) as exc:
                 log.warning("cluster: media send failed: %s", exc)
-
-
-def _packed(datagrams: list[bytes]) -> list[list[bytes]]:
-    """Groups of datagrams whose sizes add up to MAX_BATCH_PAYLOAD at most, in order."""
-    groups: list[list[bytes]] = []
-    current: list[bytes] = []
-    size = 0
-    for datagram in datagrams:
-        cost = len(datagram) + 2
-        if current and size + cost > MAX_BATCH_PAYLOAD:
-            groups.append(current)
-            current, size = [], 0
-        current.append(datagram)
-        size += cost
-    if current:
-        groups.append(current)
-    return groups
