@@ -656,6 +656,16 @@ class ClusterConfig(Section, frozen=True):
     redirect_margin: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     """Redirect a client's first join to a live node with at least this many fewer sessions
     (PROTOCOL.md section 17); 0: never redirect."""
+    relay_transport: Literal["udp", "redis"] = "udp"
+    """How media travels between nodes: "udp" straight to each interested node (Redis only
+    for interest and addresses) or "redis" pub/sub; udp costs less CPU per relayed packet and
+    adds less latency (BENCHMARKS.md, "Media relay between nodes")."""
+    relay_port: Port = 0
+    """UDP port the udp relay listens on (0: a free one; keep 0 with ``workers`` > 1); its
+    address is advertised through Redis."""
+    relay_tick_ms: Annotated[int, Meta(ge=0, le=100)] = 0
+    """How long relayed media waits to be batched; 0: sent on the next turn of the event loop
+    (least latency), more: fewer, larger messages (less CPU per packet, more latency)."""
 
 
 class DemoConfig(Section, frozen=True):
