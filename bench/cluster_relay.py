@@ -124,7 +124,9 @@ async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> N
             )
         elif command[0] == "report":
             sent = await generator if generator is not None else 0
-            conn.send(("report", marks, sent, arrivals if role != "sender" else []))
+            conn.send(
+                ("report", marks, sent, arrivals if role != "sender" else [], _counters(relay))
+            )
         elif command[0] == "clear":
             arrivals.clear()
             marks.clear()
@@ -134,6 +136,19 @@ async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> N
     await relay.stop()
     await redis.aclose()
     conn.send(("stopped",))
+
+
+def _counters(relay: Any) -> dict[str, int]:
+    """The relay's drop and refusal counters (what a node would export as metrics)."""
+    names = ("no_interest", "send_errors", "unwanted", "misrouted", "oversized")
+    counts = {name: getattr(relay, name) for name in names if getattr(relay, name, 0)}
+    outbound = getattr(relay, "outbound", None)
+    if outbound is not None and outbound.dropped:
+        counts["queue_dropped"] = outbound.dropped
+    codec = getattr(relay, "_codec", None)
+    if codec is not None:
+        counts.update({f"refused_{k.value}": v for k, v in codec.refused.items() if v})
+    return counts
 
 
 async def _generate(
@@ -180,6 +195,8 @@ class Step:
     p99_ms: float
     loss: float
     duplicates: int
+    drops: str = ""
+    """Relay counters that were not zero (queue drops, refusals, send errors), all nodes."""
 
     def clean(self) -> bool:
         """Kept up: at most 1% lost, the rate held, and no queue building up (p50 under
@@ -319,6 +336,11 @@ def run_step(
         p99_ms=percentile(latencies, 0.99) / 1e6,
         loss=1 - delivered / expected if expected else float("nan"),
         duplicates=duplicates,
+        drops=" ".join(
+            f"{role}:{name}={value}"
+            for role, report in zip(["sender"] + ["receiver"] * receivers, reports, strict=True)
+            for name, value in report[4].items()
+        ),
     )
 
 
@@ -374,7 +396,7 @@ def _describe(step: Step) -> str:
     return (
         f"sent {step.sent_rate:,.0f}/s delivered {step.deliveries_rate:,.0f}/s "
         f"send {step.send_us:.1f} µs recv {step.receive_us:.1f} µs redis {step.redis_us:.1f} µs "
-        f"p50 {step.p50_ms:.2f} p99 {step.p99_ms:.2f} ms loss {step.loss:.2%}"
+        f"p50 {step.p50_ms:.2f} p99 {step.p99_ms:.2f} ms loss {step.loss:.2%} {step.drops}"
     )
 
 
@@ -417,17 +439,24 @@ def report(
             f"1% is lost, the sender falls behind or p50 exceeds {SATURATED_P50_MS:g} ms):",
             "",
             "| transport | target pkt/s | sent pkt/s | deliveries/s | sender CPU | receiver CPU "
-            "| redis CPU | p50 ms | p99 ms | loss |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| redis CPU | send µs/pkt * | receive µs/pkt | redis µs/pkt | p50 ms | p99 ms "
+            "| loss |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for transport, (_, ramp) in results.items():
             for step in ramp:
                 lines.append(
                     f"| {transport} | {step.target_rate:,} | {step.sent_rate:,.0f} "
                     f"| {step.deliveries_rate:,.0f} | {step.send_cpu:.0%} | {step.receive_cpu:.0%} "
-                    f"| {step.redis_cpu:.0%} | {step.p50_ms:.1f} | {step.p99_ms:.1f} "
+                    f"| {step.redis_cpu:.0%} | {step.send_us:.1f} | {step.receive_us:.1f} "
+                    f"| {step.redis_us:.1f} | {step.p50_ms:.1f} | {step.p99_ms:.1f} "
                     f"| {step.loss:.2%} |"
                 )
+        lines.append("")
+        lines.append(
+            "\\* the sender's CPU per packet here includes the generator's own (not subtracted: "
+            "its baseline was measured at speaker rates only)."
+        )
         lines.append("")
         for transport, (_, ramp) in results.items():
             clean = [s for s in ramp if s.clean()]

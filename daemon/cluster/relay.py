@@ -144,6 +144,8 @@ class RedisMediaRelay:
             except (RedisError, OSError) as exc:
                 # Redis away: this tick's audio is lost (stale by the next one anyway).
                 log.warning("cluster: media publish failed: %s", exc)
+            except Exception:  # the relay must outlive any one bad flush
+                log.exception("cluster: media publish failed")
 
     async def _listener(self) -> None:
         while True:

@@ -345,6 +345,8 @@ class UdpMediaRelay:
                     await self._lookup(*self._targets)
             except (RedisError, OSError) as exc:
                 log.warning("cluster: refreshing relay interest failed: %s", exc)
+            except Exception:  # never let the refresher die: interest would lapse
+                log.exception("cluster: refreshing relay interest failed")
 
     async def _sender(self) -> None:
         while True:
@@ -356,3 +358,5 @@ class UdpMediaRelay:
                 await self.flush()
             except (RedisError, OSError) as exc:
                 log.warning("cluster: media send failed: %s", exc)
+            except Exception:  # the relay must outlive any one bad flush
+                log.exception("cluster: media send failed")
