@@ -174,6 +174,59 @@ async def _generate(
     return sent
 
 
+# -------------------------------------------------------------------------------------- floor
+
+
+def udp_floor(destinations: int = 8, packets: int = 20000) -> dict[str, float]:
+    """The UDP relay's CPU per packet without the event loop's wake-ups, in one process: what a
+    node already busy with traffic pays at the margin (bench/sansio.py's idea for the relay).
+
+    *encode*: sign one packet into a message; *sendto*: one system call to one node (loopback,
+    the receiving sockets unread: the kernel drops on full buffers, the sender's cost is the
+    same); *receive*: check and unpack one message and hand its packet on."""
+    import socket
+
+    from salon.daemon.cluster.bus import BusCodec, Kind, media_batch_body
+    from salon.daemon.cluster.udp_relay import UdpMediaRelay
+
+    sender = BusCodec(SECRET, "floor-a", replay_window_ms=600_000)
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(destinations)]
+    for sink in sinks:
+        sink.bind(("127.0.0.1", 0))
+    targets = [sink.getsockname() for sink in sinks]
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagram = media_datagram(1, 0x1000, 0, 0, 0)
+    now = int(time.time() * 1000)
+    start = time.process_time()
+    messages = [
+        sender.encode(Kind.MEDIA_BATCH, media_batch_body("room0", [datagram]), now)
+        for _ in range(packets)
+    ]
+    encode = (time.process_time() - start) / packets
+    start = time.process_time()
+    for index in range(packets // destinations):
+        message = messages[index]
+        for target in targets:
+            out.sendto(message, target)
+    sendto = (time.process_time() - start) / (packets // destinations * destinations)
+    got: list[bytes] = []
+    receiver = UdpMediaRelay(
+        None,  # type: ignore[arg-type]  # receive() needs no Redis
+        BusCodec(SECRET, "floor-b", replay_window_ms=600_000),
+        lambda room, data: got.append(data),
+        queue_limit=16,
+    )
+    receiver.rooms.add("room0")
+    start = time.process_time()
+    for message in messages:
+        receiver.receive(message)
+    receive = (time.process_time() - start) / packets
+    for sock in [*sinks, out]:
+        sock.close()
+    assert len(got) == packets
+    return {"encode_us": encode * 1e6, "sendto_us": sendto * 1e6, "receive_us": receive * 1e6}
+
+
 # --------------------------------------------------------------------------------- controller
 
 
@@ -503,14 +556,22 @@ def main() -> None:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    floor = udp_floor()
+    log(f"udp floor: {floor}")
     baseline, _ = measure("none", argparse.Namespace(**{**vars(args), "ramp": False}), log)
     results = {name: measure(name, args, log) for name in args.transports.split(",")}
     print(report(baseline, results, args))
+    print(
+        f"- udp floor (one process, no event loop wake-ups): sign one packet "
+        f"{floor['encode_us']:.1f} µs, sendto one node {floor['sendto_us']:.1f} µs, check and "
+        f"deliver one {floor['receive_us']:.1f} µs"
+    )
     if args.json:
         print(
             json.dumps(
                 {
                     "baseline": asdict(baseline),
+                    "udp_floor": floor,
                     **{
                         name: {"speaker_rates": asdict(step), "ramp": [asdict(s) for s in ramp]}
                         for name, (step, ramp) in results.items()
