@@ -24,6 +24,7 @@ from salon.daemon.cluster.bus import (
     packed,
     split_media_batch_body,
 )
+from salon.daemon.cluster.relay import RedisMediaRelay, make_media_relay
 from salon.daemon.cluster.udp_relay import INTEREST_KEY, UdpMediaRelay
 from tests.test_cluster_registry import redis_url  # noqa: F401  (the module-scoped server)
 from tests.test_cluster_relay import SECRET, srtp_datagrams
@@ -164,6 +165,11 @@ async def test_interest_is_reasserted_after_redis_loses_it(nodes: tuple[Node, No
     await a.redis.flushdb()  # what a Redis restart without persistence leaves
     key = INTEREST_KEY + "room1"
     await until_async(lambda: a.redis.zcard(key), what="b re-announces its interest")
+
+    async def lapses() -> bool:  # the key has a time to live: it goes with its last follower
+        return 0 < await a.redis.pttl(key) <= 3 * 200
+
+    await until_async(lapses, what="the interest key expires on its own")
     # a has never looked room1 up: its first flush reads the re-announced interest.
     a.relay.publish("room1", b"after")
     await a.relay.flush()
@@ -198,4 +204,16 @@ async def test_outbound_queue_drops_oldest(redis_url: str) -> None:  # noqa: F81
         relay.publish("r", bytes([index]))
     assert [data for _, data in relay.outbound.items] == [bytes([i]) for i in range(4, 20)]
     assert relay.outbound.dropped == 4
+    await redis.aclose()
+
+
+async def test_transport_is_chosen_by_name(redis_url: str) -> None:  # noqa: F811
+    redis = Redis.from_url(redis_url)
+    codec = BusCodec(SECRET, "a", replay_window_ms=1000)
+    assert isinstance(make_media_relay("udp", redis, codec, print, queue_limit=16), UdpMediaRelay)
+    assert isinstance(
+        make_media_relay("redis", redis, codec, print, queue_limit=16), RedisMediaRelay
+    )
+    with pytest.raises(ValueError, match="unknown relay transport 'quic'"):
+        make_media_relay("quic", redis, codec, print, queue_limit=16)
     await redis.aclose()

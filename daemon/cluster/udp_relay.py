@@ -65,6 +65,8 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 milliseconds at a few thousand packets per second overflows it (measured: 3.5% lost at 4,000
 packets/s on a busy 2-core machine)."""
 ENTRY_LIFETIME_REFRESHES = 3
+PRUNE_EVERY = 10
+"""Refresh periods between two prunings of lapsed entries from the interest sets."""
 IDLE_ROOM_S = 60.0
 """A room this node has not relayed for in this long is forgotten (its interest not re-read)."""
 
@@ -153,6 +155,7 @@ class UdpMediaRelay:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(INTEREST_KEY + room, {self.address: self._expiry_ms()})
+                pipe.pexpire(INTEREST_KEY + room, self._lifetime_ms())
                 pipe.publish(INTEREST_CHANNEL, room)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -280,8 +283,11 @@ class UdpMediaRelay:
 
     # -- interest -------------------------------------------------------------------------
 
+    def _lifetime_ms(self) -> int:
+        return self._refresh_ms * ENTRY_LIFETIME_REFRESHES
+
     def _expiry_ms(self) -> int:
-        return _now_ms() + self._refresh_ms * ENTRY_LIFETIME_REFRESHES
+        return _now_ms() + self._lifetime_ms()
 
     async def _lookup(self, *rooms: str) -> list[tuple[str, int]]:
         """Read the rooms' interested nodes from Redis into the cache, in one round trip;
@@ -327,8 +333,10 @@ class UdpMediaRelay:
     async def _refresher(self) -> None:
         """Re-assert this node's interest and re-read the rooms it relays for, every period
         (after a Redis restart this is what puts the entries back)."""
+        refreshes = 0
         while True:
             await asyncio.sleep(self._refresh_ms / 1000)
+            refreshes += 1
             idle = time.monotonic() - IDLE_ROOM_S
             for room in [r for r, used in self._last_used.items() if used < idle]:
                 self._last_used.pop(room, None)
@@ -338,8 +346,13 @@ class UdpMediaRelay:
                     expiry = self._expiry_ms()
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for room in self.rooms:
+                            # The key lapses with its last live follower; lapsed entries of
+                            # dead nodes in a live key are pruned now and then (readers skip
+                            # them by their score anyway).
                             pipe.zadd(INTEREST_KEY + room, {self.address: expiry})
-                            pipe.zremrangebyscore(INTEREST_KEY + room, "-inf", _now_ms())
+                            pipe.pexpire(INTEREST_KEY + room, self._lifetime_ms())
+                            if refreshes % PRUNE_EVERY == 0:
+                                pipe.zremrangebyscore(INTEREST_KEY + room, "-inf", _now_ms())
                         await pipe.execute()
                 if self._targets:
                     await self._lookup(*self._targets)
