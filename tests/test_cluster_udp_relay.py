@@ -26,6 +26,7 @@ from salon.daemon.cluster.bus import (
 )
 from salon.daemon.cluster.relay import RedisMediaRelay, make_media_relay
 from salon.daemon.cluster.udp_relay import INTEREST_KEY, UdpMediaRelay
+from tests.redis_server import running_redis
 from tests.test_cluster_registry import redis_url  # noqa: F401  (the module-scoped server)
 from tests.test_cluster_relay import SECRET, srtp_datagrams
 
@@ -217,3 +218,23 @@ async def test_transport_is_chosen_by_name(redis_url: str) -> None:  # noqa: F81
     with pytest.raises(ValueError, match="unknown relay transport 'quic'"):
         make_media_relay("quic", redis, codec, print, queue_limit=16)
     await redis.aclose()
+
+
+async def test_media_keeps_flowing_while_redis_is_away() -> None:
+    with running_redis() as url:  # a server of its own: this test stops it
+        a, b = Node(url, "a", refresh_ms=200), Node(url, "b", refresh_ms=200)
+        await a.relay.start()
+        await b.relay.start()
+        await b.relay.follow("room1")
+        a.relay.publish("room1", b"before")
+        await a.relay.flush()
+        await b.received(1)
+    # Redis is gone: a keeps sending to the nodes it knew, b keeps accepting.
+    await until(lambda: a.relay.redis_failures > 0, what="a notices Redis is gone")
+    a.relay.publish("room1", b"during")
+    await a.relay.flush()
+    await b.received(2)
+    assert b.got == [("room1", b"before"), ("room1", b"during")]
+    for node in (a, b):
+        node.relay.rooms.clear()  # nothing to withdraw from a server that is gone
+        await node.close()

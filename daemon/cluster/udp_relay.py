@@ -136,6 +136,8 @@ class UdpMediaRelay:
         self.no_interest = 0
         """Datagrams published for a room no other node follows (nothing sent)."""
         self.send_errors = 0
+        self.redis_failures = 0
+        """Interest reads and writes Redis did not answer (the relay goes on meanwhile)."""
 
     # -- the interface shared with RedisMediaRelay -------------------------------------------
 
@@ -160,6 +162,7 @@ class UdpMediaRelay:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             # The refresh loop re-asserts it when Redis is back.
+            self.redis_failures += 1
             log.warning("cluster: announcing interest in %r failed: %s", room, exc)
 
     async def unfollow(self, room: str) -> None:
@@ -174,6 +177,7 @@ class UdpMediaRelay:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             # The entry lapses on its own after three refresh periods.
+            self.redis_failures += 1
             log.warning("cluster: withdrawing interest in %r failed: %s", room, exc)
 
     async def flush(self) -> None:
@@ -299,6 +303,7 @@ class UdpMediaRelay:
                     pipe.zrangebyscore(INTEREST_KEY + room, _now_ms(), "+inf")
                 answers = await pipe.execute()
         except (RedisError, OSError) as exc:
+            self.redis_failures += 1
             log.warning("cluster: reading relay interest failed: %s", exc)
             return self._targets.setdefault(rooms[0], []) if rooms else []
         for room, members in zip(rooms, answers, strict=True):
@@ -320,6 +325,7 @@ class UdpMediaRelay:
                     await pubsub.subscribe(INTEREST_CHANNEL)
                 item = await pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
+                self.redis_failures += 1
                 log.warning("cluster: interest announcements failed: %s", exc)
                 await asyncio.sleep(self._refresh_ms / 1000)
                 continue
@@ -357,6 +363,7 @@ class UdpMediaRelay:
                 if self._targets:
                     await self._lookup(*self._targets)
             except (RedisError, OSError) as exc:
+                self.redis_failures += 1
                 log.warning("cluster: refreshing relay interest failed: %s", exc)
             except Exception:  # never let the refresher die: interest would lapse
                 log.exception("cluster: refreshing relay interest failed")
