@@ -138,6 +138,8 @@ class UdpMediaRelay:
         self.send_errors = 0
         self.redis_failures = 0
         """Interest reads and writes Redis did not answer (the relay goes on meanwhile)."""
+        self.lookups_failed = 0
+        """Of those, reads of a room's interested nodes (the last view is kept)."""
 
     # -- the interface shared with RedisMediaRelay -------------------------------------------
 
@@ -304,6 +306,7 @@ class UdpMediaRelay:
                 answers = await pipe.execute()
         except (RedisError, OSError) as exc:
             self.redis_failures += 1
+            self.lookups_failed += 1
             log.warning("cluster: reading relay interest failed: %s", exc)
             return self._targets.setdefault(rooms[0], []) if rooms else []
         for room, members in zip(rooms, answers, strict=True):
