@@ -23,7 +23,7 @@ from salon.daemon.cluster.bus import MIN_SECRET, BusCodec
 from salon.daemon.cluster.control import ControlBus
 from salon.daemon.cluster.lease import RoomLeases
 from salon.daemon.cluster.registry import NODE_KEY, NodeContact, NodeLoad, NodeRegistry
-from salon.daemon.cluster.relay import RedisMediaRelay
+from salon.daemon.cluster.relay import MediaRelay, make_media_relay
 from salon.daemon.config import ClusterConfig, ConfigError
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class ClusterNode:
         self.registry: NodeRegistry | None = None
         self.rooms: ClusterRooms | None = None
         self.leases: RoomLeases | None = None
-        self.relay: RedisMediaRelay | None = None
+        self.relay: MediaRelay | None = None
         self.control: ControlBus | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -127,11 +127,20 @@ class ClusterNode:
             lease_ms=self.config.lease_ms,
             on_lost=lambda room: self.rooms.lease_lost(room) if self.rooms else None,
         )
-        self.relay = RedisMediaRelay(
+        # The udp relay listens on the QUIC socket's host and tells other nodes the public
+        # name when that host is a wildcard (the address clients are redirected to).
+        bind_host = self._address().rsplit(":", 1)[0].strip("[]")
+        public_host = (self._contact().public or self._address()).rsplit(":", 1)[0].strip("[]")
+        self.relay = make_media_relay(
+            self.config.relay_transport,
             self.redis,
             self.codec,
             lambda room, data: self.rooms.on_media(room, data) if self.rooms else None,
             queue_limit=self.config.relay_queue,
+            host=bind_host,
+            port=self.config.relay_port,
+            advertise_host=public_host,
+            tick_ms=self.config.relay_tick_ms,
         )
         self.control = ControlBus(
             self.redis,

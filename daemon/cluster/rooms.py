@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from salon.daemon.cluster.control import ControlBus, Gone, Membership, NotHome, Output, Request
 from salon.daemon.cluster.lease import EpochGuard, RoomLeases
-from salon.daemon.cluster.relay import RedisMediaRelay
+from salon.daemon.cluster.relay import MediaRelay
 from salon.daemon.core import CoreError, Identity, Outlet
 from salon.daemon.core.events import (
     CoreEvent,
@@ -160,7 +160,7 @@ class ClusterRooms:
         server: SalonServer,
         node_id: str,
         leases: RoomLeases,
-        relay: RedisMediaRelay,
+        relay: MediaRelay,
         control: ControlBus,
         load_room: Callable[[str], Awaitable[RoomRecord | None]],
         node_alive: Callable[[str], Awaitable[bool]],

@@ -218,7 +218,13 @@ class UdpMediaRelay:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
         sock.bind((self._host, self._port))
         self._sock = sock
-        self.address = _address_text(self._advertise_host, sock.getsockname()[1])
+        advertised = self._advertise_host
+        with contextlib.suppress(OSError):  # a name: resolved once, not on every send
+            found = await asyncio.get_running_loop().getaddrinfo(
+                advertised, None, family=family, type=socket.SOCK_DGRAM
+            )
+            advertised = str(found[0][4][0]) if found else advertised
+        self.address = _address_text(advertised, sock.getsockname()[1])
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         with contextlib.suppress(RedisError, OSError):
