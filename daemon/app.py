@@ -99,6 +99,9 @@ def core_limits(config: Config) -> Limits:
         max_rooms_per_user=limits.max_rooms_per_user,
         max_speakers_cap=limits.max_speakers_cap,
         max_datagram_size=config.server.max_datagram_size,
+        snapshot_listeners=limits.snapshot_listeners,
+        audience_events_above=limits.audience_events_above,
+        counts_interval=limits.counts_interval,
     )
 
 

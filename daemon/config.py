@@ -550,6 +550,12 @@ class LimitsConfig(Section, frozen=True):
     """Lowest Opus bitrate (bit/s) a speaker's loss adaptation may go down to (sent in hello)."""
     max_bitrate: Annotated[int, Meta(ge=6000, le=510000)] = 40000
     """Highest Opus bitrate (bit/s) a speaker may send, redundancy not counted (sent in hello)."""
+    snapshot_listeners: Annotated[int, Meta(ge=0, le=1000)] = 100
+    """Listeners a ``room_state`` lists at most; clients page the rest (``list_participants``)."""
+    audience_events_above: Annotated[int, Meta(ge=0)] = 100
+    """Above this many listeners, listeners' comings and goings reach members as counts only."""
+    counts_interval: PositiveNumber = 1.0
+    """Seconds between two ``room_updated`` count updates of a room with a big audience."""
 
 
 class AdminConfig(Section, frozen=True):

@@ -66,6 +66,7 @@ REQUEST_SAMPLES: dict[str, dict[str, Any]] = {
     "create_invite": {"role": "speaker", "expires_in": 600.0, "max_uses": 3},
     "revoke_invite": {"token": "AbCdEfGhIjKlMnOpQrStUv"},
     "list_invites": {},
+    "list_participants": {"after": "alice", "limit": 50},
     "start_recording": {},
     "stop_recording": {},
     "recording_consent": {"consent": True},

@@ -55,6 +55,7 @@ class TimerKind(enum.Enum):
     SPEAKING_HOLD = "hold"
     REMINDER = "reminder"
     ROTATION = "rotation"
+    COUNTS = "counts"
 
 
 TimerHandler = Callable[[Room, str, float], None]
@@ -160,7 +161,17 @@ class CoreContext:
         self.send((m.session for m in room.members.values() if m.session != exclude), message)
 
     def to_hosts(self, room: Room, message: messages.Event) -> None:
-        self.send((m.session for m in room.members.values() if m.role in HOST_ROLES), message)
+        self.send((m.session for m in room.stage_members.values() if m.role in HOST_ROLES), message)
+
+    def room_state(self, room: Room, member: Member) -> messages.RoomState:
+        """The ``room_state`` for ``member``, bounded (see :mod:`.snapshot`)."""
+        snapshot = room.snapshot(member, member.is_host, self.limits.snapshot_listeners)
+        return messages.RoomState(room=snapshot)
+
+    def quiet_audience(self, room: Room) -> bool:
+        """Whether ``room``'s audience is too big to announce each listener coming, going or
+        changing to every member (``limits.audience_events_above``, PROTOCOL.md 7)."""
+        return room.listener_count() > self.limits.audience_events_above
 
     def discard_events(self, mark: int) -> None:
         while len(self.events) > mark:
@@ -171,18 +182,45 @@ class CoreContext:
     ) -> None:
         self.emit(events.ModerationTaken(actor.room.id, actor.user, action, target, detail))
 
-    def participant_updated(self, room: Room, member: Member) -> None:
+    def participant_updated(self, room: Room, member: Member, stage_change: bool = False) -> None:
+        """Tell the room ``member`` changed; in a big audience a listener's change that is not
+        a move on or off the stage goes only to the hosts and the listener."""
         participant = room.participant(member)
-        self.to_members(room, messages.ParticipantUpdated(room=room.id, participant=participant))
+        event = messages.ParticipantUpdated(room=room.id, participant=participant)
+        if member.on_stage or stage_change or not self.quiet_audience(room):
+            self.to_members(room, event)
+        else:
+            sessions = {m.session for m in room.stage_members.values() if m.role in HOST_ROLES}
+            sessions.add(member.session)
+            self.send(sessions, event)
         self.emit(events.ParticipantChanged(room.id, participant))
 
     def hand_queue_changed(self, room: Room) -> None:
         users = room.hands.users()
-        self.to_hosts(room, messages.HandQueue(room=room.id, users=users))
+        listed = users[: messages.MAX_HANDS_LISTED]
+        self.to_hosts(room, messages.HandQueue(room=room.id, users=listed, total=len(users)))
         self.emit(events.HandQueueChanged(room.id, list(users)))
 
     def counts_changed(self, room: Room) -> None:
         self.to_members(room, messages.RoomUpdated(room=room.summary()))
+
+    def counts_later(self, room: Room, now: float) -> None:
+        """The counts of a big audience changed: tell the members at most once per
+        ``limits.counts_interval`` (the ``COUNTS`` timer sends what is pending)."""
+        if room.counts_due is not None:
+            return
+        due = room.counts_sent_at + self.limits.counts_interval
+        if due <= now:
+            self.send_counts(room, now)
+            return
+        room.counts_due = due
+        self.push_timer(due, TimerKind.COUNTS, room)
+
+    def send_counts(self, room: Room, now: float) -> None:
+        room.counts_due = None
+        room.counts_sent_at = now
+        if room.state != "closed":
+            self.counts_changed(room)
 
     def room_changed(self, room: Room) -> None:
         self.emit(events.RoomSettingsChanged(room_settings(room)))

@@ -179,7 +179,7 @@ class RoomLifecycle(Concern):
             member.media_key = None
             self._emit(events.MemberLeft(room.id, member.user, member.session, "closed"))
         self.forwarder.drop_group(room.id)
-        room.members.clear()
+        room.clear_members()
         room.hands.clear()
         room.speaking.clear()
         room.approved_users.clear()

@@ -28,3 +28,11 @@ class Limits:
     (they get another one at the start time)."""
     max_speakers_cap: int = 100
     """Highest ``max_speakers`` a room may have (the protocol allows at most 100)."""
+    snapshot_listeners: int = 100
+    """Listeners a ``room_state`` lists at most besides its receiver and, for hosts, the raised
+    hands; the rest are paged with ``list_participants``."""
+    audience_events_above: int = 100
+    """Above this many listeners in a room, listeners coming and going are not announced one
+    by one (``participant_joined``/``left``): members get coalesced counts instead."""
+    counts_interval: float = 1.0
+    """Seconds between two coalesced ``room_updated`` events of a room with a big audience."""

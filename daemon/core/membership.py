@@ -8,16 +8,20 @@ from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
 
 from . import events
-from .context import Concern, Session, ban_message
+from .context import Actor, Concern, CoreContext, Session, TimerKind, ban_message
 from .errors import CoreError
 from .forwarder import Outlet
 from .identity import Identity
-from .results import Done, Joined, Result
+from .results import Done, Joined, ParticipantsResult, Result
 from .room import Invite, Member, Room
 
 
 class Membership(Concern):
     """Who is connected, and who is in which room: join, enter, leave, depart."""
+
+    def __init__(self, ctx: CoreContext) -> None:
+        super().__init__(ctx)
+        ctx.on_timer(TimerKind.COUNTS, lambda room, key, now: ctx.send_counts(room, now))
 
     def connect(
         self,
@@ -166,7 +170,7 @@ class Membership(Concern):
                 room, request, "cancelled", user, requester_reason="replaced"
             )
         member = Member(session=session, identity=identity, role=role, joined_at=now, red=state.red)
-        room.members[user] = member
+        room.add_member(member)
         state.room = room
         if not state.relayed:
             self.forwarder.join(room.id, state.outlet)
@@ -175,21 +179,41 @@ class Membership(Concern):
             self.ctx.flows.open_flow(room, member)
         if role == "owner":
             room.close_at = None
-        self._send((session,), messages.RoomState(room=room.snapshot(member, member.is_host)))
+        self._send((session,), self.ctx.room_state(room, member))
         self.ctx.recording.ask_consent(room, member)
-        self._to_members(
-            room,
-            messages.ParticipantJoined(room=room.id, participant=room.participant(member)),
-            exclude=session,
-        )
+        # A listener entering a big audience is not announced to everyone (that would be
+        # O(n) messages per join, O(n^2) for a room filling up): members get coalesced counts.
+        quiet = not member.on_stage and self.ctx.quiet_audience(room)
+        if not quiet:
+            self._to_members(
+                room,
+                messages.ParticipantJoined(room=room.id, participant=room.participant(member)),
+                exclude=session,
+            )
         if member.media_key is not None:
             self._to_members(
                 room, messages.MediaKeyEvent(room=room.id, key=member.media_key), exclude=session
             )
-        self._to_members(room, messages.RoomUpdated(room=room.summary()), exclude=session)
+        if quiet:
+            self.ctx.counts_later(room, now)
+        else:
+            self._to_members(room, messages.RoomUpdated(room=room.summary()), exclude=session)
         self.ctx.reception.receiver_added(room, member)
         self._emit(events.MemberJoined(room.id, user, session, role))
         return member
+
+    def list_participants(
+        self, actor: Actor, request: messages.ListParticipants, now: float
+    ) -> Result:
+        """A page of the room's members in user id order (PROTOCOL.md ``list_participants``)."""
+        room = actor.room
+        page, cursor = room.page(request.after, request.limit)
+        return ParticipantsResult(
+            participants=[room.participant(m) for m in page],
+            media_keys=[m.media_key for m in page if m.media_key is not None],
+            next=cursor,
+            total=len(room.members),
+        )
 
     def leave(self, state: Session, now: float) -> Result:
         if state.knock is not None:
@@ -203,7 +227,7 @@ class Membership(Concern):
     def depart(self, room: Room, member: Member, reason: str, now: float) -> None:
         """``member`` leaves ``room``: the others are told, the owner's absence handled."""
         user = member.user
-        del room.members[user]
+        room.remove_member(user)
         state = self._sessions.get(member.session)
         if state is not None and state.room is room:
             state.room = None
@@ -214,8 +238,12 @@ class Membership(Concern):
             self._hand_queue_changed(room)
         if member.flow is not None:
             self.ctx.flows.close_flow(room, member)
-        self._to_members(room, messages.ParticipantLeft(room=room.id, user=user, reason=reason))
-        self._counts_changed(room)
+        # Checked once the member is gone: a big audience stays quiet down to the threshold.
+        if not member.on_stage and self.ctx.quiet_audience(room):
+            self.ctx.counts_later(room, now)
+        else:
+            self._to_members(room, messages.ParticipantLeft(room=room.id, user=user, reason=reason))
+            self._counts_changed(room)
         self._emit(events.MemberLeft(room.id, user, member.session, reason))
         # A persistent room belongs to its owner beyond any one visit: only an explicit
         # transfer_ownership hands it over.

@@ -70,6 +70,7 @@ class Action(str, enum.Enum):
     CREATE_INVITE = "create_invite"
     REVOKE_INVITE = "revoke_invite"
     LIST_INVITES = "list_invites"
+    LIST_PARTICIPANTS = "list_participants"
     APPROVE_KNOCK = "approve_knock"
     DENY_KNOCK = "deny_knock"
     START_ROOM = "start_room"
@@ -135,6 +136,7 @@ MATRIX: Final[dict[Action, Rule]] = {
     Action.CREATE_INVITE:         _HOSTS,
     Action.REVOKE_INVITE:         _HOSTS,
     Action.LIST_INVITES:          _HOSTS,
+    Action.LIST_PARTICIPANTS:     _EVERYONE,
     Action.APPROVE_KNOCK:         _HOSTS,
     Action.DENY_KNOCK:            _HOSTS,
     Action.START_ROOM:            _OWNER,
@@ -203,6 +205,7 @@ REQUEST_ACTIONS: Final[dict[type, tuple[Action, Action]]] = {
     messages.CreateInvite: (_A.CREATE_INVITE, _A.CREATE_INVITE),
     messages.RevokeInvite: (_A.REVOKE_INVITE, _A.REVOKE_INVITE),
     messages.ListInvites: (_A.LIST_INVITES, _A.LIST_INVITES),
+    messages.ListParticipants: (_A.LIST_PARTICIPANTS, _A.LIST_PARTICIPANTS),
     messages.StartRecording: (_A.START_RECORDING, _A.START_RECORDING),
     messages.StopRecording: (_A.STOP_RECORDING, _A.STOP_RECORDING),
     messages.RecordingConsent: (_A.RECORDING_CONSENT, _A.RECORDING_CONSENT),

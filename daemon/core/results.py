@@ -64,6 +64,15 @@ class InvitesResult(msgspec.Struct):
     invites: list[messages.InviteInfo]
 
 
+class ParticipantsResult(msgspec.Struct, kw_only=True):
+    """``list_participants``: one page of members, their media keys, and where to go on."""
+
+    participants: list[messages.Participant]
+    media_keys: list[messages.MediaKey]
+    next: str | None
+    total: int
+
+
 class RecordingResult(msgspec.Struct):
     """``start_recording``, ``stop_recording``: the recording's id."""
 
@@ -93,6 +102,7 @@ Result = (
     | UserResult
     | InviteResult
     | InvitesResult
+    | ParticipantsResult
     | RecordingResult
     | ConsentResult
     | ServerBanResult

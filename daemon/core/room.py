@@ -5,6 +5,7 @@ These are plain records; the rules that change them live in :mod:`.service`.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,15 @@ class Room:
     moderators: list[str] = field(default_factory=list)
     """Moderators' user ids, earliest promoted first; kept while they are away."""
     members: dict[str, Member] = field(default_factory=dict)
-    """Present members by user id, in order of entry."""
+    """Present members by user id, in order of entry. Change it only through
+    :meth:`add_member`, :meth:`remove_member` and :meth:`clear_members`, which keep the
+    indexes below in step."""
+    member_index: list[str] = field(default_factory=list)
+    """Present members' user ids in sorted order: the order ``list_participants`` pages in, so
+    that a cursor (a user id) keeps its place while others come and go."""
+    stage_members: dict[str, Member] = field(default_factory=dict)
+    """The present members on stage, in the order they came on stage (a room's listeners are
+    never walked to find its stage)."""
     knocks: dict[str, JoinRequest] = field(default_factory=dict)
     """Pending knocks by request id."""
     invites: dict[str, Invite] = field(default_factory=dict)
@@ -187,6 +196,10 @@ class Room:
     """SSRCs handed out in this room, never given twice."""
     close_at: float | None = None
     """When the room closes for want of its owner (or of anyone); None when not due."""
+    counts_due: float | None = None
+    """When coalesced counts (a big audience's ``room_updated``) go out; None: none pending."""
+    counts_sent_at: float = -math.inf
+    """When the last coalesced ``room_updated`` went out."""
     speaking_sent: frozenset[str] = frozenset()
     speaking_sent_at: float = -math.inf
     speaking_emit_at: float | None = None
@@ -209,14 +222,43 @@ class Room:
             return member.role
         return self.stored_role(user) or "listener"
 
+    def add_member(self, member: Member) -> None:
+        user = member.user
+        assert user not in self.members
+        self.members[user] = member
+        bisect.insort(self.member_index, user)
+        if member.on_stage:
+            self.stage_members[user] = member
+
+    def remove_member(self, user: str) -> None:
+        del self.members[user]
+        index = bisect.bisect_left(self.member_index, user)
+        del self.member_index[index]
+        self.stage_members.pop(user, None)
+
+    def clear_members(self) -> None:
+        self.members.clear()
+        self.member_index.clear()
+        self.stage_members.clear()
+
+    def role_changed(self, member: Member) -> None:
+        """Keep the stage index in step after ``member.role`` changed."""
+        if member.on_stage:
+            self.stage_members.setdefault(member.user, member)
+        else:
+            self.stage_members.pop(member.user, None)
+
     def stage_count(self) -> int:
-        return sum(1 for m in self.members.values() if m.role in STAGE_ROLES)
+        return len(self.stage_members)
+
+    def listener_count(self) -> int:
+        return len(self.members) - len(self.stage_members)
 
     def stage_full(self) -> bool:
         return self.stage_count() >= self.max_speakers
 
     def hosts(self) -> list[Member]:
-        return [m for m in self.members.values() if m.role in HOST_ROLES]
+        return [m for m in self.stage_members.values() if m.role in HOST_ROLES]
 
     def owner_present(self) -> bool:
         member = self.members.get(self.owner)
@@ -252,16 +294,28 @@ class Room:
             verified=dict(member.identity.verified),
         )
 
-    def snapshot(self, viewer: Member | None, host_view: bool) -> messages.RoomSnapshot:
-        """The room as ``viewer`` may see it; knocks and hands only with ``host_view``."""
-        return messages.RoomSnapshot(
-            summary=self.summary(),
-            participants=[self.participant(m) for m in self.members.values()],
-            hand_queue=self.hands.users() if host_view else [],
-            knocks=[k.info() for k in self.knocks.values()] if host_view else [],
-            media_keys=[m.media_key for m in self.members.values() if m.media_key is not None],
-            you=viewer.user if viewer is not None else "",
-        )
+    def snapshot(
+        self, viewer: Member | None, host_view: bool, listeners: int = 100
+    ) -> messages.RoomSnapshot:
+        """The room as ``viewer`` may see it (knocks and hands only with ``host_view``), bounded:
+        see :func:`.snapshot.bounded_snapshot`; at most ``listeners`` listeners besides the
+        viewer and, for hosts, the raised hands."""
+        from .snapshot import bounded_snapshot
+
+        return bounded_snapshot(self, viewer, host_view, listeners)
+
+    def page(self, after: str | None, limit: int) -> tuple[list[Member], str | None]:
+        """Up to ``limit`` present members whose user id sorts after ``after`` (from the start
+        when None), in user id order, and the cursor of the next page (None: this is the last).
+
+        A member present from the first page to the last is listed exactly once, whoever comes
+        and goes meanwhile; one who comes or goes meanwhile is listed at most once."""
+        index = self.member_index
+        start = 0 if after is None else bisect.bisect_right(index, after)
+        users = index[start : start + limit]
+        page = [self.members[user] for user in users]
+        more = start + limit < len(index)
+        return page, (users[-1] if more and users else None)
 
 
 # --------------------------------------------------------------------------- validation

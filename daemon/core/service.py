@@ -98,6 +98,7 @@ class SalonCore:
             messages.CreateInvite: invites.create_invite,
             messages.RevokeInvite: invites.revoke_invite,
             messages.ListInvites: invites.list_invites,
+            messages.ListParticipants: self._membership.list_participants,
             messages.ApproveKnock: knocks.approve_knock,
             messages.DenyKnock: knocks.deny_knock,
             messages.StartRecording: recording.start_recording,
@@ -296,10 +297,11 @@ class SalonCore:
         found = self.rooms.get(room)
         if found is None:
             raise CoreError(ErrorCode.ROOM_NOT_FOUND, f"no room {room}")
+        listeners = self.limits.snapshot_listeners
         if viewer is None:
-            return found.snapshot(None, host_view=True)
+            return found.snapshot(None, True, listeners)
         member = self._ctx.member_of(found, viewer)
-        return found.snapshot(member, member is not None and member.is_host)
+        return found.snapshot(member, member is not None and member.is_host, listeners)
 
     # ------------------------------------------------------------------ queries
 

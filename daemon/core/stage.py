@@ -24,6 +24,7 @@ class Stage(Concern):
             return
         was_on_stage, was_host = member.on_stage, member.is_host
         member.role = role
+        room.role_changed(member)
         if member.on_stage and not was_on_stage:
             member.invited_by = None
             if room.hands.lower_hand(member.user):
@@ -38,13 +39,10 @@ class Stage(Concern):
             member.muted = True
             member.muted_by_moderator = False
             self.ctx.flows.close_flow(room, member)
-        self._participant_updated(room, member)
+        self._participant_updated(room, member, member.on_stage != was_on_stage)
         if member.is_host != was_host:
             # What the member may see changed (knocks, hand queue): resynchronise them.
-            self._send(
-                (member.session,),
-                messages.RoomState(room=room.snapshot(member, member.is_host)),
-            )
+            self._send((member.session,), self.ctx.room_state(room, member))
         if member.on_stage != was_on_stage:
             self._counts_changed(room)
         self._emit(events.RoleChanged(room.id, member.user, old, role))

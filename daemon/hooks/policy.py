@@ -19,6 +19,7 @@ import msgspec
 
 from salon.daemon.auth import AuthError, clean_display_name
 from salon.daemon.core import CoreError, Identity, ModerationTaken
+from salon.daemon.core.identity import identity_problem
 from salon.daemon.pipeline import Review
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.messages import ErrorCode
@@ -89,6 +90,12 @@ class PluginAuthenticator:
             raise AuthError("authentication is unavailable; try again later")
         if value.user.startswith(PLUGIN_ACTOR_PREFIX) or value.operator:
             self.host.failed("authenticate", plugin, f"returned a reserved identity {value!r}")
+            raise AuthError("authentication is unavailable; try again later")
+        problem = identity_problem(value)
+        if problem is not None:
+            self.host.failed(
+                "authenticate", plugin, f"returned an identity out of bounds: {problem}"
+            )
             raise AuthError("authentication is unavailable; try again later")
         name = clean_display_name(value.display_name)
         if name != value.display_name:

@@ -179,6 +179,13 @@ class RoomSnapshot(msgspec.Struct, kw_only=True):
     knocks: list[JoinRequestInfo] = []
     media_keys: list[MediaKey] = []
     you: str = ""
+    partial: bool = False
+    """True when ``participants`` leaves members out (a big audience): page them with
+    ``list_participants``."""
+    hand_queue_total: int = 0
+    """Raised hands in all (hosts only); ``hand_queue`` may list only the first ones."""
+    knocks_total: int = 0
+    """Pending knocks in all (hosts only); ``knocks`` may list only the oldest ones."""
 
 
 # --------------------------------------------------------------------------- requests
@@ -404,6 +411,17 @@ class RevokeInvite(_Request, kw_only=True, tag="revoke_invite"):
     token: str
 
 
+MAX_PARTICIPANTS_PAGE = 500
+"""Largest ``limit`` of a ``list_participants`` request."""
+
+
+class ListParticipants(_Request, kw_only=True, tag="list_participants"):
+    """A page of the current room's members in user id order, after the cursor ``after``."""
+
+    after: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTICIPANTS_PAGE)] = 100
+
+
 class ListInvites(_Request, kw_only=True, tag="list_invites"):
     """The current room's invite links."""
 
@@ -484,6 +502,7 @@ Request = Union[
     CreateInvite,
     RevokeInvite,
     ListInvites,
+    ListParticipants,
     StartRecording,
     StopRecording,
     RecordingConsent,
@@ -611,11 +630,17 @@ class OwnerChanged(_Event, kw_only=True, tag="owner_changed"):
     user: str
 
 
+MAX_HANDS_LISTED = 100
+"""Raised hands a ``hand_queue`` event lists at most (the first ones); ``total`` counts all."""
+
+
 class HandQueue(_Event, kw_only=True, tag="hand_queue"):
     """The ordered raised-hand queue (sent to the owner and moderators)."""
 
     room: str
     users: list[str]
+    total: int = 0
+    """Raised hands in all; ``users`` lists at most the first 100."""
 
 
 class Knock(_Event, kw_only=True, tag="knock"):

@@ -74,7 +74,10 @@ def _limit_marks(text: str) -> str:
     kept: list[str] = []
     marks = 0
     for char in text:
-        if unicodedata.category(char) in ("Mn", "Me"):
+        # A zero-width combiner that is not category Mn/Me (a spacing mark with a combining
+        # class, such as U+1D165) counts as a mark too: otherwise it could pile up without
+        # limit on one cell, and a text's bytes would not be bounded by its width.
+        if unicodedata.category(char) in ("Mn", "Me") or unicodedata.combining(char):
             marks += 1
             if marks > MAX_MARKS:
                 continue
