@@ -286,6 +286,13 @@ class InvitesResult(msgspec.Struct, forbid_unknown_fields=True):
     invites: list[messages.InviteInfo]
 
 
+class ParticipantsResult(msgspec.Struct, forbid_unknown_fields=True):
+    participants: list[messages.Participant]
+    media_keys: list[messages.MediaKey]
+    next: str | None
+    total: int
+
+
 class RecordingResult(msgspec.Struct, forbid_unknown_fields=True):
     recording: str
 
@@ -306,6 +313,7 @@ RESULTS: dict[str, Any] = {
     "approve_knock": UserResult,
     "create_invite": InviteResult,
     "list_invites": InvitesResult,
+    "list_participants": ParticipantsResult,
     "start_recording": RecordingResult,
     "stop_recording": RecordingResult,
     "recording_consent": ConsentResult,
