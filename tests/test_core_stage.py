@@ -30,7 +30,8 @@ def test_hand_queue_order_visibility_and_idempotence() -> None:
     assert h.do(s["lis2"], m.RaiseHand) == {}
     events = h.drain()
     assert received(events, m.HandQueue) == {
-        session: [m.HandQueue(room="r1", users=["lis2"], total=1)] for session in (s["owner"], s["mod"])
+        session: [m.HandQueue(room="r1", users=["lis2"], total=1)]
+        for session in (s["owner"], s["mod"])
     }
     updated = received(events, m.ParticipantUpdated)
     assert set(updated) == set(s.values())
@@ -52,7 +53,9 @@ def test_lowering_hands() -> None:
     h.do(s["lis2"], m.RaiseHand)
     h.drain()
     assert h.do(s["lis"], m.LowerHand) == {}
-    assert received(h.drain(), m.HandQueue)[s["owner"]] == [m.HandQueue(room="r1", users=["lis2"], total=1)]
+    assert received(h.drain(), m.HandQueue)[s["owner"]] == [
+        m.HandQueue(room="r1", users=["lis2"], total=1)
+    ]
     assert h.do(s["lis"], m.LowerHand) == {}  # not raised: nothing happens
     assert h.drain() == []
     h.refuse(s["lis"], ErrorCode.NOT_PERMITTED, m.LowerHand, user="lis2")

@@ -11,9 +11,12 @@ from . import events
 from .context import Actor, Concern, CoreContext, Session, TimerKind, ban_message
 from .errors import CoreError
 from .forwarder import Outlet
-from .identity import Identity
+from .identity import MAX_USER_ID_BYTES, Identity
 from .results import Done, Joined, ParticipantsResult, Result
 from .room import Invite, Member, Room
+
+PAGE_BUDGET = messages.MAX_MESSAGE_SIZE
+"""Bytes the ``ok`` of a ``list_participants`` may take once encoded."""
 
 
 class Membership(Concern):
@@ -208,12 +211,27 @@ class Membership(Concern):
         """A page of the room's members in user id order (PROTOCOL.md ``list_participants``)."""
         room = actor.room
         page, cursor = room.page(request.after, request.limit)
-        return ParticipantsResult(
-            participants=[room.participant(m) for m in page],
-            media_keys=[m.media_key for m in page if m.media_key is not None],
-            next=cursor,
-            total=len(room.members),
+        result = ParticipantsResult(
+            participants=[], media_keys=[], next=None, total=len(room.members)
         )
+        # The reply must fit one control message whatever the members' names: a page ends
+        # early (its ``next`` says where to go on) when the next member would not fit.
+        budget = PAGE_BUDGET - len(messages.encode(messages.Ok(re=messages.MAX_REQUEST_ID)))
+        budget -= len(messages.encode(result)) + MAX_USER_ID_BYTES + 2
+        for index, member in enumerate(page):
+            participant = room.participant(member)
+            size = len(messages.encode(participant)) + 1
+            if member.media_key is not None:
+                size += len(messages.encode(member.media_key)) + 1
+            if size > budget and index > 0:
+                result.next = page[index - 1].user
+                return result
+            budget -= size
+            result.participants.append(participant)
+            if member.media_key is not None:
+                result.media_keys.append(member.media_key)
+        result.next = cursor
+        return result
 
     def leave(self, state: Session, now: float) -> Result:
         if state.knock is not None:

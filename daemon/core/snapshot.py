@@ -45,58 +45,86 @@ def bounded_snapshot(
     room: Room, viewer: Member | None, host_view: bool, listeners: int
 ) -> messages.RoomSnapshot:
     """The room as ``viewer`` sees it (None: the operator's view), under the message limit."""
-    snapshot = messages.RoomSnapshot(
-        summary=room.summary(),
-        you=viewer.user if viewer is not None else "",
-        hand_queue_total=len(room.hands) if host_view else 0,
-        knocks_total=len(room.knocks) if host_view else 0,
-    )
-    empty = messages.RoomState(room=snapshot)
-    # The flag may flip to true below: count its longer spelling now.
-    budget = _Budget(len(messages.encode(empty)) + len("true") - len("false"))
-    participants = snapshot.participants
-    listed: set[str] = set()
-
-    def add(member: Member) -> bool:
-        participant = room.participant(member)
-        size = _size(participant)
-        key = member.media_key
-        if key is not None:
-            size += _size(key)
-        if not budget.take(size):
-            return False
-        participants.append(participant)
-        listed.add(member.user)
-        if key is not None:
-            snapshot.media_keys.append(key)
-        return True
-
-    for member in room.stage_members.values():
-        add(member)
-    if viewer is not None and viewer.user not in listed:
-        add(viewer)
-    if host_view:
-        for user in room.hands.users():
-            if not budget.take(len(messages.encode(user)) + 1):
-                break
-            snapshot.hand_queue.append(user)
-        for request in room.knocks.values():
-            info = request.info()
-            if not budget.take(_size(info)):
-                break
-            snapshot.knocks.append(info)
-        for user in snapshot.hand_queue:
-            hand = room.members.get(user)
-            if hand is not None and user not in listed and not add(hand):
-                break
+    # The candidates, in order of priority: the stage, the receiver, the raised hands (hosts),
+    # then up to ``listeners`` other listeners.
+    chosen: dict[str, Member] = dict(room.stage_members)
+    if viewer is not None:
+        chosen.setdefault(viewer.user, viewer)
+    hands = room.hands.users() if host_view else []
+    knocks = [k.info() for k in room.knocks.values()] if host_view else []
+    for user in hands:
+        hand = room.members.get(user)
+        if hand is not None:
+            chosen.setdefault(user, hand)
     more = listeners
     for member in room.members.values():
         if more <= 0:
             break
-        if member.user in listed:
-            continue
+        if member.user not in chosen:
+            chosen[member.user] = member
+            more -= 1
+    snapshot = messages.RoomSnapshot(
+        summary=room.summary(),
+        participants=[room.participant(m) for m in chosen.values()],
+        hand_queue=hands,
+        knocks=knocks,
+        media_keys=[m.media_key for m in chosen.values() if m.media_key is not None],
+        you=viewer.user if viewer is not None else "",
+        partial=len(chosen) < len(room.members),
+        hand_queue_total=len(hands),
+        knocks_total=len(knocks),
+    )
+    # The common case, measured once: everything chosen fits.
+    if len(messages.encode(messages.RoomState(room=snapshot))) <= SNAPSHOT_BUDGET:
+        return snapshot
+    return _fitted(snapshot, list(chosen.values()), host_view)
+
+
+def _fitted(
+    whole: messages.RoomSnapshot, chosen: list[Member], host_view: bool
+) -> messages.RoomSnapshot:
+    """``whole`` cut to the message limit, item by item in order of priority: the stage members
+    and the receiver, the hand queue, the knocks, then the other participants."""
+    snapshot = messages.RoomSnapshot(
+        summary=whole.summary,
+        you=whole.you,
+        partial=False,
+        hand_queue_total=whole.hand_queue_total,
+        knocks_total=whole.knocks_total,
+    )
+    # The flag may flip to true below: count its longer spelling now.
+    used = len(messages.encode(messages.RoomState(room=snapshot))) + len("true") - len("false")
+    budget = _Budget(used)
+    participants = {p.user: p for p in whole.participants}
+    keys = {k.user: k for k in whole.media_keys}
+    first = [m for m in chosen if m.on_stage or m.user == whole.you]
+    rest = [m for m in chosen if not (m.on_stage or m.user == whole.you)]
+
+    def add(member: Member) -> bool:
+        participant = participants[member.user]
+        size = _size(participant)
+        key = keys.get(member.user)
+        if key is not None:
+            size += _size(key)
+        if not budget.take(size):
+            return False
+        snapshot.participants.append(participant)
+        if key is not None:
+            snapshot.media_keys.append(key)
+        return True
+
+    for member in first:
+        add(member)
+    for user in whole.hand_queue:
+        if not budget.take(len(messages.encode(user)) + 1):
+            break
+        snapshot.hand_queue.append(user)
+    for info in whole.knocks:
+        if not budget.take(_size(info)):
+            break
+        snapshot.knocks.append(info)
+    for member in rest:
         if not add(member):
             break
-        more -= 1
-    snapshot.partial = len(participants) < len(room.members)
+    snapshot.partial = True
     return snapshot
