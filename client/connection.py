@@ -485,6 +485,26 @@ class SalonClient:
         await self.call("leave")
         self.room = None
 
+    async def list_participants(
+        self, after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """One page of the current room's members (PROTOCOL.md ``list_participants``):
+        ``participants``, their ``media_keys``, the ``next`` cursor (None on the last page) and
+        the ``total``."""
+        return await self.call("list_participants", after=after, limit=limit)
+
+    async def all_participants(self, page: int = 500) -> list[dict[str, Any]]:
+        """Every member of the current room, paged (a big room's ``room_state`` lists only some
+        listeners, PROTOCOL.md 18); each member once, in user id order."""
+        members: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            result = await self.list_participants(after, page)
+            members.extend(result["participants"])
+            after = result["next"]
+            if after is None:
+                return members
+
     # ------------------------------------------------------------------ protocol input
 
     def _on_stream_data(self, stream_id: int, data: bytes) -> None:

@@ -1,0 +1,65 @@
+"""A room with more members than room_state lists, over real QUIC: joinable, paged, quiet.
+
+The bounds are lowered through the configuration so that a dozen clients make a "big" room.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from salon.daemon.wire import messages as msg
+from tests.conftest import run_daemon
+
+LISTED = 3
+QUIET_ABOVE = 4
+LISTENERS = 9
+
+
+async def test_a_room_bigger_than_room_state_is_joinable_and_paged(tmp_path: Path) -> None:
+    async with run_daemon(
+        tmp_path / "state",
+        **{
+            "limits.snapshot_listeners": LISTED,
+            "limits.audience_events_above": QUIET_ABOVE,
+            "limits.counts_interval": 0.2,
+        },
+    ) as live:
+        owner = await live.client("Owner")
+        await owner.create_room("Big", room="big")
+        await owner.join("big")
+        listeners = []
+        for i in range(LISTENERS):
+            client = await live.client(f"Listener {i}")
+            await client.join("big")
+            listeners.append(client)
+        last = listeners[-1]
+        state = await last.wait_for_event(msg.RoomState, timeout=10)
+        users = [p.user for p in state.room.participants]
+        assert users[0] == owner.user and last.user in users
+        assert len(users) == 1 + 1 + LISTED
+        assert state.room.partial is True
+        assert state.room.summary.listeners == LISTENERS
+        # Paging lists every member exactly once.
+        members = await last.all_participants(page=4)
+        listed = [p["user"] for p in members]
+        assert sorted(listed) == sorted([owner.user, *(c.user for c in listeners)])
+        assert len(set(listed)) == len(listed)
+        page = await last.list_participants(limit=2)
+        assert page["total"] == LISTENERS + 1 and page["next"] == page["participants"][1]["user"]
+        # The owner saw the first listeners enter one by one, then only counts.
+        seen = owner.drain_events()
+        while not any(
+            isinstance(e, msg.RoomUpdated) and e.room.listeners == LISTENERS for e in seen
+        ):
+            seen.append(await owner.next_event(10))
+        joined = [e.participant.user for e in seen if isinstance(e, msg.ParticipantJoined)]
+        assert joined == [c.user for c in listeners[:QUIET_ABOVE]]
+        # A listener leaving a big audience is not announced either: only the counts change.
+        await listeners[0].leave()
+        after: list[object] = []
+        while not any(isinstance(e, msg.RoomUpdated) for e in after):
+            after.append(await owner.next_event(10))
+        assert not [e for e in after if isinstance(e, msg.ParticipantLeft)]
+        assert [e.room.listeners for e in after if isinstance(e, msg.RoomUpdated)] == [
+            LISTENERS - 1
+        ]
