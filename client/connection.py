@@ -485,9 +485,7 @@ class SalonClient:
         await self.call("leave")
         self.room = None
 
-    async def list_participants(
-        self, after: str | None = None, limit: int = 100
-    ) -> dict[str, Any]:
+    async def list_participants(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
         """One page of the current room's members (PROTOCOL.md ``list_participants``):
         ``participants``, their ``media_keys``, the ``next`` cursor (None on the last page) and
         the ``total``."""

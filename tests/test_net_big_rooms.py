@@ -9,6 +9,7 @@ from pathlib import Path
 
 from salon.daemon.wire import messages as msg
 from tests.conftest import run_daemon
+from tests.test_salonctl import salonctl
 
 LISTED = 3
 QUIET_ABOVE = 4
@@ -63,3 +64,16 @@ async def test_a_room_bigger_than_room_state_is_joinable_and_paged(tmp_path: Pat
         assert [e.room.listeners for e in after if isinstance(e, msg.RoomUpdated)] == [
             LISTENERS - 1
         ]
+        # The operator: the room detail says it is partial; members pages through everyone.
+        code, out, err = await salonctl(live, "room", "big")
+        assert code == 0, err
+        assert f"audience ({LISTED} of {LISTENERS - 1} listed" in out
+        code, out, err = await salonctl(live, "members", "big")
+        assert code == 0, err
+        assert len(out.splitlines()) == LISTENERS
+        last_line = next(line for line in out.splitlines() if last.user in line)
+        assert last_line.split()[:2] == ["listener", last.user]
+        # A member the detail does not list is still found by name for an action.
+        code, out, err = await salonctl(live, "invite-to-speak", "big", "Listener 8")
+        assert code == 0, err
+        await last.wait_for_event(msg.SpeakInvitation, timeout=10)

@@ -23,7 +23,7 @@ from typing import Any
 
 # ConfigError is part of this client's interface: default_socket_path raises it.
 from salon.daemon.config import ConfigError as ConfigError
-from salon.daemon.wire.messages import InviteInfo, RoomSummary
+from salon.daemon.wire.messages import InviteInfo, Participant, RoomSummary
 
 from . import protocol as p
 
@@ -210,6 +210,18 @@ class AdminClient:
             (await self.request("room", room=room))["room"], p.RoomDetail
         )
         return detail
+
+    async def participants(self, room: str, page: int = 500) -> list[Participant]:
+        """Every member of ``room``, in user id order, paged with ``list_participants`` (the
+        ``room`` detail lists only the first listeners of a big room)."""
+        members: list[Participant] = []
+        after: str | None = None
+        while True:
+            result = await self.act(room, "list_participants", after=after, limit=page)
+            members.extend(p.convert(result["participants"], list[Participant]))
+            after = result["next"]
+            if after is None:
+                return members
 
     async def audit(self, limit: int = 100, room: str | None = None) -> list[p.AuditEntry]:
         result = await self.request("audit", limit=limit, room=room)

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     rooms.add_argument("--topic")
     room = sub.add_parser("room", help="one room: stage, audience, hands, knocks, invites, bans")
     room.add_argument("room")
+    members = sub.add_parser("members", help="every member of a room, however big (paged)")
+    members.add_argument("room")
 
     create = sub.add_parser("create", help="create a room (owned by the operator)")
     create.add_argument("room")
@@ -275,7 +277,13 @@ def format_detail(detail: RoomDetail) -> str:
         speaking = " speaking" if level is not None and level.speaking else ""
         muted = " muted-by-moderator" if m.muted_by_moderator else " muted" if m.muted else ""
         lines.append(f"  {m.role:<9} {m.user:<28} {m.display_name}{muted}{speaking}")
-    lines.append(f"audience ({len(audience)}):")
+    if detail.partial:
+        lines.append(
+            f"audience ({len(audience)} of {s.listeners} listed;"
+            f" salonctl members {s.room} lists all):"
+        )
+    else:
+        lines.append(f"audience ({len(audience)}):")
     for m in audience:
         hand = " hand raised" if m.hand_raised else ""
         lines.append(f"  {m.user:<38} {m.display_name}{hand}")
@@ -348,6 +356,15 @@ async def cmd_rooms(client: AdminClient, args: argparse.Namespace) -> None:
 async def cmd_room(client: AdminClient, args: argparse.Namespace) -> None:
     detail = await client.room(args.room)
     emit(args, detail, format_detail(detail))
+
+
+async def cmd_members(client: AdminClient, args: argparse.Namespace) -> None:
+    members = await client.participants(args.room)
+    lines = [
+        f"{m.role:<9} {m.user:<38} {m.display_name}" + (" hand raised" if m.hand_raised else "")
+        for m in members
+    ]
+    emit(args, members, "\n".join(lines) or "no members")
 
 
 async def cmd_create(client: AdminClient, args: argparse.Namespace) -> None:
@@ -474,6 +491,8 @@ def user_action(method: str) -> Handler:
         user, shown = args.user, args.user
         if args.command != "unban":  # a banned user is not present: unban takes a user id
             detail = await client.room(args.room)
+            if detail.partial:  # a big room: look for the member among all of them
+                detail.participants = await client.participants(args.room)
             member = find_member(detail, args.user)
             user = member.user
             shown = f"{member.display_name} ({member.user})"
@@ -599,6 +618,7 @@ COMMANDS: dict[str, Handler] = {
     "status": cmd_status,
     "rooms": cmd_rooms,
     "room": cmd_room,
+    "members": cmd_members,
     "create": cmd_create,
     "close": cmd_close,
     "start": cmd_start,

@@ -214,7 +214,11 @@ class RoomDetail(msgspec.Struct, kw_only=True):
 
     summary: RoomSummary
     participants: list[Participant] = []
-    """Present members in order of entry."""
+    """The stage, the raised hands and the first listeners (a room's ``room_state`` as an
+    operator sees it: bounded, PROTOCOL.md 18)."""
+    partial: bool = False
+    """``participants`` leaves listeners out: page them with ``list_participants`` (the
+    ``action`` request; ``AdminClient.participants``, ``salonctl members``)."""
     moderators: list[str] = []
     """Moderators of record (present or not), earliest first."""
     hand_queue: list[str] = []

@@ -437,6 +437,7 @@ class AdminServer:
         return p.RoomDetail(
             summary=snapshot.summary,
             participants=snapshot.participants,
+            partial=snapshot.partial,
             moderators=list(core.rooms[room_id].moderators),
             hand_queue=snapshot.hand_queue,
             knocks=snapshot.knocks,
