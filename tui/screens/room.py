@@ -211,6 +211,10 @@ class RoomScreen(AdminScreen):
         summary.append(f" · owner {printable(s.owner or '-')}")
         summary.append(f" · {s.speakers}/{s.max_speakers} on stage")
         summary.append(f" · {s.listeners} listening")
+        if detail.partial:
+            # A big room: the daemon lists the first listeners only (PROTOCOL.md 18).
+            listed = sum(1 for m in detail.participants if m.role == "listener")
+            summary.append(f" ({listed} listed; salonctl members {s.room} lists all)")
         if s.topics:
             summary.append(f" · topics: {printable(', '.join(s.topics))}")
         if s.mute_on_join:

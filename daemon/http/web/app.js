@@ -301,7 +301,13 @@ function renderPeople(room) {
   const audience = $("audience");
   stage.replaceChildren();
   audience.replaceChildren();
+  $("audience-title").textContent = "Listeners";
   if (!room) return;
+  // A big room's room_state lists only some listeners (PROTOCOL.md 18): never take the list
+  // for the whole audience; the count comes from the summary.
+  const total = room.summary.listeners;
+  const shown = room.participants.filter((p) => !STAGE.has(p.role)).length;
+  $("audience-title").textContent = shown < total ? `Listeners (${shown} shown of ${total})` : `Listeners (${total})`;
   const host = isHost();
   const myRank = RANK[(me() || {}).role] || 0;
   for (const p of room.participants) {
