@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     invite.add_argument("--max-uses", type=int)
     add_connection_options(invite)
 
+    members = sub.add_parser(
+        "members", help="who is in a room: enter it, list every member (paged), leave"
+    )
+    members.add_argument("room")
+    members.add_argument("--json", action="store_true", help="machine-readable output")
+    add_connection_options(members)
+
     bot = sub.add_parser("bot", help="open a room and speak an audio file in a loop")
     bot.add_argument("room")
     bot.add_argument("--play", type=Path, help="audio file (default: a chime)")
@@ -274,6 +281,30 @@ async def cmd_invite(args: argparse.Namespace) -> int:
     finally:
         await client.close()
     print(result["invite"]["token"])
+    return 0
+
+
+async def cmd_members(args: argparse.Namespace) -> int:
+    """Members are visible to members only: enter the room as a listener, page through the
+    whole audience (a big room's room_state lists only some of it), leave."""
+    client = await connect(args)
+    try:
+        joined = await client.join(args.room)
+        if joined.get("status") != "joined":
+            print(
+                f"not admitted to {printable(args.room)} ({joined.get('status')})", file=sys.stderr
+            )
+            return 1
+        members = await client.all_participants()
+        await client.leave()
+    finally:
+        await client.close()
+    if args.json:
+        print(json.dumps(members, indent=2, sort_keys=True))
+        return 0
+    for member in members:
+        hand = "  hand raised" if member["hand_raised"] else ""
+        print(printable(f"{member['role']:<9} {member['user']:<28} {member['display_name']}{hand}"))
     return 0
 
 
@@ -680,6 +711,7 @@ COMMANDS = {
     "create": cmd_create,
     "join": cmd_join,
     "invite": cmd_invite,
+    "members": cmd_members,
     "bot": cmd_bot,
 }
 

@@ -5,10 +5,12 @@ The bounds are lowered through the configuration so that a dozen clients make a 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from salon.daemon.wire import messages as msg
 from tests.conftest import run_daemon
+from tests.test_client_messages import salon
 from tests.test_salonctl import salonctl
 
 LISTED = 3
@@ -77,3 +79,12 @@ async def test_a_room_bigger_than_room_state_is_joinable_and_paged(tmp_path: Pat
         code, out, err = await salonctl(live, "invite-to-speak", "big", "Listener 8")
         assert code == 0, err
         await last.wait_for_event(msg.SpeakInvitation, timeout=10)
+        # The reference CLI lists every member too (it enters, pages, leaves).
+        code, out = await salon(
+            "members", "big", "--server", f"{live.host}:{live.port}",
+            "--fingerprint", live.fingerprint, "--json",
+        )  # fmt: skip
+        assert code == 0, out
+        users = [m["user"] for m in json.loads(out)]
+        assert len(users) == len(set(users)) == LISTENERS + 1  # the CLI itself is one of them
+        assert {owner.user, last.user} <= set(users)
