@@ -37,6 +37,10 @@ async def test_hook_authenticate(tmp_path):
                 return None  # not ours: the next plugin (builtin_auth) decides
             if ticket == "good":
                 return Identity("ticket-holder", display_name, {"ticket": "row 5"})
+            if ticket == "huge":  # out of the identity bounds: the daemon refuses it
+                return Identity("x" * 129, display_name, {})
+            if ticket == "chatty":
+                return Identity("chatty", display_name, {str(i): "v" for i in range(9)})
             return Deny("this ticket was cancelled")
 
     async with plugin_daemon(tmp_path, {"tickets": Tickets()}) as running:
@@ -48,6 +52,10 @@ async def test_hook_authenticate(tmp_path):
             "auth_failed",
             "this ticket was cancelled",
         )
+        for ticket in ("huge", "chatty"):
+            with pytest.raises(RequestError) as caught:
+                await running.client("Eve", credentials={"ticket": ticket})
+            assert caught.value.code == "auth_failed"
         # No answer from this plugin: the built-in guest authentication still works.
         visitor = await running.client("Guest", credentials=guest())
         assert visitor.user.startswith("guest-")
