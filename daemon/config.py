@@ -182,6 +182,11 @@ class Tokens(Mapping[str, str]):
         return f"Tokens(<{len(self)} hidden>)"
 
 
+MAX_TOKEN_USER_BYTES = 128
+"""Longest user id a token may name: the bound the daemon holds every identity to
+(``salon.daemon.core.identity.MAX_USER_ID_BYTES``, PROTOCOL.md 12)."""
+
+
 def _tokens(value: Any) -> Tokens:
     if not isinstance(value, Mapping):
         raise ValueError
@@ -193,6 +198,11 @@ def _tokens(value: Any) -> Tokens:
         if not isinstance(user, str) or not user.strip():
             raise ValueError(
                 f"expected a non-empty user id for token {shown}, got {show_value(user)}"
+            )
+        if len(user.encode()) > MAX_TOKEN_USER_BYTES:
+            raise ValueError(
+                f"expected a user id of at most {MAX_TOKEN_USER_BYTES} bytes for token {shown},"
+                f" got {show_value(user)}"
             )
         if user.startswith(GUEST_PREFIX):
             raise ValueError(

@@ -88,3 +88,14 @@ async def test_a_room_bigger_than_room_state_is_joinable_and_paged(tmp_path: Pat
         users = [m["user"] for m in json.loads(out)]
         assert len(users) == len(set(users)) == LISTENERS + 1  # the CLI itself is one of them
         assert {owner.user, last.user} <= set(users)
+
+
+async def test_an_event_too_large_to_send_is_dropped_and_counted_not_raised(live) -> None:
+    client = await live.client("Ada")
+    server = live.daemon.server
+    huge = msg.HandQueue(room="r", users=["x" * 1000] * 100)
+    server.deliver((client.session,), huge)  # would raise WireError and stop the event pump
+    server.deliver((client.session,), msg.RoomClosed(room="r", reason="test"))
+    assert server.stats.drops["oversized_event"] == 1
+    closed = await client.wait_for_event(msg.RoomClosed, timeout=10)
+    assert closed.reason == "test"

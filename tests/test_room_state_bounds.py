@@ -158,3 +158,13 @@ def test_every_room_message_fits_in_the_worst_case(worst: Harness) -> None:
             break
     assert listed == len(room.members)
     print(sizes)
+
+
+def test_token_users_are_held_to_the_identity_bound() -> None:
+    from salon.daemon.config import MAX_TOKEN_USER_BYTES, ConfigError, load_config
+
+    assert MAX_TOKEN_USER_BYTES == MAX_USER_ID_BYTES
+    load_config(None, {"auth.tokens": {"secret-token": "u" * MAX_USER_ID_BYTES}})
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"auth.tokens": {"secret-token": "u" * (MAX_USER_ID_BYTES + 1)}})
+    assert "at most 128 bytes" in str(info.value)

@@ -34,6 +34,7 @@ from salon.daemon.stats import ServerStats
 from salon.daemon.store.base import StoreUnavailable
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE
+from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import frame_message
 from salon.daemon.wire.text import TextError, check_text
 from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
@@ -720,7 +721,14 @@ class SalonServer:
 
     def deliver(self, sessions: tuple[int, ...], message: Any) -> None:
         """Send one event to several sessions, encoding and framing it once."""
-        framed = frame_message(msg.encode(message))
+        try:
+            framed = frame_message(msg.encode(message))
+        except WireError as exc:
+            # The core bounds every event (PROTOCOL.md 18); should one still be too large, it
+            # is dropped and counted, and the events after it still go out.
+            log.error("event %s not sent: %s", type(message).__name__, exc)
+            self.stats.count_drop("oversized_event")
+            return
         local = self.sessions
         for session_id in sessions:
             protocol: Peer | None = local.get(session_id)
