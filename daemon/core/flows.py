@@ -19,7 +19,7 @@ class Flows(Concern):
         ctx.on_timer(TimerKind.ROTATION, self._rotation_over)
 
     def _rotation_over(self, room: Room, flow_id: str, now: float) -> None:
-        for member in room.members.values():
+        for member in room.stage_members.values():
             if member.flow is not None and member.flow.flow_id == int(flow_id):
                 self.end_rotation(room, member)
 

@@ -89,7 +89,8 @@ class Reception(Concern):
         room = actor.room
         speakers = {
             m.flow.flow_id: m
-            for m in room.members.values()
+            # Only the stage has flows: a report costs the stage's size, not the audience's.
+            for m in room.stage_members.values()
             if m.flow is not None and m.session != member.session
         }
         for entry in request.reports:

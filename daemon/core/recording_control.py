@@ -45,7 +45,7 @@ class RecordingControl(Concern):
             room, messages.RecordingStarted(room=room.id, by=actor.user, recording=recording_id)
         )
         self._counts_changed(room)
-        for member in room.members.values():
+        for member in list(room.stage_members.values()):
             self.ask_consent(room, member)
         self._moderation(actor, "start_recording", None, recording=recording_id)
         return RecordingResult(recording_id)
@@ -110,7 +110,7 @@ class RecordingControl(Concern):
         self.ctx.monitors.append(outlet)
         keys = []
         for room in self.rooms.values():
-            for member in room.members.values():
+            for member in room.stage_members.values():
                 if member.flow is not None and member.media_key is not None:
                     self.forwarder.tap(member.flow, outlet)
                     keys.append((room.id, member.media_key))
@@ -121,7 +121,7 @@ class RecordingControl(Concern):
         if outlet in self.ctx.monitors:
             self.ctx.monitors.remove(outlet)
         for room in self.rooms.values():
-            for member in room.members.values():
+            for member in room.stage_members.values():
                 if member.flow is not None:
                     self.forwarder.untap(member.flow, outlet)
 
