@@ -252,7 +252,7 @@ def test_operator_view_is_bounded_too() -> None:
 def test_the_big_room_benchmark_runs() -> None:
     from bench.big_room import run
 
-    join_us, leave_us, per_event, state_bytes = run(members=160, stage=3, joins=5, quiet=True)
+    _, _, per_event, state_bytes = run(members=160, stage=3, joins=5, quiet=True)
     assert per_event == 0.5  # the joiner's room_state per join, nothing per leave
     assert 0 < state_bytes <= m.MAX_MESSAGE_SIZE
     _, _, loud, _ = run(members=160, stage=3, joins=5, quiet=False)
