@@ -549,7 +549,14 @@ class AdminServer:
                 "by": event.by,
             }
         elif isinstance(event, events.HandQueueChanged):
-            kind, data = "hand_queue", {"room": event.room, "users": list(event.users)}
+            # Bounded like the protocol's hand_queue: a big audience may raise thousands.
+            users = list(event.users)
+            kind = "hand_queue"
+            data = {
+                "room": event.room,
+                "users": users[: wire.MAX_HANDS_LISTED],
+                "total": len(users),
+            }
         elif isinstance(event, events.ParticipantChanged):
             kind = "participant"
             data = {"room": event.room, "participant": wire.to_builtins(event.participant)}
