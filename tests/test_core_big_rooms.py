@@ -257,3 +257,18 @@ def test_the_big_room_benchmark_runs() -> None:
     assert 0 < state_bytes <= m.MAX_MESSAGE_SIZE
     _, _, loud, _ = run(members=160, stage=3, joins=5, quiet=False)
     assert loud > 100  # every member told of every join and leave
+
+
+def test_list_rooms_leaves_out_what_does_not_fit_one_reply() -> None:
+    h = Harness(Limits(max_rooms_per_user=1000))
+    owner = h.connect("owner")
+    for i in range(400):
+        room = f"room-{i:03d}"
+        h.do(owner, m.CreateRoom, room=room, title="A title " * 20, description="d" * 300)
+        if i < 5:  # the most listened rooms are listed first and kept
+            h.join(f"fan{i}", room=room)
+    rooms = h.do(h.sessions["owner"], m.ListRooms)["rooms"]
+    assert 0 < len(rooms) < 400
+    assert len(m.encode(m.Ok(re=1, result={"rooms": rooms}))) <= m.MAX_MESSAGE_SIZE
+    assert {r["room"] for r in rooms[:5]} == {f"room-{i:03d}" for i in range(5)}
+    assert len(h.core.list_rooms()) == 400  # the operator's listing is whole

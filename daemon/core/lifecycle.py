@@ -291,5 +291,21 @@ class RoomLifecycle(Concern):
 
     def directory_request(self, request: Any) -> Result:
         if isinstance(request, messages.ListRooms):
-            return RoomsResult(self.list_rooms(request.topic))
+            return RoomsResult(fit_listing(self.list_rooms(request.topic)))
         return RoomResult(self._find_room(request.room).summary())
+
+
+LISTING_BUDGET = messages.MAX_MESSAGE_SIZE - 8 * 1024
+"""Bytes the rooms of a ``list_rooms`` reply may take: the message limit, less room for the
+reply's envelope and what plugins add (``known_topics``)."""
+
+
+def fit_listing(rooms: list[messages.RoomSummary]) -> list[messages.RoomSummary]:
+    """The first ``rooms`` (the most listened first) whose summaries fit one reply: a server
+    may leave rooms out of a listing (PROTOCOL.md ``list_rooms``); they can still be joined."""
+    used = 2
+    for index, room in enumerate(rooms):
+        used += len(messages.encode(room)) + 1
+        if used > LISTING_BUDGET:
+            return rooms[:index]
+    return rooms
