@@ -272,3 +272,13 @@ def test_list_rooms_leaves_out_what_does_not_fit_one_reply() -> None:
     assert len(m.encode(m.Ok(re=1, result={"rooms": rooms}))) <= m.MAX_MESSAGE_SIZE
     assert {r["room"] for r in rooms[:5]} == {f"room-{i:03d}" for i in range(5)}
     assert len(h.core.list_rooms()) == 400  # the operator's listing is whole
+
+
+def test_list_invites_keeps_the_newest_that_fit_one_reply() -> None:
+    h = big_room(0)
+    owner = h.sessions["owner"]
+    tokens = [h.do(owner, m.CreateInvite)["invite"]["token"] for _ in range(600)]
+    invites = h.do(owner, m.ListInvites)["invites"]
+    assert len(m.encode(m.Ok(re=1, result={"invites": invites}))) <= m.MAX_MESSAGE_SIZE
+    assert [i["token"] for i in invites] == tokens[-len(invites) :]
+    assert 100 < len(invites) < 600

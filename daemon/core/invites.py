@@ -65,7 +65,16 @@ class Invites(Concern):
 
     def list_invites(self, actor: Actor, request: messages.ListInvites, now: float) -> Result:
         check(Action.LIST_INVITES, actor.role)
-        return InvitesResult(self.usable(actor.room, now))
+        invites = self.usable(actor.room, now)
+        # The reply must fit one message: the newest invites that fit (hosts can make many).
+        used = 2 + len(messages.encode(messages.Ok(re=messages.MAX_REQUEST_ID)))
+        kept: list[messages.InviteInfo] = []
+        for info in reversed(invites):
+            used += len(messages.encode(info)) + 1
+            if used > messages.MAX_MESSAGE_SIZE:
+                break
+            kept.append(info)
+        return InvitesResult(kept[::-1])
 
     @staticmethod
     def usable(room: Room, now: float) -> list[messages.InviteInfo]:
