@@ -67,7 +67,10 @@ class SpeakingUpdates(Concern):
         due = room.speaking_sent_at + self.limits.speaking_interval
         if now >= due:
             levels = room.speaking.levels()
-            self._to_members(room, messages.Speaking(room=room.id, speakers=levels))
+            # Loudest first; a stage of hundreds (moderators are not capped) is cut to the
+            # loudest that one message always holds.
+            listed = levels[: messages.MAX_SPEAKING_LISTED]
+            self._to_members(room, messages.Speaking(room=room.id, speakers=listed))
             self._emit(events.SpeakingChanged(room.id, [level.user for level in levels]))
             room.speaking_sent = users
             room.speaking_sent_at = now

@@ -695,6 +695,10 @@ class MediaKeyRevoked(_Event, kw_only=True, tag="media_key_revoked"):
     flow_id: int
 
 
+MAX_SPEAKING_LISTED = 100
+"""Speakers a ``speaking`` event lists at most (the loudest)."""
+
+
 class Speaking(_Event, kw_only=True, tag="speaking"):
     """Who is speaking now, loudest first (sent at a bounded rate)."""
 
