@@ -139,6 +139,14 @@ def test_every_room_message_fits_in_the_worst_case(worst: Harness) -> None:
     sizes["participant_updated"] = fits(
         m.ParticipantUpdated(room=room.id, participant=room.participant(member))
     )
+    loudest = [m.SpeakerLevel(user=user_id(i), level=0) for i in range(m.MAX_SPEAKING_LISTED)]
+    sizes["speaking"] = fits(m.Speaking(room=room.id, speakers=loudest))
+    sizes["join ok"] = fits(
+        m.Ok(
+            re=m.MAX_REQUEST_ID,
+            result={"status": "joined", "role": "listener", "room": room.summary()},
+        )
+    )
     knock = next(iter(room.knocks.values()))
     sizes["knock"] = fits(m.Knock(room=room.id, request=knock.info()))
     # Events the fixture caused, as sent.
