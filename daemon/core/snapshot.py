@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from salon.daemon.wire import messages
 
 if TYPE_CHECKING:
@@ -116,7 +118,7 @@ def _fitted(
     for member in first:
         add(member)
     for user in whole.hand_queue:
-        if not budget.take(len(messages.encode(user)) + 1):
+        if not budget.take(len(msgspec.json.encode(user)) + 1):
             break
         snapshot.hand_queue.append(user)
     for info in whole.knocks:
