@@ -259,7 +259,7 @@ class SalonClient:
         timeout: float = 10.0,
         idle_timeout: float = 60.0,
         redirects: int | None = None,
-        capabilities: tuple[str, ...] = (msg.CAPABILITY_RED,),
+        capabilities: tuple[str, ...] = (msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW),
     ) -> SalonClient:
         """Connect, verify the server, and authenticate with ``hello``.
 
@@ -272,7 +272,8 @@ class SalonClient:
         ``redirects``: None, the server never redirects this client; a number, the client
         follows redirects and has followed that many to get here (PROTOCOL.md 17).
         ``capabilities``: what ``hello`` declares; the default ``red`` says this library's
-        receiver decodes RED payloads (PROTOCOL.md 11.9).
+        receiver decodes RED payloads (PROTOCOL.md 11.9), ``red_flow`` that its speaker sends
+        a redundancy flow when asked and its receiver uses one (11.10; :class:`RoomAudio`).
         """
         configuration = QuicConfiguration(
             alpn_protocols=[ALPN],

@@ -124,8 +124,13 @@ class RoomAudio:
             sender = self.sender
             if sender is not None and sender.flow_id == event.flow_id:
                 self.loss_reports = [*self.loss_reports[-99:], event]
-                if sender.on_loss_report(event.loss, event.red):
-                    log.info("redundancy now %d (loss %.1f%%)", sender.redundancy, event.loss * 100)
+                if sender.on_loss_report(event.loss, event.red, event.red_flow):
+                    log.info(
+                        "redundancy now %d, redundancy flow %s (loss %.1f%%)",
+                        sender.redundancy,
+                        "on" if sender.red_flow_on else "off",
+                        event.loss * 100,
+                    )
         elif isinstance(event, (msg.RoomClosed, msg.Removed)):
             self.sender = None
             self.receiver = MediaReceiver()
@@ -167,11 +172,17 @@ class RoomAudio:
                 sequence_number=self.first_sequence_number,
                 bitrate_bounds=self._bitrate_bounds(),
             )
+            if key.red_flow is not None:
+                red = key.red_flow
+                self.sender.set_red_flow(red.flow_id, red.ssrc, red.key)
             self.first_sequence_number = None
             if self.auto_unmute and self.muted:
                 self._request_unmute()
         else:
             self.receiver.add_speaker(key.user, key.flow_id, key.ssrc, key.key)
+            if key.red_flow is not None:
+                red = key.red_flow
+                self.receiver.add_red_flow(key.flow_id, red.flow_id, red.ssrc, red.key)
 
     def _bitrate_bounds(self) -> tuple[int, int]:
         """The server's ``min_bitrate`` and ``max_bitrate``; our own bitrate if it sent none."""
@@ -247,6 +258,9 @@ class RoomAudio:
                 datagram = self.sender.send_pcm(frame)
                 if datagram is not None:
                     self.client.send_datagram(datagram)
+                    repair = self.sender.red_flow_datagram
+                    if repair is not None:
+                        self.client.send_datagram(repair)
                 self.frames_sent += 1
                 if self.on_frame_sent is not None:
                     self.on_frame_sent(self.frames_sent, now)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from salon.daemon.wire.datagram import MAX_DATAGRAM_SIZE, pack_datagram
-from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SILENCE_LEVEL
+from salon.daemon.wire.rtp import FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SILENCE_LEVEL, RtpPacket
 
 from .codec import CodecError, OpusDecoder, OpusEncoder
 from .jitter import DEFAULT_MIN_DELAY, FrameKind, JitterBuffer, JitterStats
@@ -57,6 +57,9 @@ class SenderStats:
     """Frames dropped because their datagram exceeded the size limit."""
     red: int = 0
     """Datagrams sent as RED (carrying earlier frames too)."""
+    red_flow_sent: int = 0
+    """Datagrams sent on the redundancy flow (PROTOCOL.md 11.10)."""
+    red_flow_bytes: int = 0
 
 
 class RedundancyPolicy:
@@ -194,19 +197,36 @@ class MediaSender:
         """What the loss reports made of FEC and RED (see :meth:`on_loss_report`)."""
         # (sequence number, timestamp, Opus payload) of the last packets sent, newest last.
         self._history: deque[tuple[int, int, bytes]] = deque(maxlen=MAX_REDUNDANCY)
+        self._red_flow: tuple[int, int, SrtpSender] | None = None
+        self.red_flow_on = False
+        """Whether the server asked for the redundancy flow (the ``red_flow`` of its reports)."""
+        self.red_flow_datagram: bytes | None = None
+        """The redundancy flow's datagram that goes with the last :meth:`send_pcm`'s, if any:
+        send it right after that one."""
+
+    def set_red_flow(self, flow_id: int, ssrc: int, key_b64: str) -> None:
+        """The flow id, SSRC and key of this flow's redundancy flow (``MediaKey.red_flow``)."""
+        self._red_flow = (flow_id, ssrc, SrtpSender(key_from_base64(key_b64)))
 
     @property
     def redundancy(self) -> int:
         """Earlier frames each packet carries (RFC 2198 RED); 0 sends plain Opus."""
         return self.policy.redundancy
 
-    def on_loss_report(self, loss: float, red_allowed: bool = True) -> bool:
+    def on_loss_report(
+        self, loss: float, red_allowed: bool = True, red_flow: bool | None = None
+    ) -> bool:
         """Adapt FEC, RED and bitrate to the loss fraction the server reports for this flow.
 
-        ``red_allowed``: the report's ``red`` (every receiver decodes RED). Return whether the
-        redundancy changed.
+        ``red_allowed``: the report's ``red`` (every receiver decodes RED). ``red_flow``: the
+        report's ``red_flow`` (send the redundancy flow; None leaves it as it is). Return
+        whether the redundancy changed.
         """
-        changed = self.policy.update(loss, red_allowed)
+        changed = False
+        if red_flow is not None and self._red_flow is not None:
+            changed = red_flow != self.red_flow_on
+            self.red_flow_on = red_flow
+        changed = self.policy.update(loss, red_allowed) or changed
         self.encoder.set_expected_loss(self.policy.expected_loss)
         if self.bitrate_policy.update(loss):
             self.encoder.set_bitrate(self.bitrate_policy.bitrate)
@@ -238,9 +258,13 @@ class MediaSender:
         self.encoder.set_expected_loss(percent)
 
     def send_pcm(self, frame_pcm: bytes) -> bytes | None:
-        """The datagram carrying this 20 ms frame, or None when there is nothing to send."""
+        """The datagram carrying this 20 ms frame, or None when there is nothing to send.
+
+        While the redundancy flow is on, :attr:`red_flow_datagram` is set too.
+        """
         stats = self.stats
         stats.frames += 1
+        self.red_flow_datagram = None
         if self._muted:
             self.last_level = SILENCE_LEVEL
             self._packetizer.skip()
@@ -273,6 +297,8 @@ class MediaSender:
             stats.red += 1
         else:
             rtp = packetizer.packetize(payload, level, voice)
+        if self.red_flow_on and self._red_flow is not None and history:
+            self.red_flow_datagram = self._red_flow_packet(history)
         history.append((seq, timestamp, payload))
         datagram = pack_datagram(self.flow_id, self._srtp.protect(rtp))
         if len(datagram) > MAX_DATAGRAM_SIZE:
@@ -280,6 +306,33 @@ class MediaSender:
             return None
         stats.sent += 1
         stats.bytes_sent += len(datagram)
+        return datagram
+
+    def _red_flow_packet(self, history: deque[tuple[int, int, bytes]]) -> bytes | None:
+        """The redundancy flow's packet sent with frame N (PROTOCOL.md 11.10): a RED payload
+        whose primary block is frame N-1 and whose redundant block is frame N-2, with N-1's
+        sequence number and timestamp, no header extension."""
+        assert self._red_flow is not None
+        flow_id, ssrc, srtp = self._red_flow
+        seq, timestamp, last = history[-1]
+        blocks = []
+        if len(history) > 1:
+            old_seq, old_ts, old = history[-2]
+            offset = (timestamp - old_ts) & 0xFFFFFFFF
+            if old_seq == (seq - 1) & 0xFFFF and offset == FRAME_SAMPLES:
+                blocks.append(RedundantBlock(offset, old))
+        rtp = RtpPacket(
+            payload_type=RED_PAYLOAD_TYPE,
+            sequence_number=seq,
+            timestamp=timestamp,
+            ssrc=ssrc,
+            payload=pack_red(last, blocks),
+        ).serialize()
+        datagram = pack_datagram(flow_id, srtp.protect(rtp))
+        if len(datagram) > MAX_DATAGRAM_SIZE:
+            return None
+        self.stats.red_flow_sent += 1
+        self.stats.red_flow_bytes += len(datagram)
         return datagram
 
 
@@ -335,6 +388,13 @@ class ReceiverStats:
     ``bad_red``."""
     decode_errors: int = 0
     """Packets libopus could not decode (concealed instead)."""
+    bytes: int = 0
+    """Bytes of every datagram handed in."""
+    red_flow_received: int = 0
+    """Datagrams of redundancy flows that reached a speaker's jitter buffer."""
+    red_flow_bytes: int = 0
+    red_flow_filled: int = 0
+    """Copies from redundancy flows that filled the slot of a packet not (yet) arrived."""
 
 
 class MediaReceiver:
@@ -349,6 +409,8 @@ class MediaReceiver:
     def __init__(self, jitter_buffer: Callable[[], JitterBuffer] = JitterBuffer) -> None:
         self._srtp = SrtpReceiver()
         self._speakers: dict[int, _Speaker] = {}
+        self._red_flows: dict[int, int] = {}
+        """Redundancy flow id to the flow id it repairs."""
         self._new_jitter_buffer = jitter_buffer
         self.stats = ReceiverStats()
 
@@ -376,10 +438,21 @@ class MediaReceiver:
             jitter=self._new_jitter_buffer(),
         )
 
+    def add_red_flow(self, flow_id: int, red_flow_id: int, ssrc: int, key_b64: str) -> None:
+        """Use ``red_flow_id`` (``MediaKey.red_flow``) to fill gaps of the speaker ``flow_id``,
+        which must have been added; nothing changes if it is known already."""
+        if flow_id not in self._speakers or self._red_flows.get(red_flow_id) == flow_id:
+            return
+        self._srtp.add(red_flow_id, ssrc, key_from_base64(key_b64))
+        self._red_flows[red_flow_id] = flow_id
+
     def remove_speaker(self, flow_id: int) -> None:
         """Stop accepting media on ``flow_id`` (key revoked, speaker left the stage)."""
         self._srtp.remove(flow_id)
         self._speakers.pop(flow_id, None)
+        for red_flow_id in [r for r, f in self._red_flows.items() if f == flow_id]:
+            self._srtp.remove(red_flow_id)
+            del self._red_flows[red_flow_id]
 
     @property
     def speakers(self) -> dict[int, str]:
@@ -390,6 +463,7 @@ class MediaReceiver:
         """Take in one media datagram; return whether it was accepted. Never raises."""
         stats = self.stats
         stats.received += 1
+        stats.bytes += len(datagram)
         if len(datagram) > MAX_DATAGRAM_SIZE:
             stats.drops["too_large"] += 1
             return False
@@ -398,6 +472,9 @@ class MediaReceiver:
         except SrtpError as exc:
             stats.drops[exc.reason] += 1
             return False
+        repaired = self._red_flows.get(flow_id)
+        if repaired is not None:
+            return self._receive_red_flow(self._speakers[repaired], packet, len(datagram))
         speaker = self._speakers[flow_id]  # added and removed together with its SRTP flow
         redundant: list[RedundantBlock] = []
         if packet.payload_type == RED_PAYLOAD_TYPE:
@@ -420,7 +497,42 @@ class MediaReceiver:
                 (packet.timestamp - block.offset) & 0xFFFFFFFF,
                 block.payload,
             )
-        depth = max((block.distance for block in redundant), default=0)
+        self._follow_depth(speaker, max((block.distance for block in redundant), default=0))
+        stats.accepted += 1
+        return True
+
+    def _receive_red_flow(self, speaker: _Speaker, packet: RtpPacket, size: int) -> bool:
+        """A packet of a speaker's redundancy flow: its frames fill gaps of the speaker's flow
+        (the sequence numbers are the speaker's flow's, PROTOCOL.md 11.10); it is not counted
+        in the flow's reports, which measure the loss before repair."""
+        stats = self.stats
+        if packet.payload_type != RED_PAYLOAD_TYPE:
+            stats.drops["bad_payload_type"] += 1
+            return False
+        try:
+            primary, redundant = unpack_red(packet.payload)
+        except RedError:
+            stats.drops["bad_red"] += 1
+            return False
+        jitter = speaker.jitter
+        seq, timestamp = packet.sequence_number, packet.timestamp
+        filled = int(jitter.add_redundant(seq, timestamp, primary))
+        for block in redundant:
+            filled += jitter.add_redundant(
+                (seq - block.distance) & 0xFFFF,
+                (timestamp - block.offset) & 0xFFFFFFFF,
+                block.payload,
+            )
+        stats.red_flow_received += 1
+        stats.red_flow_bytes += size
+        stats.red_flow_filled += filled
+        # The copy of frame N-1 comes with frame N: one frame later than the flow's packets.
+        self._follow_depth(speaker, 1 + max((block.distance for block in redundant), default=0))
+        stats.accepted += 1
+        return True
+
+    @staticmethod
+    def _follow_depth(speaker: _Speaker, depth: int) -> None:
         if depth >= speaker.redundancy:
             speaker.redundancy_seen = 0
         else:
@@ -431,9 +543,7 @@ class MediaReceiver:
             # while (the first packets of a talkspurt carry fewer copies: no flapping).
             speaker.redundancy = depth
             speaker.redundancy_seen = 0
-            jitter.set_min_delay(DEFAULT_MIN_DELAY + depth * FRAME_SAMPLES / 48000)
-        stats.accepted += 1
-        return True
+            speaker.jitter.set_min_delay(DEFAULT_MIN_DELAY + depth * FRAME_SAMPLES / 48000)
 
     @staticmethod
     def _count(speaker: _Speaker, sequence_number: int) -> None:

@@ -65,10 +65,25 @@ TimerHandler = Callable[[Room, str, float], None]
 class Session:
     """A connected session: who it is, its media outlet, and the room it is in or knocks on."""
 
-    __slots__ = ("identity", "knock", "knock_room", "outlet", "red", "relayed", "room")
+    __slots__ = (
+        "identity",
+        "knock",
+        "knock_room",
+        "outlet",
+        "red",
+        "red_flow",
+        "relayed",
+        "room",
+    )
 
     def __init__(
-        self, identity: Identity, outlet: Outlet, relayed: bool = False, *, red: bool = False
+        self,
+        identity: Identity,
+        outlet: Outlet,
+        relayed: bool = False,
+        *,
+        red: bool = False,
+        red_flow: bool = False,
     ) -> None:
         self.identity = identity
         self.outlet = outlet
@@ -77,6 +92,8 @@ class Session:
         forwarding group; the room's relay outlet carries the media to that node once."""
         self.red = red
         """The client decodes RED payloads (its ``hello`` said so)."""
+        self.red_flow = red_flow
+        """The client sends a redundancy flow when asked and uses one it gets (``hello``)."""
         self.room: Room | None = None
         self.knock: JoinRequest | None = None
         self.knock_room: Room | None = None

@@ -7,7 +7,7 @@ from salon.daemon.wire import messages
 from . import events
 from .context import Concern, CoreContext, TimerKind
 from .forwarder import NOTIFY_FIRST_PACKET, Flow
-from .keys import ROTATION_GRACE, media_key, new_key_material, new_ssrc
+from .keys import ROTATION_GRACE, media_key, new_key_material, new_ssrc, red_flow_key
 from .room import Member, Room
 
 
@@ -40,6 +40,17 @@ class Flows(Concern):
             self.forwarder.tap(flow, monitor)
         member.flow = flow
         member.media_key = media_key(user, flow_id, ssrc, material, epoch)
+        if member.red_flow:
+            # Its redundancy flow (PROTOCOL.md 11.10): own id, SSRC and key, no level watched,
+            # no rotation of its own (it goes with this flow), sent to nobody until asked.
+            red_id = self.ctx.flow_ids.allocate()
+            red_ssrc = new_ssrc(self.random_bytes, room.ssrcs)
+            room.ssrcs.add(red_ssrc)
+            red_material = new_key_material(self.random_bytes)
+            red_flow = Flow(red_id, member.session, red_ssrc, room.id)
+            red_flow.muted = flow.muted
+            self.forwarder.add_red_flow(flow, red_flow)
+            member.media_key.red_flow = red_flow_key(red_id, red_ssrc, red_material)
         self._emit(events.FlowOpened(room.id, member.media_key))
 
     def close_flow(self, room: Room, member: Member) -> None:

@@ -92,6 +92,7 @@ class Flow:
         "predecessor",
         "quality",
         "recipients",
+        "red_flow",
         "session",
         "ssrc",
     )
@@ -121,6 +122,9 @@ class Flow:
         """Packets accepted and forwarded (with the sequence numbers: the uplink's loss)."""
         self.quality: Any = None
         """What listeners report of this flow (kept by the core's reception concern)."""
+        self.red_flow: Flow | None = None
+        """The speaker's redundancy flow beside this one (PROTOCOL.md 11.10): same sender, its
+        own id and SSRC, forwarded only to the sessions :meth:`Forwarder.send_red_flow` names."""
 
     def __repr__(self) -> str:
         return f"Flow(id={self.flow_id}, session={self.session}, group={self.group!r})"
@@ -215,6 +219,9 @@ class Forwarder:
             del self._groups[group]
         for flow in self._group_flows.get(group, {}).values():
             flow.recipients = [o for o in flow.recipients if o.session != session]
+            red_flow = flow.red_flow
+            if red_flow is not None and red_flow.recipients:
+                red_flow.recipients = [o for o in red_flow.recipients if o.session != session]
 
     def add_flow(self, flow: Flow) -> None:
         """Start accepting ``flow`` and fan it out to the other members of its group."""
@@ -232,8 +239,31 @@ class Forwarder:
             owned.remove(flow_id)
             del self.flows[flow_id]
 
+    def add_red_flow(self, flow: Flow, red_flow: Flow) -> None:
+        """Accept ``red_flow`` from ``flow``'s sender as its redundancy flow, sent to nobody yet.
+
+        It is not in the group's flows, so joining members do not get it: only the sessions
+        :meth:`send_red_flow` names do. It goes with ``flow`` (retired, muted by the core).
+        """
+        red_flow.recipients = []
+        flow.red_flow = red_flow
+        self.flows[red_flow.flow_id] = red_flow
+        self._session_flows.setdefault(red_flow.session, []).append(red_flow.flow_id)
+
+    def send_red_flow(self, flow: Flow, sessions: set[int]) -> None:
+        """Forward ``flow``'s redundancy flow to exactly those of ``sessions`` in its group."""
+        red_flow = flow.red_flow
+        if red_flow is None or not red_flow.active:
+            return
+        outlets = self._groups.get(flow.group, {})
+        red_flow.recipients = [
+            o for s, o in outlets.items() if s in sessions and s != red_flow.session
+        ]
+
     def retire_flow(self, flow: Flow) -> None:
         """The speaker left the stage: their packets are dropped as ``not_speaker`` from now on."""
+        if flow.red_flow is not None:
+            self.retire_flow(flow.red_flow)
         flow.active = False
         flow.recipients = []
         flow.on_level = None

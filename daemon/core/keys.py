@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
-from salon.daemon.wire.messages import MediaKey
+from salon.daemon.wire.messages import MediaKey, RedFlowKey
 
 SRTP_PROFILE = "AEAD_AES_128_GCM"
 MASTER_KEY_LENGTH = 16
@@ -57,3 +57,8 @@ def media_key(user: str, flow_id: int, ssrc: int, material: bytes, epoch: int) -
         key=base64.b64encode(material).decode("ascii"),
         epoch=epoch,
     )
+
+
+def red_flow_key(flow_id: int, ssrc: int, material: bytes) -> RedFlowKey:
+    """The wire description of a speaker's redundancy flow (same key encoding as the flow's)."""
+    return RedFlowKey(flow_id=flow_id, ssrc=ssrc, key=base64.b64encode(material).decode("ascii"))

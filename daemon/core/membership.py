@@ -34,12 +34,17 @@ class Membership(Concern):
         relayed: bool = False,
         *,
         red: bool = False,
+        red_flow: bool = False,
     ) -> None:
         """An authenticated session appears; it gets an outlet for media."""
         if session in self._sessions:
             raise CoreError(ErrorCode.ALREADY_AUTHENTICATED, f"session {session} is connected")
         self._sessions[session] = Session(
-            identity, Outlet(session, self.limits.outlet_queue), relayed, red=red
+            identity,
+            Outlet(session, self.limits.outlet_queue),
+            relayed,
+            red=red,
+            red_flow=red_flow,
         )
 
     def disconnect(self, session: int, now: float) -> None:
@@ -172,7 +177,14 @@ class Membership(Concern):
             self.ctx.knocks.resolve_knock(
                 room, request, "cancelled", user, requester_reason="replaced"
             )
-        member = Member(session=session, identity=identity, role=role, joined_at=now, red=state.red)
+        member = Member(
+            session=session,
+            identity=identity,
+            role=role,
+            joined_at=now,
+            red=state.red,
+            red_flow=state.red_flow and not state.relayed,
+        )
         room.add_member(member)
         state.room = room
         if not state.relayed:

@@ -32,10 +32,13 @@ class Moderation(Concern):
 
     @staticmethod
     def _sync_mute(member: Member) -> None:
-        if member.flow is not None:
-            member.flow.muted = member.muted or member.muted_by_moderator
-            if member.flow.predecessor is not None:
-                member.flow.predecessor.muted = member.flow.muted
+        flow = member.flow
+        if flow is not None:
+            flow.muted = member.muted or member.muted_by_moderator
+            old = flow.predecessor
+            for other in (flow.red_flow, old, old.red_flow if old is not None else None):
+                if other is not None:
+                    other.muted = flow.muted
 
     def mute(self, actor: Actor, request: messages.Mute, now: float) -> Result:
         room = actor.room

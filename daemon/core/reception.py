@@ -16,6 +16,14 @@ RED (``red``): only while every other member receiving the room's datagrams (not
 mode) declared it decodes RED in its ``hello``. When one without it starts receiving them
 (it enters, or leaves stream mode), the server tells each speaker that was allowed RED at
 once, without waiting for the next report, so that it goes back to plain Opus.
+
+A speaker whose client sends a redundancy flow (PROTOCOL.md 11.10) gets no per-packet RED:
+its flow stays plain Opus for everybody and a second flow of its own carries the copies. The
+server decides per listener, from that listener's own reports, who gets that second flow
+(:data:`RED_FLOW_ON`, :data:`RED_FLOW_OFF`), and asks the speaker to send it (``red_flow``)
+while at least one does. ``bench/redundancy_cost.py`` chose this: one lossy listener then
+costs the server +50% of its output at 3 listeners, +2% at 100, against +112% for RED in
+every packet, and it is protected however many clean listeners outvote it.
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ REPORT_TTL = 5.0
 LOSS_REPORT_INTERVAL = 1.0
 """A speaker gets a ``loss_report`` at most this often."""
 PERCENTILE = 0.75
+RED_FLOW_ON = 0.02
+"""A listener whose own report shows this much loss gets the speaker's redundancy flow."""
+RED_FLOW_OFF = 0.005
+"""...and stops getting it after :data:`RED_FLOW_HOLD` reports in a row below this."""
+RED_FLOW_HOLD = 2
 
 
 @dataclass
@@ -61,6 +74,8 @@ class FlowQuality:
     last_sent: float = float("-inf")
     seq_mark: int | None = None
     packets_mark: int = 0
+    red_flow_to: dict[int, int] = field(default_factory=dict)
+    """Listener sessions the redundancy flow goes to, with their low reports in a row."""
 
 
 def percentile(values: list[float], fraction: float = PERCENTILE) -> float:
@@ -102,16 +117,60 @@ class Reception(Concern):
             quality = flow.quality
             if quality is None:
                 quality = flow.quality = FlowQuality()
+            loss = entry.lost / entry.expected
             quality.reports[member.session] = _Listened(
-                entry.lost / entry.expected, entry.late / entry.expected, entry.jitter_ms, now
+                loss, entry.late / entry.expected, entry.jitter_ms, now
             )
-            self._tell(room, speaker, flow, quality, now)
+            asked = self._choose_red_flow(room, member, flow, quality, loss, now)
+            self._tell(room, speaker, flow, quality, now, force=asked)
         return Done()
 
+    def _choose_red_flow(
+        self,
+        room: Room,
+        listener: Member,
+        flow: Flow,
+        quality: FlowQuality,
+        loss: float,
+        now: float,
+    ) -> bool:
+        """Whether ``listener`` gets ``flow``'s redundancy flow, from its own loss, with
+        hysteresis; return True when the speaker must now be told to start or stop it."""
+        if flow.red_flow is None:
+            return False
+        targets = quality.red_flow_to
+        session = listener.session
+        if listener.red_flow and loss >= RED_FLOW_ON:
+            targets[session] = 0
+        elif session in targets and (loss < RED_FLOW_OFF or not listener.red_flow):
+            targets[session] += 1
+            if targets[session] >= RED_FLOW_HOLD:
+                del targets[session]
+        elif session in targets:
+            targets[session] = 0
+        receiving = set(self.forwarder.group_sessions(room.id))
+        reports = quality.reports
+        for gone in [
+            s
+            for s in targets
+            if s not in receiving or s not in reports or now - reports[s].at > REPORT_TTL
+        ]:
+            del targets[gone]
+        self.forwarder.send_red_flow(flow, set(targets))
+        told = quality.last_report is not None and quality.last_report.red_flow
+        return bool(targets) != told
+
     def _tell(
-        self, room: Room, speaker: Member, flow: Flow, quality: FlowQuality, now: float
+        self,
+        room: Room,
+        speaker: Member,
+        flow: Flow,
+        quality: FlowQuality,
+        now: float,
+        *,
+        force: bool = False,
     ) -> None:
-        if now - quality.last_sent < LOSS_REPORT_INTERVAL:
+        if now - quality.last_sent < LOSS_REPORT_INTERVAL and not force:
             return
         reports = quality.reports
         for session in [s for s, r in reports.items() if now - r.at > REPORT_TTL]:
@@ -130,7 +189,9 @@ class Reception(Concern):
             late=round(percentile([r.late for r in listened]), 4),
             jitter_ms=round(percentile([r.jitter_ms for r in listened]), 1),
             reporters=len(listened),
-            red=self._red_allowed(room, speaker),
+            # A speaker that has a redundancy flow protects the lossy listeners with it alone.
+            red=flow.red_flow is None and self._red_allowed(room, speaker),
+            red_flow=bool(quality.red_flow_to),
         )
         self._send((speaker.session,), report)
 

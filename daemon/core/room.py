@@ -59,6 +59,8 @@ class Member:
     """When this member's last receiver report was accepted."""
     red: bool = False
     """The member's client decodes RED payloads, so speakers may send it RED."""
+    red_flow: bool = False
+    """The member's client sends and uses redundancy flows (PROTOCOL.md 11.10)."""
 
     @property
     def user(self) -> str:

@@ -117,6 +117,7 @@ class SalonCore:
         relayed: bool = False,
         *,
         red: bool = False,
+        red_flow: bool = False,
     ) -> None:
         """An authenticated session appears; it gets an outlet for media.
 
@@ -124,8 +125,9 @@ class SalonCore:
         receives the room's media once through the room's relay outlet (:meth:`add_relay`), so
         this session's own outlet never joins the room's forwarding group.
         ``red``: the client decodes RED payloads (PROTOCOL.md 11.9), so speakers may send them.
+        ``red_flow``: the client sends a redundancy flow when asked and uses one (11.10).
         """
-        self._membership.connect(session, identity, now, relayed, red=red)
+        self._membership.connect(session, identity, now, relayed, red=red, red_flow=red_flow)
 
     def disconnect(self, session: int, now: float) -> None:
         """The session is gone: it leaves its room or withdraws its knock. Never raises."""

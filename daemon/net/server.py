@@ -653,7 +653,12 @@ class SalonServer:
                 REFUSED_CLOSE_DELAY, protocol.close_with, CloseCode.RATE_ABUSE, refusal
             )
             return
-        self.admit(protocol, identity, red=msg.CAPABILITY_RED in request.capabilities)
+        self.admit(
+            protocol,
+            identity,
+            red=msg.CAPABILITY_RED in request.capabilities,
+            red_flow=msg.CAPABILITY_RED_FLOW in request.capabilities,
+        )
         if request.redirects == 0:
             self._may_redirect.add(protocol.session_id)
         log.info(
@@ -686,16 +691,24 @@ class SalonServer:
             },
         )
 
-    def admit(self, protocol: SessionProtocol, identity: Identity, *, red: bool = False) -> None:
+    def admit(
+        self,
+        protocol: SessionProtocol,
+        identity: Identity,
+        *,
+        red: bool = False,
+        red_flow: bool = False,
+    ) -> None:
         """Bind an authenticated identity to the session and give it a media outlet.
 
-        ``red``: the client decodes RED payloads (its ``hello`` listed the capability).
+        ``red``, ``red_flow``: the client decodes RED payloads, sends and uses redundancy flows
+        (its ``hello`` listed the capability).
         """
         protocol.identity = identity
         if protocol.hello_timer is not None:
             protocol.hello_timer.cancel()
             protocol.hello_timer = None
-        self.core.connect(protocol.session_id, identity, time.time(), red=red)
+        self.core.connect(protocol.session_id, identity, time.time(), red=red, red_flow=red_flow)
         protocol.outlet = self.core.outlet(protocol.session_id)
 
     # ------------------------------------------------------------------ output

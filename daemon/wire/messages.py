@@ -110,6 +110,14 @@ class RoomSummary(msgspec.Struct, kw_only=True):
     recording: bool = False
 
 
+class RedFlowKey(msgspec.Struct, kw_only=True):
+    """A speaker's redundancy flow (PROTOCOL.md 11.10): its own flow id, SSRC and SRTP key."""
+
+    flow_id: int
+    ssrc: int
+    key: str
+
+
 class MediaKey(msgspec.Struct, kw_only=True):
     """SRTP parameters of one speaker's media flow. ``key`` is base64(master key || master salt)."""
 
@@ -119,6 +127,8 @@ class MediaKey(msgspec.Struct, kw_only=True):
     profile: str = "AEAD_AES_128_GCM"
     key: str
     epoch: int = 0
+    red_flow: RedFlowKey | None = None
+    """The speaker's redundancy flow, if its client sends one (it declared ``"red_flow"``)."""
 
 
 class JoinRequestInfo(msgspec.Struct, kw_only=True):
@@ -205,6 +215,9 @@ class _Request(msgspec.Struct, tag_field="type", kw_only=True):
 
 CAPABILITY_RED = "red"
 """The ``hello`` capability of a client that decodes RED payloads (PROTOCOL.md 11.9)."""
+CAPABILITY_RED_FLOW = "red_flow"
+"""The ``hello`` capability of a client that sends a redundancy flow when asked and uses one
+it receives (PROTOCOL.md 11.10)."""
 MAX_CAPABILITIES = 16
 """Most entries a ``hello``'s ``capabilities`` may list."""
 
@@ -796,6 +809,8 @@ class LossReport(_Event, kw_only=True, tag="loss_report"):
     reporters: int
     red: bool
     """Whether the speaker may send RED: every other member of the room declared ``"red"``."""
+    red_flow: bool = False
+    """Whether the speaker should send its redundancy flow: a listener needs it (11.10)."""
 
 
 Event = Union[
