@@ -204,6 +204,11 @@ class MediaSender:
         """The redundancy flow's datagram that goes with the last :meth:`send_pcm`'s, if any:
         send it right after that one."""
 
+    @property
+    def red_flow_id(self) -> int | None:
+        """The redundancy flow's id, once the server gave this flow one."""
+        return self._red_flow[0] if self._red_flow is not None else None
+
     def set_red_flow(self, flow_id: int, ssrc: int, key_b64: str) -> None:
         """The flow id, SSRC and key of this flow's redundancy flow (``MediaKey.red_flow``)."""
         self._red_flow = (flow_id, ssrc, SrtpSender(key_from_base64(key_b64)))

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from salon.client.connection import RequestError, SalonClient
 from salon.client.room_audio import RoomAudio
 from salon.daemon.wire import messages as msg
+from salon.daemon.wire.datagram import unpack_datagram
 from salon.media.codec import OpusDecoder
 from salon.media.srtp import SrtpError, SrtpReceiver, key_from_base64
 from tests.audio_checks import dominant_frequencies
@@ -147,7 +149,8 @@ async def test_loss_reports_reach_the_speaker_who_switches_redundancy_on_and_off
         host = await live.client("Host")
         await host.create_room("Reports", room="reports")
         await host.join("reports")
-        speaker = await live.client("Voice")
+        # A speaker of before the redundancy flow: per-packet RED (PROTOCOL.md 11.9).
+        speaker = await live.client("Voice", capabilities=(msg.CAPABILITY_RED,))
         await speaker.join("reports")
         voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
         await host.call("invite_to_speak", user=speaker.user)
@@ -268,7 +271,7 @@ async def test_a_listener_without_red_and_reports_hears_the_speaker(tmp_path: Pa
         host = await live.client("Host")
         await host.create_room("Mixed", room="mixed")
         await host.join("mixed")
-        speaker = await live.client("Voice")
+        speaker = await live.client("Voice", capabilities=(msg.CAPABILITY_RED,))
         await speaker.join("mixed")
         voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
         await host.call("invite_to_speak", user=speaker.user)
@@ -317,6 +320,124 @@ async def test_a_listener_without_red_and_reports_hears_the_speaker(tmp_path: Pa
                     "plain_listener_beside_red",
                     plain_packets=len(plain.plain),
                     red_packets_before_switch=len(plain.dropped),
+                    dropped_down=relay.down.stats.dropped,
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class FlowBytes:
+    """Datagrams and bytes a client receives, per flow id, counted before its RoomAudio sees
+    them (wraps the ``on_datagram`` RoomAudio installed)."""
+
+    def __init__(self, client: SalonClient) -> None:
+        self.packets: Counter[int] = Counter()
+        self.bytes: Counter[int] = Counter()
+        deliver = client.on_datagram
+        assert deliver is not None
+
+        def counted(data: bytes) -> None:
+            flow_id, _ = unpack_datagram(data)
+            self.packets[flow_id] += 1
+            self.bytes[flow_id] += len(data)
+            deliver(data)
+
+        client.on_datagram = counted
+
+
+async def test_the_redundancy_flow_goes_only_to_the_lossy_listener(tmp_path: Path):
+    """Three listeners of one speaker: a clean one, a lossy one (10% down), and a lossy one
+    whose client does not declare ``red_flow``. Only the lossy one that declared it gets the
+    speaker's redundancy flow, and fills gaps with it; the clean one's bytes stay what they were
+    with no redundancy; the flow stops when the loss goes away (PROTOCOL.md 11.10)."""
+    async with run_daemon(tmp_path / "state") as live:
+        host = await live.client("Host")
+        await host.create_room("Redundancy flow", room="rflow")
+        await host.join("rflow")
+        speaker = await live.client("Voice")
+        await speaker.join("rflow")
+        voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
+        await host.call("invite_to_speak", user=speaker.user)
+        await speaker.call("accept_speak")
+        tasks = [asyncio.ensure_future(voice.run())]
+        clean_client = await live.client("Clean")
+        clean = RoomAudio(clean_client)
+        clean_bytes = FlowBytes(clean_client)
+        await clean_client.join("rflow")
+        tasks.append(asyncio.ensure_future(clean.run()))
+        async with lossy_relay(live.host, live.port, seed=19) as relay:
+            listeners = {}
+            for name, capabilities in (
+                ("Lossy", (msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW)),
+                ("Older", (msg.CAPABILITY_RED,)),
+            ):
+                client = await SalonClient.connect(
+                    *relay.address,
+                    display_name=name,
+                    fingerprint=live.fingerprint,
+                    credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+                    capabilities=capabilities,
+                )
+                live.clients.append(client)
+                audio = RoomAudio(client)
+                listeners[name] = (audio, FlowBytes(client))
+                await client.join("rflow")
+                tasks.append(asyncio.ensure_future(audio.run()))
+            lossy, lossy_bytes = listeners["Lossy"]
+            older, older_bytes = listeners["Older"]
+            try:
+                await eventually(lambda: voice.sender is not None and voice.sender.stats.sent > 0)
+                sender = voice.sender
+                assert sender is not None
+                assert sender.red_flow_id is not None  # the server gave it one
+                flow_id, red_flow_id = sender.flow_id, sender.red_flow_id
+
+                async def clean_bytes_per_frame(frames: int) -> float:
+                    start_sent, start_bytes = sender.stats.sent, sum(clean_bytes.bytes.values())
+                    await eventually(lambda: sender.stats.sent >= start_sent + frames)
+                    got = sum(clean_bytes.bytes.values()) - start_bytes
+                    return got / (sender.stats.sent - start_sent)
+
+                before = await clean_bytes_per_frame(150)
+                assert not sender.red_flow_on and sender.stats.red_flow_sent == 0
+                relay.set_impairment(down=Impairment(loss=0.10))
+                await eventually(lambda: sender.red_flow_on)
+                assert not voice.loss_reports[-1].red  # never per-packet RED beside it
+                await eventually(lambda: lossy.receiver.stats.red_flow_filled >= 10)
+                during = await clean_bytes_per_frame(150)
+                assert sender.red_flow_on
+                # Only the lossy listener that declared it receives the flow, and uses it.
+                assert lossy_bytes.packets[red_flow_id] > 0
+                assert clean_bytes.packets[red_flow_id] == 0
+                assert older_bytes.packets[red_flow_id] == 0
+                assert older.receiver.stats.red_flow_received == 0
+                assert set(clean_bytes.packets) == {flow_id}
+                assert during <= 1.10 * before, (before, during)
+                # Its primary flow stays plain Opus for everybody.
+                assert sender.stats.red == 0
+                filled = lossy.receiver.stats.red_flow_filled
+                relay.set_impairment(down=Impairment())
+                await eventually(lambda: not sender.red_flow_on)
+                sent_at_stop = sender.stats.red_flow_sent
+                # What was in flight has arrived after another 25 frames; then nothing more.
+                mark = sender.stats.sent
+                await eventually(lambda: sender.stats.sent >= mark + 25)
+                received = lossy_bytes.packets[red_flow_id]
+                mark = sender.stats.sent
+                await eventually(lambda: sender.stats.sent >= mark + 50)
+                assert lossy_bytes.packets[red_flow_id] == received
+                assert sender.stats.red_flow_sent == sent_at_stop
+                record(
+                    "redundancy_flow_to_the_lossy_listener",
+                    clean_bytes_per_frame_before=round(before, 1),
+                    clean_bytes_per_frame_during=round(during, 1),
+                    lossy_red_flow_packets=lossy_bytes.packets[red_flow_id],
+                    lossy_red_flow_bytes=lossy_bytes.bytes[red_flow_id],
+                    lossy_primary_bytes=lossy_bytes.bytes[flow_id],
+                    gaps_filled=filled,
+                    older_red_flow_packets=older_bytes.packets[red_flow_id],
                     dropped_down=relay.down.stats.dropped,
                 )
             finally:

@@ -180,7 +180,11 @@ class Reception(Concern):
         quality.last_sent = now
         uplink = self._uplink_loss(flow, quality)
         listened = list(reports.values())
-        heard_loss = percentile([r.loss for r in listened])
+        # Listeners that get the redundancy flow have their loss covered by it: the flow's own
+        # protection (FEC, bitrate) is for the others, so they do not push it up.
+        protected = quality.red_flow_to
+        bare = [r.loss for s, r in reports.items() if s not in protected]
+        heard_loss = percentile(bare) if bare else 0.0
         quality.last_report = report = messages.LossReport(
             room=room.id,
             flow_id=flow.flow_id,
