@@ -125,3 +125,77 @@ def test_a_member_on_another_node_counts_as_without_red():
     )
     (report,) = received(h.drain(), messages.LossReport)[voice]
     assert not report.red
+
+
+def test_the_redundancy_flow_goes_to_each_listener_by_its_own_loss():
+    """One lossy listener among clean ones gets the speaker's redundancy flow however many
+    clean ones outvote it; a lossy one without the capability never does; it stops after two
+    clean reports in a row, and the speaker is told at each change (PROTOCOL.md 11.10)."""
+    h = Harness()
+    h.connect("owner", red=True, red_flow=True)
+    h.room()
+    voice = h.connect("alice", red=True, red_flow=True)
+    h.speaker("alice")
+    lossy = h.connect("lossy", red=True, red_flow=True)
+    h.join("lossy")
+    older = h.connect("older", red=True)
+    h.join("older")
+    clean = [h.connect(f"clean{i}", red=True, red_flow=True) for i in range(4)]
+    for i in range(4):
+        h.join(f"clean{i}")
+    member = h.member("alice")
+    flow = member.flow
+    assert flow is not None and flow.red_flow is not None
+    assert member.media_key.red_flow.flow_id == flow.red_flow.flow_id
+    assert flow.red_flow.flow_id != flow.flow_id and flow.red_flow.ssrc != flow.ssrc
+    h.drain()
+
+    def report(session: int, lost: int) -> list[messages.LossReport]:
+        h.do(
+            session,
+            messages.ReceiverReport,
+            reports=[messages.FlowReception(flow_id=flow.flow_id, expected=50, lost=lost)],
+        )
+        return received(h.drain(), messages.LossReport).get(voice, [])
+
+    def red_flow_to() -> set[int]:
+        assert flow.red_flow is not None
+        return {outlet.session for outlet in flow.red_flow.recipients}
+
+    for session in clean:
+        report(session, 0)
+    h.advance(1.5)
+    assert [r.red_flow for r in report(older, 5)] == [False]  # lossy, but without the capability
+    assert red_flow_to() == set()
+    (on,) = report(lossy, 5)  # told at once, not a second later
+    assert on.red_flow and not on.red
+    assert red_flow_to() == {lossy}
+    # The lossy listeners' loss: "older" is bare, "lossy" covered by the flow; the 75th
+    # percentile of the bare reports (4 clean, 1 older) stays 0.
+    assert on.loss == 0.0
+    h.advance(0.6)
+    assert report(lossy, 0) == []  # one clean report is not enough
+    assert red_flow_to() == {lossy}
+    h.advance(0.6)
+    (off,) = report(lossy, 0)
+    assert not off.red_flow and red_flow_to() == set()
+    # Muting the speaker mutes its redundancy flow too; leaving the stage retires it.
+    h.advance(1.5)
+    report(lossy, 10)
+    assert red_flow_to() == {lossy}
+    h.do(voice, messages.Mute)
+    assert flow.red_flow.muted
+    h.do(lossy, messages.Leave)
+    assert red_flow_to() == set()
+    h.do(voice, messages.MoveToAudience, user="alice")
+    assert not flow.red_flow.active
+
+
+def test_a_speaker_without_the_capability_has_no_redundancy_flow():
+    h = Harness()
+    h.connect("owner", red=True, red_flow=True)
+    h.room()
+    h.connect("alice", red=True)
+    h.speaker("alice")
+    member = h.member("alice")
+    assert member.flow.red_flow is None and member.media_key.red_flow is None

@@ -72,6 +72,7 @@ class Harness:
         verified: dict[str, str] | None = None,
         operator: bool = False,
         red: bool = False,
+        red_flow: bool = False,
     ) -> int:
         session = self._next_session
         self._next_session += 1
@@ -81,7 +82,7 @@ class Harness:
             verified=verified or {},
             operator=operator,
         )
-        self.core.connect(session, identity, self.now, red=red)
+        self.core.connect(session, identity, self.now, red=red, red_flow=red_flow)
         self.sessions.setdefault(user, session)
         return session
 
