@@ -18,7 +18,8 @@ Per condition:
 - mouth-to-ear: for each 200 ms stretch of the scored speech, the time from its capture (handed
   to the encoder) to its playout (handed to the sound device), from the cross-correlation lag
   of that stretch; p50 and p95 over the stretches;
-- what the speaker did: the redundancy it ended with and the loss the server reported to it.
+- what the speaker did: the redundancy it ended with (per-packet RED depth, or "flow" for its
+  redundancy flow, PROTOCOL.md 11.10) and the loss the server reported to it.
 
 With ``--netem`` the listener's link is a network namespace joined by a veth pair with the
 kernel's netem qdisc on both ends (``tests/netem_path.py``) instead of the user-space relay:
@@ -199,6 +200,8 @@ class Outcome:
     m2e_p50_ms: float
     m2e_p95_ms: float
     redundancy: int
+    red_flow: bool
+    """Whether the speaker was sending its redundancy flow at the end (PROTOCOL.md 11.10)."""
     reported_loss: float
     dropped: int
     forwarded: int
@@ -350,6 +353,7 @@ async def run_condition(
             await asyncio.gather(*tasks)
             sender = talk.sender
             redundancy = sender.redundancy if sender is not None else 0
+            red_flow = sender is not None and sender.red_flow_on
             reported = talk.loss_reports[-1].loss if talk.loss_reports else 0.0
             buffers = list(hear.receiver.jitter_stats().values())
         finally:
@@ -397,6 +401,7 @@ async def run_condition(
         m2e_p50_ms=round(p50, 1),
         m2e_p95_ms=round(p95, 1),
         redundancy=redundancy,
+        red_flow=red_flow,
         reported_loss=round(reported, 3),
         dropped=link.dropped(),
         forwarded=link.down_packets(),
@@ -459,7 +464,8 @@ def table(outcomes: list[Outcome]) -> str:
         lines.append(
             f"| {o.label} | {o.pesq:.2f} | {o.codec_pesq:.2f} | {o.pesq / o.codec_pesq:.2f} | "
             f"{o.speaker_bytes_per_s} | {o.listener_bytes_per_s} | "
-            f"{o.m2e_p50_ms:.0f} / {o.m2e_p95_ms:.0f} | {o.redundancy} |"
+            f"{o.m2e_p50_ms:.0f} / {o.m2e_p95_ms:.0f} | "
+            f"{'flow (2 copies)' if o.red_flow else o.redundancy} |"
         )
     return "\n".join(lines)
 

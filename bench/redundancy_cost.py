@@ -2,14 +2,17 @@
 
 One listener of N is lossy. Two ways to protect it without the server decrypting:
 
-- **per-packet RED** (what Salon does, PROTOCOL.md 11.9): every packet of the speaker's flow
-  carries the one or two earlier frames, so every listener receives them. With the server's
-  75th-percentile aggregate, one lossy listener turns RED on only while it is at least a
-  quarter of the reporters (N <= 3 here); from N = 4 on nobody pays and it gets no RED at all.
-- **separate redundancy flow** (not built): the speaker's flow stays plain Opus and a second
-  flow carries the same copies (a RED payload whose primary block is frame N-1 and whose
-  redundant block is frame N-2, RTP header without the audio level); the forwarder sends that
-  flow only to listeners that asked for it. Each copy costs its own datagram.
+- **per-packet RED** (PROTOCOL.md 11.9, kept for speakers without ``red_flow``): every packet
+  of the speaker's flow carries the one or two earlier frames, so every listener receives
+  them. With the server's 75th-percentile aggregate, one lossy listener turns RED on only
+  while it is at least a quarter of the reporters (N <= 3 here); from N = 4 on nobody pays
+  and it gets no RED at all.
+- **separate redundancy flow** (what Salon does, PROTOCOL.md 11.10): the speaker's flow stays
+  plain Opus and a second flow carries the same copies (a RED payload whose primary block is
+  frame N-1 and whose redundant block is frame N-2, RTP header without the audio level); the
+  forwarder sends that flow only to listeners whose own reports show loss. Each copy costs its
+  own datagram. At 2 copies the sizes are those of the reference ``MediaSender``'s redundancy
+  flow; at 1 copy they are built the same way with the primary block only.
 
 Measured, not assumed: the espeak-ng speech of ``bench/quality.py`` goes through the reference
 ``MediaSender`` (real Opus at 32 kbit/s with DTX, real RED, real SRTP) at redundancy 0, 1 and
@@ -116,6 +119,15 @@ def encode(frames: list[bytes], depth: int) -> Stream:
         seq += 1
         stream.redundancy_datagrams += 1
         stream.redundancy_bytes += len(pack_datagram(5, side.protect(rtp)))
+    if depth == 2:
+        # The redundancy flow as the reference client sends it (PROTOCOL.md 11.10).
+        real = MediaSender(4, 0x1234, KEY, OpusEncoder(bitrate=BITRATE), sequence_number=1)
+        real.set_red_flow(5, 0x5678, KEY)
+        real.red_flow_on = True
+        for pcm in frames:
+            real.send_pcm(pcm)
+        stream.redundancy_datagrams = real.stats.red_flow_sent
+        stream.redundancy_bytes = real.stats.red_flow_bytes
     return stream
 
 
