@@ -168,3 +168,43 @@ def test_red_packets_keep_the_header_the_forwarder_reads():
     datagrams = [sender.send_pcm(pcm) for pcm in frames]
     header = peek_media(datagrams[-1])
     assert header.flow_id == 7 and header.ssrc == 1234 and header.level is not None
+
+
+def test_the_redundancy_flow_fills_losses_of_the_plain_flow_and_is_not_reported():
+    """The speaker's flow stays plain Opus; its redundancy flow (PROTOCOL.md 11.10) carries
+    frames N-1 and N-2 beside frame N, with N-1's sequence number, and the receiver fills the
+    lost packets of the flow from it. Its reports still count the loss before repair."""
+    red_key = base64.b64encode(os.urandom(28)).decode()
+    sender = MediaSender(7, 1234, KEY, OpusEncoder(), sequence_number=65500)
+    sender.set_red_flow(8, 5678, red_key)
+    assert sender.on_loss_report(0.05, red_allowed=False, red_flow=True)
+    receiver = MediaReceiver()
+    receiver.add_speaker("alice", 7, 1234, KEY)
+    receiver.add_red_flow(7, 8, 5678, red_key)
+    now = 0.0
+    for index, pcm in enumerate(voiced(2.0)):
+        datagram = sender.send_pcm(pcm)
+        assert datagram is not None
+        if index % 7 != 6:
+            receiver.receive(datagram, now)
+        repair = sender.red_flow_datagram
+        if index == 0:
+            assert repair is None  # nothing earlier to repeat yet
+        else:
+            assert repair is not None and peek_media(repair).flow_id == 8
+            assert peek_media(repair).level is None  # no header extension
+            # Lose the repair packet that carries a lost frame as its primary block, so that
+            # the copy one packet later (its redundant block) must do.
+            if index % 14 != 0:
+                assert receiver.receive(repair, now)
+        receiver.pull(now)
+        now += 0.02
+    assert sender.stats.red == 0 and sender.stats.red_flow_sent == sender.stats.sent - 1
+    stats = receiver.jitter_stats()["alice"]
+    assert receiver.stats.red_flow_filled == stats.redundancy_filled >= 12
+    assert stats.concealed == 0 and stats.lost == 0
+    (report,) = receiver.reports()
+    assert (report.expected, report.lost) == (100, 14)
+    # The speaker's flow revoked: its redundancy flow goes with it.
+    receiver.remove_speaker(7)
+    assert not receiver.receive(sender.red_flow_datagram or b"", now)
