@@ -454,7 +454,9 @@ async def test_the_speaker_s_bitrate_follows_loss_within_the_server_s_bounds(tmp
         host = await live.client("Host")
         await host.create_room("Bitrate", room="bitrate")
         await host.join("bitrate")
-        speaker = await live.client("Voice")
+        # Without a redundancy flow: a listener that gets one has its loss covered by it and
+        # left out of `loss` (PROTOCOL.md 11.10), so it would not lower the bitrate.
+        speaker = await live.client("Voice", capabilities=(msg.CAPABILITY_RED,))
         assert (speaker.limits["min_bitrate"], speaker.limits["max_bitrate"]) == bounds
         await speaker.join("bitrate")
         voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
