@@ -59,6 +59,7 @@ from bench.mouth_to_ear import ByteCounter, count_sent
 from salon.client.audiofile import read_audio
 from salon.client.connection import SalonClient
 from salon.client.room_audio import RoomAudio
+from salon.daemon.wire import messages as msg
 from salon.media.codec import OpusDecoder, OpusEncoder
 from tests.lossy_relay import Impairment, lossy_relay
 from tests.netem_path import NetemPath, netem_path, netem_unavailable
@@ -67,6 +68,8 @@ RATE = 48000
 FRAME = 960
 PESQ_RATE = 16000
 BITRATE = 32000
+SPEAKER_CAPABILITIES: tuple[str, ...] = (msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW)
+"""What the speaker's ``hello`` declares; ``--per-packet-red`` leaves out the redundancy flow."""
 WARMUP_TEXT = "Good evening and welcome to the salon. Tonight we talk about networks."
 SCORED_TEXT = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
@@ -289,6 +292,7 @@ async def run_condition(
             display_name=who,
             fingerprint=fingerprint,
             credentials={"guest_key": guest_key(f"{name}/{who}")},
+            **({"capabilities": SPEAKER_CAPABILITIES} if who == "Speaker" else {}),
         )
 
     @contextlib.asynccontextmanager
@@ -485,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         "(root, iproute2, sch_netem) instead of the user-space relay",
     )
     parser.add_argument(
+        "--per-packet-red",
+        action="store_true",
+        help="the speaker does not declare red_flow: per-packet RED (PROTOCOL.md 11.9) "
+        "instead of its redundancy flow (11.10)",
+    )
+    parser.add_argument(
         "--baselines",
         action="store_true",
         help="only print the codec-alone score for several encoder histories (a few seconds)",
@@ -503,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.netem and (reason := netem_unavailable()) is not None:
         print(f"--netem: {reason}", file=sys.stderr)
         return 2
+    if args.per_packet_red:
+        global SPEAKER_CAPABILITIES
+        SPEAKER_CAPABILITIES = (msg.CAPABILITY_RED,)
     outcomes = asyncio.run(main_async(args))
     print(table(outcomes))
     return 0
