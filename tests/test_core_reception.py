@@ -185,8 +185,10 @@ def test_the_redundancy_flow_goes_to_each_listener_by_its_own_loss():
     assert red_flow_to() == {lossy}
     h.do(voice, messages.Mute)
     assert flow.red_flow.muted
-    h.do(lossy, messages.Leave)
+    h.drain()
+    h.do(lossy, messages.Leave)  # its only listener leaves: the speaker is told at once
     assert red_flow_to() == set()
+    assert [r.red_flow for r in received(h.drain(), messages.LossReport)[voice]] == [False]
     h.do(voice, messages.MoveToAudience, user="alice")
     assert not flow.red_flow.active
 

@@ -263,6 +263,7 @@ class Membership(Concern):
             state.room = None
             state.outlet.queue.clear()
         self.forwarder.leave(room.id, member.session)
+        self.ctx.reception.receiver_removed(room, member.session)
         member.invited_by = None
         if room.hands.lower_hand(user):
             self._hand_queue_changed(room)

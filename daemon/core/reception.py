@@ -230,6 +230,21 @@ class Reception(Concern):
             flow.quality.last_report = report = msgspec.structs.replace(last, red=False)
             self._send((speaker.session,), report)
 
+    def receiver_removed(self, room: Room, session: int) -> None:
+        """``session`` no longer gets the room's datagrams (it left, or went to stream mode):
+        a speaker whose redundancy flow went to it alone stops sending it at once (11.10)."""
+        for speaker in room.members.values():
+            flow = speaker.flow
+            quality = flow.quality if flow is not None else None
+            if flow is None or quality is None or session not in quality.red_flow_to:
+                continue
+            del quality.red_flow_to[session]
+            self.forwarder.send_red_flow(flow, set(quality.red_flow_to))
+            last = quality.last_report
+            if not quality.red_flow_to and last is not None and last.red_flow:
+                quality.last_report = report = msgspec.structs.replace(last, red_flow=False)
+                self._send((speaker.session,), report)
+
     @staticmethod
     def _uplink_loss(flow: Flow, quality: FlowQuality) -> float:
         """Loss between the speaker and the server since the previous loss report."""

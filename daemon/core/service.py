@@ -386,6 +386,7 @@ class SalonCore:
             if member.on_stage:
                 return False
             self.forwarder.leave(room.id, session)
+            self._reception.receiver_removed(room, session)
             state.outlet.queue.clear()
         return True
 
