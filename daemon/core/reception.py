@@ -233,7 +233,7 @@ class Reception(Concern):
     def receiver_removed(self, room: Room, session: int) -> None:
         """``session`` no longer gets the room's datagrams (it left, or went to stream mode):
         a speaker whose redundancy flow went to it alone stops sending it at once (11.10)."""
-        for speaker in room.members.values():
+        for speaker in room.stage_members.values():
             flow = speaker.flow
             quality = flow.quality if flow is not None else None
             if flow is None or quality is None or session not in quality.red_flow_to:
