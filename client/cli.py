@@ -31,6 +31,7 @@ from typing import Any
 from salon.client.connection import (
     MAX_REDIRECTS,
     ConnectionLost,
+    Redirect,
     RedirectError,
     RequestError,
     SalonClient,
@@ -334,6 +335,10 @@ class LiveLine:
 # doubling up to RECONNECT_MAXIMUM between attempts (with jitter).
 KEEPALIVE = 5.0
 IDLE_TIMEOUT = 15.0
+# A node that dies mid-room is noticed sooner: when audio stops arriving for PROBE_AFTER seconds
+# the client pings, and a ping unanswered for ANSWER_WITHIN seconds counts as a lost connection
+# (it then reconnects, to another node of a cluster first: PROTOCOL.md 17).
+PROBE_AFTER, ANSWER_WITHIN = 1.5, 4.0
 RECONNECT_INITIAL, RECONNECT_MAXIMUM = 1.0, 30.0
 # Leaving is bounded whatever the network does: at most LEAVE_TIMEOUT seconds for the `leave`
 # reply, then CLOSE_TIMEOUT for QUIC's close handshake (the server's idle timeout reclaims a
@@ -425,20 +430,33 @@ async def cmd_join(args: argparse.Namespace) -> int:
             stop.set()
 
     entry = (args.server, args.fingerprint, args.cafile, args.insecure)
+    joined = {"yes": False}
 
     async def connect_following() -> SalonClient:
         """`salon join` follows redirects (PROTOCOL.md 17): it connects to the node it was sent
         to, which will not redirect it again; when that node cannot be reached (it died, and
         the registry has not noticed yet or no longer lists it) it goes back for good to the
         node it first asked, which serves a client that already followed a redirect."""
+        # Once in the room, a reconnect rejoins it: never to be redirected then.
+        redirects = None if joined["yes"] else args.redirects
         try:
-            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects)
+            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=redirects)
         except (ServerUnreachable, ConnectionError, OSError, asyncio.TimeoutError) as exc:
             if not args.redirects or args.server == entry[0]:
                 raise
             note(f"{args.server} unreachable ({exc}); back to {entry[0]}")
             args.server, args.fingerprint, args.cafile, args.insecure = entry
-            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=args.redirects)
+            return await connect(args, idle_timeout=IDLE_TIMEOUT, redirects=redirects)
+
+    async def connect_node(node: Redirect) -> SalonClient:
+        """Another node of the cluster, as the lost server listed it: its certificate pinned,
+        whatever verified the first (PROTOCOL.md 17)."""
+        note(f"trying node {node.node} at {node.server}")
+        moved = argparse.Namespace(
+            **{**vars(args), "server": node.server, "fingerprint": node.fingerprint}
+        )
+        moved.cafile, moved.insecure = None, False
+        return await connect(moved, idle_timeout=IDLE_TIMEOUT)
 
     def new_session() -> ReconnectingClient:
         return ReconnectingClient(
@@ -449,6 +467,9 @@ async def cmd_join(args: argparse.Namespace) -> int:
             on_retry=on_retry,
             on_reconnected=on_reconnected,
             reconnect=not args.no_reconnect,
+            connect_node=connect_node,
+            probe_after=PROBE_AFTER,
+            answer_within=ANSWER_WITHIN,
         )
 
     args.redirects = 0
@@ -506,6 +527,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             listen(client)
             audio.rebind(client)
             result = await session.join(args.room, args.invite)
+        joined["yes"] = True
         if result["status"] == "knocking":
             note("knocking: waiting for a host to let you in ...")
             wait = max(1.0, float(result["expires_at"]) - time.time()) + 5

@@ -94,6 +94,8 @@ class RedirectError(Exception):
 
 MAX_REDIRECTS = msg.MAX_REDIRECTS
 """Redirects followed for one join at most (PROTOCOL.md 17): a loop between nodes ends here."""
+MAX_NODE_ADDRESSES = msg.MAX_NODE_ADDRESSES
+"""Nodes of a ``hello`` result read at most (PROTOCOL.md 17)."""
 MAX_HOST_LENGTH = 253
 MAX_NODE_ID_LENGTH = 64
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -117,6 +119,26 @@ def parse_redirect(result: dict[str, Any]) -> Redirect:
     """A ``join`` result with ``"status": "redirect"``, checked like any server input (PROTOCOL.md
     17): a host name or IP address, a port, a SHA-256 fingerprint and a node id, all bounded;
     RedirectError otherwise."""
+    return parse_node_address(result)
+
+
+def parse_nodes(value: Any) -> tuple[Redirect, ...]:
+    """The ``hello`` result's ``nodes`` (PROTOCOL.md 17): other nodes of the cluster to reconnect
+    to. At most MAX_NODE_ADDRESSES are read; an entry that fails the checks of a redirect is
+    left out (and logged), the others kept; anything but a list is no nodes."""
+    if not isinstance(value, list):
+        return ()
+    found: list[Redirect] = []
+    for entry in value[:MAX_NODE_ADDRESSES]:
+        try:
+            found.append(parse_node_address(entry if isinstance(entry, dict) else {}))
+        except RedirectError as exc:
+            log.warning("a node listed by the server is left out: %s", exc)
+    return tuple(dict.fromkeys(found))
+
+
+def parse_node_address(result: dict[str, Any]) -> Redirect:
+    """``server``, ``fingerprint`` and ``node`` of a redirect or of a listed node, checked."""
     server, fingerprint, node = result.get("server"), result.get("fingerprint"), result.get("node")
     if not isinstance(server, str) or not isinstance(fingerprint, str):
         raise RedirectError("redirect without a server or fingerprint")
@@ -235,7 +257,14 @@ class SalonClient:
         self.session = 0
         self.display_name = ""
         self.limits: dict[str, Any] = {}
+        self.nodes: tuple[Redirect, ...] = ()
+        """Other nodes of the server's cluster to reconnect to (the hello's ``nodes``)."""
+        self.target: Redirect | None = None
+        """The node this connection went to when it was made from the ``nodes`` of another."""
         self.room: str | None = None
+        self._clock = asyncio.get_running_loop().time
+        self.last_datagram = 0.0
+        """Event-loop time of the last datagram from the server (0: none yet)."""
         self._context_manager: Any = None
         self._listeners: list[Callable[[Any], None]] = []
         protocol.client = self
@@ -354,6 +383,7 @@ class SalonClient:
         client.session = result["session"]
         client.display_name = result["display_name"]
         client.limits = result.get("limits", {})
+        client.nodes = parse_nodes(result.get("nodes"))
         return client
 
     async def close(self, timeout: float = 3.0) -> None:
@@ -546,6 +576,7 @@ class SalonClient:
 
     def _on_datagram(self, data: bytes) -> None:
         self.datagrams_received += 1
+        self.last_datagram = self._clock()
         callback = self.on_datagram
         if callback is not None:
             callback(data)

@@ -18,6 +18,13 @@ records, a speaker who joined with a speaker invite uses that invite again (as a
 invite no longer works), an approved knocker re-enters an approval room without knocking. A
 room that is gone leaves the client connected and outside any room (``rejoin_error`` says why).
 Keepalive pings make a dead path visible within the idle timeout even in a silent room.
+
+In a cluster (PROTOCOL.md 17) the server's ``hello`` lists other nodes of the cluster; given
+``connect_node``, a lost connection is replaced by one to those nodes first (in random order, so
+that the clients of a dead node spread over the others), then to the lost node, then the usual
+way. The room's home gives the client its role back wherever it rejoins. A dead node is noticed
+sooner than the idle timeout with ``probe_after`` and ``answer_within``: when datagrams stop
+arriving the client pings at once, and a ping left unanswered that long counts as a loss.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 from salon.client.connection import (
     ConnectionLost,
+    Redirect,
     RequestError,
     SalonClient,
     ServerVerificationError,
@@ -89,8 +97,20 @@ class ReconnectingClient:
         on_retry: Callable[[Outage, float], Any] | None = None,
         on_reconnected: Callable[[Outage], Any] | None = None,
         reconnect: bool = True,
+        connect_node: Callable[[Redirect], Awaitable[SalonClient]] | None = None,
+        probe_after: float | None = None,
+        answer_within: float | None = None,
     ) -> None:
         self._connect = connect
+        self.connect_node = connect_node
+        """Connects to one of the nodes a server listed (pinning its fingerprint); None: a
+        lost connection is replaced the usual way only."""
+        self.probe_after = probe_after
+        """Seconds without a datagram, after datagrams were arriving, before a ping is sent at
+        once (None: only the keepalive's)."""
+        self.answer_within = answer_within
+        """Seconds a ping may go unanswered before the connection counts as lost (None: a
+        silent connection is lost only at the QUIC idle timeout)."""
         self.backoff = backoff or Backoff()
         self.keepalive = keepalive
         self.on_connected = on_connected
@@ -110,6 +130,8 @@ class ReconnectingClient:
         self.stopped_reason = ""
         """Why the client gave up reconnecting ("" while it has not)."""
         self._shutdown_after: float | None = None
+        self._unanswered = ""
+        """Why the watched connection was given up for lost by this client ("": it was not)."""
         self._closing = False
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -202,21 +224,55 @@ class ReconnectingClient:
                 return
 
     async def _watch(self, client: SalonClient) -> None:
-        """Return once ``client``'s connection is closed, pinging it while it is idle."""
+        """Return once ``client``'s connection is closed, pinging it every ``keepalive``
+        seconds, and at once when datagrams stop arriving (``probe_after``)."""
+        self._unanswered = ""
         if self.keepalive is None:
             await client.wait_closed()
             return
+        loop = asyncio.get_running_loop()
+        last_ping = loop.time()
+        probed = 0.0
+        """The last datagram's time when a probe was sent for the silence after it."""
         while not client.closed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(client.wait_closed()), self.keepalive)
+            due = last_ping + self.keepalive
+            silence = self.probe_after is not None and client.last_datagram > probed
+            if silence:
+                assert self.probe_after is not None
+                due = min(due, client.last_datagram + self.probe_after)
+            now = loop.time()
+            if self.probe_after is not None:
+                # Look again at least this often: audio that started meanwhile is watched too.
+                due = min(due, now + self.probe_after)
+            if now < due:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(client.wait_closed()), due - now)
+                    return
+                continue
+            if silence:
+                probed = client.last_datagram
+            last_ping = now
+            if not await self._answers(client):
+                self._unanswered = f"no answer to a ping within {self.answer_within:.0f} s"
+                log.warning("%s: counting the connection as lost", self._unanswered)
+                with contextlib.suppress(Exception):
+                    await client.close(timeout=0.5)
                 return
-            with contextlib.suppress(ConnectionLost, RequestError, asyncio.TimeoutError):
-                # A lost path shows as the QUIC idle timeout; the ping keeps a quiet one alive.
-                await asyncio.wait_for(client.call("ping"), self.keepalive)
+
+    async def _answers(self, client: SalonClient) -> bool:
+        """Ping: False only when ``answer_within`` is set and the ping went unanswered that
+        long (a lost path otherwise shows as the QUIC idle timeout)."""
+        try:
+            await asyncio.wait_for(client.call("ping"), self.answer_within or self.keepalive)
+        except asyncio.TimeoutError:
+            return self.answer_within is None
+        except (ConnectionLost, RequestError):
+            pass
+        return True
 
     async def _reconnect(self, lost: SalonClient) -> bool:
         loop = asyncio.get_running_loop()
-        outage = Outage(reason=lost.close_reason or f"code {lost.close_code}")
+        outage = Outage(reason=self._unanswered or lost.close_reason or f"code {lost.close_code}")
         self.outages.append(outage)
         started = loop.time()
         log.warning("connection lost (%s); reconnecting", outage.reason)
@@ -229,14 +285,21 @@ class ReconnectingClient:
                 self.backoff.maximum,
                 self._shutdown_after * (1.0 + self.backoff.rng.random()),
             )
+        candidates = self._candidates(lost)
         attempt = 0
         while not self._closing:
             if self.on_retry is not None:
                 self.on_retry(outage, wait)
             await asyncio.sleep(wait)
+            node = candidates[outage.attempts % len(candidates)]
             outage.attempts += 1
             try:
-                client = await self._connect()
+                if node is None or self.connect_node is None:
+                    client = await self._connect()
+                else:
+                    log.info("reconnecting to node %s at %s", node.node, node.server)
+                    client = await self.connect_node(node)
+                    client.target = node
             except ServerVerificationError as exc:
                 # Not the server we trusted: never send it anything more.
                 self.stopped_reason = str(exc)
@@ -289,6 +352,19 @@ class ReconnectingClient:
                 self.on_reconnected(outage)
             return True
         return False
+
+    def _candidates(self, lost: SalonClient) -> list[Redirect | None]:
+        """Where to reconnect, attempt after attempt in turn: the other nodes the lost
+        connection's server listed (shuffled: the clients of a dead node spread over the
+        others), the lost node itself, and the usual way (None)."""
+        if self.connect_node is None:
+            return [None]
+        candidates: list[Redirect | None] = list(lost.nodes)
+        self.backoff.rng.shuffle(candidates)
+        if lost.target is not None:
+            candidates.append(lost.target)
+        candidates.append(None)
+        return candidates
 
     async def _rejoin(self, client: SalonClient) -> str | None:
         if self.room is None:

@@ -238,8 +238,9 @@ class Daemon:
         """This salond as a cluster node (docs/cluster.md): registered with its load and how
         clients reach it; redirects joins when ``cluster.redirect_margin`` is set."""
         from salon.daemon.cluster.node import ClusterNode
-        from salon.daemon.cluster.redirect import Redirector
+        from salon.daemon.cluster.redirect import Redirector, alternatives
         from salon.daemon.cluster.registry import NodeContact, NodeLoad
+        from salon.daemon.wire.messages import MAX_NODE_ADDRESSES
 
         def load() -> NodeLoad:
             rooms = self.core.rooms.values()
@@ -279,6 +280,13 @@ class Daemon:
         self.redirector = redirector
         if redirector.margin:
             self.server.redirect = redirector.decide
+        # Where a client goes when it loses this node (PROTOCOL.md 17): the hello's ``nodes``.
+        self.server.alternatives = lambda: alternatives(
+            node.node_id,
+            self.public_address(),
+            node.registry.view if node.registry is not None else [],
+            MAX_NODE_ADDRESSES,
+        )
         self.cluster_snapshot = lambda: (
             node.registry.snapshot(redirector.sent) if node.registry is not None else None
         )

@@ -248,6 +248,7 @@ class HelloResult(msgspec.Struct, forbid_unknown_fields=True):
     server: str
     version: str
     limits: messages.Limits
+    nodes: list[messages.NodeAddress] = []
 
 
 class RoomsResult(msgspec.Struct, forbid_unknown_fields=True):

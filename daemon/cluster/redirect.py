@@ -60,6 +60,27 @@ def choose_node(
     return None
 
 
+def alternatives(
+    me: str, my_public: str, nodes: Sequence[NodeInfo], limit: int
+) -> list[dict[str, str]]:
+    """The other live nodes a client may reconnect to when it loses this one (the ``hello``
+    result's ``nodes``, PROTOCOL.md 17): least loaded first, each address once (workers sharing
+    one port are one address, and this node's own is left out), at most ``limit``; a node
+    without a public address or fingerprint is left out (a client could not check it)."""
+    seen = {my_public}
+    found: list[dict[str, str]] = []
+    for node in sorted(nodes, key=lambda n: (n.sessions, n.node_id)):
+        if node.node_id == me or not node.public or not node.fingerprint:
+            continue
+        if node.public in seen:
+            continue
+        seen.add(node.public)
+        found.append({"server": node.public, "fingerprint": node.fingerprint, "node": node.node_id})
+        if len(found) == limit:
+            break
+    return found
+
+
 class Redirector:
     """The server's redirect hook: ``decide(room)`` gives the join result to send, or None.
 

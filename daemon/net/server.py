@@ -138,6 +138,9 @@ class SalonServer:
         self.redirect: Callable[[str], dict[str, Any] | None] | None = None
         """The cluster's redirect policy (daemon/cluster/redirect.py): the ``join`` result
         sending a client elsewhere, or None to serve it here. None: never redirect."""
+        self.alternatives: Callable[[], list[dict[str, str]]] | None = None
+        """The cluster's other nodes a client may reconnect to (the ``hello`` result's
+        ``nodes``, PROTOCOL.md 17). None: not a cluster node, the field is left out."""
         self._may_redirect: set[int] = set()
         """Sessions whose hello says they follow redirects and that have not joined yet."""
         self.stream_mode: StreamMode | None = None
@@ -668,28 +671,27 @@ class SalonServer:
             protocol.address,
         )
         limits = self.config.limits
-        self._reply_ok(
-            protocol,
-            request.id,
-            {
-                "session": protocol.session_id,
-                "user": identity.user,
-                "display_name": identity.display_name,
-                "server": f"salond/{__version__}",
-                "version": msg.PROTOCOL_VERSION,
-                "limits": msgspec.to_builtins(
-                    msg.Limits(
-                        max_message_size=msg.MAX_MESSAGE_SIZE,
-                        max_datagram_size=min(MAX_DATAGRAM_SIZE, protocol.peer_max_datagram),
-                        # An integer when whole, as the spec's example shows it (50, not 50.0).
-                        message_rate=msg.json_number(limits.message_rate),
-                        message_burst=limits.message_burst,
-                        min_bitrate=limits.min_bitrate,
-                        max_bitrate=limits.max_bitrate,
-                    )
-                ),
-            },
-        )
+        result: dict[str, Any] = {
+            "session": protocol.session_id,
+            "user": identity.user,
+            "display_name": identity.display_name,
+            "server": f"salond/{__version__}",
+            "version": msg.PROTOCOL_VERSION,
+            "limits": msgspec.to_builtins(
+                msg.Limits(
+                    max_message_size=msg.MAX_MESSAGE_SIZE,
+                    max_datagram_size=min(MAX_DATAGRAM_SIZE, protocol.peer_max_datagram),
+                    # An integer when whole, as the spec's example shows it (50, not 50.0).
+                    message_rate=msg.json_number(limits.message_rate),
+                    message_burst=limits.message_burst,
+                    min_bitrate=limits.min_bitrate,
+                    max_bitrate=limits.max_bitrate,
+                )
+            ),
+        }
+        if self.alternatives is not None:
+            result["nodes"] = self.alternatives()
+        self._reply_ok(protocol, request.id, result)
 
     def admit(
         self,

@@ -175,6 +175,19 @@ class Limits(msgspec.Struct, kw_only=True):
     """Highest Opus bitrate (bits per second) a speaker may send."""
 
 
+class NodeAddress(msgspec.Struct, kw_only=True):
+    """Another node of the server's cluster a client may reconnect to: the ``nodes`` of the
+    ``hello`` result (PROTOCOL.md 17)."""
+
+    server: str
+    fingerprint: str
+    node: str
+
+
+MAX_NODE_ADDRESSES = 8
+"""Nodes a ``hello`` result lists at most (PROTOCOL.md 17)."""
+
+
 def json_number(value: float) -> int | float:
     """``value`` as a ``number`` field carries it: an integer when whole (50, not 50.0)."""
     return int(value) if float(value).is_integer() else value
