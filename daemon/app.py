@@ -288,7 +288,11 @@ class Daemon:
             MAX_NODE_ADDRESSES,
         )
         self.cluster_snapshot = lambda: (
-            node.registry.snapshot(redirector.sent) if node.registry is not None else None
+            node.registry.snapshot(
+                redirector.sent, node.counters(fenced_writes=self.persistence.fenced)
+            )
+            if node.registry is not None
+            else None
         )
 
     def public_address(self) -> str:

@@ -17,7 +17,9 @@ Exported families (all prefixed ``salon_``): ``sessions`` (open now), ``connecti
 ``stream_refused_total{room}``, ``stream_cpu_seconds_total{room}``; as a cluster node:
 ``cluster_node{node_id}`` (1, naming this node), ``cluster_nodes``,
 ``cluster_node_sessions{node_id}`` and ``cluster_node_rooms{node_id}`` for every live node,
-``cluster_redirects_total``, ``cluster_heartbeat_failures_total``.
+``cluster_redirects_total``, ``cluster_heartbeat_failures_total``, and this node's own
+``cluster_<counter>_total`` (daemon/cluster/node.py ``COUNTERS``) and
+``cluster_bus_refused_total{reason}``.
 
 ``GET /healthz`` on the same listener answers 200 with ``{"status": "serving", ...}`` while
 salond serves, and 503 (``starting``, ``stopping``) otherwise, for load balancers and systemd
@@ -228,6 +230,21 @@ def cluster_metrics(snapshot: ClusterSnapshot | None) -> Iterator[Any]:
         "Heartbeats to Redis that failed.",
         snapshot.heartbeat_failures,
     )
+    from salon.daemon.cluster.node import COUNTERS
+
+    # This node's own counters: each node's endpoint shows its own.
+    for name, text in COUNTERS.items():
+        yield CounterMetricFamily(f"salon_cluster_{name}", text, snapshot.counters.get(name, 0))
+    refused = CounterMetricFamily(
+        "salon_cluster_bus_refused",
+        "Bus messages refused by the authenticated codec, by reason (bad_mac: tampered or "
+        "foreign; replayed; stale; malformed; own).",
+        labels=["reason"],
+    )
+    for key, count in sorted(snapshot.counters.items()):
+        if key.startswith("bus_refused."):
+            refused.add_metric([key.removeprefix("bus_refused.")], count)
+    yield refused
 
 
 def store_metrics(store: Store | None) -> Iterator[Any]:

@@ -507,5 +507,6 @@ async def test_a_home_that_lost_its_room_becomes_an_edge(
         a.daemon.core.admin_request(operator, "moving", msg.CloseRoom(id=1), time.time())
         a.daemon.pipeline.pump()
         assert a.daemon.persistence.fenced > 0
+        assert a.daemon.cluster_snapshot().counters["fenced_writes"] > 0
         await a.daemon.store.commit()
         assert await b.daemon.persistence.load_room("moving") is not None

@@ -258,6 +258,23 @@ def _cluster_lines(cluster: ClusterStatus) -> list[str]:
             f"  {'*' if node.this else ' '}{node.node_id} {node.public or node.address}:"
             f" {node.sessions} sessions, {node.rooms} rooms (carrying: {rooms})"
         )
+    counts = cluster.counters
+    if counts:
+        refused = ", ".join(
+            f"{key.removeprefix('bus_refused.')} {count}"
+            for key, count in sorted(counts.items())
+            if key.startswith("bus_refused.")
+        )
+        lines += [
+            f"  relay       {counts.get('relay_published', 0)} published, "
+            f"{counts.get('relay_delivered', 0)} delivered, "
+            f"{counts.get('relay_queue_drops', 0)} queue drops, "
+            f"{counts.get('relay_misrouted', 0)} misrouted",
+            f"  refused     {counts.get('stale_epochs', 0)} stale epochs, "
+            f"{counts.get('uplink_refused', 0)} uplinks, "
+            f"{counts.get('fenced_writes', 0)} fenced writes, "
+            f"{counts.get('control_refused', 0)} control; bus: {refused or 'none'}",
+        ]
     return lines
 
 

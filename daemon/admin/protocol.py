@@ -129,6 +129,10 @@ class ClusterStatus(msgspec.Struct, kw_only=True):
     """Clients this node sent to another node (PROTOCOL.md 17)."""
     room_nodes: dict[str, list[str]] = {}
     """Which nodes carry each room: room id -> node ids."""
+    counters: dict[str, int] = {}
+    """This node's cluster counters: stale epochs dropped, refused uplinks, fenced writes,
+    control messages refused, relay queue drops, relayed datagrams, and ``bus_refused.<reason>``
+    (docs/cluster.md, "What operators see")."""
 
 
 class StatusInfo(msgspec.Struct, kw_only=True):

@@ -115,6 +115,7 @@ def cluster_status(snapshot: ClusterSnapshot | None) -> p.ClusterStatus | None:
         heartbeat_failures=snapshot.heartbeat_failures,
         redirects=snapshot.redirects,
         room_nodes=room_nodes,
+        counters=dict(snapshot.counters),
     )
 
 

@@ -33,6 +33,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("salond.cluster")
 
+COUNTERS = {
+    "stale_epochs": "Control events of a deposed home dropped (their epoch was stale).",
+    "uplink_refused": "Uplink datagrams refused at a home (unknown sender, or not home).",
+    "fenced_writes": "Durable writes of a room this node lost, fenced off the store.",
+    "control_refused": "Control messages whose seal or content was bad.",
+    "relay_queue_drops": "Relayed datagrams dropped (oldest first) from the full relay queue.",
+    "relay_published": "Datagrams published to the media relay.",
+    "relay_delivered": "Relayed datagrams received for rooms with members here.",
+    "relay_misrouted": "Relayed datagrams refused (room not followed, or channel mismatch).",
+}
+"""This node's cluster counters (admin API ``status``, metrics ``salon_cluster_<name>_total``);
+besides them ``bus_refused.<reason>``: bus messages refused by the authenticated codec
+(bad_mac: tampered or foreign, replayed, stale, malformed, own)."""
+
 
 def read_secret(cluster: ClusterConfig) -> bytes:
     """The cluster secret, or a ConfigError naming the key and the file."""
@@ -109,6 +123,26 @@ class ClusterNode:
         if self._server is not None and self._load_room is not None:
             await self._start_rooms(self._server, self._load_room)
         log.info("cluster: node %s (pid %d) registering in Redis", self.node_id, os.getpid())
+
+    def counters(self, fenced_writes: int = 0) -> dict[str, int]:
+        """This node's cluster counters (:data:`COUNTERS` and ``bus_refused.<reason>``)."""
+        found = dict.fromkeys(COUNTERS, 0)
+        found["fenced_writes"] = fenced_writes
+        if self.rooms is not None:
+            found["stale_epochs"] = self.rooms.guard.stale
+            found["uplink_refused"] = self.rooms.uplink_refused
+        if self.control is not None:
+            found["control_refused"] = self.control.refused
+        if self.relay is not None:
+            found["relay_queue_drops"] = self.relay.outbound.dropped
+            found["relay_published"] = self.relay.published
+            found["relay_delivered"] = self.relay.delivered
+            found["relay_misrouted"] = self.relay.misrouted
+        for codec in (self.codec, self.control_codec):
+            for reason, count in codec.refused.items():
+                key = f"bus_refused.{reason.value}"
+                found[key] = found.get(key, 0) + count
+        return found
 
     def may_write(self, room: str) -> bool:
         """Whether this node may write the room's durable state (the store fence)."""

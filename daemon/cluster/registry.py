@@ -17,8 +17,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -81,6 +81,8 @@ class ClusterSnapshot:
     heartbeat_failures: int
     redirects: int
     """Clients this node redirected elsewhere."""
+    counters: Mapping[str, int] = field(default_factory=dict)
+    """This node's cluster counters (:data:`salon.daemon.cluster.node.COUNTERS`)."""
 
 
 class NodeRegistry:
@@ -164,13 +166,16 @@ class NodeRegistry:
     async def nodes(self) -> list[NodeInfo]:
         return await live_nodes(self._redis)
 
-    def snapshot(self, redirects: int = 0) -> ClusterSnapshot:
+    def snapshot(
+        self, redirects: int = 0, counters: Mapping[str, int] | None = None
+    ) -> ClusterSnapshot:
         return ClusterSnapshot(
             node_id=self.node_id,
             nodes=tuple(self.view),
             read_at=self.view_at,
             heartbeat_failures=self.failures,
             redirects=redirects,
+            counters=dict(counters or {}),
         )
 
 
