@@ -353,10 +353,20 @@ async def test_the_room_goes_on_when_its_home_is_killed(
             heard: list[bytes] = []
             listener.on_datagram = heard.append
             await listener.join("lasting")
+            # The volatile state: a speaker on stage by invitation, a hand up.
+            speaker = await b.client("Speaker")
+            await speaker.join("lasting")
+            await speaker.call("raise_hand")
+            await event(host, msg.HandQueue, users=[speaker.user])
+            await host.call("invite_to_speak", user=speaker.user)
+            await event(speaker, msg.SpeakInvitation)
+            await speaker.call("accept_speak")
+            await listener.call("raise_hand")
+            await event(host, msg.HandQueue, users=[listener.user])
             redis = Redis.from_url(redis_url)
             try:
                 assert parse_lease(await redis.get(LEASE_KEY.format("lasting"))) is not None
-                for client in (moderator, listener):
+                for client in (moderator, listener, speaker):
                     client.drain_events()
                 loop = asyncio.get_running_loop()
                 home.proc.kill()  # SIGKILL: no goodbye, the lease just stops being renewed
@@ -375,7 +385,13 @@ async def test_the_room_goes_on_when_its_home_is_killed(
                 assert failed.value.code == "internal_error"
                 new_home = parse_lease(await redis.get(LEASE_KEY.format("lasting")))
                 assert new_home is not None and new_home.node in ("b", "c")
-                await event(listener, msg.RoomState)
+                # Who was on stage, and whose hand was up, at the dead home are so again.
+                state = await event(listener, msg.RoomState)
+                mine = next(p for p in state.room.participants if p.user == listener.user)
+                assert mine.hand_raised and mine.role == "listener"
+                state = await event(speaker, msg.RoomState)
+                roles = {p.user: p.role for p in state.room.participants}
+                assert roles[speaker.user] == "speaker"
                 # The owner's client reconnects (to b) and gets its role back.
                 await host.close()
                 host = await b.client("Host", credentials=owner_key)

@@ -31,6 +31,8 @@ log = logging.getLogger("salond.cluster")
 
 LEASE_KEY = "salon:room:{}:lease"
 EPOCH_KEY = "salon:room:{}:epoch"
+LIVE_KEY = "salon:room:{}:live"
+"""The room's volatile state (stage, hands), ``"<epoch> <json>"``, written by its home."""
 ROOMS_KEY = "salon:rooms"
 """The room directory's list: ids of the rooms live in the cluster (a node takes over only a room
 listed here, so a join of an unknown name costs one lookup, not a store load)."""
@@ -51,6 +53,15 @@ return epoch
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+_WRITE_LIVE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local epoch = tonumber(string.match(current, '^(%d+) '))
+  if epoch and epoch > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -128,6 +139,7 @@ class RoomLeases:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._write_live = redis.register_script(_WRITE_LIVE)
         self._task: asyncio.Task[None] | None = None
         self.lost = 0
         self.renew_failures = 0
@@ -165,6 +177,23 @@ class RoomLeases:
         log.info("cluster: home of room %s (epoch %d)", room, epoch)
         await self.list_room(room)  # re-listed after a Redis restart forgot the directory
         return epoch
+
+    async def write_live(self, room: str, epoch: int, state: str) -> bool:
+        """Store the room's volatile state under ``epoch``; refused (False) when a home of a
+        higher epoch wrote it already (a deposed home cannot overwrite its successor's)."""
+        return bool(await self._write_live(keys=[LIVE_KEY.format(room)], args=[epoch, state]))
+
+    async def read_live(self, room: str) -> tuple[int, str] | None:
+        """The room's volatile state as last written: (epoch, JSON text), or None."""
+        value = await self._redis.get(LIVE_KEY.format(room))
+        if value is None:
+            return None
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        epoch, _, state = text.partition(" ")
+        return (int(epoch), state) if epoch.isdigit() else None
+
+    async def forget_live(self, room: str) -> None:
+        await self._redis.delete(LIVE_KEY.format(room))
 
     async def listed(self, room: str) -> bool:
         return bool(await self._redis.sismember(ROOMS_KEY, room))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import struct
 import time
@@ -38,8 +39,10 @@ from salon.daemon.cluster.relay import MediaRelay
 from salon.daemon.core import CoreError, Identity, Outlet
 from salon.daemon.core.events import (
     CoreEvent,
+    HandQueueChanged,
     MemberJoined,
     MemberLeft,
+    RoleChanged,
     RoomClosed,
     RoomCreated,
 )
@@ -59,6 +62,8 @@ UPLINK = ".up"
 _SESSION = struct.Struct("!Q")
 REMOTE_SESSIONS_START = 1 << 40
 """Remote members' session numbers at the home start here, far above local ones."""
+MAX_LIVE_USERS = 10_000
+"""Users of each list of a room's volatile state read back at a takeover at most."""
 REJOIN_REQUEST_ID = 0
 """The request id of a join an edge makes on its client's behalf when the room's home changed
 (its reply is withheld: the client sees the join's events only)."""
@@ -190,6 +195,10 @@ class ClusterRooms:
         self._remote_members: dict[str, set[int]] = {}
         self._relay_outlets: dict[str, Outlet] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lookups: dict[str, asyncio.Future[str | None]] = {}
+        """Rooms whose home is being looked up (or taken over) now, and the answer to come."""
+        self._live_dirty: set[str] = set()
+        self._live_handle: asyncio.Handle | None = None
         self.uplink_refused = 0
         """Uplink datagrams from an unknown member or for a room this node is not home of."""
         server.cluster = self
@@ -221,9 +230,32 @@ class ClusterRooms:
         return True
 
     async def _home_of(self, room: str) -> str | None:
-        """The room's home node, taking the lease when nobody holds it and the room is here."""
+        """The room's home node, taking the lease when nobody holds it and the room is here.
+
+        Lookups of one room at once share the first one's answer: two clients of this node
+        rejoining after their home died must not both try to take the room over, nor the second
+        find the lease taken by this node while the room is still being loaded here."""
+        pending = self._lookups.get(room)
+        if pending is not None:
+            return await asyncio.shield(pending)
         if self.leases.epoch(room) is not None:
             return self.node_id
+        lookup = self._lookups[room] = asyncio.get_running_loop().create_future()
+        try:
+            home = await self._look_up(room)
+        except asyncio.CancelledError:
+            lookup.cancel()
+            raise
+        except Exception as exc:
+            lookup.set_exception(exc)
+            lookup.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._lookups[room]
+        lookup.set_result(home)
+        return home
+
+    async def _look_up(self, room: str) -> str | None:
         home = await self.leases.home(room)
         if home is not None:
             return home.node
@@ -250,6 +282,11 @@ class ClusterRooms:
         record = await self._load_room(room)
         if record is None or record.settings.state != "live":
             return False
+        try:
+            live = await self.leases.read_live(room)
+        except (RedisError, OSError) as exc:
+            log.warning("cluster: volatile state of room %s unavailable: %s", room, exc)
+            live = None
         found = core.rooms.get(room)
         if found is None or found.state == "closed":
             try:
@@ -257,6 +294,7 @@ class ClusterRooms:
             except CoreError as exc:
                 log.warning("cluster: stored room %s cannot be taken over: %s", room, exc)
                 return False
+            self._restore_live(room, live)
             self.server.pipeline.pump()
         log.info("cluster: took over room %s from the store", room)
         return True
@@ -480,6 +518,8 @@ class ClusterRooms:
                 )
 
     def _observe(self, event: CoreEvent) -> None:
+        if isinstance(event, (MemberJoined, MemberLeft, RoleChanged, HandQueueChanged)):
+            self._live_changed(event.room)
         if isinstance(event, (MemberJoined, MemberLeft)):
             member = self.server.remote.get(event.session)
             if not isinstance(member, RemoteMember):
@@ -509,6 +549,56 @@ class ClusterRooms:
             if self.leases.epoch(event.room) is not None:
                 self._spawn(self._give_up(event.room))
 
+    # ------------------------------------------------------------------ volatile state
+
+    def _live_changed(self, room: str) -> None:
+        """The room's stage or hands changed here: its home writes them to Redis (once per
+        event-loop turn), so that the next home can give them back after a failover."""
+        if self.leases.epoch(room) is None:
+            return
+        self._live_dirty.add(room)
+        if self._live_handle is None:
+            self._live_handle = asyncio.get_running_loop().call_soon(self._write_live)
+
+    def _write_live(self) -> None:
+        self._live_handle = None
+        dirty, self._live_dirty = self._live_dirty, set()
+        for room in dirty:
+            epoch = self.leases.epoch(room)
+            found = self.server.core.rooms.get(room)
+            if epoch is None or found is None or found.state != "live":
+                continue
+            stage = {u for u, m in found.members.items() if m.role == "speaker"}
+            hands = found.hands.users()
+            state = {
+                "stage": sorted(stage | found.returning_stage),
+                "hands": hands + [u for u in found.returning_hands if u not in hands],
+            }
+            self._spawn(self.leases.write_live(room, epoch, json.dumps(state)))
+
+    def _restore_live(self, room: str, found: tuple[int, str] | None) -> None:
+        """At a takeover: who was on stage and who had a hand up at the previous home come back
+        to it when they rejoin (as read from Redis; bounded, checked, ignored when malformed)."""
+        record = self.server.core.rooms.get(room)
+        if found is None or record is None:
+            return
+        try:
+            state = json.loads(found[1])
+            stage, hands = state["stage"], state["hands"]
+            if not all(isinstance(u, str) for u in [*stage, *hands]):
+                raise ValueError("not user ids")
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("cluster: volatile state of room %s ignored: %s", room, exc)
+            return
+        record.returning_stage = set(stage[:MAX_LIVE_USERS])
+        record.returning_hands = list(dict.fromkeys(hands[:MAX_LIVE_USERS]))
+        log.info(
+            "cluster: room %s: %d on stage and %d hands to give back",
+            room,
+            len(record.returning_stage),
+            len(record.returning_hands),
+        )
+
     def _update_relay(self, room: str) -> None:
         """The room's relay outlet exists exactly while the room has members on other nodes."""
         wanted = bool(self._remote_members.get(room))
@@ -533,6 +623,7 @@ class ClusterRooms:
                 self.server.core.remove_relay(room, outlet)
 
     async def _give_up(self, room: str) -> None:
+        await self.leases.forget_live(room)
         await self.leases.release(room)
         await self.relay.unfollow(room + UPLINK)
 

@@ -100,7 +100,7 @@ class Knocks(Concern):
             room.approved_users.add(knock.user)
             self._emit(events.ApprovalChanged(room.id, knock.user, True))
         role = self.ctx.membership.entry_role(
-            room, room.stored_role(knock.user), room.members.get(knock.user), None
+            room, room.stored_role(knock.user), room.members.get(knock.user), None, knock.user
         )
         self.ctx.membership.enter(room, knock.session, state, role, now)
         self._moderation(actor, "approve_knock", knock.user, request_id=knock.request_id)

@@ -93,7 +93,7 @@ class Membership(Concern):
                 raise CoreError(ErrorCode.INVITE_REQUIRED, f"room {room.id} needs an invite")
             elif self._must_knock(room, user, stored, present, request.invite, auto_approve):
                 return self.ctx.knocks.knock(room, session, state, now, trust)
-        role = self.entry_role(room, stored, present, invite)
+        role = self.entry_role(room, stored, present, invite, user)
         if invite is not None:
             invite.uses += 1
             self._emit(events.InviteChanged(replace(invite)))
@@ -153,7 +153,11 @@ class Membership(Concern):
 
     @staticmethod
     def entry_role(
-        room: Room, stored: messages.Role | None, present: Member | None, invite: Invite | None
+        room: Room,
+        stored: messages.Role | None,
+        present: Member | None,
+        invite: Invite | None,
+        user: str | None = None,
     ) -> messages.Role:
         if stored is not None:
             return stored
@@ -162,6 +166,8 @@ class Membership(Concern):
             return "speaker"
         if invite is not None and invite.role == "speaker" and not room.stage_full():
             return "speaker"
+        if user in room.returning_stage and not room.stage_full():
+            return "speaker"  # on stage at the room's previous server (a cluster failover)
         return "listener"
 
     def enter(
@@ -186,6 +192,11 @@ class Membership(Concern):
             red_flow=state.red_flow and not state.relayed,
         )
         room.add_member(member)
+        room.returning_stage.discard(user)
+        hand_back = user in room.returning_hands
+        if hand_back:
+            room.returning_hands.remove(user)
+            hand_back = role == "listener" and room.hands.raise_hand(user, now)
         state.room = room
         if not state.relayed:
             self.forwarder.join(room.id, state.outlet)
@@ -215,6 +226,8 @@ class Membership(Concern):
             self._to_members(room, messages.RoomUpdated(room=room.summary()), exclude=session)
         self.ctx.reception.receiver_added(room, member)
         self._emit(events.MemberJoined(room.id, user, session, role))
+        if hand_back:
+            self._hand_queue_changed(room)
         return member
 
     def list_participants(

@@ -191,6 +191,11 @@ class Room:
     subscribers: set[str] = field(default_factory=set)
     """Users to remind when this scheduled room is about to start (``subscribe_room``)."""
     hands: HandQueue = field(default_factory=HandQueue)
+    returning_stage: set[str] = field(default_factory=set)
+    """After the room moved to this server from a failed one (docs/cluster.md): users who were
+    on stage there, put back on stage when they rejoin (if there is room)."""
+    returning_hands: list[str] = field(default_factory=list)
+    """Likewise: users whose hand was up there, raised again when they rejoin as listeners."""
     speaking: SpeakingDetector = field(default_factory=SpeakingDetector)
     key_epochs: dict[str, int] = field(default_factory=dict)
     """Last key epoch given to each user, so a new stage turn gets epoch + 1."""
