@@ -61,6 +61,13 @@ async def test_three_node_processes_one_with_two_workers_carry_one_room(
         for name, workers in (("a", 1), ("b", 1), ("c", 2)):
             started.append(_node(tmp_path, name, redis_url, postgres_url, workers))
         a, b, c = started
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        # Readiness: both workers of c listen (the first one's log line may come before the
+        # second binds the port, and a socket joining the group remaps connections made before).
+        while {n.node_id for n in await live_nodes(redis)} != {"a", "b", "c-w1", "c-w2"}:
+            assert loop.time() < deadline, "the nodes never registered"
+            await asyncio.sleep(0.05)
         host = await _connect(a, "Host")
         on_a, on_b, on_c = [
             await _connect(node, f"Listener {node.state_dir.name}") for node in (a, b, c)
@@ -79,7 +86,6 @@ async def test_three_node_processes_one_with_two_workers_carry_one_room(
             if client is not host:
                 await client.join("procs")
                 await event(host, msg.ParticipantJoined)
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
         # Readiness: b and the worker of c holding the listener follow the room's media.
         while int((await redis.pubsub_numsub(MEDIA_CHANNEL + "procs"))[0][1]) < 2:
