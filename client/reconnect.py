@@ -279,13 +279,14 @@ class ReconnectingClient:
         with contextlib.suppress(Exception):
             await lost.close()
         wait = self.backoff.delay(0)
-        if self._shutdown_after is not None:
-            # The server announced a restart: come back no sooner than it asked.
+        candidates = self._candidates(lost)
+        if self._shutdown_after is not None and candidates[0] is None:
+            # The server announced a restart: come back no sooner than it asked (another node
+            # of its cluster, when there is one, is tried first without that wait).
             wait = min(
                 self.backoff.maximum,
                 self._shutdown_after * (1.0 + self.backoff.rng.random()),
             )
-        candidates = self._candidates(lost)
         attempt = 0
         while not self._closing:
             if self.on_retry is not None:

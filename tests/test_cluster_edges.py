@@ -181,3 +181,62 @@ async def test_the_clients_of_a_killed_edge_hear_the_room_again_from_another_nod
         assert session.client.target.node in ("a", "c")
         assert set(after) <= set(sent) and before == sent[: len(before)]
         assert outage.rejoined == "joined"
+
+
+async def test_salon_join_moves_to_a_listed_node_when_its_node_stops(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """`salon join` connected to b; b shuts down: the client reconnects to the node b listed
+    (a), without waiting for b's announced restart, and is back in the room there."""
+    from tests.test_cluster_rooms import nodes
+
+    async with nodes(tmp_path, redis_url, postgres_url, ["a", "b"]) as (a, b):
+        owner = await a.client("Owner")
+        await owner.create_room("Moving on", room="moving")
+        await owner.join("moving")
+        while True:  # readiness: b lists a once it has read the registry
+            probe = await b.client("Probe")
+            await probe.close()
+            if [n.node for n in probe.nodes] == ["a"]:
+                break
+            await asyncio.sleep(0.1)
+        args = cli.build_parser().parse_args(
+            [
+                "join",
+                "moving",
+                "--server",
+                f"{b.host}:{b.port}",
+                "--fingerprint",
+                b.fingerprint,
+                "--name",
+                "Wanderer",
+                "--duration",
+                "120",
+                "--no-input",
+                "--quiet",
+            ]
+        )
+        joining = asyncio.ensure_future(cli.cmd_join(args))
+        try:
+            joined = await owner.wait_for_event(msg.ParticipantJoined, timeout=60)
+            assert joined.participant.display_name == "Wanderer"
+            await b.daemon.stop()
+            again = await owner.wait_for_event(
+                msg.ParticipantJoined,
+                timeout=60,
+                where=lambda e: e.participant.display_name == "Wanderer",
+            )
+            # Back through a: its own session there, not a member relayed from another node.
+            session = next(
+                s
+                for s, p in a.daemon.server.sessions.items()
+                if p.identity is not None and p.identity.display_name == "Wanderer"
+            )
+            assert a.daemon.core.session_room(session) == "moving"
+            assert again.participant.user == joined.participant.user
+        finally:
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await joining
