@@ -31,7 +31,11 @@ async def test_each_node_counts_what_it_refused_and_relayed(
     redis_url: str,  # noqa: F811
     postgres_url: str,
 ) -> None:
-    async with nodes(tmp_path, redis_url, postgres_url, ["a", "b"]) as (a, b):
+    # The Redis relay transport: the hostile uplink below is published there (the UDP
+    # transport, the default, refuses what it cannot authenticate itself).
+    async with nodes(
+        tmp_path, redis_url, postgres_url, ["a", "b"], **{"cluster.relay_transport": "redis"}
+    ) as (a, b):
         host = await a.client("Host")
         await host.create_room("Counted", room="counted")
         await host.join("counted")

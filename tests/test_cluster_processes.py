@@ -18,11 +18,10 @@ from redis.asyncio import Redis
 from salon.client.connection import SalonClient
 from salon.daemon.admin.client import AdminClient
 from salon.daemon.cluster.registry import live_nodes
-from salon.daemon.cluster.relay import MEDIA_CHANNEL
 from salon.daemon.wire import messages as msg
 from tests.conftest import SalondProcess, start_salond
 from tests.test_cluster_registry import redis_url  # noqa: F401  (the module-scoped server)
-from tests.test_cluster_rooms import WAIT, event, speak, srtp_datagrams
+from tests.test_cluster_rooms import WAIT, event, followers, speak, srtp_datagrams
 
 
 def _node(tmp_path: Path, name: str, url: str, store: str, workers: int = 1) -> SalondProcess:
@@ -88,7 +87,7 @@ async def test_three_node_processes_one_with_two_workers_carry_one_room(
                 await event(host, msg.ParticipantJoined)
         deadline = loop.time() + WAIT
         # Readiness: b and the worker of c holding the listener follow the room's media.
-        while int((await redis.pubsub_numsub(MEDIA_CHANNEL + "procs"))[0][1]) < 2:
+        while await followers(redis, "procs") < 2:
             assert loop.time() < deadline, "the edges never followed the room"
             await asyncio.sleep(0.05)
 

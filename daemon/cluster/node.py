@@ -137,7 +137,7 @@ class ClusterNode:
             found["relay_queue_drops"] = self.relay.outbound.dropped
             found["relay_published"] = self.relay.published
             found["relay_delivered"] = self.relay.delivered
-            found["relay_misrouted"] = self.relay.misrouted
+            found["relay_misrouted"] = getattr(self.relay, "misrouted", 0)
         for codec in (self.codec, self.control_codec):
             for reason, count in codec.refused.items():
                 key = f"bus_refused.{reason.value}"
