@@ -440,8 +440,11 @@ async def main_async(args: argparse.Namespace) -> list[Outcome]:
             server = start_server("salond", Path(tmp) / "state", args=host)
             stack.callback(server.stop)
             outcomes = []
-            for index, name in enumerate(args.only):
+            for name in args.only:
                 label, impairment = CONDITIONS[name]
+                # The seed follows the condition, not its place in --only: a condition run
+                # alone meets the same loss pattern as in the full run (unless --seed moves it).
+                index = list(CONDITIONS).index(name) + args.seed
                 outcome = await run_condition(
                     name,
                     label,
@@ -493,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the speaker does not declare red_flow: per-packet RED (PROTOCOL.md 11.9) "
         "instead of its redundancy flow (11.10)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="shift every condition's loss pattern (one seeded pattern is one sample: run "
+        "several to see the spread)",
     )
     parser.add_argument(
         "--baselines",
