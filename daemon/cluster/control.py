@@ -10,7 +10,6 @@ order, batched: everything queued for that node in one event-loop turn is one bu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from salon.daemon.cluster.bus import BusCodec, Kind
+from salon.daemon.cluster.tasks import cancel_and_wait
 
 log = logging.getLogger("salond.cluster")
 
@@ -152,11 +152,7 @@ class ControlBus:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self._pubsub.aclose()
 
     async def _sender(self) -> None:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from salon.daemon.cluster.tasks import cancel_and_wait
+
 log = logging.getLogger("salond.cluster")
 
 LEASE_KEY = "salon:room:{}:lease"
@@ -243,10 +245,7 @@ class RoomLeases:
         self._task = asyncio.create_task(self.run(), name="cluster-leases")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         for room in list(self._held):
             with contextlib.suppress(RedisError, OSError):
                 await self.release(room)

@@ -8,7 +8,6 @@ relay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -24,6 +23,7 @@ from salon.daemon.cluster.control import ControlBus
 from salon.daemon.cluster.lease import RoomLeases
 from salon.daemon.cluster.registry import NODE_KEY, NodeContact, NodeLoad, NodeRegistry
 from salon.daemon.cluster.relay import MediaRelay, make_media_relay
+from salon.daemon.cluster.tasks import cancel_and_wait
 from salon.daemon.config import ClusterConfig, ConfigError
 
 if TYPE_CHECKING:
@@ -205,10 +205,7 @@ class ClusterNode:
             await self.control.stop()
         if self.relay is not None:
             await self.relay.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         if self.registry is not None:
             try:
                 await self.registry.leave()

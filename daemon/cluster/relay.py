@@ -13,7 +13,6 @@ Not wired into salond yet: the building block for the relay, tested between two 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from salon.daemon.cluster.bus import (
     split_media_batch_body,
     split_media_body,
 )
+from salon.daemon.cluster.tasks import cancel_and_wait
 
 log = logging.getLogger("salond.cluster")
 
@@ -129,11 +129,7 @@ class RedisMediaRelay:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self._pubsub.aclose()
 
     async def _publisher(self) -> None:

@@ -50,6 +50,7 @@ from salon.daemon.cluster.bus import (
     packed,
     split_media_batch_body,
 )
+from salon.daemon.cluster.tasks import cancel_and_wait
 
 log = logging.getLogger("salond.cluster")
 
@@ -236,11 +237,7 @@ class UdpMediaRelay:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for room in list(self.rooms):
             await self.unfollow(room)
         if self._pubsub is not None:
