@@ -23,22 +23,27 @@
 #define PN_MAX 4
 #define MAX_BATCH 256
 
-/* ------------------------------------------------------------------ PacketSealer */
+/* ------------------------------------------------------------------ keys of one direction */
+
+/* A sealer and an opener hold the same keys; only the AEAD context's direction differs. */
 
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *aead;
     EVP_CIPHER_CTX *hp;
     unsigned char iv[NONCE_SIZE];
-} PacketSealer;
+} PacketKeys;
 
-static void PacketSealer_dealloc(PacketSealer *self) {
+typedef PacketKeys PacketSealer;
+typedef PacketKeys PacketOpener;
+
+static void PacketKeys_dealloc(PacketKeys *self) {
     if (self->aead) EVP_CIPHER_CTX_free(self->aead);
     if (self->hp) EVP_CIPHER_CTX_free(self->hp);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int PacketSealer_init(PacketSealer *self, PyObject *args, PyObject *kwds) {
+static int PacketKeys_init(PacketKeys *self, PyObject *args, PyObject *kwds, int encrypt) {
     static char *kwlist[] = {"key", "iv", "hp_key", NULL};
     Py_buffer key, iv, hp_key;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*y*", kwlist, &key, &iv, &hp_key)) return -1;
@@ -55,7 +60,7 @@ static int PacketSealer_init(PacketSealer *self, PyObject *args, PyObject *kwds)
     if (self->aead == NULL) self->aead = EVP_CIPHER_CTX_new();
     if (self->hp == NULL) self->hp = EVP_CIPHER_CTX_new();
     if (self->aead == NULL || self->hp == NULL ||
-        !EVP_EncryptInit_ex(self->aead, aead_cipher, NULL, key.buf, NULL) ||
+        !EVP_CipherInit_ex(self->aead, aead_cipher, NULL, key.buf, NULL, encrypt) ||
         !EVP_EncryptInit_ex(self->hp, hp_cipher, NULL, hp_key.buf, NULL) ||
         !EVP_CIPHER_CTX_set_padding(self->hp, 0)) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the keys");
@@ -68,6 +73,12 @@ done:
     PyBuffer_Release(&iv);
     PyBuffer_Release(&hp_key);
     return result;
+}
+
+/* ------------------------------------------------------------------ PacketSealer */
+
+static int PacketSealer_init(PacketSealer *self, PyObject *args, PyObject *kwds) {
+    return PacketKeys_init(self, args, kwds, 1);
 }
 
 /* Seal header + payload into out (header copied, payload encrypted, tag appended), then apply
@@ -222,55 +233,14 @@ static PyTypeObject PacketSealerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)PacketSealer_init,
-    .tp_dealloc = (destructor)PacketSealer_dealloc,
+    .tp_dealloc = (destructor)PacketKeys_dealloc,
     .tp_methods = PacketSealer_methods,
 };
 
 /* ------------------------------------------------------------------ PacketOpener */
 
-typedef struct {
-    PyObject_HEAD
-    EVP_CIPHER_CTX *aead;
-    EVP_CIPHER_CTX *hp;
-    unsigned char iv[NONCE_SIZE];
-} PacketOpener;
-
-static void PacketOpener_dealloc(PacketOpener *self) {
-    if (self->aead) EVP_CIPHER_CTX_free(self->aead);
-    if (self->hp) EVP_CIPHER_CTX_free(self->hp);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static int PacketOpener_init(PacketOpener *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"key", "iv", "hp_key", NULL};
-    Py_buffer key, iv, hp_key;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*y*", kwlist, &key, &iv, &hp_key)) return -1;
-    int result = -1;
-    const EVP_CIPHER *aead_cipher = NULL, *hp_cipher = NULL;
-    if (key.len == 16) aead_cipher = EVP_aes_128_gcm();
-    else if (key.len == 32) aead_cipher = EVP_aes_256_gcm();
-    if (hp_key.len == 16) hp_cipher = EVP_aes_128_ecb();
-    else if (hp_key.len == 32) hp_cipher = EVP_aes_256_ecb();
-    if (aead_cipher == NULL || hp_cipher == NULL || iv.len != NONCE_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "AES-128/256 keys and a 12-byte IV expected");
-        goto done;
-    }
-    if (self->aead == NULL) self->aead = EVP_CIPHER_CTX_new();
-    if (self->hp == NULL) self->hp = EVP_CIPHER_CTX_new();
-    if (self->aead == NULL || self->hp == NULL ||
-        !EVP_DecryptInit_ex(self->aead, aead_cipher, NULL, key.buf, NULL) ||
-        !EVP_EncryptInit_ex(self->hp, hp_cipher, NULL, hp_key.buf, NULL) ||
-        !EVP_CIPHER_CTX_set_padding(self->hp, 0)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the keys");
-        goto done;
-    }
-    memcpy(self->iv, iv.buf, NONCE_SIZE);
-    result = 0;
-done:
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&iv);
-    PyBuffer_Release(&hp_key);
-    return result;
+    return PacketKeys_init(self, args, kwds, 0);
 }
 
 /* RFC 9000 A.3, as aioquic's decode_packet_number. */
@@ -366,7 +336,7 @@ static PyTypeObject PacketOpenerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)PacketOpener_init,
-    .tp_dealloc = (destructor)PacketOpener_dealloc,
+    .tp_dealloc = (destructor)PacketKeys_dealloc,
     .tp_methods = PacketOpener_methods,
 };
 
