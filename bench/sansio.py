@@ -46,7 +46,8 @@ FRAME = 0.020
 class Pair:
     """A connected client and server ``QuicConnection``, handshake done, nothing in flight."""
 
-    def __init__(self, tls_dir: Path, ack_delay: float) -> None:
+    def __init__(self, tls_dir: Path, ack_delay: float, client_addr: Any = CLIENT_ADDR) -> None:
+        self.client_addr = client_addr
         tls = ensure_certificate(tls_dir, "localhost")
         client_config = QuicConfiguration(
             alpn_protocols=["salon/1"], is_client=True, max_datagram_frame_size=65536
@@ -80,7 +81,7 @@ class Pair:
 
     def exchange(self) -> None:
         for data, _ in self.client.datagrams_to_send(self.now):
-            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+            self.server.receive_datagram(data, self.client_addr, self.now)
         for data, _ in self.server.datagrams_to_send(self.now):
             self.client.receive_datagram(data, SERVER_ADDR, self.now)
 
@@ -168,6 +169,136 @@ def _measure(path: str, ack_delay: float, copies: int, acks: str, speakers: int)
         "send_us": send_cpu / copies * 1e6,
         "ack_us": ack_cpu / copies * 1e6,
         "acks_per_copy": ack_packets / copies,
+    }
+
+
+class _Clock:
+    """The loop a bench ``ServerProtocol`` sees: simulated time, timers never fire."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> Any:
+        return _NoTimer()
+
+    def call_soon(self, callback: Any, *args: Any) -> Any:
+        return _NoTimer()
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
+
+
+class _Wire:
+    """The socket under a :class:`BatchingTransport`: keeps what is sent, no system call."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append((data, addr))
+
+    def send(self, packets: list[bytes], addrs: list[Any]) -> tuple[int, int]:
+        self.sent.extend(zip(packets, addrs, strict=True))
+        return len(packets), 0
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def measure_flush(listeners: int, speakers: int, ticks: int) -> dict[str, Any]:
+    """CPU µs per copy of salond's flush (``ServerProtocol.transmit`` of every listener with
+    media queued, under a held :class:`~salon.quic.sendbatch.BatchingTransport` whose
+    ``sendmmsg`` is replaced by a list: no system call) over ``listeners`` connections, and
+    of their ACKs through ``ServerProtocol.datagram_received`` (the ACK fast path). Each tick
+    queues one datagram per speaker on every listener, as the forwarder does."""
+    import asyncio
+
+    from salon.quic.protocol import ServerProtocol
+    from salon.quic.sendbatch import BatchingTransport
+
+    class Listener(ServerProtocol):
+        def __init__(self, quic: QuicConnection) -> None:
+            super().__init__(quic)
+            self.queue: collections.deque[bytes] = collections.deque()
+            self.peer_max_datagram = 1200
+            self.sent_count = 0
+
+        def media_queue(self) -> collections.deque[bytes] | None:
+            return self.queue
+
+        def media_sent(self, count: int) -> None:
+            self.sent_count += count
+
+    clock = _Clock()
+    wire = _Wire()
+    transport = BatchingTransport(wire, lambda packets, size: None, wire)  # type: ignore[arg-type]
+    pairs: list[Pair] = []
+    protocols: list[Listener] = []
+
+    async def connect() -> None:
+        # aioquic's protocol takes the running loop; the bench then gives it the clock.
+        with tempfile.TemporaryDirectory(prefix="salon-sansio-") as tmp:
+            for _ in range(listeners):
+                pair = Pair(Path(tmp), CLIENT_ACK_DELAY, ("10.0.1.1", 30000 + len(pairs)))
+                protocol = Listener(pair.server)
+                protocol._loop = clock  # type: ignore[assignment]
+                protocol._transport = transport  # type: ignore[assignment]
+                pairs.append(pair)
+                protocols.append(protocol)
+
+    asyncio.run(connect())
+    # Every pair's clock runs together (they started at the same simulated time).
+    start = max(pair.now for pair in pairs)
+    cpu = time.process_time
+    send_cpu = ack_cpu = 0.0
+    for seq in range(ticks):
+        now = start + (seq + 1) * FRAME
+        clock.now = now
+        datagrams = [media_datagram(5, 0x1234 + s, 0, seq, 0) for s in range(speakers)]
+        for protocol in protocols:
+            protocol.queue.extend(datagrams)
+        started = cpu()
+        transport.hold()
+        for protocol in protocols:
+            protocol.transmit()
+        transport.release()
+        send_cpu += cpu() - started
+        by_addr: dict[Any, list[bytes]] = collections.defaultdict(list)
+        for data, addr in wire.sent:
+            by_addr[addr].append(data)
+        wire.sent = []
+        replies: list[tuple[Listener, bytes]] = []
+        for protocol, pair in zip(protocols, pairs, strict=True):
+            client = pair.client
+            for data in by_addr.get(pair.client_addr, ()):
+                client.receive_datagram(data, SERVER_ADDR, now)
+            while client.next_event() is not None:
+                pass
+            timer = client.get_timer()
+            if timer is not None and timer <= now:
+                client.handle_timer(now)
+            replies.extend((protocol, data) for data, _ in client.datagrams_to_send(now))
+        started = cpu()
+        for protocol, data in replies:
+            protocol.datagram_received(data, protocol.peer_address)
+        ack_cpu += cpu() - started
+    copies = ticks * speakers * listeners
+    delivered = sum(protocol.sent_count for protocol in protocols)
+    if delivered != copies:
+        raise RuntimeError(f"{delivered} of {copies} copies sent")
+    return {
+        "listeners": listeners,
+        "speakers": speakers,
+        "send_us": send_cpu / copies * 1e6,
+        "ack_us": ack_cpu / copies * 1e6,
     }
 
 
