@@ -526,6 +526,42 @@ async def test_salond_without_the_fast_path(live, monkeypatch: pytest.MonkeyPatc
     assert live.daemon.server.sessions[listeners[0].session].fastpath is None
 
 
+async def test_media_flush_interval_packs_what_arrives_within_it(
+    live, monkeypatch: pytest.MonkeyPatch
+):
+    """tuning.media_flush_interval: media arriving sooner than the interval after the last
+    flush of media waits for its end (and goes out with what arrived meanwhile)."""
+    server = live.daemon.server
+    interval = 0.05
+    monkeypatch.setattr(server, "_media_flush_interval", interval)
+    speaker, key, listeners = await _room_with_listeners(live, 1)
+    received: list[bytes] = []
+    listeners[0].on_datagram = received.append
+    sent = [_speaker_datagram(key, seq) for seq in range(4)]
+    loop = asyncio.get_running_loop()
+    # A datagram after a quiet spell (a speaker alone, 20 ms apart) is flushed at once.
+    await asyncio.sleep(interval)
+    server.forward_media(speaker.session, sent[0])
+    assert server._flush_handle is not None
+    assert not isinstance(server._flush_handle, asyncio.TimerHandle)
+    await asyncio.sleep(0)
+    assert server._flush_handle is None
+    # Within the interval: held until its end, then packed.
+    flushed_at = loop.time()
+    server.forward_media(speaker.session, sent[1])
+    held = server._flush_handle
+    assert isinstance(held, asyncio.TimerHandle)
+    assert flushed_at < held.when() <= flushed_at + interval
+    server.forward_media(speaker.session, sent[2])
+    server.forward_media(speaker.session, sent[3])
+    assert server._flush_handle is held
+    for _ in range(100):
+        if len(received) == len(sent):
+            break
+        await asyncio.sleep(0.02)
+    assert received == sent
+
+
 def test_clients_advertise_their_ack_delay(tmp_path: Path):
     """The server's loss detection waits for a delayed ACK instead of probing (DESIGN)."""
     from bench.sansio import Pair as SansIoPair

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -150,7 +151,9 @@ class SalonServer:
         self._web_certificate: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
         self._next_session_id = 1
         self._dirty: set[Peer] = set()
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._media_flush_interval = config.tuning.media_flush_interval
+        self._last_media_flush = -math.inf
         self._inboxes: dict[int, asyncio.Queue[bytes]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._quic_server: QuicServer | None = None
@@ -400,7 +403,10 @@ class SalonServer:
                     sink = self.media_sinks.get(outlet.session)
                     if sink is not None:
                         sink(outlet)
-            self._schedule_flush()
+            if self._media_flush_interval:
+                self._schedule_media_flush()
+            else:
+                self._schedule_flush()
         self.pipeline.pump()
 
     def media_queued(self, protocols: list[SessionProtocol]) -> None:
@@ -759,6 +765,23 @@ class SalonServer:
     def _schedule_flush(self) -> None:
         if self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _schedule_media_flush(self) -> None:
+        """Flush at once, unless the last flush of media was less than
+        ``media_flush_interval`` ago: then when that interval is over, so that what other
+        speakers send meanwhile shares each listener's packet (a speaker alone, one datagram
+        every 20 ms, never waits). A flush already due takes the media along."""
+        loop = self._loop
+        if self._flush_handle is not None or loop is None:
+            return
+        now = loop.time()
+        due = self._last_media_flush + self._media_flush_interval
+        if due > now:
+            self._flush_handle = loop.call_later(due - now, self._flush)
+            self._last_media_flush = due
+        else:
+            self._flush_handle = loop.call_soon(self._flush)
+            self._last_media_flush = now
 
     def _flush(self) -> None:
         self._flush_handle = None
