@@ -213,12 +213,14 @@ class _Wire:
         return False
 
 
-def measure_flush(listeners: int, speakers: int, ticks: int) -> dict[str, Any]:
+def measure_flush(listeners: int, speakers: int, ticks: int, flushes: int = 1) -> dict[str, Any]:
     """CPU µs per copy of salond's flush (``ServerProtocol.transmit`` of every listener with
     media queued, under a held :class:`~salon.quic.sendbatch.BatchingTransport` whose
     ``sendmmsg`` is replaced by a list: no system call) over ``listeners`` connections, and
     of their ACKs through ``ServerProtocol.datagram_received`` (the ACK fast path). Each tick
-    queues one datagram per speaker on every listener, as the forwarder does."""
+    queues one datagram per speaker on every listener, as the forwarder does, in ``flushes``
+    flushes spread over the 20 ms (speakers' datagrams arrive at different moments: one
+    flush for all of them is what ``tuning.media_flush_interval`` can make of it)."""
     import asyncio
 
     from salon.quic.protocol import ServerProtocol
@@ -263,14 +265,17 @@ def measure_flush(listeners: int, speakers: int, ticks: int) -> dict[str, Any]:
         now = start + (seq + 1) * FRAME
         clock.now = now
         datagrams = [media_datagram(5, 0x1234 + s, 0, seq, 0) for s in range(speakers)]
-        for protocol in protocols:
-            protocol.queue.extend(datagrams)
-        started = cpu()
-        transport.hold()
-        for protocol in protocols:
-            protocol.transmit()
-        transport.release()
-        send_cpu += cpu() - started
+        for group in range(flushes):
+            clock.now = now + group * FRAME / flushes
+            for protocol in protocols:
+                protocol.queue.extend(datagrams[group::flushes])
+            started = cpu()
+            transport.hold()
+            for protocol in protocols:
+                protocol.transmit()
+            transport.release()
+            send_cpu += cpu() - started
+        now = clock.now
         by_addr: dict[Any, list[bytes]] = collections.defaultdict(list)
         for data, addr in wire.sent:
             by_addr[addr].append(data)
@@ -297,6 +302,7 @@ def measure_flush(listeners: int, speakers: int, ticks: int) -> dict[str, Any]:
     return {
         "listeners": listeners,
         "speakers": speakers,
+        "flushes": flushes,
         "send_us": send_cpu / copies * 1e6,
         "ack_us": ack_cpu / copies * 1e6,
     }

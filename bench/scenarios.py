@@ -47,8 +47,7 @@ SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond-nogc": {"gc_freeze": False, "gc_threshold": 0},
     "salond-nobatch": {"read_batch": 1},
     "salond-sendto": {"send_batch": "sendto"},
-    "salond-flush10": {"media_flush_interval": 0.010},
-    "salond-flush15": {"media_flush_interval": 0.015},
+    "salond-nohold": {"media_flush_interval": 0.0},
     "naive": {},
 }
 """Servers to compare: salond with one ``[tuning]`` measure turned off (conf/salond.toml)."""
