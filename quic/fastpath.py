@@ -319,8 +319,9 @@ class DatagramFastPath:
             quic._max_datagram_size - 1 - len(peer_cid) - PACKET_NUMBER_SIZE - AEAD_TAG_SIZE
         )
         loss = quic._loss
-        # send() does loss recovery's bookkeeping itself for the congestion controllers whose
-        # on_packet_sent only counts bytes in flight (Reno, and Salon's MediaReno).
+        # send() does loss recovery's and the pacer's bookkeeping itself for the congestion
+        # controllers whose on_packet_sent only counts bytes in flight (Reno, Salon's
+        # MediaReno); for others it calls aioquic's methods.
         self._inline_recovery = (
             loss.handshake_confirmed
             and loss._quic_logger is None
@@ -424,11 +425,15 @@ class DatagramFastPath:
         cc = self._cc
         pacer = self._pacer
         sealer = self._sealer
+        inline = self._inline_recovery
         self.armed_pto = space.ack_eliciting_in_flight == 0
         while queue:
-            # QuicPacketPacer.next_send_time, inlined (one packet costs two calls there).
             packet_time = pacer.packet_time
-            if packet_time is not None:
+            if packet_time is not None and not inline:
+                if pacer.next_send_time(now) is not None:
+                    return SendResult.FALLBACK
+            elif packet_time is not None:
+                # QuicPacketPacer.next_send_time, inlined (one packet costs two calls there).
                 bucket = pacer.bucket_time
                 evaluated = pacer.evaluation_time
                 if now > evaluated:
@@ -468,19 +473,20 @@ class DatagramFastPath:
             sent.packet_number = packet_number
             sent.sent_time = now
             sent.sent_bytes = sent_bytes
-            if self._inline_recovery:
+            if inline:
                 # QuicPacketRecovery.on_packet_sent and Reno's, inlined: the handshake is
                 # confirmed and there is no qlog (checked by refresh).
                 space.sent_packets[packet_number] = sent
                 space.ack_eliciting_in_flight += 1
                 self._loss._time_of_last_sent_ack_eliciting_packet = now
                 cc.bytes_in_flight += sent_bytes
+                if packet_time is not None:
+                    # QuicPacketPacer.update_after_send (the bucket was brought to now above).
+                    bucket = pacer.bucket_time
+                    pacer.bucket_time = 0.0 if bucket < packet_time else bucket - packet_time
             else:
                 self._loss.on_packet_sent(packet=sent, space=space)
-            if packet_time is not None:
-                # QuicPacketPacer.update_after_send (its bucket was brought to now above).
-                bucket = pacer.bucket_time
-                pacer.bucket_time = 0.0 if bucket < packet_time else bucket - packet_time
+                pacer.update_after_send(now)
             # As aioquic's _flush_builder: the first ack-eliciting packet since the last one
             # received restarts the idle timer (RFC 9000 section 10.1).
             if not quic._ack_eliciting_sent_since_receipt:

@@ -267,6 +267,79 @@ def test_packet_numbers_past_0xffff_decode_and_are_acknowledged(pair: Pair):
 # ---------------------------------------------------------------------------------- ACKs, cc
 
 
+def _recovery_state(pair: Pair) -> dict[str, Any]:
+    server = pair.server
+    loss = server._loss
+    pacer = loss._pacer
+    space = server._spaces[fp.ONE_RTT]
+    return {
+        "bytes_in_flight": loss._cc.bytes_in_flight,
+        "ack_eliciting_in_flight": space.ack_eliciting_in_flight,
+        "last_ack_eliciting": loss._time_of_last_sent_ack_eliciting_packet,
+        "pacer": (pacer.bucket_time, pacer.evaluation_time, pacer.packet_time),
+        "loss_detection": loss.get_loss_detection_time(amplification_limited=False),
+        "sent": [
+            (
+                number,
+                packet.epoch,
+                packet.in_flight,
+                packet.is_ack_eliciting,
+                packet.is_crypto_packet,
+                packet.packet_number,
+                packet.packet_type,
+                packet.sent_time,
+                packet.sent_bytes,
+                list(packet.delivery_handlers),
+                list(packet.quic_logger_frames),
+            )
+            for number, packet in space.sent_packets.items()
+        ],
+        "packet_number": server._packet_number,
+        "close_at": server._close_at,
+    }
+
+
+def test_inlined_recovery_bookkeeping_matches_aioquic_s(tmp_path: Path):
+    """send() records its packets in loss recovery, congestion control and the pacer itself
+    (Reno only): the state must be what aioquic's on_packet_sent and pacer calls make."""
+    inlined, called = Pair(tmp_path), Pair(tmp_path)
+    for pair in (inlined, called):
+        assert pair.fast.refresh()
+    assert inlined.fast._inline_recovery
+    called.fast._inline_recovery = False
+    # The handshakes' sizes differ by a few bytes (signatures): start from the same window.
+    source, target = inlined.server._loss, called.server._loss
+    for name in ("bucket_max", "bucket_time", "evaluation_time", "packet_time"):
+        setattr(target._pacer, name, getattr(source._pacer, name))
+    target._cc.congestion_window = source._cc.congestion_window
+    for seq in range(9):
+        for pair in (inlined, called):
+            # Two full packets per send: the pacer's bucket empties (down to a send left to
+            # aioquic) and refills partly or wholly between sends.
+            pair.now += (0.0, 0.0001, 0.003)[seq % 3]
+            pair.fast_send([media(seq, 900), media(seq + 100, 900)])
+        assert _recovery_state(inlined) == _recovery_state(called)
+    assert inlined.server._loss._pacer.packet_time is not None  # the pacer was exercised
+    # A fast packet's record is what aioquic's own writer makes for a datagram packet.
+    called.server.send_datagram_frame(media(99))
+    assert called.server.datagrams_to_send(called.now)
+    space = called.server._spaces[fp.ONE_RTT]
+    *_, fast_number, aioquic_number = space.sent_packets
+    assert _record(space.sent_packets[fast_number]) == _record(space.sent_packets[aioquic_number])
+
+
+def _record(packet: Any) -> tuple[Any, ...]:
+    return (
+        packet.epoch,
+        packet.in_flight,
+        packet.is_ack_eliciting,
+        packet.is_crypto_packet,
+        packet.packet_type,
+        list(packet.delivery_handlers),
+        list(packet.quic_logger_frames),
+    )
+
+
 def test_acks_clear_what_the_fast_path_put_in_flight(pair: Pair):
     loss = pair.server._loss
     space = pair.server._spaces[fp.ONE_RTT]
