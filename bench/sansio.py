@@ -9,6 +9,12 @@ The process's own CPU time is measured around the server's two jobs, per copy:
   runs), or :class:`~salon.quic.fastpath.DatagramFastPath` (what salond runs);
 - acknowledgements: ``receive_datagram`` of the client's ACK packets.
 
+The second table (:func:`measure_flush`) is salond's send side over many connections at once
+(``--listeners``, 200 by default): ``ServerProtocol.transmit`` for each listener under a held
+``BatchingTransport`` whose ``sendmmsg`` is a list, and the listeners' ACKs through the ACK
+fast path. With many connections their state no longer sits in the CPU's caches, which one
+pair hides; several speakers' datagrams leave in one or several flushes per 20 ms.
+
 No system call is inside the measured code, so the figures hold up on a busy machine better
 than the load runs' (which add ``sendto``/``recvfrom`` and the event loop).
 
@@ -95,15 +101,20 @@ def measure(
     server applies ACKs through ``acks`` ("aioquic"; "fast", the ACK fast path, opening
     packets in C when the extension was built; "fast, aioquic crypto", opening them with
     aioquic's ``decrypt_packet``; "fast, full check", the ACK fast path followed by a full
-    check of the connection every time, as before 2026-12-03's second round)."""
+    check of the connection every time, as before 2026-12-03's second round); "fast, aioquic
+    bookkeeping" seals in C but records each packet through aioquic's loss recovery and pacer
+    methods instead of the fast path's inlined bookkeeping."""
     c_seal, inline, c_open = fastpath.C_SEAL, fastpath.INLINE_CRYPTO, ackpath.C_OPEN
-    fastpath.C_SEAL = c_seal and path == "fast"
+    recovery = fastpath.INLINE_RECOVERY
+    fastpath.C_SEAL = c_seal and path in ("fast", "fast, aioquic bookkeeping")
     fastpath.INLINE_CRYPTO = path != "fast, aioquic crypto"
+    fastpath.INLINE_RECOVERY = path != "fast, aioquic bookkeeping"
     ackpath.C_OPEN = c_open and acks == "fast"
     try:
         return _measure(path, ack_delay, copies, acks, speakers)
     finally:
         fastpath.C_SEAL, fastpath.INLINE_CRYPTO, ackpath.C_OPEN = c_seal, inline, c_open
+        fastpath.INLINE_RECOVERY = recovery
 
 
 def _measure(path: str, ack_delay: float, copies: int, acks: str, speakers: int) -> dict[str, Any]:
@@ -318,6 +329,7 @@ CONFIGURATIONS: list[tuple[str, float, str, int]] = [
     ("fast", CLIENT_ACK_DELAY, "fast, aioquic crypto", 1),
     ("fast, aioquic crypto", CLIENT_ACK_DELAY, "fast", 1),
     ("fast, Python crypto", CLIENT_ACK_DELAY, "fast", 1),
+    ("fast, aioquic bookkeeping", CLIENT_ACK_DELAY, "fast", 1),
     ("fast", CLIENT_ACK_DELAY, "fast", 1),
     ("aioquic", CLIENT_ACK_DELAY, "aioquic", 4),
     ("fast, Python crypto", CLIENT_ACK_DELAY, "fast", 4),
@@ -346,6 +358,56 @@ def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
     return results
 
 
+FLUSH_CONFIGURATIONS: list[tuple[bool, int, int]] = [
+    (False, 1, 1),
+    (True, 1, 1),
+    (True, 4, 4),
+    (True, 4, 2),
+    (True, 4, 1),
+]
+"""(inlined bookkeeping, speakers, flushes per 20 ms) of :func:`measure_flush`: one speaker
+with aioquic's bookkeeping methods and with the inlined one; four speakers whose datagrams
+leave in four flushes (each on its own, as with ``media_flush_interval = 0`` and speakers 5 ms
+apart), two (the 10 ms default) or one."""
+
+
+def run_flush(listeners: int, ticks: int, repeat: int = 1) -> list[dict[str, Any]]:
+    """:data:`FLUSH_CONFIGURATIONS` over ``listeners`` connections, best of ``repeat``."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in FLUSH_CONFIGURATIONS]
+    recovery = fastpath.INLINE_RECOVERY
+    try:
+        for _ in range(repeat):
+            for index, (inline, speakers, flushes) in enumerate(FLUSH_CONFIGURATIONS):
+                fastpath.INLINE_RECOVERY = inline
+                result = measure_flush(listeners, speakers, max(1, ticks // speakers), flushes)
+                result["bookkeeping"] = "inlined" if inline else "aioquic's methods"
+                runs[index].append(result)
+    finally:
+        fastpath.INLINE_RECOVERY = recovery
+    results = []
+    for samples in runs:
+        result = dict(samples[0])
+        for key in ("send_us", "ack_us"):
+            result[key] = min(sample[key] for sample in samples)
+        results.append(result)
+    return results
+
+
+def flush_summary_lines(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| listeners | bookkeeping | speakers | flushes per 20 ms | send µs/copy | ACK µs/copy"
+        " | total µs/copy |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result['listeners']} | {result['bookkeeping']} | {result['speakers']}"
+            f" | {result['flushes']} | {result['send_us']:.1f} | {result['ack_us']:.1f}"
+            f" | {result['send_us'] + result['ack_us']:.1f} |"
+        )
+    return lines
+
+
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| send path | ACK path | speakers | listener ACK delay | send µs/copy | ACK µs/copy"
@@ -369,8 +431,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each configuration (the best printed)"
     )
+    parser.add_argument(
+        "--listeners",
+        type=int,
+        default=200,
+        help="connections of the flush table (salond's transmit over many; 0: skip it)",
+    )
+    parser.add_argument("--ticks", type=int, default=200, help="20 ms ticks per flush run")
     args = parser.parse_args(argv)
     print("\n".join(summary_lines(run(args.copies, args.repeat))))
+    if args.listeners:
+        print()
+        print("\n".join(flush_summary_lines(run_flush(args.listeners, args.ticks, args.repeat))))
     return 0
 
 

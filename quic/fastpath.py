@@ -108,6 +108,9 @@ class FastSentPacket(QuicSentPacket):
 INLINE_CRYPTO = True
 """Seal and protect AES packets by calling ``cryptography`` directly (False: through aioquic's
 ``CryptoContext.encrypt_packet``; the tests compare both)."""
+INLINE_RECOVERY = True
+"""Do loss recovery's and the pacer's per-packet bookkeeping in :meth:`DatagramFastPath.send`
+where that is exact (Reno); False: call aioquic's methods (the benchmarks compare both)."""
 C_SEAL = _speedups is not None
 """Seal and protect AES packets in one call into the C extension ``salon.quic._speedups``
 (when it was built; False: :data:`INLINE_CRYPTO`'s Python path; the tests compare both)."""
@@ -323,7 +326,8 @@ class DatagramFastPath:
         # controllers whose on_packet_sent only counts bytes in flight (Reno, Salon's
         # MediaReno); for others it calls aioquic's methods.
         self._inline_recovery = (
-            loss.handshake_confirmed
+            INLINE_RECOVERY
+            and loss.handshake_confirmed
             and loss._quic_logger is None
             and type(loss._cc).on_packet_sent is RenoCongestionControl.on_packet_sent
         )
