@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import queue
 import struct
 import subprocess
 import threading
@@ -335,6 +336,53 @@ async def test_service_finishes_running_recordings_when_it_stops(tmp_path: Path)
     assert info.status == "complete" and info.ended_at == h.now
     assert info.duration == pytest.approx(0.5)
     check_opusinfo(Path(info.path))
+
+
+class WaitRecordingQueue(queue.SimpleQueue[Any]):
+    """The service's command queue, noting how long each of the worker's waits may last."""
+
+    def __init__(self) -> None:
+        self.waits: list[float | None] = []
+        self.changed = threading.Condition()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        with self.changed:
+            self.waits.append(timeout)
+            self.changed.notify_all()
+        return super().get(block, timeout)
+
+    def wait_for(self, expected: float | None, after: int) -> int:
+        """Block until a wait with ``expected`` follows the first ``after``; its index."""
+        with self.changed:
+            found = self.changed.wait_for(lambda: expected in self.waits[after:], timeout=10)
+            assert found, self.waits
+            return self.waits.index(expected, after)
+
+
+async def test_the_worker_sleeps_while_nothing_is_recorded(tmp_path: Path) -> None:
+    """Without a running recording the worker waits for a command without a time-out (no
+    polling beside the event loop); while one runs it drains every ``poll``."""
+    h, owner, _speaker = core_with_recording()
+    index = JsonRecordingIndex(tmp_path / "recordings.json")
+    service = RecordingService(tmp_path / "rec", index, clock=lambda: h.now)
+    commands = WaitRecordingQueue()
+    service._commands = commands
+    await service.start()
+    try:
+        assert await asyncio.to_thread(commands.wait_for, None, 0) == 0
+        recording = h.do(owner, m.StartRecording)["recording"]
+        for event in h.drain():
+            service.on_core_event(event)
+        polling = await asyncio.to_thread(commands.wait_for, service.poll, 1)
+        h.now += 0.5
+        h.do(owner, m.StopRecording)
+        for event in h.drain():
+            service.on_core_event(event)
+        await asyncio.to_thread(commands.wait_for, None, polling + 1)
+    finally:
+        await service.stop()
+    [info] = index.entries()
+    assert (info.id, info.status) == (recording, "complete")
 
 
 async def test_service_refuses_a_start_time_far_from_its_clock(tmp_path: Path) -> None:

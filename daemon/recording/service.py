@@ -3,8 +3,9 @@
 The core decides what is recorded and puts a copy of each recorded datagram in the recording's
 outlet, a bounded queue (full: the oldest is dropped and counted, as for a slow listener). This
 service observes the core's recording events on the event loop and passes them as commands to
-its worker thread, which drains the outlets every ``poll`` seconds, decrypts, decodes, mixes and
-writes (:class:`~.recorder.RoomRecorder`). The event loop never waits for the worker: a slow
+its worker thread, which drains the outlets every ``poll`` seconds while a recording runs (and
+otherwise sleeps until a command comes), decrypts, decodes, mixes and writes
+(:class:`~.recorder.RoomRecorder`). The event loop never waits for the worker: a slow
 disk delays the file, not anyone's audio.
 
 Ordering needs no lock between the two threads: the worker takes the datagrams out of an outlet
@@ -214,7 +215,11 @@ class RecordingService:
         stopping = False
         while not stopping:
             try:
-                first: _Command | None = self._commands.get(timeout=self.poll)
+                # No recording running: nothing to drain, so the thread sleeps until a
+                # command comes instead of waking 50 times a second beside the event loop.
+                first: _Command | None = self._commands.get(
+                    timeout=self.poll if self._active else None
+                )
             except queue.Empty:
                 first = None
             now = self.clock()
