@@ -77,7 +77,12 @@ def read_media(data: bytes) -> tuple[int, int, int]:
 
 
 def install_fast_loop() -> str:
-    """Use uvloop for the load generators when it is installed; returns the loop's name."""
+    """Use uvloop for the load generators when it is installed; returns the loop's name.
+
+    ``BENCH_GENERATOR_LOOP=asyncio`` keeps asyncio's loop (to compare salond's loops with the
+    same generator; the listener fleet fails to connect on uvloop 0.23)."""
+    if os.environ.get("BENCH_GENERATOR_LOOP") == "asyncio":
+        return "asyncio"
     try:
         import uvloop
     except ImportError:

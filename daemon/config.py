@@ -755,6 +755,9 @@ class TuningConfig(Section, frozen=True):
     """Seconds between two flushes of forwarded media at least: media arriving sooner waits
     for the interval's end, and what several speakers sent meanwhile shares each listener's
     QUIC packet (a speaker alone, every 20 ms, never waits). 0: every datagram at once."""
+    shared_timers: bool = True
+    """Every connection's QUIC timer (loss detection, ACK delay, idle time-out) in one heap
+    behind one event-loop timer; false: one loop timer per connection, as aioquic does."""
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,6 +21,7 @@ from aioquic.tls import Epoch
 
 from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
+from salon.quic.timers import ConnectionTimers, connection_timers
 
 ACK_STATE_CHECK = 64
 """Every this many datagrams received, :meth:`SalonQuicProtocol.release_ack_state` runs."""
@@ -94,9 +95,19 @@ class ServerProtocol(SalonQuicProtocol):
     """
 
     def __init__(
-        self, *args: Any, fast_path: bool = True, ack_fast_path: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        fast_path: bool = True,
+        ack_fast_path: bool = True,
+        shared_timers: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.timers: ConnectionTimers | None = (
+            connection_timers(self._loop) if shared_timers else None
+        )
+        """Where the connection's timer is armed (:mod:`salon.quic.timers`); None: its own
+        ``loop.call_at``, as aioquic does."""
         self.peer_max_datagram = 0
         """The largest datagram this peer is sent (0: none, it did not enable DATAGRAM)."""
         self.fastpath: DatagramFastPath | None = DatagramFastPath(self._quic) if fast_path else None
@@ -200,7 +211,28 @@ class ServerProtocol(SalonQuicProtocol):
         queue = self.media_queue()
         if queue:
             self._move_queue_to_quic(queue)
-        super().transmit()
+        if self.timers is None:
+            super().transmit()
+            return
+        # aioquic's transmit, with the timer armed on the shared timers.
+        self._transmit_task = None
+        transport: Any = self._transport
+        for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+            transport.sendto(data, addr)
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._call_at(timer_at)
+        self._timer_at = timer_at
+
+    def _call_at(self, when: float) -> Any:
+        """Arm the connection's timer for ``when``: on the shared timers, or the loop."""
+        timers = self.timers
+        if timers is None:
+            return self._loop.call_at(when, self._handle_timer)
+        return timers.call_at(when, self._handle_timer)
 
     def _arm_timer(self) -> None:
         """Re-arm the connection's timer after the fast path, as aioquic's transmit does.
@@ -217,7 +249,7 @@ class ServerProtocol(SalonQuicProtocol):
             self._timer = None
         self._timer_at = timer_at
         if timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+            self._timer = self._call_at(timer_at)
 
     def _handle_timer(self) -> None:
         if self.fastpath is not None:
@@ -225,7 +257,7 @@ class ServerProtocol(SalonQuicProtocol):
             due = self._quic.get_timer()
             now = max(self._timer_at or 0.0, self._loop.time())
             if due is not None and due > now:
-                self._timer = self._loop.call_at(due, self._handle_timer)
+                self._timer = self._call_at(due)
                 self._timer_at = due
                 return
         super()._handle_timer()

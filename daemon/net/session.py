@@ -73,7 +73,11 @@ class SessionProtocol(ServerProtocol):
 
     def __init__(self, *args: object, server: SalonServer, session_id: int, **kwargs: object):
         super().__init__(
-            *args, fast_path=server.fast_path, ack_fast_path=server.ack_fast_path, **kwargs
+            *args,
+            fast_path=server.fast_path,
+            ack_fast_path=server.ack_fast_path,
+            shared_timers=server.config.tuning.shared_timers,
+            **kwargs,
         )
         self.server = server
         self.session_id = session_id

@@ -1,0 +1,105 @@
+"""The connections' shared timers (salon.quic.timers): one loop timer, the same calls as aioquic's
+per-connection ``loop.call_at``, and salond's loss detection running on them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from salon.quic.protocol import ServerProtocol
+from salon.quic.timers import ConnectionTimer, ConnectionTimers, connection_timers
+
+
+def loop_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """The loop's armed timers (asyncio's own heap; cancelled ones left out)."""
+    return [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+
+
+async def test_one_loop_timer_for_every_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    timers = ConnectionTimers(loop)
+    now = loop.time()
+    fired: list[int] = []
+    for index in range(50):
+        timers.call_at(now + 10 + index, lambda index=index: fired.append(index))
+    [armed] = loop_timers(loop)
+    assert armed.when() == now + 10
+    # An earlier deadline moves the one loop timer; a later one leaves it alone.
+    timers.call_at(now + 5, lambda: None)
+    timers.call_at(now + 60, lambda: None)
+    [armed] = loop_timers(loop)
+    assert armed.when() == now + 5 and len(timers) == 52
+    assert connection_timers(loop) is connection_timers(loop)
+
+
+async def test_the_same_calls_as_call_at_in_deadline_order() -> None:
+    """Random deadlines, some cancelled, some callbacks arming again (one at a deadline
+    already due): each live deadline is called once, no sooner than ``call_at`` would, in
+    deadline order, and a callback armed from a callback at a due time waits for the loop's
+    next iteration as with ``call_at``."""
+    loop = asyncio.get_running_loop()
+    timers = ConnectionTimers(loop)
+    rng = random.Random(7)
+    start = loop.time()
+    resolution = loop._clock_resolution  # type: ignore[attr-defined]
+    fired: list[tuple[float, float, str]] = []
+    done = asyncio.Event()
+    expected: set[str] = set()
+
+    def callback(name: str, when: float) -> None:
+        fired.append((when, loop.time(), name))
+        if name == "a3":
+            arm("again", loop.time() - 0.001)  # already due: runs in the next iteration
+        if len(fired) == len(expected):
+            done.set()
+
+    def arm(name: str, when: float) -> ConnectionTimer:
+        expected.add(name)
+        return timers.call_at(when, lambda: callback(name, when))
+
+    handles = {f"a{i}": arm(f"a{i}", start + rng.uniform(0.001, 0.05)) for i in range(40)}
+    for name in rng.sample(sorted(handles), 10):
+        if name != "a3":
+            handles[name].cancel()
+            expected.discard(name)
+    await asyncio.wait_for(done.wait(), 10)
+    assert sorted(name for _, _, name in fired) == sorted(expected)
+    assert all(at >= when - resolution for when, at, _ in fired)
+    first_round = [when for when, _, name in fired if name != "again"]
+    assert first_round == sorted(first_round)
+    assert fired.index(next(f for f in fired if f[2] == "again")) > fired.index(
+        next(f for f in fired if f[2] == "a3")
+    )
+    assert not loop_timers(loop) and len(timers) == 0
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_a_silent_listener_s_loss_detection_fires(tmp_path: Path, shared: bool) -> None:
+    """A listener that stops acknowledging: salond's probe time-out fires (on the shared
+    timers, or on the connection's own loop timer) and declares the audio lost."""
+    from tests.conftest import run_daemon
+    from tests.test_fastpath import _room_with_listeners, _speaker_datagram
+
+    async with run_daemon(tmp_path / "state", **{"tuning.shared_timers": shared}) as live:
+        speaker, key, listeners = await _room_with_listeners(live, 2)
+        deaf = listeners[0]
+        deaf._protocol.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
+        protocol: ServerProtocol = live.daemon.server.sessions[deaf.session]
+        loss = protocol.quic._loss
+        for seq in range(10):
+            speaker.send_datagram(_speaker_datagram(key, seq))
+            await asyncio.sleep(0.01)
+        for _ in range(500):
+            if loss._pto_count > 0:
+                break
+            await asyncio.sleep(0.02)
+        assert loss._pto_count > 0
+        assert isinstance(protocol._timer, ConnectionTimer) == shared
+        assert (protocol.timers is not None) == shared
+        if shared:
+            loop = asyncio.get_running_loop()
+            fires = [h for h in loop_timers(loop) if "ConnectionTimers._fire" in repr(h)]
+            assert len(fires) == 1
