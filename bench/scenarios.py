@@ -49,6 +49,7 @@ SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond-sendto": {"send_batch": "sendto"},
     "salond-nohold": {"media_flush_interval": 0.0},
     "salond-owntimers": {"shared_timers": False},
+    "salond-readnow": {"read_interval": 0.0},
     "naive": {},
 }
 """Servers to compare: salond with one ``[tuning]`` measure turned off (conf/salond.toml)."""

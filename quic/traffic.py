@@ -66,11 +66,17 @@ class UdpTraffic:
         self.bytes_out += size
 
     def attach(
-        self, quic_server: Any, read_batch: int = 1, send_batch: str = "sendto"
+        self,
+        quic_server: Any,
+        read_batch: int = 1,
+        send_batch: str = "sendto",
+        read_interval: float = 0.0,
     ) -> BatchingTransport | None:
         """Count what ``quic_server`` (an aioquic ``QuicServer``) receives and sends, read up
         to ``read_batch`` datagrams per loop iteration (1: asyncio's own reader), and send
-        with ``sendmmsg`` while the returned transport is held (``send_batch="sendmmsg"``).
+        with ``sendmmsg`` while the returned transport is held (``send_batch="sendmmsg"``);
+        while datagrams keep coming, read the socket every ``read_interval`` seconds instead of
+        at each readiness event (0: at each event; see :func:`_read_in_batches`).
 
         Must run before the first connection exists: each connection keeps the transport it
         was given, so the server's transport is replaced by a counting one here.
@@ -113,7 +119,7 @@ class UdpTraffic:
         # asyncio looks the method up on the protocol for each datagram.
         quic_server.datagram_received = datagram_received
         if read_batch > 1:
-            _read_in_batches(transport, datagram_received, read_batch, batching)
+            _read_in_batches(transport, datagram_received, read_batch, batching, read_interval)
         return batching
 
 
@@ -127,6 +133,7 @@ def _read_in_batches(
     received: Callable[[bytes, Any], None],
     batch: int,
     sending: BatchingTransport | None = None,
+    interval: float = 0.0,
 ) -> bool:
     """Read up to ``batch`` datagrams per event-loop iteration instead of one.
 
@@ -136,6 +143,13 @@ def _read_in_batches(
     connections touched by a batch are still flushed once at the end of the tick, and what
     they send while the batch is read leaves in one ``sendmmsg`` (``sending``). Transports
     that are not asyncio's selector transport (uvloop batches already) are left alone.
+
+    With ``interval``, once a read found datagrams the socket leaves the selector and is read
+    again by a loop timer ``interval`` seconds later, and so on while datagrams keep coming;
+    a read that finds none gives the socket back to the selector. The listeners' ACKs come
+    one by one, spread over time: each used to wake the loop (a ``select``, the loop's
+    bookkeeping, a read that finds nothing more), and now one wake-up per interval reads
+    them all. A speaker's packet waits up to ``interval`` longer.
     """
     sock = getattr(transport, "_sock", None)
     loop: Any = getattr(transport, "_loop", None)
@@ -149,27 +163,42 @@ def _read_in_batches(
     protocol = transport._protocol
 
     def read_ready() -> None:
-        if sending is None:
-            read()
+        if not read_held() or not interval:
             return
+        loop._remove_reader(fd)
+        loop.call_later(interval, read_later)
+
+    def read_later() -> None:
+        if transport._conn_lost or transport.is_closing():
+            return
+        if read_held():
+            loop.call_later(interval, read_later)
+        else:
+            loop._add_reader(fd, read_ready)
+
+    def read_held() -> int:
+        if sending is None:
+            return read()
         sending.hold()
         try:
-            read()
+            return read()
         finally:
             sending.release()
 
-    def read() -> None:
-        for _ in range(batch):
+    def read() -> int:
+        """Datagrams read (up to ``batch``); 0 also when the transport is lost."""
+        for index in range(batch):
             if transport._conn_lost:
-                return
+                return 0
             try:
                 data, addr = recvfrom(max_size)
             except (BlockingIOError, InterruptedError):
-                return
+                return index
             except OSError as exc:
                 protocol.error_received(exc)
-                return
+                return index
             received(data, addr)
+        return batch
 
     # Replaces the transport's own reader on the same file descriptor.
     loop._add_reader(fd, read_ready)

@@ -228,8 +228,9 @@ class SalonServer:
                 configuration=self.quic_configuration(),
                 create_protocol=create_protocol,
             )
+        tuning = self.config.tuning
         self._sending = self.traffic.attach(
-            self._quic_server, self.config.tuning.read_batch, self.config.tuning.send_batch
+            self._quic_server, tuning.read_batch, tuning.send_batch, tuning.read_interval
         )
         transport = server_transport(self._quic_server)
         enlarge_socket_buffers(transport)  # see SOCKET_BUFFER_BYTES
