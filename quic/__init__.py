@@ -9,7 +9,9 @@ package, and nowhere else (``tests/test_layering.py`` scans the other packages):
   path and its timer, the bounded hand-over to aioquic's datagram queue, the ACK-state PING,
   the client's delayed ACKs and immediate acknowledgement of control data, the peer's
   certificate and limits);
-- :mod:`salon.quic.traffic`: the server socket's packet counters and batched reader;
+- :mod:`salon.quic.traffic`: the server socket's packet counters and batched, timed reader;
+- :mod:`salon.quic.timers`: every server connection's QUIC timer in one heap behind one loop
+  timer;
 - :mod:`salon.quic.sendbatch`: the packets of one tick sent with one ``sendmmsg`` call.
 - ``salon.quic._speedups`` (``_speedups.c``, optional, built by ``setup.py``): packing, sealing
   and header protection of the fast path's packets, opening the ACK fast path's, and the
