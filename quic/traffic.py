@@ -163,16 +163,25 @@ def _read_in_batches(
     protocol = transport._protocol
 
     def read_ready() -> None:
-        if not read_held() or not interval:
-            return
-        loop._remove_reader(fd)
-        loop.call_later(interval, read_later)
+        count = read_held()
+        if count and interval:
+            loop._remove_reader(fd)
+            read_again(count)
+
+    def read_again(count: int) -> None:
+        # A full batch may have left more behind: read on in the next loop iteration, so
+        # that the interval never caps how many datagrams a second the socket can take.
+        if count >= batch:
+            loop.call_soon(read_later)
+        else:
+            loop.call_later(interval, read_later)
 
     def read_later() -> None:
         if transport._conn_lost or transport.is_closing():
             return
-        if read_held():
-            loop.call_later(interval, read_later)
+        count = read_held()
+        if count:
+            read_again(count)
         else:
             loop._add_reader(fd, read_ready)
 

@@ -74,6 +74,27 @@ async def test_the_socket_is_read_by_a_timer_while_datagrams_come(interval: floa
         transport.close()
 
 
+async def test_full_batches_are_read_on_without_waiting_for_the_interval() -> None:
+    """The interval only spaces reads that emptied the socket: a full batch is followed by
+    another read at once, so the socket takes any rate (here an interval longer than the
+    test's time-out)."""
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(
+        FakeQuicServer, local_addr=("127.0.0.1", 0)
+    )
+    server._transport = transport
+    UdpTraffic().attach(server, read_batch=4, read_interval=60.0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for index in range(22):
+            peer.sendto(bytes([index]), transport.get_extra_info("sockname"))
+        await server.wait_for(22)
+        assert server.received == [bytes([index]) for index in range(22)]
+    finally:
+        peer.close()
+        transport.close()
+
+
 async def test_a_closed_transport_is_not_read_again() -> None:
     loop = asyncio.get_running_loop()
     transport, server = await loop.create_datagram_endpoint(
