@@ -84,7 +84,18 @@ class ConnectionTimers:
             callback = timer.callback
             if callback is not None:
                 timer.callback = None
-                callback()
+                try:
+                    callback()
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    # As asyncio does for a handle: reported, and the others still run.
+                    self._loop.call_exception_handler(
+                        {
+                            "message": f"Exception in connection timer {callback!r}",
+                            "exception": exc,
+                        }
+                    )
         while heap and heap[0][2].callback is None:
             heapq.heappop(heap)
         if heap and (self._armed is None or heap[0][0] < self._armed_at):

@@ -76,6 +76,28 @@ async def test_the_same_calls_as_call_at_in_deadline_order() -> None:
     assert not loop_timers(loop) and len(timers) == 0
 
 
+async def test_a_failing_callback_is_reported_and_the_others_still_run() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    timers = ConnectionTimers(loop)
+    ran: list[str] = []
+    done = asyncio.Event()
+
+    def fail() -> None:
+        ran.append("fail")
+        raise RuntimeError("boom")
+
+    now = loop.time()
+    timers.call_at(now, fail)
+    timers.call_at(now, lambda: ran.append("next"))
+    timers.call_at(now + 0.01, done.set)
+    await asyncio.wait_for(done.wait(), 10)
+    assert ran == ["fail", "next"]
+    [context] = reported
+    assert isinstance(context["exception"], RuntimeError)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 async def test_a_silent_listener_s_loss_detection_fires(tmp_path: Path, shared: bool) -> None:
     """A listener that stops acknowledging: salond's probe time-out fires (on the shared
