@@ -108,7 +108,7 @@ async def test_a_silent_listener_s_loss_detection_fires(tmp_path: Path, shared: 
     async with run_daemon(tmp_path / "state", **{"tuning.shared_timers": shared}) as live:
         speaker, key, listeners = await _room_with_listeners(live, 2)
         deaf = listeners[0]
-        deaf._protocol.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
+        deaf._protocol.datagram_received = lambda data, addr: None
         protocol: ServerProtocol = live.daemon.server.sessions[deaf.session]
         loss = protocol.quic._loss
         for seq in range(10):
