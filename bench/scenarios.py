@@ -49,10 +49,11 @@ SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond-sendto": {"send_batch": "sendto"},
     "salond-nohold": {"media_flush_interval": 0.0},
     "salond-owntimers": {"shared_timers": False},
-    "salond-readnow": {"read_interval": 0.0},
+    "salond-read5": {"read_interval": 0.005},
     "naive": {},
 }
-"""Servers to compare: salond with one ``[tuning]`` measure turned off (conf/salond.toml)."""
+"""Servers to compare: salond with one ``[tuning]`` measure turned off, or on where it is off
+by default (``salond-read5``), see conf/salond.toml."""
 
 
 @dataclass

@@ -741,10 +741,11 @@ class TuningConfig(Section, frozen=True):
     read_batch: Annotated[int, Meta(ge=1, le=1024)] = 64
     """Datagrams read from the QUIC socket per loop iteration at most; 1 keeps asyncio's
     one-per-iteration reader (uvloop batches on its own)."""
-    read_interval: Annotated[float, Meta(ge=0.0, le=0.02)] = 0.002
+    read_interval: Annotated[float, Meta(ge=0.0, le=0.02)] = 0.0
     """Seconds between two reads of the QUIC socket while datagrams keep coming (one loop
     wake-up reads all the listeners' ACKs of the interval; a speaker's packet waits up to
-    this long); 0: read at each readiness event. Needs ``read_batch`` above 1."""
+    this long); 0: read at each readiness event (the default: 2 ms measured no gain on a busy
+    machine, see BENCHMARKS.md). Needs ``read_batch`` above 1."""
     fast_path: bool = True
     """Send media in packets built beside aioquic's writer when nothing else is pending
     (switches itself off on an aioquic release it was not written for)."""
