@@ -60,6 +60,7 @@ from salon.client.audiofile import read_audio
 from salon.client.connection import SalonClient
 from salon.client.room_audio import RoomAudio
 from salon.daemon.wire import messages as msg
+from salon.media import streams
 from salon.media.codec import OpusDecoder, OpusEncoder
 from tests.lossy_relay import Impairment, lossy_relay
 from tests.netem_path import NetemPath, netem_path, netem_unavailable
@@ -70,6 +71,8 @@ PESQ_RATE = 16000
 BITRATE = 32000
 SPEAKER_CAPABILITIES: tuple[str, ...] = (msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW)
 """What the speaker's ``hello`` declares; ``--per-packet-red`` leaves out the redundancy flow."""
+RED_FLOW_SPAN = streams.RED_FLOW_SPAN
+"""Frames between the two copies of the speaker's redundancy flow packets (``--red-flow-span``)."""
 WARMUP_TEXT = "Good evening and welcome to the salon. Tonight we talk about networks."
 SCORED_TEXT = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
@@ -210,6 +213,8 @@ class Outcome:
     forwarded: int
     filled_by_red: int
     fec_recovered: int
+    unrepaired: int
+    """Slots whose packet never came, filled by neither a copy nor FEC: concealed."""
     concealed: int
     encoder_vs_baseline: dict[str, tuple[int, int]]
     """Settings in which the speaker's encoder (as the scored sentence ended) differs from the
@@ -322,7 +327,13 @@ async def run_condition(
             invite = (await owner.call("create_invite", role="speaker"))["invite"]["token"]
             sent_at: dict[int, float] = {}
             played: list[tuple[float, bytes]] = []
-            talk = RoomAudio(speaker, source=iter(frames), auto_unmute=True, bitrate=BITRATE)
+            talk = RoomAudio(
+                speaker,
+                source=iter(frames),
+                auto_unmute=True,
+                bitrate=BITRATE,
+                red_flow_span=RED_FLOW_SPAN,
+            )
             hear = RoomAudio(listener)
             talk.on_frame_sent = lambda count, now: sent_at.setdefault(count - 1, now)
             hear.on_frame_played = lambda pcm, now: played.append((now, pcm))
@@ -411,6 +422,7 @@ async def run_condition(
         forwarded=link.down_packets(),
         filled_by_red=sum(b.redundancy_filled for b in buffers),
         fec_recovered=sum(b.fec_recovered for b in buffers),
+        unrepaired=sum(b.lost - b.fec_recovered for b in buffers),
         concealed=sum(b.concealed for b in buffers),
         encoder_vs_baseline={
             key: (value, BASELINE_SETTINGS[key])
@@ -498,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         "instead of its redundancy flow (11.10)",
     )
     parser.add_argument(
+        "--red-flow-span",
+        type=int,
+        default=streams.RED_FLOW_SPAN,
+        help="frames between the two copies of a redundancy flow packet (1: the copies of "
+        "N-1 and N-2 sent before 2026-12-03)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -523,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.netem and (reason := netem_unavailable()) is not None:
         print(f"--netem: {reason}", file=sys.stderr)
         return 2
+    global RED_FLOW_SPAN
+    RED_FLOW_SPAN = args.red_flow_span
     if args.per_packet_red:
         global SPEAKER_CAPABILITIES
         SPEAKER_CAPABILITIES = (msg.CAPABILITY_RED,)

@@ -14,7 +14,7 @@ from typing import Any
 from salon.client.connection import SalonClient
 from salon.daemon.wire import messages as msg
 from salon.media.codec import OpusEncoder
-from salon.media.streams import MediaReceiver, MediaSender
+from salon.media.streams import RED_FLOW_SPAN, MediaReceiver, MediaSender
 
 from .stream_player import StreamPlayer
 
@@ -38,8 +38,11 @@ class RoomAudio:
         bitrate: int = 32000,
         auto_unmute: bool = False,
         first_sequence_number: int | None = None,
+        red_flow_span: int = RED_FLOW_SPAN,
     ) -> None:
         self.client = client
+        self.red_flow_span = red_flow_span
+        """Frames between the two copies of this speaker's redundancy flow packets."""
         self.source = source
         self.sink = sink
         self.bitrate = bitrate
@@ -171,6 +174,7 @@ class RoomAudio:
                 OpusEncoder(bitrate=self.bitrate),
                 sequence_number=self.first_sequence_number,
                 bitrate_bounds=self._bitrate_bounds(),
+                red_flow_span=self.red_flow_span,
             )
             if key.red_flow is not None:
                 red = key.red_flow

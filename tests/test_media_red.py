@@ -23,7 +23,14 @@ from salon.media.red import (
     primary_opus,
     unpack_red,
 )
-from salon.media.streams import BitratePolicy, MediaReceiver, MediaSender, RedundancyPolicy
+from salon.media.srtp import SrtpReceiver, key_from_base64
+from salon.media.streams import (
+    BitratePolicy,
+    BurstMeter,
+    MediaReceiver,
+    MediaSender,
+    RedundancyPolicy,
+)
 
 KEY = base64.b64encode(os.urandom(28)).decode()
 
@@ -172,7 +179,7 @@ def test_red_packets_keep_the_header_the_forwarder_reads():
 
 def test_the_redundancy_flow_fills_losses_of_the_plain_flow_and_is_not_reported():
     """The speaker's flow stays plain Opus; its redundancy flow (PROTOCOL.md 11.10) carries
-    frames N-1 and N-2 beside frame N, with N-1's sequence number, and the receiver fills the
+    frames N-1 and N-4 beside frame N, with N-1's sequence number, and the receiver fills the
     lost packets of the flow from it. Its reports still count the loss before repair."""
     red_key = base64.b64encode(os.urandom(28)).decode()
     sender = MediaSender(7, 1234, KEY, OpusEncoder(), sequence_number=65500)
@@ -193,18 +200,100 @@ def test_the_redundancy_flow_fills_losses_of_the_plain_flow_and_is_not_reported(
         else:
             assert repair is not None and peek_media(repair).flow_id == 8
             assert peek_media(repair).level is None  # no header extension
-            # Lose the repair packet that carries a lost frame as its primary block, so that
-            # the copy one packet later (its redundant block) must do.
-            if index % 14 != 0:
-                assert receiver.receive(repair, now)
+            _, blocks = unpack_red(open_red_flow(repair, red_key))
+            assert [block.distance for block in blocks] == ([3] if index > 3 else [])
+            assert receiver.receive(repair, now)
         receiver.pull(now)
         now += 0.02
     assert sender.stats.red == 0 and sender.stats.red_flow_sent == sender.stats.sent - 1
     stats = receiver.jitter_stats()["alice"]
     assert receiver.stats.red_flow_filled == stats.redundancy_filled >= 12
-    assert stats.concealed == 0 and stats.lost == 0
+    # Single losses: the frame right after each lost one brings its copy, and the buffer
+    # waits one frame for it, not four (the far copies are for bursts).
+    assert stats.lost == 0
+    assert stats.target_delay < 0.06
+    assert receiver.stats.red_flow_far_filled == 0
     (report,) = receiver.reports()
     assert (report.expected, report.lost) == (100, 14)
     # The speaker's flow revoked: its redundancy flow goes with it.
     receiver.remove_speaker(7)
     assert not receiver.receive(sender.red_flow_datagram or b"", now)
+
+
+_RED_FLOW_RECEIVERS: dict[str, SrtpReceiver] = {}
+
+
+def open_red_flow(datagram: bytes, key_b64: str) -> bytes:
+    """The RTP payload of a redundancy flow datagram (flow 8, SSRC 5678); one SRTP context
+    per key, which follows the rollover counter across the sequence number wrap."""
+    if key_b64 not in _RED_FLOW_RECEIVERS:
+        receiver = _RED_FLOW_RECEIVERS[key_b64] = SrtpReceiver()
+        receiver.add(8, 5678, key_from_base64(key_b64))
+    _, packet = _RED_FLOW_RECEIVERS[key_b64].open(datagram)
+    assert packet.payload_type == RED_PAYLOAD_TYPE
+    return packet.payload
+
+
+def burst_run(span: int, bursts_every: int, burst: int) -> tuple[MediaReceiver, MediaSender]:
+    """Four seconds of voice with the redundancy flow on, losing ``burst`` frames in a row
+    every ``bursts_every`` frames: each lost frame's packet and the redundancy flow packet sent
+    with it (one QUIC packet on the wire share one fate)."""
+    red_key = base64.b64encode(os.urandom(28)).decode()
+    sender = MediaSender(7, 1234, KEY, OpusEncoder(), sequence_number=65500, red_flow_span=span)
+    sender.set_red_flow(8, 5678, red_key)
+    # The listeners that get the flow are left out of `loss` (PROTOCOL.md 11.10): no FEC.
+    sender.on_loss_report(0.0, red_allowed=False, red_flow=True)
+    receiver = MediaReceiver()
+    receiver.add_speaker("alice", 7, 1234, KEY)
+    receiver.add_red_flow(7, 8, 5678, red_key)
+    now = 0.0
+    for index, pcm in enumerate(voiced(4.0)):
+        datagram = sender.send_pcm(pcm)
+        assert datagram is not None
+        if index % bursts_every >= burst:
+            receiver.receive(datagram, now)
+            if sender.red_flow_datagram is not None:
+                receiver.receive(sender.red_flow_datagram, now)
+        receiver.pull(now)
+        now += 0.02
+    return receiver, sender
+
+
+def test_the_redundancy_flow_repairs_bursts_of_three_once_the_receiver_sees_bursts():
+    """Bursts of 3 frames every 20: the copies of N-1 and N-2 (span 1) arrive only in the
+    packets right after the lost frame, lost with it; the copy of N-1-3 comes after the burst,
+    and the receiver, having seen its flow lose pairs, waits the four frames it takes."""
+    receiver, _ = burst_run(span=3, bursts_every=20, burst=3)
+    stats = receiver.jitter_stats()["alice"]
+    assert receiver.stats.red_flow_far_filled >= 8
+    # Ten bursts of three: the first ones make the receiver bursty (3 pairs), then every
+    # lost frame is filled by a copy.
+    assert stats.redundancy_filled >= 3 * 10 - 6
+    assert stats.target_delay >= 0.1 - 1e-9
+    near, _ = burst_run(span=1, bursts_every=20, burst=3)
+    # Copies of N-1 and N-2: the first frame of each burst has none left (at best the
+    # decoder's concealment, or FEC where the encoder sends it).
+    assert near.jitter_stats()["alice"].redundancy_filled <= 2 * 10
+    assert near.stats.red_flow_far_filled == 0
+
+
+def test_burst_meter_tells_pairs_of_losses_from_single_ones():
+    single, paired = BurstMeter(), BurstMeter()
+    for seq in range(1000):
+        if seq % 20 != 0:
+            single.arrived(seq)
+        if seq % 20 not in (0, 1):
+            paired.arrived(seq)
+    assert not single.bursty and paired.bursty
+    # A whole window of single losses only: calm again.
+    for seq in range(1000, 1000 + BurstMeter.WINDOW + 2 * BurstMeter.JUDGE_LAG):
+        if seq % 20 != 0:
+            paired.arrived(seq)
+    assert not paired.bursty
+    # Reordering is not loss, nor is a jump in sequence numbers (a new stream).
+    reordered = BurstMeter()
+    for seq in range(0, 1000, 2):
+        reordered.arrived(seq + 1)
+        reordered.arrived(seq)
+    reordered.arrived(1_000_000)
+    assert not reordered.bursty
