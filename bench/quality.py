@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,6 +78,9 @@ SCORED_TEXT = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
     "It is easy to tell the depth of a well. These days a chicken leg is a rare dish."
 )
+SAMPLED = ("burst5",)
+"""Conditions whose score depends on where a few long bursts fall in the speech: the full run
+scores each over ``--samples`` loss patterns and reports the median and the spread."""
 BASELINE_SETTINGS: dict[str, int] = {}
 """libopus' view of the codec-alone encoder's configuration, set once per run."""
 CONDITIONS: dict[str, tuple[str, Impairment]] = {
@@ -214,11 +217,31 @@ class Outcome:
     filled_by_red: int
     fec_recovered: int
     unrepaired: int
-    """Slots whose packet never came, filled by neither a copy nor FEC: concealed."""
+    """Slots whose packet never came, filled by no copy nor the next packet's FEC (whole run)."""
+    scored_lost: int
+    """While the scored sentence was sent: slots whose packet never came on the speaker's flow
+    (before repair, after the jitter buffer), ..."""
+    scored_filled: int
+    """... of those, filled by a copy (RED or the redundancy flow) ..."""
+    scored_unrepaired: int
+    """... and neither filled nor rebuilt from FEC (concealed)."""
     concealed: int
     encoder_vs_baseline: dict[str, tuple[int, int]]
     """Settings in which the speaker's encoder (as the scored sentence ended) differs from the
     codec-alone baseline's, as libopus reports them: (speaker, baseline)."""
+    shift: int = 0
+    """What ``--seed`` (or the sample's number) added to the condition's seed."""
+    samples: list[Outcome] = field(default_factory=list)
+    """Every run of the condition, when it was run more than once (this is their median)."""
+
+
+def median_of(samples: list[Outcome]) -> Outcome:
+    """The run with the median WB-PESQ (the lower middle one of an even count), carrying all."""
+    if len(samples) == 1:
+        return samples[0]
+    ordered = sorted(samples, key=lambda outcome: outcome.pesq)
+    median = ordered[(len(ordered) - 1) // 2]
+    return replace(median, samples=samples)
 
 
 class ListenerLink(Protocol):
@@ -273,6 +296,16 @@ class NetemLink:
         return self.path.dropped() - self._dropped_before
 
 
+def repair_counts(audio: RoomAudio) -> dict[str, int]:
+    """The listener's jitter buffers' loss and repair counters so far."""
+    buffers = list(audio.receiver.jitter_stats().values())
+    return {
+        "lost": sum(b.lost for b in buffers),
+        "filled": sum(b.redundancy_filled for b in buffers),
+        "fec": sum(b.fec_recovered for b in buffers),
+    }
+
+
 def guest_key(name: str) -> str:
     digest = hashlib.sha256(f"bench-quality/{name}/{os.getpid()}".encode()).digest()
     return base64.b64encode(digest).decode()
@@ -296,7 +329,7 @@ async def run_condition(
             *at,
             display_name=who,
             fingerprint=fingerprint,
-            credentials={"guest_key": guest_key(f"{name}/{who}")},
+            credentials={"guest_key": guest_key(f"{name}/{seed}/{who}")},
             **({"capabilities": SPEAKER_CAPABILITIES} if who == "Speaker" else {}),
         )
 
@@ -314,7 +347,7 @@ async def run_condition(
         np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)]).tobytes()
         for chunk in (source[i : i + FRAME] for i in range(0, len(source), FRAME))
     ]
-    room = f"q-{name}"
+    room = f"q-{name}-{seed}"
     async with listener_link() as link:
         owner = await connect("Host", (host, port))
         speaker = await connect("Speaker", (host, port))
@@ -351,6 +384,7 @@ async def run_condition(
             while len(sent_at) <= scored_frame:
                 await asyncio.sleep(0.02)
             up.counting = True
+            repair_before = repair_counts(hear)
             down_before = link.down_bytes()
             started = loop.time()
             scored_frames = len(scored) // FRAME
@@ -360,6 +394,9 @@ async def run_condition(
             assert talk.sender is not None
             speaker_settings = talk.sender.encoder.settings()
             up.counting = False
+            repair_scored = {
+                key: value - repair_before[key] for key, value in repair_counts(hear).items()
+            }
             down_bytes = link.down_bytes() - down_before
             while not talk.source_done:
                 await asyncio.sleep(0.05)
@@ -423,6 +460,9 @@ async def run_condition(
         filled_by_red=sum(b.redundancy_filled for b in buffers),
         fec_recovered=sum(b.fec_recovered for b in buffers),
         unrepaired=sum(b.lost - b.fec_recovered for b in buffers),
+        scored_lost=repair_scored["lost"] + repair_scored["filled"],
+        scored_filled=repair_scored["filled"],
+        scored_unrepaired=repair_scored["lost"] - repair_scored["fec"],
         concealed=sum(b.concealed for b in buffers),
         encoder_vs_baseline={
             key: (value, BASELINE_SETTINGS[key])
@@ -456,20 +496,30 @@ async def main_async(args: argparse.Namespace) -> list[Outcome]:
                 label, impairment = CONDITIONS[name]
                 # The seed follows the condition, not its place in --only: a condition run
                 # alone meets the same loss pattern as in the full run (unless --seed moves it).
-                index = list(CONDITIONS).index(name) + args.seed
-                outcome = await run_condition(
-                    name,
-                    label,
-                    impairment,
-                    server,
-                    warmup,
-                    scored,
-                    codec_score,
-                    seed=index + 1,
-                    netem=netem,
-                )
-                print(json.dumps(vars(outcome)), file=sys.stderr, flush=True)
-                outcomes.append(outcome)
+                index = list(CONDITIONS).index(name)
+                if args.seed is not None:
+                    shifts = [args.seed]
+                elif name in SAMPLED:
+                    shifts = list(range(args.samples))
+                else:
+                    shifts = [0]
+                samples = []
+                for shift in shifts:
+                    outcome = await run_condition(
+                        name,
+                        label,
+                        impairment,
+                        server,
+                        warmup,
+                        scored,
+                        codec_score,
+                        seed=index + shift + 1,
+                        netem=netem,
+                    )
+                    outcome.shift = shift
+                    print(json.dumps(vars(outcome)), file=sys.stderr, flush=True)
+                    samples.append(outcome)
+                outcomes.append(median_of(samples))
     return outcomes
 
 
@@ -479,14 +529,29 @@ def table(outcomes: list[Outcome]) -> str:
         "listener link B/s | mouth-to-ear p50 / p95 ms | redundancy at the end |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    notes = []
     for o in outcomes:
+        label, score = o.label, f"{o.pesq:.2f}"
+        if o.samples:
+            scores = sorted(sample.pesq for sample in o.samples)
+            label = f"{o.label}, median of {len(scores)} patterns"
+            score = f"{o.pesq:.2f} ({scores[0]:.2f}-{scores[-1]:.2f})"
+            notes.append(
+                f"{o.label}, per pattern (seed +k: WB-PESQ, mouth-to-ear p50/p95 ms, frames "
+                "lost / filled by copies / concealed while the scored sentence was sent): "
+                + "; ".join(
+                    f"+{s.shift}: {s.pesq:.2f}, {s.m2e_p50_ms:.0f}/{s.m2e_p95_ms:.0f}, "
+                    f"{s.scored_lost}/{s.scored_filled}/{s.scored_unrepaired}"
+                    for s in o.samples
+                )
+            )
         lines.append(
-            f"| {o.label} | {o.pesq:.2f} | {o.codec_pesq:.2f} | {o.pesq / o.codec_pesq:.2f} | "
+            f"| {label} | {score} | {o.codec_pesq:.2f} | {o.pesq / o.codec_pesq:.2f} | "
             f"{o.speaker_bytes_per_s} | {o.listener_bytes_per_s} | "
             f"{o.m2e_p50_ms:.0f} / {o.m2e_p95_ms:.0f} | "
-            f"{'flow (2 copies)' if o.red_flow else o.redundancy} |"
+            f"{'flow' if o.red_flow else o.redundancy} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *notes] if notes else lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,9 +584,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed",
         type=int,
-        default=0,
-        help="shift every condition's loss pattern (one seeded pattern is one sample: run "
-        "several to see the spread)",
+        default=None,
+        help="shift every condition's loss pattern and run each once (by default the "
+        f"conditions {', '.join(SAMPLED)} run over --samples patterns, the others once)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=5,
+        help=f"loss patterns for {', '.join(SAMPLED)} without --seed (default 5)",
     )
     parser.add_argument(
         "--baselines",

@@ -446,6 +446,56 @@ async def test_the_redundancy_flow_goes_only_to_the_lossy_listener(tmp_path: Pat
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_the_redundancy_flow_repairs_bursts_longer_than_two_packets(tmp_path: Path):
+    """A listener whose link loses 10% in bursts of mean length 3: the redundancy flow's far
+    copy (frame N-4 beside frame N, PROTOCOL.md 11.10) fills frames whose packet and the next
+    one were both lost, and the listener, having seen its flow lose pairs, waits the extra
+    frames for it. Copies of N-1 and N-2 would die with a burst of three."""
+    async with run_daemon(tmp_path / "state") as live:
+        host = await live.client("Host")
+        await host.create_room("Bursts", room="bursts")
+        await host.join("bursts")
+        speaker = await live.client(
+            "Voice", capabilities=(msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW)
+        )
+        await speaker.join("bursts")
+        voice = RoomAudio(speaker, source=tone_frames(seconds=120.0), auto_unmute=True)
+        await host.call("invite_to_speak", user=speaker.user)
+        await speaker.call("accept_speak")
+        tasks = [asyncio.ensure_future(voice.run())]
+        down = Impairment(loss=0.10, burst_length=3.0)
+        async with lossy_relay(live.host, live.port, down=down, seed=23) as relay:
+            client = await SalonClient.connect(
+                *relay.address,
+                display_name="Bursty",
+                fingerprint=live.fingerprint,
+                credentials={"guest_key": base64.b64encode(os.urandom(32)).decode()},
+                capabilities=(msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW),
+            )
+            live.clients.append(client)
+            listener = RoomAudio(client)
+            await client.join("bursts")
+            tasks.append(asyncio.ensure_future(listener.run()))
+            try:
+                await eventually(lambda: voice.sender is not None and voice.sender.red_flow_on)
+                stats = listener.receiver.stats
+                await eventually(lambda: stats.red_flow_far_filled >= 5)
+                buffer = listener.receiver.jitter_stats()[speaker.user]
+                # It waits for the far copy: one frame for the near copy, four for the far.
+                assert buffer.target_delay >= 0.1 - 1e-9
+                record(
+                    "redundancy_flow_bursts",
+                    far_filled=stats.red_flow_far_filled,
+                    filled=stats.red_flow_filled,
+                    lost=buffer.lost,
+                    dropped_down=relay.down.stats.dropped,
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_the_speaker_s_bitrate_follows_loss_within_the_server_s_bounds(tmp_path: Path):
     bounds = (16000, 24000)
     async with run_daemon(
