@@ -225,6 +225,9 @@ class Outcome:
     """... of those, filled by a copy (RED or the redundancy flow) ..."""
     scored_unrepaired: int
     """... and neither filled nor rebuilt from FEC (concealed)."""
+    scored_concealed: int
+    """Concealment frames played while the scored sentence was sent: lost frames, late ones,
+    frames inserted to raise the delay, and talkspurt ends before the next packet shows DTX."""
     concealed: int
     encoder_vs_baseline: dict[str, tuple[int, int]]
     """Settings in which the speaker's encoder (as the scored sentence ended) differs from the
@@ -303,6 +306,7 @@ def repair_counts(audio: RoomAudio) -> dict[str, int]:
         "lost": sum(b.lost for b in buffers),
         "filled": sum(b.redundancy_filled for b in buffers),
         "fec": sum(b.fec_recovered for b in buffers),
+        "concealed": sum(b.concealed for b in buffers),
     }
 
 
@@ -463,6 +467,7 @@ async def run_condition(
         scored_lost=repair_scored["lost"] + repair_scored["filled"],
         scored_filled=repair_scored["filled"],
         scored_unrepaired=repair_scored["lost"] - repair_scored["fec"],
+        scored_concealed=repair_scored["concealed"],
         concealed=sum(b.concealed for b in buffers),
         encoder_vs_baseline={
             key: (value, BASELINE_SETTINGS[key])
