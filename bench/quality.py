@@ -225,6 +225,8 @@ class Outcome:
     """... of those, filled by a copy (RED or the redundancy flow) ..."""
     scored_unrepaired: int
     """... and neither filled nor rebuilt from FEC (concealed)."""
+    scored_playout: dict[str, int]
+    """The listener's jitter buffer counters over the scored sentence."""
     scored_concealed: int
     """Concealment frames played while the scored sentence was sent: lost frames, late ones,
     frames inserted to raise the delay, and talkspurt ends before the next packet shows DTX."""
@@ -300,14 +302,12 @@ class NetemLink:
 
 
 def repair_counts(audio: RoomAudio) -> dict[str, int]:
-    """The listener's jitter buffers' loss and repair counters so far."""
+    """The listener's jitter buffers' counters so far, summed over its speakers."""
     buffers = list(audio.receiver.jitter_stats().values())
-    return {
-        "lost": sum(b.lost for b in buffers),
-        "filled": sum(b.redundancy_filled for b in buffers),
-        "fec": sum(b.fec_recovered for b in buffers),
-        "concealed": sum(b.concealed for b in buffers),
-    }
+    counters = ("lost", "redundancy_filled", "fec_recovered", "concealed", "late", "expanded")
+    counts = {name: sum(getattr(b, name) for b in buffers) for name in counters}
+    counts["discarded"] = sum(b.discarded for b in buffers)
+    return counts
 
 
 def guest_key(name: str) -> str:
@@ -464,10 +464,11 @@ async def run_condition(
         filled_by_red=sum(b.redundancy_filled for b in buffers),
         fec_recovered=sum(b.fec_recovered for b in buffers),
         unrepaired=sum(b.lost - b.fec_recovered for b in buffers),
-        scored_lost=repair_scored["lost"] + repair_scored["filled"],
-        scored_filled=repair_scored["filled"],
-        scored_unrepaired=repair_scored["lost"] - repair_scored["fec"],
+        scored_lost=repair_scored["lost"] + repair_scored["redundancy_filled"],
+        scored_filled=repair_scored["redundancy_filled"],
+        scored_unrepaired=repair_scored["lost"] - repair_scored["fec_recovered"],
         scored_concealed=repair_scored["concealed"],
+        scored_playout=repair_scored,
         concealed=sum(b.concealed for b in buffers),
         encoder_vs_baseline={
             key: (value, BASELINE_SETTINGS[key])

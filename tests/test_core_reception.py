@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from salon.daemon.core.forwarder import NOTIFY_FIRST_PACKET, Flow
 from salon.daemon.core.identity import Identity
-from salon.daemon.core.reception import FlowQuality, Reception, percentile
+from salon.daemon.core.reception import REPORT_TTL, FlowQuality, Reception, percentile
 from salon.daemon.wire import messages
 from tests.test_core_support import Harness, received
 
@@ -201,3 +201,42 @@ def test_a_speaker_without_the_capability_has_no_redundancy_flow():
     h.speaker("alice")
     member = h.member("alice")
     assert member.flow.red_flow is None and member.media_key.red_flow is None
+
+
+def test_the_redundancy_flow_stops_when_its_listener_stops_reporting():
+    """A lossy listener that stops reporting (its reports lost, or its client gone quiet)
+    stops getting the redundancy flow once its last report is REPORT_TTL old, though nobody
+    else reports to trigger the check; the speaker is told at once (PROTOCOL.md 11.10)."""
+    h = Harness()
+    h.connect("owner", red=True, red_flow=True)
+    h.room()
+    voice = h.connect("alice", red=True, red_flow=True)
+    h.speaker("alice")
+    lossy = h.connect("lossy", red=True, red_flow=True)
+    h.join("lossy")
+    flow = h.member("alice").flow
+    assert flow is not None and flow.red_flow is not None
+    h.drain()
+
+    def report(lost: int) -> None:
+        h.do(
+            lossy,
+            messages.ReceiverReport,
+            reports=[messages.FlowReception(flow_id=flow.flow_id, expected=50, lost=lost)],
+        )
+
+    report(5)
+    assert [r.red_flow for r in received(h.drain(), messages.LossReport)[voice]] == [True]
+    h.advance(1.5)
+    report(6)  # still lossy: the expiry moves on with the latest report
+    h.drain()
+    h.advance(REPORT_TTL - 0.1)
+    assert {outlet.session for outlet in flow.red_flow.recipients} == {lossy}
+    assert received(h.drain(), messages.LossReport).get(voice, []) == []
+    h.advance(0.2)
+    assert flow.red_flow.recipients == []
+    assert [r.red_flow for r in received(h.drain(), messages.LossReport)[voice]] == [False]
+    # Reporting again brings it back.
+    h.advance(1.0)
+    report(5)
+    assert [r.red_flow for r in received(h.drain(), messages.LossReport)[voice]] == [True]

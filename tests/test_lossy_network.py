@@ -450,7 +450,8 @@ async def test_the_redundancy_flow_repairs_bursts_longer_than_two_packets(tmp_pa
     """A listener whose link loses 10% in bursts of mean length 3: the redundancy flow's far
     copy (frame N-4 beside frame N, PROTOCOL.md 11.10) fills frames whose packet and the next
     one were both lost, and the listener, having seen its flow lose pairs, waits the extra
-    frames for it. Copies of N-1 and N-2 would die with a burst of three."""
+    frames for it. Copies of N-1 and N-2 would die with a burst of three. When the listener
+    stops reporting, the flow stops after REPORT_TTL with no other report to trigger it."""
     async with run_daemon(tmp_path / "state") as live:
         host = await live.client("Host")
         await host.create_room("Bursts", room="bursts")
@@ -490,6 +491,13 @@ async def test_the_redundancy_flow_repairs_bursts_longer_than_two_packets(tmp_pa
                     lost=buffer.lost,
                     dropped_down=relay.down.stats.dropped,
                 )
+                # The listener stops reporting (its audio loop ends, its connection stays):
+                # nobody else reports on the flow, yet once its last report is 5 s old the
+                # server stops the flow and tells the speaker.
+                tasks[1].cancel()
+                await asyncio.gather(tasks[1], return_exceptions=True)
+                await eventually(lambda: voice.sender is not None and not voice.sender.red_flow_on)
+                assert not client.closed
             finally:
                 for task in tasks:
                     task.cancel()

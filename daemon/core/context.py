@@ -56,6 +56,7 @@ class TimerKind(enum.Enum):
     REMINDER = "reminder"
     ROTATION = "rotation"
     COUNTS = "counts"
+    RED_FLOW_EXPIRY = "red_flow"
 
 
 TimerHandler = Callable[[Room, str, float], None]

@@ -35,7 +35,7 @@ import msgspec
 from salon.daemon.wire import messages
 from salon.daemon.wire.messages import ErrorCode
 
-from .context import Actor, Concern
+from .context import Actor, Concern, CoreContext, TimerKind
 from .errors import CoreError
 from .forwarder import Flow
 from .results import Done, Result
@@ -76,6 +76,8 @@ class FlowQuality:
     packets_mark: int = 0
     red_flow_to: dict[int, int] = field(default_factory=dict)
     """Listener sessions the redundancy flow goes to, with their low reports in a row."""
+    red_flow_expiry: float | None = None
+    """When the timer that stops the redundancy flow to listeners gone quiet is due."""
 
 
 def percentile(values: list[float], fraction: float = PERCENTILE) -> float:
@@ -84,8 +86,16 @@ def percentile(values: list[float], fraction: float = PERCENTILE) -> float:
     return ordered[round(fraction * (len(ordered) - 1))]
 
 
+def _stale(report: _Listened, now: float) -> bool:
+    return now - report.at >= REPORT_TTL
+
+
 class Reception(Concern):
     """Receiver reports in, ``loss_report`` events out."""
+
+    def __init__(self, ctx: CoreContext) -> None:
+        super().__init__(ctx)
+        ctx.on_timer(TimerKind.RED_FLOW_EXPIRY, self._red_flow_expired)
 
     def receiver_report(self, actor: Actor, request: messages.ReceiverReport, now: float) -> Result:
         member = self._self(actor)
@@ -148,17 +158,53 @@ class Reception(Concern):
                 del targets[session]
         elif session in targets:
             targets[session] = 0
+        self._drop_quiet_red_flow_listeners(room, flow, quality, now)
+        told = quality.last_report is not None and quality.last_report.red_flow
+        return bool(targets) != told
+
+    def _drop_quiet_red_flow_listeners(
+        self, room: Room, flow: Flow, quality: FlowQuality, now: float
+    ) -> None:
+        """Stop the redundancy flow to listeners that no longer receive datagrams or whose
+        last report is :data:`REPORT_TTL` old, and arm the timer for the next such expiry: a
+        listener that stops reporting must not keep the flow until someone else reports."""
+        targets = quality.red_flow_to
         receiving = set(self.forwarder.group_sessions(room.id))
         reports = quality.reports
         for gone in [
-            s
-            for s in targets
-            if s not in receiving or s not in reports or now - reports[s].at > REPORT_TTL
+            s for s in targets if s not in receiving or s not in reports or _stale(reports[s], now)
         ]:
             del targets[gone]
         self.forwarder.send_red_flow(flow, set(targets))
-        told = quality.last_report is not None and quality.last_report.red_flow
-        return bool(targets) != told
+        if targets:
+            due = min(reports[s].at for s in targets) + REPORT_TTL
+            if quality.red_flow_expiry is None or due < quality.red_flow_expiry:
+                quality.red_flow_expiry = due
+                self._push_timer(due, TimerKind.RED_FLOW_EXPIRY, room, str(flow.flow_id))
+
+    def _red_flow_expired(self, room: Room, key: str, now: float) -> None:
+        speaker = next(
+            (
+                m
+                for m in room.stage_members.values()
+                if m.flow is not None and str(m.flow.flow_id) == key
+            ),
+            None,
+        )
+        flow = speaker.flow if speaker is not None else None
+        quality = flow.quality if flow is not None else None
+        if speaker is None or flow is None or quality is None:
+            return  # the flow is gone (its speaker left the stage, or it was rotated)
+        if quality.red_flow_expiry is None or now < quality.red_flow_expiry:
+            return  # an earlier timer of the flow; the one armed last is due later
+        quality.red_flow_expiry = None
+        if not quality.red_flow_to:
+            return
+        self._drop_quiet_red_flow_listeners(room, flow, quality, now)
+        last = quality.last_report
+        if not quality.red_flow_to and last is not None and last.red_flow:
+            quality.last_report = report = msgspec.structs.replace(last, red_flow=False)
+            self._send((speaker.session,), report)
 
     def _tell(
         self,
@@ -173,7 +219,7 @@ class Reception(Concern):
         if now - quality.last_sent < LOSS_REPORT_INTERVAL and not force:
             return
         reports = quality.reports
-        for session in [s for s, r in reports.items() if now - r.at > REPORT_TTL]:
+        for session in [s for s, r in reports.items() if _stale(r, now)]:
             del reports[session]
         if not reports:
             return
