@@ -134,6 +134,7 @@ class JitterBuffer:
         window: int = 250,
         accelerate_interval: float = 1.0,
         idle_timeout: float = 1.0,
+        floor_patience: float = 2.0,
     ) -> None:
         self.clock_rate = clock_rate
         self.initial_delay = initial_delay
@@ -145,7 +146,11 @@ class JitterBuffer:
         self.headroom = headroom
         self.accelerate_interval = accelerate_interval
         self.idle_timeout = idle_timeout
+        self.floor_patience = floor_patience
         self._target = min(max(initial_delay, min_delay), max_delay)
+        # The target the network alone asks for (without the floor of `set_min_delay`).
+        self._network_target = self._target
+        self._short_since = float("inf")
         self._jitter = 0.0
         # Transit times (arrival - media time) of the last `window` packets, relative to the
         # stream's first timestamp so the floats stay small.
@@ -244,6 +249,9 @@ class JitterBuffer:
 
         Redundancy repairs a loss only if the packet carrying the copy arrives before the lost
         frame's slot: with copies up to ``k`` packets later, the floor is ``k`` frames more.
+        A floor raised during speech is reached in the next pause, where the frames it takes
+        are silence, or after ``floor_patience`` seconds without one: inserted in speech they
+        would be concealment, as audible as lost frames, and packets are not late meanwhile.
         """
         self.min_delay = min(delay, self.max_delay)
         self._target = min(max(self._target, self.min_delay), self.max_delay)
@@ -259,6 +267,7 @@ class JitterBuffer:
         if len(ordered) < _MIN_SAMPLES:
             # Too few packets to judge the network: do not go below the initial delay yet.
             target = max(target, self.initial_delay)
+        self._network_target = min(target, self.max_delay)
         self._target = min(max(target, self.min_delay), self.max_delay)
 
     def _resync(self) -> None:
@@ -328,13 +337,27 @@ class JitterBuffer:
         elif self._excess_since == float("inf"):
             self._excess_since = now
         if excess < -self.frame_duration / 2 - _TOLERANCE:
-            # Wait one frame longer: the slot is played again on the next call.
-            self._offset += self.frame_duration
-            self._stats.expanded += 1
-            return self._filler()
+            if not self._waits_for_pause(now):
+                # Wait one frame longer: the slot is played again on the next call.
+                self._offset += self.frame_duration
+                self._stats.expanded += 1
+                return self._filler()
+        else:
+            self._short_since = float("inf")
         if excess > self.frame_duration + _TOLERANCE:
             self._compress(int(excess / self.frame_duration), now)
         return self._play()
+
+    def _waits_for_pause(self, now: float) -> bool:
+        """Whether to put off raising the delay to the next pause in speech: only a raise of
+        the floor (the network's own target is met) during speech, for ``floor_patience``."""
+        if not self._talking:
+            return False
+        if self.delay < self._network_target - self.frame_duration / 2 - _TOLERANCE:
+            return False  # packets would come late: wait longer now
+        if self._short_since == float("inf"):
+            self._short_since = now
+        return now - self._short_since < self.floor_patience
 
     def _media_time(self, ts: int) -> float:
         return (ts - self._base_ts) / self.clock_rate

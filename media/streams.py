@@ -377,8 +377,8 @@ class BurstMeter:
 
     WINDOW = 500
     JUDGE_LAG = 8
-    BURSTY_PAIRS = 3
-    BURSTY_RATE = 0.006
+    BURSTY_PAIRS = 4
+    BURSTY_RATE = 0.008
     CALM_PAIRS = 1
 
     def __init__(self) -> None:

@@ -311,3 +311,38 @@ def test_sender_clock_pausing_during_silence_restarts_playout():
     stats = buffer.stats()
     assert (stats.late, stats.lost, stats.restarts) == (0, 0, 1)
     assert stats.target_delay == pytest.approx(0.020)  # not mistaken for 400 ms of jitter
+
+
+def test_a_floor_raised_in_speech_waits_for_the_next_pause():
+    """set_min_delay during speech (a receiver starting to wait for redundancy copies): the
+    extra frames go into the next pause as silence rather than into speech as concealment,
+    unless no pause comes within ``floor_patience``."""
+
+    def speech(pause_at: float | None) -> list[Packet]:
+        packets: list[Packet] = []
+        for i in range(250):  # 5 s of frames, with a 0.4 s DTX gap at `pause_at`
+            media = i * TICK
+            if pause_at is not None and pause_at <= media < pause_at + 0.4:
+                continue
+            packets.append((len(packets), round(media * 48000), payload(i), media + 0.030))
+        return packets
+
+    for pause_at, patience in ((1.6, 2.0), (None, 1.0)):
+        buffer = JitterBuffer(floor_patience=patience)
+        player = Player(buffer, speech(pause_at))
+        player.run(1.0)
+        assert buffer.stats().delay == pytest.approx(0.020, abs=0.011)
+        buffer.set_min_delay(0.100)
+        frames = player.run(5.0)
+        stats = buffer.stats()
+        assert stats.delay == pytest.approx(0.100, abs=0.011)
+        assert stats.expanded >= 3
+        concealed = [now for now, frame in frames if frame and frame.kind is FrameKind.CONCEAL]
+        if pause_at is not None:
+            # All of it went into the pause, as silence; what is concealed is the pause's
+            # start, before the next packet shows it was DTX (as without the raise).
+            assert len(concealed) <= MAX_CONCEALED_RUN
+            assert all(pause_at <= now < pause_at + 0.4 for now in concealed), concealed
+        else:
+            # No pause: after the patience it goes into speech after all, not before.
+            assert concealed and min(concealed) >= 1.0 + patience - 1e-9

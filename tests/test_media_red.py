@@ -266,7 +266,7 @@ def test_the_redundancy_flow_repairs_bursts_of_three_once_the_receiver_sees_burs
     receiver, _ = burst_run(span=3, bursts_every=20, burst=3)
     stats = receiver.jitter_stats()["alice"]
     assert receiver.stats.red_flow_far_filled >= 8
-    # Ten bursts of three: the first ones make the receiver bursty (3 pairs), then every
+    # Ten bursts of three: the first ones make the receiver bursty (4 pairs), then every
     # lost frame is filled by a copy.
     assert stats.redundancy_filled >= 3 * 10 - 6
     assert stats.target_delay >= 0.1 - 1e-9
