@@ -188,6 +188,31 @@ def baseline_study(warmup: npt.NDArray[np.int16], scored: npt.NDArray[np.int16])
         print(f"{wb_pesq(scored, heard):.3f}  {label}")
 
 
+def residual_study(packets: int = 1_000_000) -> None:
+    """Print, for the relay's loss models, the share of frames no redundancy flow copy repairs.
+
+    One QUIC packet per frame carries the frame and the redundancy flow packet sent with it
+    (copies of frames N-1 and N-1-span), so a frame is lost for good when the packets of
+    frames N, N+1 and N+1+span are all lost; a receiver that holds playout only one frame
+    longer uses the first copy alone (lost when N and N+1 are).
+    """
+    import random as random_module
+
+    from tests.lossy_relay import _Direction
+
+    for name in ("loss5", "burst5", "loss10"):
+        direction = _Direction(CONDITIONS[name][1], random_module.Random(f"residual/{name}"))
+        lost = [direction.lose() for _ in range(packets)]
+        frames = packets - 16
+        share = sum(lost[:frames]) / frames
+        near = sum(1 for n in range(frames) if lost[n] and lost[n + 1]) / frames
+        cells = [f"{name}: lost {share:.2%}, with the near copy only {near:.2%}"]
+        for span in (1, 2, 3, 5):
+            far = sum(1 for n in range(frames) if lost[n] and lost[n + 1] and lost[n + 1 + span])
+            cells.append(f"span {span} {far / frames:.2%}")
+        print("; ".join(cells))
+
+
 def lag_of(reference: npt.NDArray[Any], recording: npt.NDArray[Any]) -> int:
     """Samples by which ``reference`` appears delayed in ``recording`` (FFT cross-correlation)."""
     size = 1 << int(np.ceil(np.log2(len(reference) + len(recording))))
@@ -601,11 +626,20 @@ def main(argv: list[str] | None = None) -> int:
         help=f"loss patterns for {', '.join(SAMPLED)} without --seed (default 5)",
     )
     parser.add_argument(
+        "--residuals",
+        action="store_true",
+        help="only print the share of frames the redundancy flow's copies leave unrepaired "
+        "under each loss model, for several spans (no network, a few seconds)",
+    )
+    parser.add_argument(
         "--baselines",
         action="store_true",
         help="only print the codec-alone score for several encoder histories (a few seconds)",
     )
     args = parser.parse_args(argv)
+    if args.residuals:
+        residual_study()
+        return 0
     if args.baselines:
         with tempfile.TemporaryDirectory(prefix="salon-quality-") as tmp:
             baseline_study(
