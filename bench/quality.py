@@ -72,7 +72,7 @@ BITRATE = 32000
 SPEAKER_CAPABILITIES: tuple[str, ...] = (msg.CAPABILITY_RED, msg.CAPABILITY_RED_FLOW)
 """What the speaker's ``hello`` declares; ``--per-packet-red`` leaves out the redundancy flow."""
 RED_FLOW_SPAN = streams.RED_FLOW_SPAN
-"""Frames between the two copies of the speaker's redundancy flow packets (``--red-flow-span``)."""
+"""How far back the far copy of the redundancy flow packets reaches (``--red-flow-span``)."""
 WARMUP_TEXT = "Good evening and welcome to the salon. Tonight we talk about networks."
 SCORED_TEXT = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
@@ -192,24 +192,29 @@ def residual_study(packets: int = 1_000_000) -> None:
     """Print, for the relay's loss models, the share of frames no redundancy flow copy repairs.
 
     One QUIC packet per frame carries the frame and the redundancy flow packet sent with it
-    (copies of frames N-1 and N-1-span), so a frame is lost for good when the packets of
-    frames N, N+1 and N+1+span are all lost; a receiver that holds playout only one frame
-    longer uses the first copy alone (lost when N and N+1 are).
+    (copies of frames N-1, N-2 and N-1-span), so a frame is lost for good when the packets of
+    frames N, N+1, N+2 and N+1+span are all lost; a receiver that holds playout only two
+    frames longer uses the near copies alone (lost when N, N+1 and N+2 are); copies of N-1 and
+    N-2 alone were span 1.
     """
     import random as random_module
 
     from tests.lossy_relay import _Direction
 
-    for name in ("loss5", "burst5", "loss10"):
+    for name in ("loss5", "loss10", "burst5"):
         direction = _Direction(CONDITIONS[name][1], random_module.Random(f"residual/{name}"))
         lost = [direction.lose() for _ in range(packets)]
         frames = packets - 16
         share = sum(lost[:frames]) / frames
-        near = sum(1 for n in range(frames) if lost[n] and lost[n + 1]) / frames
-        cells = [f"{name}: lost {share:.2%}, with the near copy only {near:.2%}"]
-        for span in (1, 2, 3, 5):
-            far = sum(1 for n in range(frames) if lost[n] and lost[n + 1] and lost[n + 1 + span])
-            cells.append(f"span {span} {far / frames:.2%}")
+        near = sum(1 for n in range(frames) if lost[n] and lost[n + 1] and lost[n + 2])
+        cells = [f"{name}: lost {share:.2%}, near copies only (span 1) {near / frames:.3%}"]
+        for span in (2, 3, 5):
+            far = sum(
+                1
+                for n in range(frames)
+                if lost[n] and lost[n + 1] and lost[n + 2] and lost[n + 1 + span]
+            )
+            cells.append(f"span {span} {far / frames:.3%}")
         print("; ".join(cells))
 
 
@@ -609,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         "--red-flow-span",
         type=int,
         default=streams.RED_FLOW_SPAN,
-        help="frames between the two copies of a redundancy flow packet (1: the copies of "
-        "N-1 and N-2 sent before 2026-12-03)",
+        help="how far back the far copy of a redundancy flow packet reaches (1: copies of "
+        "N-1 and N-2 only, as sent before 2026-12-03)",
     )
     parser.add_argument(
         "--seed",

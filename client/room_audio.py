@@ -42,7 +42,7 @@ class RoomAudio:
     ) -> None:
         self.client = client
         self.red_flow_span = red_flow_span
-        """Frames between the two copies of this speaker's redundancy flow packets."""
+        """How far back the far copy of this speaker's redundancy flow packets reaches."""
         self.source = source
         self.sink = sink
         self.bitrate = bitrate

@@ -38,10 +38,11 @@ _SILENT_FRAME = bytes(2 * FRAME_SAMPLES)
 # Packets in a row with less redundancy before the playout floor comes down (2 s of audio).
 _REDUNDANCY_HOLD = 100
 RED_FLOW_SPAN = 3
-"""Frames between the two copies of a redundancy flow packet (PROTOCOL.md 11.10): the packet
-sent with frame N carries frames N-1 and N-1-span, so a frame is lost only when the packets of
-frames N, N+1 and N+1+span all are: a burst of 2 to ``span`` + 1 packets is repaired whole,
-where copies of N-1 and N-2 repair only the last two frames of a burst."""
+"""How far back the far copy of a redundancy flow packet reaches (PROTOCOL.md 11.10): the
+packet sent with frame N carries frames N-1, N-2 and N-1-span, so a frame is lost only when the
+packets of frames N, N+1, N+2 and N+1+span all are: a burst of up to ``span`` + 1 packets is
+repaired whole, where copies of N-1 and N-2 alone leave the first frame of any burst of three
+or more. The nearer copies repair single losses and pairs with a shorter wait."""
 MAX_RED_FLOW_SPAN = 8
 """Largest span a receiver accepts for the playout hold (8 frames: 180 ms of extra delay)."""
 
@@ -191,7 +192,7 @@ class MediaSender:
             raise ValueError(f"red_flow_span must be 1..{MAX_RED_FLOW_SPAN}, got {red_flow_span}")
         self.flow_id = flow_id
         self.red_flow_span = red_flow_span
-        """Frames between the two copies of a redundancy flow packet (:data:`RED_FLOW_SPAN`)."""
+        """How far back the far copy of a redundancy flow packet reaches (:data:`RED_FLOW_SPAN`)."""
         self.ssrc = ssrc
         self.encoder = encoder
         minimum, maximum = bitrate_bounds or (encoder.bitrate, encoder.bitrate)
@@ -329,20 +330,20 @@ class MediaSender:
 
     def _red_flow_packet(self, history: deque[tuple[int, int, bytes]]) -> bytes | None:
         """The redundancy flow's packet sent with frame N (PROTOCOL.md 11.10): a RED payload
-        whose primary block is frame N-1 and whose redundant block is frame N-1-span (when the
-        frames between were all sent), with N-1's sequence number and timestamp, no header
-        extension."""
+        whose primary block is frame N-1, with redundant blocks for frames N-1-span and N-2
+        (each when it and the frames after it were all sent), N-1's sequence number and
+        timestamp, no header extension."""
         assert self._red_flow is not None
         flow_id, ssrc, srtp = self._red_flow
         seq, timestamp, last = history[-1]
         blocks = []
-        span = self.red_flow_span
-        if len(history) > span:
-            # The history holds only packets sent in a row (it is cleared at a gap).
-            old_seq, old_ts, old = history[-1 - span]
-            offset = (timestamp - old_ts) & 0xFFFFFFFF
-            if old_seq == (seq - span) & 0xFFFF and offset == span * FRAME_SAMPLES:
-                blocks.append(RedundantBlock(offset, old))
+        # Oldest first; the history holds only packets sent in a row (it is cleared at a gap).
+        for distance in sorted({self.red_flow_span, 1}, reverse=True):
+            if len(history) > distance:
+                old_seq, old_ts, old = history[-1 - distance]
+                offset = (timestamp - old_ts) & 0xFFFFFFFF
+                if old_seq == (seq - distance) & 0xFFFF and offset == distance * FRAME_SAMPLES:
+                    blocks.append(RedundantBlock(offset, old))
         rtp = RtpPacket(
             payload_type=RED_PAYLOAD_TYPE,
             sequence_number=seq,
@@ -361,32 +362,34 @@ class MediaSender:
 class BurstMeter:
     """Whether a flow's losses come in bursts, from its arrivals (before any repair).
 
-    A copy of frame N-1-span in the redundancy flow packet sent with frame N (PROTOCOL.md 11.10)
-    arrives ``span`` + 1 frames after frame N-1-span's own packet would have: it helps only a
-    receiver that holds playout that much longer, and it is needed only when frame N-1-span's
-    packet and the next one (which carried the other copy) were both lost. So a receiver holds
-    playout for it only while such pairs are frequent: at 5% random loss about 1 frame in 400
-    is lost with its successor, at 5% loss in bursts of mean length 2 about 1 in 40.
+    The redundancy flow packet sent with frame N carries copies of frames N-1, N-2 and
+    N-1-span (PROTOCOL.md 11.10). The first two repair single losses and pairs with playout
+    held two frames longer; the third arrives ``span`` + 1 frames late, and is needed only when
+    a frame's packet and the next two were all lost. So a receiver holds playout for it only
+    while such runs of three are frequent: about 1 frame in 8000 starts one at 5% random loss,
+    1 in 1000 at 10%, 1 in 80 at 5% loss in bursts of mean length 2
+    (``python bench/quality.py --residuals``).
 
     A sequence number is judged :data:`JUDGE_LAG` frames after the newest one, so that a
-    reordered packet counts as arrived. Pairs are counted over the last :data:`WINDOW` frames:
-    the meter turns bursty at :data:`BURSTY_PAIRS` pairs when they are at least
+    reordered packet counts as arrived. Runs are counted over the last :data:`WINDOW` frames:
+    the meter turns bursty at :data:`BURSTY_RUNS` runs when they are at least
     :data:`BURSTY_RATE` of the frames judged, and back only after a whole window with at most
-    :data:`CALM_PAIRS` pairs (a longer delay costs less than concealing bursts on and off).
+    :data:`CALM_RUNS` (a longer delay costs less than concealing bursts on and off).
     """
 
+    RUN = 3
     WINDOW = 500
     JUDGE_LAG = 8
-    BURSTY_PAIRS = 4
-    BURSTY_RATE = 0.008
-    CALM_PAIRS = 1
+    BURSTY_RUNS = 2
+    BURSTY_RATE = 0.004
+    CALM_RUNS = 1
 
     def __init__(self) -> None:
         self.bursty = False
         self._arrived: set[int] = set()
         self._judged: int | None = None
         self._judged_count = 0
-        self._pairs: deque[int] = deque()
+        self._runs: deque[int] = deque()
 
     def arrived(self, sequence_number: int) -> None:
         """A packet of the flow arrived; ``sequence_number`` unwrapped (any integer)."""
@@ -404,20 +407,18 @@ class BurstMeter:
             self._arrived = {seq for seq in arrived if seq > horizon}
             return
         for seq in range(self._judged + 1, horizon + 1):
-            if seq not in arrived and seq + 1 not in arrived:
-                self._pairs.append(seq)
+            if all(seq + k not in arrived for k in range(self.RUN)):
+                self._runs.append(seq)
         self._judged_count += horizon - self._judged
         self._judged = horizon
         self._arrived = {seq for seq in arrived if seq > horizon}
-        pairs = self._pairs
-        while pairs and pairs[0] <= horizon - self.WINDOW:
-            pairs.popleft()
+        runs = self._runs
+        while runs and runs[0] <= horizon - self.WINDOW:
+            runs.popleft()
         judged = min(self._judged_count, self.WINDOW)
         if not self.bursty:
-            self.bursty = len(pairs) >= self.BURSTY_PAIRS and len(pairs) >= (
-                self.BURSTY_RATE * judged
-            )
-        elif self._judged_count >= self.WINDOW and len(pairs) <= self.CALM_PAIRS:
+            self.bursty = len(runs) >= self.BURSTY_RUNS and len(runs) >= self.BURSTY_RATE * judged
+        elif self._judged_count >= self.WINDOW and len(runs) <= self.CALM_RUNS:
             self.bursty = False
             self._judged_count = 0  # another whole window before it may turn bursty again
 
@@ -620,13 +621,13 @@ class MediaReceiver:
         stats.red_flow_received += 1
         stats.red_flow_bytes += size
         stats.red_flow_filled += filled
-        # The copy of frame N-1 comes with frame N: one frame later than the flow's packets;
-        # the copy of frame N-1-span comes span frames later still, and is worth waiting for
-        # only where the flow loses frames in bursts (a single loss is repaired by the first).
-        far = (
-            max((block.distance for block in redundant), default=0) if speaker.bursts.bursty else 0
-        )
-        self._follow_depth(speaker, 1 + min(far, MAX_RED_FLOW_SPAN))
+        # The copy of frame N-1 comes with frame N: one frame later than the flow's packets,
+        # the copy of N-2 two. The copy of N-1-span comes span + 1 frames late, and is worth
+        # waiting for only where the flow loses frames in bursts: single losses and pairs are
+        # repaired by the nearer copies.
+        distances = [block.distance for block in redundant]
+        wait = max(distances, default=0) if speaker.bursts.bursty else min(distances, default=0)
+        self._follow_depth(speaker, 1 + min(wait, MAX_RED_FLOW_SPAN))
         stats.accepted += 1
         return True
 

@@ -179,7 +179,7 @@ def test_red_packets_keep_the_header_the_forwarder_reads():
 
 def test_the_redundancy_flow_fills_losses_of_the_plain_flow_and_is_not_reported():
     """The speaker's flow stays plain Opus; its redundancy flow (PROTOCOL.md 11.10) carries
-    frames N-1 and N-4 beside frame N, with N-1's sequence number, and the receiver fills the
+    frames N-1, N-2 and N-4 beside frame N, with N-1's sequence number, and the receiver fills the
     lost packets of the flow from it. Its reports still count the loss before repair."""
     red_key = base64.b64encode(os.urandom(28)).decode()
     sender = MediaSender(7, 1234, KEY, OpusEncoder(), sequence_number=65500)
@@ -201,17 +201,21 @@ def test_the_redundancy_flow_fills_losses_of_the_plain_flow_and_is_not_reported(
             assert repair is not None and peek_media(repair).flow_id == 8
             assert peek_media(repair).level is None  # no header extension
             _, blocks = unpack_red(open_red_flow(repair, red_key))
-            assert [block.distance for block in blocks] == ([3] if index > 3 else [])
+            assert (
+                [block.distance for block in blocks] == [[], [], [1], [1]][index]
+                if index < 4
+                else [3, 1]
+            )
             assert receiver.receive(repair, now)
         receiver.pull(now)
         now += 0.02
     assert sender.stats.red == 0 and sender.stats.red_flow_sent == sender.stats.sent - 1
     stats = receiver.jitter_stats()["alice"]
     assert receiver.stats.red_flow_filled == stats.redundancy_filled >= 12
-    # Single losses: the frame right after each lost one brings its copy, and the buffer
-    # waits one frame for it, not four (the far copies are for bursts).
+    # Single losses: the frames right after each lost one bring its copies, and the buffer
+    # waits two frames for them, not four (the far copies are for bursts).
     assert stats.lost == 0
-    assert stats.target_delay < 0.06
+    assert stats.target_delay == pytest.approx(0.06)
     assert receiver.stats.red_flow_far_filled == 0
     (report,) = receiver.reports()
     assert (report.expected, report.lost) == (100, 14)
@@ -266,7 +270,7 @@ def test_the_redundancy_flow_repairs_bursts_of_three_once_the_receiver_sees_burs
     receiver, _ = burst_run(span=3, bursts_every=20, burst=3)
     stats = receiver.jitter_stats()["alice"]
     assert receiver.stats.red_flow_far_filled >= 8
-    # Ten bursts of three: the first ones make the receiver bursty (4 pairs), then every
+    # Ten bursts of three: the first two make the receiver bursty, then every
     # lost frame is filled by a copy.
     assert stats.redundancy_filled >= 3 * 10 - 6
     assert stats.target_delay >= 0.1 - 1e-9
@@ -277,22 +281,25 @@ def test_the_redundancy_flow_repairs_bursts_of_three_once_the_receiver_sees_burs
     assert near.stats.red_flow_far_filled == 0
 
 
-def test_burst_meter_tells_pairs_of_losses_from_single_ones():
-    single, paired = BurstMeter(), BurstMeter()
+def test_burst_meter_tells_runs_of_three_losses_from_shorter_ones():
+    single, paired, bursty = BurstMeter(), BurstMeter(), BurstMeter()
     for seq in range(1000):
         if seq % 20 != 0:
             single.arrived(seq)
         if seq % 20 not in (0, 1):
             paired.arrived(seq)
-    assert not single.bursty and paired.bursty
-    # A whole window of single losses only: calm again.
+        if seq % 20 not in (0, 1, 2):
+            bursty.arrived(seq)
+    assert not single.bursty and not paired.bursty and bursty.bursty
+    # A whole window of pairs only: calm again.
     for seq in range(1000, 1000 + BurstMeter.WINDOW + 2 * BurstMeter.JUDGE_LAG):
-        if seq % 20 != 0:
-            paired.arrived(seq)
-    assert not paired.bursty
+        if seq % 20 not in (0, 1):
+            bursty.arrived(seq)
+    assert not bursty.bursty
     # Reordering is not loss, nor is a jump in sequence numbers (a new stream).
     reordered = BurstMeter()
-    for seq in range(0, 1000, 2):
+    for seq in range(0, 1000, 3):
+        reordered.arrived(seq + 2)
         reordered.arrived(seq + 1)
         reordered.arrived(seq)
     reordered.arrived(1_000_000)
