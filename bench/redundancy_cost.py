@@ -11,8 +11,9 @@ One listener of N is lossy. Two ways to protect it without the server decrypting
   plain Opus and a second flow carries the same copies (a RED payload whose primary block is
   frame N-1 and whose redundant block is frame N-2, RTP header without the audio level); the
   forwarder sends that flow only to listeners whose own reports show loss. Each copy costs its
-  own datagram. At 2 copies the sizes are those of the reference ``MediaSender``'s redundancy
-  flow; at 1 copy they are built the same way with the primary block only.
+  own datagram. At 2 and 3 copies the sizes are those of the reference ``MediaSender``'s
+  redundancy flow (frames N-1 and N-2, and N-1, N-2 and N-4, its default since the far copy
+  for bursts); at 1 copy they are built the same way with the primary block only.
 
 Measured, not assumed: the espeak-ng speech of ``bench/quality.py`` goes through the reference
 ``MediaSender`` (real Opus at 32 kbit/s with DTX, real RED, real SRTP) at redundancy 0, 1 and
@@ -49,9 +50,9 @@ from salon.client.room_audio import RoomAudio
 from salon.daemon.wire.datagram import pack_datagram
 from salon.daemon.wire.rtp import FRAME_SAMPLES, RtpPacket
 from salon.media.codec import OpusEncoder
-from salon.media.red import RED_PAYLOAD_TYPE, RedundantBlock, pack_red
+from salon.media.red import MAX_REDUNDANCY, RED_PAYLOAD_TYPE, RedundantBlock, pack_red
 from salon.media.srtp import SrtpSender, key_from_base64
-from salon.media.streams import MediaSender
+from salon.media.streams import RED_FLOW_SPAN, MediaSender
 
 KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw=="
 BITRATE = 32000
@@ -80,7 +81,7 @@ def encode(frames: list[bytes], depth: int) -> Stream:
     """The speech through ``MediaSender`` with ``depth`` earlier frames per packet (RED), and
     the redundancy flow a sender at ``depth`` would add beside a plain flow."""
     sender = MediaSender(4, 0x1234, KEY, OpusEncoder(bitrate=BITRATE), sequence_number=1)
-    sender.policy.redundancy = depth
+    sender.policy.redundancy = min(depth, MAX_REDUNDANCY)
     side = SrtpSender(key_from_base64(KEY))
     payloads: list[bytes | None] = []  # the Opus payload sent for each frame, None for DTX
     original = sender.encoder.encode
@@ -119,9 +120,13 @@ def encode(frames: list[bytes], depth: int) -> Stream:
         seq += 1
         stream.redundancy_datagrams += 1
         stream.redundancy_bytes += len(pack_datagram(5, side.protect(rtp)))
-    if depth == 2:
-        # The redundancy flow as the reference client sends it (PROTOCOL.md 11.10).
-        real = MediaSender(4, 0x1234, KEY, OpusEncoder(bitrate=BITRATE), sequence_number=1)
+    if depth >= 2:
+        # The redundancy flow as the reference client sends it (PROTOCOL.md 11.10): frames N-1
+        # and N-2 (span 1), or N-1, N-2 and N-4 (span 3, its default) for 3 copies.
+        span = 1 if depth == 2 else RED_FLOW_SPAN
+        real = MediaSender(
+            4, 0x1234, KEY, OpusEncoder(bitrate=BITRATE), sequence_number=1, red_flow_span=span
+        )
         real.set_red_flow(5, 0x5678, KEY)
         real.red_flow_on = True
         for pcm in frames:
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     frames = frames_of(speech)
     seconds = len(frames) * 0.020
-    streams = {depth: encode(frames, depth) for depth in (0, 1, 2)}
+    streams = {depth: encode(frames, depth) for depth in (0, 1, 2, 3)}
     if args.offline:
         up_overhead = down_overhead = float(QUIC_PACKET_OVERHEAD)
         how = f"a constant {QUIC_PACKET_OVERHEAD} bytes per datagram (--offline)"
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "server out B/s (N listeners) | vs no redundancy |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for depth in (1, 2):
+    for depth in (1, 2, 3):
         red = streams[depth]
         red_up = rate(red.datagrams, red.datagram_bytes, up_overhead)
         red_down = rate(red.datagrams, red.datagram_bytes, down_overhead)
@@ -255,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             # among n is the lossy one only while that index is the last.
             switched = round(0.75 * (n - 1)) == n - 1
             note = "" if switched else " (the 75th percentile leaves it off: 0%, lossy one bare)"
-            print(
-                f"| per-packet RED, {depth}{note} | {n} | {red_up:.0f} | {red_down:.0f} | "
-                f"{red_down:.0f} | {n * red_down:.0f} | {n * red_down / baseline - 1:+.0%} |"
-            )
+            if depth <= MAX_REDUNDANCY:
+                print(
+                    f"| per-packet RED, {depth}{note} | {n} | {red_up:.0f} | {red_down:.0f} | "
+                    f"{red_down:.0f} | {n * red_down:.0f} | {n * red_down / baseline - 1:+.0%} |"
+                )
             flow = baseline + extra_down
             print(
                 f"| separate flow, {depth} | {n} | {plain_up + extra_up:.0f} | {plain_down:.0f} | "
