@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from salon.daemon.cluster.bus import (
     MAX_BATCH_PAYLOAD,
@@ -238,3 +239,48 @@ async def test_media_keeps_flowing_while_redis_is_away() -> None:
     for node in (a, b):
         node.relay.rooms.clear()  # nothing to withdraw from a server that is gone
         await node.close()
+
+
+async def test_periodic_refresh_costs_two_commands_whatever_the_rooms(
+    nodes: tuple[Node, Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh and re-read of many rooms are one script call each: a pipeline of a
+    command per room is built and parsed without yielding, and stood the event loop still
+    long enough to be the relay hop's p99 (bench/cluster_relay.py)."""
+    a, b, c = nodes
+    rooms = [f"room{index}" for index in range(60)]
+    for room in rooms:
+        await b.relay.follow(room)
+    for room in rooms[::2]:
+        await c.relay.follow(room)
+    dead = "127.0.0.1:9"
+    await a.redis.zadd(INTEREST_KEY + "room0", {dead: int(time.time() * 1000) - 1})
+    for room in [*rooms, "nobody"]:
+        a.relay.publish(room, b"\x80first")
+    await a.relay.flush()  # a looks every room up, in one call
+    await b.received(len(rooms))
+    await c.received(len(rooms) // 2)
+    for node in (a, b, c):
+        await node.relay.refresh()  # the scripts are loaded in Redis from here on
+
+    packed_commands = 0
+    pack_command = AbstractConnection.pack_command
+
+    def counting(self: AbstractConnection, *args: object) -> list[bytes]:
+        nonlocal packed_commands
+        packed_commands += 1
+        return pack_command(self, *args)
+
+    monkeypatch.setattr(AbstractConnection, "pack_command", counting)
+    await b.relay.refresh(prune=True)
+    await a.relay.refresh()
+    monkeypatch.undo()
+    # 2 here, and the nodes' own refreshers (every 200 ms) may send a few meanwhile; a
+    # command per room would be over 120.
+    assert packed_commands < 20, packed_commands
+    assert await a.redis.zscore(INTEREST_KEY + "room0", dead) is None  # pruned
+    for index, room in enumerate(rooms):
+        expected = {b.relay.address} | ({c.relay.address} if index % 2 == 0 else set())
+        assert set(a.relay.interested(room) or []) == expected, room
+    assert a.relay.interested("nobody") == []
+    assert a.relay.no_interest == 1

@@ -71,6 +71,26 @@ PRUNE_EVERY = 10
 IDLE_ROOM_S = 60.0
 """A room this node has not relayed for in this long is forgotten (its interest not re-read)."""
 
+REFRESH_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[3])
+  if ARGV[4] ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[4]) end
+end
+return #KEYS
+"""
+"""KEYS: interest sets; ARGV: this node's address, its new expiry, the keys' lifetime (ms),
+and a time before which lapsed entries are pruned ('' for none)."""
+LOOKUP_SCRIPT = """
+local lines = {}
+for i, key in ipairs(KEYS) do
+  lines[i] = table.concat(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf'), ' ')
+end
+return table.concat(lines, '\\n')
+"""
+"""KEYS: interest sets; ARGV: now (ms). One line per key, its live members separated by
+spaces: one bulk reply, split in C, instead of an array per room parsed in Python."""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -107,6 +127,9 @@ class UdpMediaRelay:
         self._redis = redis
         self._codec = codec
         self._on_media = on_media
+        # redis-py's scripts run by their SHA and load themselves again after a Redis restart.
+        self._refresh_script = redis.register_script(REFRESH_SCRIPT)
+        self._lookup_script = redis.register_script(LOOKUP_SCRIPT)
         self._tick = tick_ms / 1000
         self._host = host
         self._port = port
@@ -189,26 +212,37 @@ class UdpMediaRelay:
         batch = self.outbound.take_all()
         if not batch:
             return
-        now = _now_ms()
         monotonic = time.monotonic()
-        sock = self._sock
+        unknown: dict[str, list[bytes]] = {}
         for room, datagrams in group_by_room(batch).items():
             self._last_used[room] = monotonic
             targets = self._targets.get(room)
             if targets is None:
-                targets = await self._lookup(room)
-            if not targets:
-                self.no_interest += len(datagrams)
-                continue
-            self.published += len(datagrams)
-            for group in packed(datagrams):
-                message = self._codec.encode(Kind.MEDIA_BATCH, media_batch_body(room, group), now)
-                for target in targets:
-                    try:
-                        sock.sendto(message, target)  # type: ignore[union-attr]
-                        self.sent_messages += 1
-                    except OSError:
-                        self.send_errors += 1
+                unknown[room] = datagrams
+            else:
+                self._send(room, datagrams, targets)
+        if unknown:
+            # A room's first packets wait for one round trip to Redis; the rooms already
+            # known have left before it, not after.
+            await self._lookup(*unknown)
+            for room, datagrams in unknown.items():
+                self._send(room, datagrams, self._targets.get(room, []))
+
+    def _send(self, room: str, datagrams: list[bytes], targets: list[tuple[str, int]]) -> None:
+        if not targets:
+            self.no_interest += len(datagrams)
+            return
+        self.published += len(datagrams)
+        now = _now_ms()
+        sock = self._sock
+        for group in packed(datagrams):
+            message = self._codec.encode(Kind.MEDIA_BATCH, media_batch_body(room, group), now)
+            for target in targets:
+                try:
+                    sock.sendto(message, target)  # type: ignore[union-attr]
+                    self.sent_messages += 1
+                except OSError:
+                    self.send_errors += 1
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -302,25 +336,33 @@ class UdpMediaRelay:
         """Read the rooms' interested nodes from Redis into the cache, in one round trip;
         returns the first room's. When Redis cannot say, the cache stays as it was: media
         keeps flowing to the nodes known during an outage."""
+        if not rooms:
+            return []
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for room in rooms:
-                    pipe.zrangebyscore(INTEREST_KEY + room, _now_ms(), "+inf")
-                answers = await pipe.execute()
+            answer = await self._lookup_script(
+                keys=[INTEREST_KEY + room for room in rooms], args=[_now_ms()]
+            )
         except (RedisError, OSError) as exc:
             self.redis_failures += 1
             self.lookups_failed += 1
             log.warning("cluster: reading relay interest failed: %s", exc)
-            return self._targets.setdefault(rooms[0], []) if rooms else []
-        for room, members in zip(rooms, answers, strict=True):
+            return self._targets.setdefault(rooms[0], [])
+        text = answer.decode(errors="replace") if isinstance(answer, bytes) else str(answer)
+        lines = text.split("\n")
+        if len(lines) != len(rooms):  # one line per room, an empty one for no follower
+            self.lookups_failed += 1
+            log.warning(
+                "cluster: relay interest answer has %d lines for %d rooms", len(lines), len(rooms)
+            )
+            return self._targets.setdefault(rooms[0], [])
+        for room, line in zip(rooms, lines, strict=True):
             targets = []
-            for member in members:
-                text = member.decode(errors="replace") if isinstance(member, bytes) else member
-                address = _parse_address(text)
-                if address is not None and text != self.address:
+            for member in line.split():
+                address = _parse_address(member)
+                if address is not None and member != self.address:
                     targets.append(address)
             self._targets[room] = targets
-        return self._targets.get(rooms[0], []) if rooms else []
+        return self._targets[rooms[0]]
 
     async def _announcements(self) -> None:
         pubsub = self._pubsub
@@ -342,9 +384,26 @@ class UdpMediaRelay:
             if room in self._targets:
                 await self._lookup(room)
 
+    async def refresh(self, *, prune: bool = False) -> None:
+        """Re-assert this node's interest and re-read the rooms it relays for: one period's
+        work, two round trips whatever the number of rooms."""
+        if self.rooms:
+            # The key lapses with its last live follower; lapsed entries of dead nodes in a
+            # live key are pruned now and then (readers skip them by their score anyway).
+            await self._refresh_script(
+                keys=[INTEREST_KEY + room for room in self.rooms],
+                args=[
+                    self.address,
+                    self._expiry_ms(),
+                    self._lifetime_ms(),
+                    str(_now_ms()) if prune else "",
+                ],
+            )
+        if self._targets:
+            await self._lookup(*self._targets)
+
     async def _refresher(self) -> None:
-        """Re-assert this node's interest and re-read the rooms it relays for, every period
-        (after a Redis restart this is what puts the entries back)."""
+        """Refresh every period (after a Redis restart this is what puts the entries back)."""
         refreshes = 0
         while True:
             await asyncio.sleep(self._refresh_ms / 1000)
@@ -354,20 +413,7 @@ class UdpMediaRelay:
                 self._last_used.pop(room, None)
                 self._targets.pop(room, None)
             try:
-                if self.rooms:
-                    expiry = self._expiry_ms()
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for room in self.rooms:
-                            # The key lapses with its last live follower; lapsed entries of
-                            # dead nodes in a live key are pruned now and then (readers skip
-                            # them by their score anyway).
-                            pipe.zadd(INTEREST_KEY + room, {self.address: expiry})
-                            pipe.pexpire(INTEREST_KEY + room, self._lifetime_ms())
-                            if refreshes % PRUNE_EVERY == 0:
-                                pipe.zremrangebyscore(INTEREST_KEY + room, "-inf", _now_ms())
-                        await pipe.execute()
-                if self._targets:
-                    await self._lookup(*self._targets)
+                await self.refresh(prune=refreshes % PRUNE_EVERY == 0)
             except (RedisError, OSError) as exc:
                 self.redis_failures += 1
                 log.warning("cluster: refreshing relay interest failed: %s", exc)
