@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -70,6 +71,10 @@ class NullRelay:
 
 
 def node_main(role: str, transport: str, url: str, rooms: int, conn: Any) -> None:
+    from salon.daemon.config import TuningConfig
+    from salon.daemon.tuning import install_event_loop_policy
+
+    install_event_loop_policy(TuningConfig())  # the loop salond would run
     asyncio.run(_node(role, transport, url, rooms, conn))
 
 
@@ -105,6 +110,20 @@ async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> N
     if role.startswith("receiver"):
         for index in range(rooms):
             await relay.follow(f"room{index}")
+    from salon.daemon.config import TuningConfig
+    from salon.daemon.tuning import tune_garbage_collector
+
+    tune_garbage_collector(TuningConfig())  # as salond does once started
+    pauses: list[int] = []  # the cyclic collector's pauses, ns (they stop the event loop)
+    collecting = [0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.monotonic_ns()
+        else:
+            pauses.append(time.monotonic_ns() - collecting[0])
+
+    gc.callbacks.append(on_gc)
     marks: list[tuple[int, float, int]] = []  # monotonic_ns, process CPU s, generated
     generated = [0]
     commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -115,6 +134,8 @@ async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> N
         command = await commands.get()
         if command[0] == "mark":
             marks.append((time.monotonic_ns(), time.process_time(), generated[0]))
+            if len(marks) == 1:
+                pauses.clear()
         elif command[0] == "run":
             arrivals.clear()
             marks.clear()
@@ -124,9 +145,10 @@ async def _node(role: str, transport: str, url: str, rooms: int, conn: Any) -> N
             )
         elif command[0] == "report":
             sent = await generator if generator is not None else 0
-            conn.send(
-                ("report", marks, sent, arrivals if role != "sender" else [], _counters(relay))
-            )
+            counters = _counters(relay)
+            if pauses:
+                counters["gc_max_us"] = max(pauses) // 1000
+            conn.send(("report", marks, sent, arrivals if role != "sender" else [], counters))
         elif command[0] == "clear":
             arrivals.clear()
             marks.clear()
@@ -251,7 +273,8 @@ class Step:
     loss: float
     duplicates: int
     drops: str = ""
-    """Relay counters that were not zero (queue drops, refusals, send errors), all nodes."""
+    """Relay counters that were not zero (queue drops, refusals, send errors), all nodes, and
+    each node's longest garbage-collector pause from the window's start (gc_max_us)."""
 
     def clean(self) -> bool:
         """Kept up: at most 1% lost, the rate held, and no queue building up (p50 under
