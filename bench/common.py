@@ -361,10 +361,12 @@ def start_server(
     tuning: Mapping[str, bool | int | str] | None = None,
     timeout: float = 30.0,
     args: tuple[str, ...] = (),
+    config_text: str = "",
 ) -> ServerProcess:
     """Start ``salond`` (kind "salond") or ``bench/naive_forwarder.py`` (kind "naive");
     ``tuning``: salond's ``[tuning]`` keys that differ from the defaults; ``args``: more
-    command-line arguments for salond (e.g. its own ``--config``, without ``tuning``)."""
+    command-line arguments for salond (e.g. its own ``--config``, without ``tuning``);
+    ``config_text``: more tables for the bench's configuration file (e.g. ``[cluster]``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if kind.startswith("naive"):
         command = [
@@ -392,6 +394,8 @@ def start_server(
         lines = ["[limits]"] + [f"{key} = {_toml(value)}" for key, value in BENCH_LIMITS.items()]
         if tuning:
             lines += ["[tuning]"] + [f"{key} = {_toml(value)}" for key, value in tuning.items()]
+        if config_text:
+            lines.append(config_text)
         config = state_dir / "salond.toml"
         config.write_text("\n".join(lines) + "\n")
         command += ["--config", str(config)]

@@ -223,12 +223,12 @@ async def run_listeners(args: argparse.Namespace) -> None:
     )
 
 
-async def run_fleet(args: argparse.Namespace) -> None:
-    """Listeners of the cheap generator (``bench/listener_fleet.py``): set up with the bench
-    client on one shared socket, then served by the fleet's loop from the ``go`` on."""
-    loop = asyncio.get_running_loop()
+async def fleet_socket(host: str) -> tuple[SharedEndpoint, socket.socket]:
+    """The one socket of a fleet process, with a receive buffer for every listener's copies."""
     endpoint = SharedEndpoint()
-    await loop.create_datagram_endpoint(lambda: endpoint, local_addr=(args.host, 0))
+    await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: endpoint, local_addr=(host, 0)
+    )
     assert endpoint.transport is not None
     sock: socket.socket = endpoint.transport.get_extra_info("socket")
     # One socket takes every listener's burst of copies at once.
@@ -237,8 +237,35 @@ async def run_fleet(args: argparse.Namespace) -> None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, FLEET_RECEIVE_BUFFER)
                 break
+    return endpoint, sock
+
+
+async def run_fleet(args: argparse.Namespace) -> None:
+    """Listeners of the cheap generator (``bench/listener_fleet.py``): set up with the bench
+    client on one shared socket, then served by the fleet's loop from the ``go`` on."""
+    loop = asyncio.get_running_loop()
+    endpoint, sock = await fleet_socket(args.host)
     gate = asyncio.Semaphore(8)
     sessions: list[BenchSession] = []
+    if args.placement:
+        # Worker processes share the server's port and the kernel picks one per source
+        # address (SO_REUSEPORT): a first session says which worker this socket reaches, and
+        # the orchestrator keeps the socket ("stay") or has it replaced ("move").
+        while True:
+            probe = await open_session(
+                args.host, args.port, args.name, args.base, args.ack_delay, endpoint
+            )
+            emit({"probe": os.getpid()})
+            answer = await loop.run_in_executor(None, sys.stdin.readline)
+            if answer.strip() == "stay":
+                await probe.protocol.call("join", room=args.room)
+                sessions.append(probe)
+                break
+            probe.protocol.close()  # CONNECTION_CLOSE: the server forgets it at once
+            await asyncio.sleep(0.05)
+            assert endpoint.transport is not None
+            endpoint.transport.close()
+            endpoint, sock = await fleet_socket(args.host)
 
     async def connect(index: int) -> None:
         async with gate:
@@ -248,7 +275,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
             await session.protocol.call("join", room=args.room)
         sessions.append(session)
 
-    await asyncio.gather(*(connect(index) for index in range(args.count)))
+    await asyncio.gather(*(connect(index) for index in range(len(sessions), args.count)))
     emit({"ready": True, "pid": os.getpid()})
     start, window_end, end = await read_go()
     # From here on aioquic is not called: the fleet owns the connections and the socket.
@@ -306,6 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="listeners as full bench clients or as the cheap fleet (bench/listener_fleet.py)",
     )
     parser.add_argument("--ack-delay", type=float, default=CLIENT_ACK_DELAY)
+    parser.add_argument(
+        "--placement",
+        action="store_true",
+        help="fleet: before joining, ask the orchestrator whether this socket reached the "
+        "worker it wants (a 'probe' line, answered 'stay' or 'move' on stdin)",
+    )
     parser.add_argument("--deadline", type=float, default=300.0)
     return parser.parse_args(argv)
 
