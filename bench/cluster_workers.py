@@ -69,7 +69,7 @@ class Step:
     workers: int
     listeners: int
     split: list[int] = field(default_factory=list)
-    """Listeners (fleet connections) on each worker."""
+    """Listeners on each worker: its client connections, less the speaker's, once joined."""
     copies_per_s: float = 0.0
     loss: float = float("nan")
     server_us_per_copy: float = float("nan")
@@ -133,7 +133,7 @@ def _new_messages(child: Child, key: str, seen: int, timeout: float) -> dict[str
             child._arrived.wait(0.5)
 
 
-def place(child: Child, sockets: list[Path], assigned: list[int], log: Any) -> int:
+def place(child: Child, sockets: list[Path], assigned: list[int]) -> int:
     """Answer a fleet process's probes until its socket reaches the worker with the fewest
     listeners; returns the worker's index."""
     totals = [s.connections_total for s in statuses(sockets)]
@@ -174,14 +174,20 @@ def run_step(
             pids = [s.pid for s in statuses(sockets)]
             redis_pid = _redis_pid(redis_url)
             common = ["--port", str(server.port), "--ack-delay", str(args.ack_delay)]
+            before = [s.connections_total for s in statuses(sockets)]
             speaker = Child(["speakers", "--count", "1", *common], deadline)
             children.append(speaker)
             speaker.wait_for("ready", 60)
+            after = [s.connections_total for s in statuses(sockets)]
+            speaker_on = max(range(workers), key=lambda n: after[n] - before[n])
+            # As many fleet processes on each worker: a process's listeners all reach one.
+            processes = workers * -(-listeners // (workers * args.fleet_per_process))
+            per_process = -(-listeners // processes)
             assigned = [0] * workers
             fleets: list[Child] = []
             base = 0
             while base < listeners:
-                count = min(args.fleet_per_process, listeners - base)
+                count = min(per_process, listeners - base)
                 extra = ["--placement"] if workers > 1 else []
                 child = Child(
                     ["listeners", "--count", str(count), "--base", str(base), *common, *extra],
@@ -189,13 +195,16 @@ def run_step(
                 )
                 children.append(child)
                 fleets.append(child)
-                reached = place(child, sockets, assigned, log) if workers > 1 else 0
+                reached = place(child, sockets, assigned) if workers > 1 else 0
                 assigned[reached] += count
                 child.wait_for("ready", 180)
                 base += count
-            step.split = assigned
             for pid in pids:
                 wait_until_idle(pid)
+            # The servers' own count (the probes that moved have closed by now).
+            step.split = [s.connections for s in statuses(sockets)]
+            step.split[speaker_on] -= 1
+            step.notes.append(f"speaker on worker {speaker_on + 1}")
             start = now_ns() + 200_000_000
             window_start = start + int(args.warmup * 1e9)
             window_end = window_start + int(args.window * 1e9)
