@@ -26,7 +26,8 @@ Measured over the window, as ``bench/scenarios.py`` does for one process:
 - which side was the limit: a worker's core full, or the machine's cores all busy (then the
   generator's share says how much of it was the bench itself).
 
-The throughput of a worker count is the most copies/s of a size with less than 0.1% loss.
+The throughput of a worker count is the most copies/s of a size with less than 0.1% loss and
+a median latency under 20 ms (above it copies queue: the server is not keeping up).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (
+    CLOCK_TICKS,
     machine_description,
     now_ns,
     percentile,
@@ -58,6 +60,8 @@ from tests.redis_server import running_redis
 
 LOSS_LIMIT = 0.001
 """Loss below which a step counts for the throughput."""
+QUEUEING_P50_MS = 20.0
+"""A median latency above this is a queue building up: the step does not count either."""
 FULL_CORE = 0.9
 """A process using this share of a core is taken as saturated."""
 MOST_MOVES = 30
@@ -77,6 +81,8 @@ class Step:
     server_cores: float = 0.0
     worker_cores: list[float] = field(default_factory=list)
     redis_cores: float = 0.0
+    machine_busy_cores: float = 0.0
+    """Every process of the machine, the bench's and any other (from /proc/stat)."""
     generator_us_per_copy: float = float("nan")
     generator_cores: float = 0.0
     p50_ms: float = float("nan")
@@ -86,7 +92,7 @@ class Step:
     notes: list[str] = field(default_factory=list)
 
     def clean(self) -> bool:
-        return not self.error and self.loss < LOSS_LIMIT
+        return not self.error and self.loss < LOSS_LIMIT and self.p50_ms <= QUEUEING_P50_MS
 
 
 def _admin_sockets(state: Path, workers: int) -> list[Path]:
@@ -214,10 +220,13 @@ def run_step(
             time.sleep(max(0.0, (window_start - now_ns()) / 1e9))
             watched = [*pids, server.pid, redis_pid] + [c.proc.pid for c in children]
             cpu0 = {pid: process_cpu_seconds(pid) for pid in watched}
+            busy0 = machine_busy_seconds()
             t0 = now_ns()
             time.sleep(max(0.0, (window_end - now_ns()) / 1e9))
             cpu1 = {pid: process_cpu_seconds(pid) for pid in watched}
+            busy1 = machine_busy_seconds()
             elapsed = (now_ns() - t0) / 1e9
+            step.machine_busy_cores = (busy1 - busy0) / elapsed
             used = {pid: cpu1[pid] - cpu0[pid] for pid in watched}
 
             sent = sum(speaker.wait_for("result", 60)["result"]["sent_in_window"])
@@ -255,15 +264,30 @@ def run_step(
     return step
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (``/proc/stat``)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def limit(step: Step) -> str:
-    """Which side held the step back: a worker's core, or every core of the machine."""
+    """Which side held the step back: a worker's core, or every core of the machine (then
+    how much of it was the bench's generator, and how much other processes)."""
     busiest = max(step.worker_cores, default=0.0)
-    total = step.server_cores + step.redis_cores + step.generator_cores
+    bench = step.server_cores + step.redis_cores + step.generator_cores
     cores = os.cpu_count() or 1
-    if total >= FULL_CORE * cores:
-        return f"machine ({total:.2f} of {cores} cores, generator {step.generator_cores:.2f})"
     if busiest >= FULL_CORE:
         return f"a worker's core ({busiest:.0%})"
+    if step.machine_busy_cores >= FULL_CORE * cores:
+        others = max(0.0, step.machine_busy_cores - bench)
+        return (
+            f"the machine ({step.machine_busy_cores:.2f} of {cores} cores busy: generator "
+            f"{step.generator_cores:.2f}, other processes {others:.2f})"
+        )
+    if step.p50_ms > QUEUEING_P50_MS:
+        return "queueing with cores to spare"
     return "none"
 
 
@@ -299,6 +323,7 @@ def describe(step: Step) -> str:
         f"server {step.server_us_per_copy:.1f} µs/copy ({step.server_cores:.2f} cores: "
         f"{', '.join(f'{c:.2f}' for c in step.worker_cores)}) redis {step.redis_cores:.2f} "
         f"generator {step.generator_us_per_copy:.1f} µs/copy ({step.generator_cores:.2f}) "
+        f"machine busy {step.machine_busy_cores:.2f} "
         f"p50 {step.p50_ms:.1f} p99 {step.p99_ms:.1f} ms limit {step.limit}"
     )
 
@@ -312,20 +337,21 @@ def report(steps: list[Step], args: argparse.Namespace) -> str:
         f"window {args.window:g} s.",
         "",
         "| workers | listeners | split | copies/s | loss | server µs/copy | server cores "
-        "(per worker) | redis cores | generator µs/copy | generator cores | p50 ms | p99 ms "
-        "| limit |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "(per worker) | redis cores | generator µs/copy | generator cores | machine busy cores "
+        "| p50 ms | p99 ms | limit |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in steps:
         if s.error:
-            lines.append(f"| {s.workers} | {s.listeners} | | | | | | | | | | | {s.error} |")
+            lines.append(f"| {s.workers} | {s.listeners} |" + " |" * 11 + f" {s.error} |")
             continue
         per_worker = "/".join(f"{c:.2f}" for c in s.worker_cores)
         lines.append(
             f"| {s.workers} | {s.listeners} | {'/'.join(map(str, s.split))} "
             f"| {s.copies_per_s:,.0f} | {s.loss:.2%} | {s.server_us_per_copy:.1f} "
             f"| {s.server_cores:.2f} ({per_worker}) | {s.redis_cores:.2f} "
-            f"| {s.generator_us_per_copy:.1f} | {s.generator_cores:.2f} | {s.p50_ms:.1f} "
+            f"| {s.generator_us_per_copy:.1f} | {s.generator_cores:.2f} "
+            f"| {s.machine_busy_cores:.2f} | {s.p50_ms:.1f} "
             f"| {s.p99_ms:.1f} | {s.limit} |"
         )
     lines.append("")
@@ -333,7 +359,8 @@ def report(steps: list[Step], args: argparse.Namespace) -> str:
         clean = [s for s in steps if s.workers == workers and s.clean()]
         best = max(clean, key=lambda s: s.copies_per_s) if clean else None
         lines.append(
-            f"- {workers} worker(s): throughput with <{LOSS_LIMIT:.1%} loss "
+            f"- {workers} worker(s): throughput with <{LOSS_LIMIT:.1%} loss and p50 <= "
+            f"{QUEUEING_P50_MS:g} ms: "
             + (
                 f"{best.copies_per_s:,.0f} copies/s (1 -> {best.listeners}, "
                 f"{best.server_us_per_copy:.1f} µs/copy, p99 {best.p99_ms:.1f} ms)"
