@@ -237,6 +237,8 @@ def run_step(
                 latencies.extend(data["latencies_us"])
                 delivered += sum(data["received"])
             latencies.sort()
+            if not delivered:
+                raise RuntimeError(f"nothing delivered (the speaker sent {sent} in the window)")
             server_cpu = sum(used[pid] for pid in pids) + (
                 used[server.pid] if server.pid not in pids else 0.0
             )
