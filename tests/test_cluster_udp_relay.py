@@ -284,3 +284,30 @@ async def test_periodic_refresh_costs_two_commands_whatever_the_rooms(
         assert set(a.relay.interested(room) or []) == expected, room
     assert a.relay.interested("nobody") == []
     assert a.relay.no_interest == 1
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """redis-py can swallow a cancellation (a relay refresh returned normally while its task
+    was being cancelled): the refresher then looped on and the relay's stop waited for ever."""
+    from salon.daemon.cluster.tasks import cancel_and_wait
+
+    swallowed = asyncio.Event()
+
+    async def refresher() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # the first one only, as the library did
+
+    task = asyncio.create_task(refresher())
+    await asyncio.sleep(0)
+    stopper = asyncio.create_task(cancel_and_wait([task]))
+    # The bound only stops a hang: with a single cancel() the stopper never ends.
+    await asyncio.wait({stopper}, timeout=30)
+    ended = stopper.done()
+    for leftover in (stopper, task):
+        leftover.cancel()
+    assert ended and swallowed.is_set() and task.cancelled()
