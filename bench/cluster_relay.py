@@ -251,6 +251,71 @@ def udp_floor(destinations: int = 8, packets: int = 20000) -> dict[str, float]:
     return {"encode_us": encode * 1e6, "sendto_us": sendto * 1e6, "receive_us": receive * 1e6}
 
 
+# ------------------------------------------------------------------------ periodic interest
+
+
+async def _refresh_stalls(url: str, rooms: int, rounds: int = 5) -> dict[str, float]:
+    """How long the UDP relay's periodic interest work holds the event loop, against the way
+    it was first written (a redis-py pipeline of two commands per followed room and one per
+    re-read room): the longest loop stall and the CPU of one period, medians of ``rounds``."""
+    from redis.asyncio import Redis
+
+    from salon.daemon.cluster.bus import BusCodec
+    from salon.daemon.cluster.udp_relay import INTEREST_KEY, UdpMediaRelay
+
+    redis = Redis.from_url(url)
+    relay = UdpMediaRelay(
+        redis, BusCodec(SECRET, "stalls", replay_window_ms=5000), lambda r, d: None, queue_limit=16
+    )
+    await relay.start()
+    names = [f"stall{index}" for index in range(rooms)]
+    for name in names:
+        await relay.follow(name)
+    await relay._lookup(*names)  # the rooms it relays for: re-read every period too
+    stalls: list[float] = []
+
+    async def probe() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0)
+            stalls.append(time.perf_counter() - before)
+
+    async def pipelined() -> None:
+        expiry = int(time.time() * 1000) + 3000
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zadd(INTEREST_KEY + name, {relay.address: expiry})
+                pipe.pexpire(INTEREST_KEY + name, 3000)
+            await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebyscore(INTEREST_KEY + name, 0, "+inf")
+            await pipe.execute()
+
+    figures: dict[str, float] = {}
+    for label, work in (("script", relay.refresh), ("pipeline", pipelined)):
+        worst, cpu = [], []
+        for _ in range(rounds):
+            stalls.clear()
+            task = asyncio.create_task(probe())
+            await asyncio.sleep(0)
+            started = time.process_time()
+            await work()
+            cpu.append(time.process_time() - started)
+            task.cancel()
+            worst.append(max(stalls))
+        figures[f"{label}_stall_ms"] = sorted(worst)[rounds // 2] * 1000
+        figures[f"{label}_cpu_ms"] = sorted(cpu)[rounds // 2] * 1000
+    await relay.stop()
+    await redis.aclose()
+    return figures
+
+
+def refresh_stalls(rooms: int) -> dict[str, float]:
+    with running_redis() as url:
+        return asyncio.run(_refresh_stalls(url, rooms))
+
+
 # --------------------------------------------------------------------------------- controller
 
 
@@ -583,6 +648,9 @@ def main() -> None:
 
     floor = udp_floor()
     log(f"udp floor: {floor}")
+    most_rooms = max(args.rooms, args.ramp_max // PACKETS_PER_SPEAKER // args.speakers)
+    stalls = refresh_stalls(most_rooms)
+    log(f"interest refresh of {most_rooms} rooms: {stalls}")
     baseline, _ = measure("none", argparse.Namespace(**{**vars(args), "ramp": False}), log)
     results = {name: measure(name, args, log) for name in args.transports.split(",")}
     print(report(baseline, results, args))
@@ -591,12 +659,20 @@ def main() -> None:
         f"{floor['encode_us']:.1f} µs, sendto one node {floor['sendto_us']:.1f} µs, check and "
         f"deliver one {floor['receive_us']:.1f} µs"
     )
+    print(
+        f"- udp relay's periodic interest work for the {most_rooms} rooms each receiving node "
+        f"follows (refresh and re-read, one period): one script call each, loop held "
+        f"{stalls['script_stall_ms']:.1f} ms, {stalls['script_cpu_ms']:.1f} ms CPU; as a "
+        f"pipeline of a command per room (the first version, baseline) "
+        f"{stalls['pipeline_stall_ms']:.1f} ms, {stalls['pipeline_cpu_ms']:.1f} ms CPU"
+    )
     if args.json:
         print(
             json.dumps(
                 {
                     "baseline": asdict(baseline),
                     "udp_floor": floor,
+                    "interest_refresh": stalls,
                     **{
                         name: {"speaker_rates": asdict(step), "ramp": [asdict(s) for s in ramp]}
                         for name, (step, ramp) in results.items()

@@ -355,13 +355,17 @@ class UdpMediaRelay:
                 "cluster: relay interest answer has %d lines for %d rooms", len(lines), len(rooms)
             )
             return self._targets.setdefault(rooms[0], [])
+        parsed: dict[str, list[tuple[str, int]]] = {}  # rooms followed by the same nodes
         for room, line in zip(rooms, lines, strict=True):
-            targets = []
-            for member in line.split():
-                address = _parse_address(member)
-                if address is not None and member != self.address:
-                    targets.append(address)
-            self._targets[room] = targets
+            targets = parsed.get(line)
+            if targets is None:
+                targets = []
+                for member in line.split():
+                    address = _parse_address(member)
+                    if address is not None and member != self.address:
+                        targets.append(address)
+                parsed[line] = targets
+            self._targets[room] = targets  # shared between rooms: never changed in place
         return self._targets[rooms[0]]
 
     async def _announcements(self) -> None:
