@@ -19,6 +19,8 @@ every room. Measured over a window after a warm-up:
 - the added latency of the relay hop: delivery in the receiving node minus the moment the
   sending node was handed the packet (``CLOCK_MONOTONIC``, shared by the processes);
 - loss (packets sent in the window not delivered by the end of the drain) and duplicates;
+- when the late packets (over 5 ms) were sent, per tenth of a second of the window (on
+  standard error): bursts at a regular interval point at periodic work on the path;
 - a ramp: rooms of ``--speakers`` speakers added, the total rate doubled step by step, until
   more than 1% is lost, the sender cannot keep the rate or the median latency passes 20 ms (a
   queue building up); the last clean step is the throughput until loss.
@@ -49,6 +51,7 @@ GENERATOR_TICK = 0.002
 LOSS_LIMIT = 0.01
 SATURATED_P50_MS = 20.0
 SECRET = b"bench-cluster-secret-0123456789abcdef"
+LATE_NS = 5_000_000
 
 
 # ------------------------------------------------------------------------------- node process
@@ -337,6 +340,9 @@ class Step:
     p99_ms: float
     loss: float
     duplicates: int
+    late: str = ""
+    """Packets later than LATE_NS by when they were sent (tenths of a second into the window):
+    bursts at a regular interval point at periodic work on the path."""
     drops: str = ""
     """Relay counters that were not zero (queue drops, refusals, send errors), all nodes, and
     each node's longest garbage-collector pause from the window's start (gc_max_us)."""
@@ -439,6 +445,7 @@ def run_step(
     elapsed = (s1_ns - s0_ns) / 1e9
     published = s1_pub - s0_pub
     latencies: list[int] = []
+    late_at: list[float] = []  # when, in seconds into the window, each late packet was sent
     receive_cpu = 0.0
     delivered = 0
     duplicates = 0
@@ -453,6 +460,8 @@ def run_step(
                     continue
                 seen.add((speaker, seq))
                 latencies.append(received_ns - sent_ns)
+                if received_ns - sent_ns > LATE_NS:
+                    late_at.append((sent_ns - s0_ns) / 1e9)
         delivered += len(seen)
     receivers = len(reports) - 1
     expected = published * receivers
@@ -479,6 +488,7 @@ def run_step(
         p99_ms=percentile(latencies, 0.99) / 1e6,
         loss=1 - delivered / expected if expected else float("nan"),
         duplicates=duplicates,
+        late=_late_bursts(late_at),
         drops=" ".join(
             f"{role}:{name}={value}"
             for role, report in zip(["sender"] + ["receiver"] * receivers, reports, strict=True)
@@ -535,11 +545,26 @@ def _redis_pid(url: str) -> int:
     return pid
 
 
+def _late_bursts(late_at: list[float]) -> str:
+    """``t:count`` per tenth of a second with late packets, e.g. ``1.0:12 2.0:9``."""
+    tenths: dict[float, int] = {}
+    for moment in late_at:
+        tenth = round(moment, 1)
+        tenths[tenth] = tenths.get(tenth, 0) + 1
+    return " ".join(f"{t:.1f}:{n}" for t, n in sorted(tenths.items()))
+
+
 def _describe(step: Step) -> str:
     return (
         f"sent {step.sent_rate:,.0f}/s delivered {step.deliveries_rate:,.0f}/s "
         f"send {step.send_us:.1f} µs recv {step.receive_us:.1f} µs redis {step.redis_us:.1f} µs "
         f"p50 {step.p50_ms:.2f} p99 {step.p99_ms:.2f} ms loss {step.loss:.2%} {step.drops}"
+        + (
+            f"\n  over {LATE_NS / 1e6:g} ms late, by when sent (s into the window: count): "
+            f"{step.late}"
+            if step.late
+            else ""
+        )
     )
 
 
