@@ -21,6 +21,9 @@ every room. Measured over a window after a warm-up:
 - loss (packets sent in the window not delivered by the end of the drain) and duplicates;
 - when the late packets (over 5 ms) were sent, per tenth of a second of the window (on
   standard error): bursts at a regular interval point at periodic work on the path;
+- the UDP relay's periodic interest work (refresh and re-read of the rooms a receiving node
+  follows, one period): how long it holds the event loop and its CPU, against the per-room
+  pipeline it replaced, measured first in the same run;
 - a ramp: rooms of ``--speakers`` speakers added, the total rate doubled step by step, until
   more than 1% is lost, the sender cannot keep the rate or the median latency passes 20 ms (a
   queue building up); the last clean step is the throughput until loss.
