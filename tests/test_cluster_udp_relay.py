@@ -311,3 +311,20 @@ async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
     for leftover in (stopper, task):
         leftover.cancel()
     assert ended and swallowed.is_set() and task.cancelled()
+
+
+async def test_a_room_looked_up_for_the_first_time_does_not_hold_back_the_others(
+    nodes: tuple[Node, Node, Node],
+) -> None:
+    a, b, _ = nodes
+    await b.relay.follow("known")
+    await b.relay.follow("fresh")
+    a.relay.publish("known", b"\x80one")
+    await a.relay.flush()  # a has looked "known" up
+    await b.received(1)
+    a.relay.publish("fresh", b"\x80first queued")  # a has never relayed for "fresh"
+    a.relay.publish("known", b"\x80queued after it")
+    await a.relay.flush()
+    await b.received(3)
+    # The known room's packet left before the round trip that looked the new room up.
+    assert b.got[1:] == [("known", b"\x80queued after it"), ("fresh", b"\x80first queued")]
