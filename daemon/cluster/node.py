@@ -21,7 +21,13 @@ from redis.exceptions import RedisError
 from salon.daemon.cluster.bus import MIN_SECRET, BusCodec
 from salon.daemon.cluster.control import ControlBus
 from salon.daemon.cluster.lease import RoomLeases
-from salon.daemon.cluster.registry import NODE_KEY, NodeContact, NodeLoad, NodeRegistry
+from salon.daemon.cluster.registry import (
+    NODE_KEY,
+    TTL_HEARTBEATS,
+    NodeContact,
+    NodeLoad,
+    NodeRegistry,
+)
 from salon.daemon.cluster.relay import MediaRelay, make_media_relay
 from salon.daemon.cluster.tasks import cancel_and_wait
 from salon.daemon.config import ClusterConfig, ConfigError
@@ -185,11 +191,23 @@ class ClusterNode:
         )
         redis = self.redis
 
-        async def node_alive(node: str) -> bool:
-            return bool(await redis.exists(NODE_KEY.format(node)))
+        async def node_boot(node: str) -> float | None:
+            started = await redis.hget(NODE_KEY.format(node), "started_at")
+            try:
+                return float(started) if started is not None else None
+            except ValueError:
+                return 0.0  # a malformed entry is still a living node's
 
         self.rooms = ClusterRooms(
-            server, self.node_id, self.leases, self.relay, self.control, load_room, node_alive
+            server,
+            self.node_id,
+            self.leases,
+            self.relay,
+            self.control,
+            load_room,
+            node_boot,
+            # An edge's entry missing for its whole time to live is dead, not re-registering.
+            edge_grace=self.config.heartbeat_ms * TTL_HEARTBEATS / 1000,
         )
         await self.relay.start()
         await self.control.start()

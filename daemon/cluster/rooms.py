@@ -168,11 +168,17 @@ class ClusterRooms:
         relay: MediaRelay,
         control: ControlBus,
         load_room: Callable[[str], Awaitable[RoomRecord | None]],
-        node_alive: Callable[[str], Awaitable[bool]],
+        node_boot: Callable[[str], Awaitable[float | None]],
+        edge_grace: float = 3.0,
     ) -> None:
         self.server = server
         self._load_room = load_room
-        self._node_alive = node_alive
+        self._node_boot = node_boot
+        self._edge_grace = edge_grace
+        self._edge_boots: dict[str, float] = {}
+        """Edge node -> its registration (boot time) when its members were last checked."""
+        self._edge_missing: dict[str, float] = {}
+        """Edge node -> loop time its registry entry was first found missing."""
         self.node_id = node_id
         self.leases = leases
         self.relay = relay
@@ -699,11 +705,35 @@ class ClusterRooms:
         self._absent = absent
 
     async def check_edges(self) -> None:
-        """Let go of remote members whose edge node died (its registry entry expired)."""
-        for node in {member.node for member in self._remote.values()}:
-            if await self._node_alive(node):
-                continue
-            log.warning("cluster: edge node %s is gone; its members leave", node)
+        """Let go of remote members whose edge node died or restarted.
+
+        An entry missing from the registry is not death yet: a Redis restart forgets every
+        entry at once, and the living edges write theirs again only at their next heartbeat.
+        So an edge's members go only once its entry has been missing for ``edge_grace`` (the
+        entry's time to live: a living node has refreshed it by then), or at once when the
+        entry names another registration (the edge restarted: its old sessions are gone)."""
+        now = asyncio.get_running_loop().time()
+        nodes = {member.node for member in self._remote.values()}
+        for node in set(self._edge_boots) - nodes:
+            del self._edge_boots[node]
+        for node in set(self._edge_missing) - nodes:
+            del self._edge_missing[node]
+        for node in nodes:
+            boot = await self._node_boot(node)
+            if boot is not None:
+                self._edge_missing.pop(node, None)
+                known = self._edge_boots.setdefault(node, boot)
+                if known == boot:
+                    continue
+                why = "restarted"
+            else:
+                missing = self._edge_missing.setdefault(node, now)
+                if now - missing < self._edge_grace:
+                    continue
+                why = "gone"
+            log.warning("cluster: edge node %s is %s; its members leave", node, why)
+            self._edge_boots.pop(node, None)
+            self._edge_missing.pop(node, None)
             for key, member in list(self._remote.items()):
                 if member.node == node:
                     del self._remote[key]
