@@ -324,7 +324,8 @@ async def test_the_room_goes_on_when_its_home_is_killed(
     postgres_url: str,
 ) -> None:
     """kill -9 of the room's home: another node takes the room over from the shared store,
-    members on other nodes are rejoined with their roles, the owner rejoins as owner."""
+    members on other nodes are rejoined with their roles, the owner rejoins as owner; hands
+    come back in their first order, a pending knock with its request id."""
     from tests.conftest import start_salond
 
     secret = tmp_path / "cluster.secret"
@@ -355,20 +356,40 @@ async def test_the_room_goes_on_when_its_home_is_killed(
                 timeout=WAIT,
                 where=lambda e: e.participant.user == moderator.user,
             )
+            # An approval room: the others are let in on their knock (and so re-enter without
+            # knocking after the failover); one knock is still pending when the home dies.
+            await host.call("update_room", policy="approval")
+
+            async def admitted(client: SalonClient) -> None:
+                knocking = await client.join("lasting")
+                assert knocking["status"] == "knocking"
+                await host.call("approve_knock", request_id=knocking["request_id"])
+                await event(client, msg.RoomState)
+
             listener = await b.client("Listener")
             heard: list[bytes] = []
             listener.on_datagram = heard.append
-            await listener.join("lasting")
-            # The volatile state: a speaker on stage by invitation, a hand up.
+            await admitted(listener)
+            # The volatile state: a speaker on stage by invitation, hands up, a knock.
             speaker = await b.client("Speaker")
-            await speaker.join("lasting")
+            await admitted(speaker)
             await speaker.call("raise_hand")
             await event(host, msg.HandQueue, users=[speaker.user])
             await host.call("invite_to_speak", user=speaker.user)
             await event(speaker, msg.SpeakInvitation)
             await speaker.call("accept_speak")
+            # Two hands, the later joiner's first: the edge rejoins its clients in the order
+            # they joined, the queue must keep the order the hands went up in.
+            second = await b.client("Second")
+            await admitted(second)
+            await second.call("raise_hand")
+            await event(host, msg.HandQueue, users=[second.user])
             await listener.call("raise_hand")
-            await event(host, msg.HandQueue, users=[listener.user])
+            await event(host, msg.HandQueue, users=[second.user, listener.user])
+            knocker = await c.client("Knocker")
+            knocking = await knocker.join("lasting")
+            assert knocking["status"] == "knocking"
+            await event(host, msg.Knock)
             redis = Redis.from_url(redis_url)
             try:
                 assert parse_lease(await redis.get(LEASE_KEY.format("lasting"))) is not None
@@ -398,6 +419,7 @@ async def test_the_room_goes_on_when_its_home_is_killed(
                 state = await event(speaker, msg.RoomState)
                 roles = {p.user: p.role for p in state.room.participants}
                 assert roles[speaker.user] == "speaker"
+                await event(second, msg.RoomState)
                 # The owner's client reconnects (to b) and gets its role back.
                 await host.close()
                 host = await b.client("Host", credentials=owner_key)
@@ -405,9 +427,15 @@ async def test_the_room_goes_on_when_its_home_is_killed(
                 recovered = loop.time() - killed
                 assert joined["role"] == "owner"
                 print(f"room went on {recovered:.1f} s after kill -9 of its home")
+                # The hands in the order they went up; the knock pending with its id, which
+                # the owner answers at the new home.
+                state = (await event(host, msg.RoomState)).room
+                assert state.hand_queue == [second.user, listener.user]
+                assert [k.request_id for k in state.knocks] == [knocking["request_id"]]
+                await host.call("approve_knock", request_id=knocking["request_id"])
+                await event(knocker, msg.RoomState)
                 # And it is heard: the moderator on c speaks, the listener on b hears it.
-                state = await event(host, msg.RoomState)
-                key = next(k for k in state.room.media_keys if k.user == moderator.user)
+                key = next(k for k in state.media_keys if k.user == moderator.user)
                 await moderator.call("unmute")
                 sent = srtp_datagrams(key, 1, 20)
                 await speak(moderator, sent, [heard])

@@ -40,6 +40,8 @@ from salon.daemon.core import CoreError, Identity, Outlet
 from salon.daemon.core.events import (
     CoreEvent,
     HandQueueChanged,
+    KnockReceived,
+    KnockResolved,
     MemberJoined,
     MemberLeft,
     RoleChanged,
@@ -47,6 +49,7 @@ from salon.daemon.core.events import (
     RoomCreated,
 )
 from salon.daemon.core.records import RoomRecord
+from salon.daemon.core.room import ReturningKnock
 from salon.daemon.wire import messages as msg
 from salon.daemon.wire.errors import WireError
 from salon.daemon.wire.framing import MessageReader, frame_message
@@ -524,7 +527,10 @@ class ClusterRooms:
                 )
 
     def _observe(self, event: CoreEvent) -> None:
-        if isinstance(event, (MemberJoined, MemberLeft, RoleChanged, HandQueueChanged)):
+        if isinstance(
+            event,
+            (MemberJoined, MemberLeft, RoleChanged, HandQueueChanged, KnockReceived, KnockResolved),
+        ):
             self._live_changed(event.room)
         if isinstance(event, (MemberJoined, MemberLeft)):
             member = self.server.remote.get(event.session)
@@ -575,10 +581,18 @@ class ClusterRooms:
             if epoch is None or found is None or found.state != "live":
                 continue
             stage = {u for u, m in found.members.items() if m.role == "speaker"}
-            hands = found.hands.users()
+            hands = dict(found.hands.raised_at())
+            for user, at in found.returning_hands.items():
+                hands.setdefault(user, at)
+            knocks = {
+                k.user: [k.request_id, k.requested_at, k.expires_at] for k in found.knocks.values()
+            }
+            for user, back in found.returning_knocks.items():
+                knocks.setdefault(user, [back.request_id, back.requested_at, back.expires_at])
             state = {
                 "stage": sorted(stage | found.returning_stage),
-                "hands": hands + [u for u in found.returning_hands if u not in hands],
+                "hands": sorted(([u, at] for u, at in hands.items()), key=lambda h: h[1]),
+                "knocks": knocks,
             }
             self._spawn(self.leases.write_live(room, epoch, json.dumps(state)))
 
@@ -590,19 +604,28 @@ class ClusterRooms:
             return
         try:
             state = json.loads(found[1])
-            stage, hands = state["stage"], state["hands"]
+            stage = state["stage"][:MAX_LIVE_USERS]
+            hands = {u: float(at) for u, at in state["hands"][:MAX_LIVE_USERS]}
+            knocks = {
+                user: ReturningKnock(str(request_id), float(requested), float(expires))
+                for user, (request_id, requested, expires) in list(state.get("knocks", {}).items())[
+                    :MAX_LIVE_USERS
+                ]
+            }
             if not all(isinstance(u, str) for u in [*stage, *hands]):
                 raise ValueError("not user ids")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("cluster: volatile state of room %s ignored: %s", room, exc)
             return
-        record.returning_stage = set(stage[:MAX_LIVE_USERS])
-        record.returning_hands = list(dict.fromkeys(hands[:MAX_LIVE_USERS]))
+        record.returning_stage = set(stage)
+        record.returning_hands = hands
+        record.returning_knocks = knocks
         log.info(
-            "cluster: room %s: %d on stage and %d hands to give back",
+            "cluster: room %s: %d on stage, %d hands and %d knocks to give back",
             room,
             len(record.returning_stage),
             len(record.returning_hands),
+            len(record.returning_knocks),
         )
 
     def _update_relay(self, room: str) -> None:

@@ -29,7 +29,14 @@ class Knocks(Concern):
         user = state.identity.user
         for earlier in [k for k in room.knocks.values() if k.user == user]:
             self.resolve_knock(room, earlier, "cancelled", user, requester_reason="replaced")
-        request_id = random_token(self.random_bytes, REQUEST_ID_BYTES)
+        requested_at, expires_at = now, now + self.limits.knock_ttl
+        returning = room.returning_knocks.pop(user, None)
+        if returning is not None and now < returning.expires_at <= expires_at:
+            # Knocking at the room's previous server (a cluster failover): the same knock.
+            request_id = returning.request_id
+            requested_at, expires_at = returning.requested_at, returning.expires_at
+        else:
+            request_id = random_token(self.random_bytes, REQUEST_ID_BYTES)
         while request_id in room.knocks:
             request_id = random_token(self.random_bytes, REQUEST_ID_BYTES)
         request = JoinRequest(
@@ -38,8 +45,8 @@ class Knocks(Concern):
             session=session,
             identity=state.identity,
             trust=list(trust),
-            requested_at=now,
-            expires_at=now + self.limits.knock_ttl,
+            requested_at=requested_at,
+            expires_at=expires_at,
         )
         room.knocks[request_id] = request
         state.knock = request

@@ -193,10 +193,13 @@ class Membership(Concern):
         )
         room.add_member(member)
         room.returning_stage.discard(user)
-        hand_back = user in room.returning_hands
-        if hand_back:
-            room.returning_hands.remove(user)
-            hand_back = role == "listener" and room.hands.raise_hand(user, now)
+        room.returning_knocks.pop(user, None)
+        raised_at = room.returning_hands.pop(user, None)
+        hand_back = (
+            raised_at is not None
+            and role == "listener"
+            and room.hands.restore_hand(user, raised_at)
+        )
         state.room = room
         if not state.relayed:
             self.forwarder.join(room.id, state.outlet)

@@ -103,6 +103,15 @@ class JoinRequest:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ReturningKnock:
+    """A knock pending at a room's previous server (docs/cluster.md), given back to its user."""
+
+    request_id: str
+    requested_at: float
+    expires_at: float
+
+
 @dataclass(eq=False)
 class Invite:
     """An invite link of a room."""
@@ -194,8 +203,12 @@ class Room:
     returning_stage: set[str] = field(default_factory=set)
     """After the room moved to this server from a failed one (docs/cluster.md): users who were
     on stage there, put back on stage when they rejoin (if there is room)."""
-    returning_hands: list[str] = field(default_factory=list)
-    """Likewise: users whose hand was up there, raised again when they rejoin as listeners."""
+    returning_hands: dict[str, float] = field(default_factory=dict)
+    """Likewise: users whose hand was up there, and since when; raised again when they rejoin
+    as listeners, in their first order."""
+    returning_knocks: dict[str, ReturningKnock] = field(default_factory=dict)
+    """Likewise: users who were knocking there; a knock of theirs gets its request id and
+    expiry back."""
     speaking: SpeakingDetector = field(default_factory=SpeakingDetector)
     key_epochs: dict[str, int] = field(default_factory=dict)
     """Last key epoch given to each user, so a new stage turn gets epoch + 1."""
