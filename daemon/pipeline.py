@@ -134,6 +134,11 @@ DeliverSink = Callable[[tuple[int, ...], Any], None]
 """Sends one protocol event to several sessions (the QUIC server)."""
 
 
+ActionRouter = Callable[["Actor", str, Any], Awaitable[dict[str, Any] | None]]
+"""Performs an operator's or plugin's request on another node: its result, or None to perform
+it here; raises CoreError (``home_unreachable`` when that node does not answer)."""
+
+
 class StoreRefused(StoreUnavailable):
     """A request that would change stored state came while the store cannot write: refused
     before anything changed (the caller says "nothing was changed, retry later")."""
@@ -164,6 +169,9 @@ class RequestPipeline:
         """Changes handed to the store so far, when known: a request that added none is
         acknowledged without waiting for the commit barriers (it has nothing to make durable,
         and a database outage does not hold it up)."""
+        self.route_action: ActionRouter | None = None
+        """Performs an operator's or a plugin's request on the room's home node when that is
+        another cluster node (daemon/cluster/rooms.py); None: every room is served here."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._core_timer: asyncio.TimerHandle | None = None
         self._core_timer_at: float | None = None
@@ -205,6 +213,11 @@ class RequestPipeline:
         """
         core = self.core
         session = actor.session
+        if session is None and room is not None and self.route_action is not None:
+            # One writer per room: the room's home reviews and performs it.
+            routed = await self.route_action(actor, room, request)
+            if routed is not None:
+                return routed
         if request.__struct_config__.tag in msg.STORED_REQUESTS and not self.store_available():
             raise StoreRefused("the store is unavailable: nothing was changed, retry later")
         if session is not None:

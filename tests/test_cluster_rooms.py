@@ -573,3 +573,42 @@ async def test_a_home_that_lost_its_room_becomes_an_edge(
         assert a.daemon.cluster_snapshot().counters["fenced_writes"] > 0
         await a.daemon.store.commit()
         assert await b.daemon.persistence.load_room("moving") is not None
+
+
+async def test_operator_actions_are_performed_by_the_rooms_home(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """An operator on a node that is not the room's home acts on the room at its home (the one
+    writer), and gets ``home_unreachable`` when the home does not answer."""
+    from salon.daemon.admin.client import AdminClient, AdminError
+    from salon.daemon.cluster.tasks import cancel_and_wait
+
+    async with nodes(
+        tmp_path, redis_url, postgres_url, ["a", "b"], **{"cluster.lease_ms": 1500}
+    ) as (a, b):
+        host = await a.client("Host")
+        await host.create_room("Ruled", room="ruled")
+        await host.join("ruled")
+        await event(host, msg.RoomState)
+        listener = await b.client("Listener")
+        await listener.join("ruled")
+        await event(host, msg.ParticipantJoined)
+        admin = await AdminClient.connect(b.daemon.config.admin_socket)
+        try:
+            await admin.mute("ruled", host.user)
+            await event(host, msg.Muted)
+            await admin.remove("ruled", listener.user)
+            await event(listener, msg.Removed)
+            # A refusal at the home comes back with its code.
+            with pytest.raises(AdminError) as refused:
+                await admin.remove("ruled", listener.user)
+            assert refused.value.code == "participant_not_found"
+            # The home stops answering (its control bus is down).
+            await cancel_and_wait(cluster_of(a).control._tasks)
+            with pytest.raises(AdminError) as unreachable:
+                await admin.unmute("ruled", host.user)
+            assert unreachable.value.code == "home_unreachable"
+        finally:
+            await admin.close()

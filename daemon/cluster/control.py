@@ -87,7 +87,33 @@ class NotHome(msgspec.Struct, tag="nothome", frozen=True):
     framed: bytes
 
 
-Message = Request | Gone | Output | Membership | NotHome
+class Act(msgspec.Struct, tag="act", frozen=True):
+    """Node -> home: an operator's or a plugin's request on a room homed there (admin API,
+    plugin API), performed there as that actor; answered by :class:`Acted`."""
+
+    node: str
+    ref: int
+    room: str
+    kind: str
+    """``operator`` or ``plugin``."""
+    user: str
+    display_name: str
+    verified: dict[str, str]
+    operator: bool
+    request: bytes
+    """The request as a client would send it (``salon/1`` JSON)."""
+
+
+class Acted(msgspec.Struct, tag="acted", frozen=True):
+    """Home -> node: the outcome of an :class:`Act`: the result (JSON), or an error code."""
+
+    ref: int
+    result: bytes = b""
+    code: str = ""
+    message: str = ""
+
+
+Message = Request | Gone | Output | Membership | NotHome | Act | Acted
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[Message])
 

@@ -33,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.exceptions import RedisError
 
-from salon.daemon.cluster.control import ControlBus, Gone, Membership, NotHome, Output, Request
+from salon.daemon.cluster.control import (
+    Act,
+    Acted,
+    ControlBus,
+    Gone,
+    Membership,
+    NotHome,
+    Output,
+    Request,
+)
 from salon.daemon.cluster.lease import EpochGuard, RoomLeases
 from salon.daemon.cluster.relay import MediaRelay
 from salon.daemon.core import CoreError, Identity, Outlet
@@ -57,6 +66,7 @@ from salon.daemon.wire.rtp import peek_media
 
 if TYPE_CHECKING:
     from salon.daemon.net.server import Peer, SalonServer
+    from salon.daemon.pipeline import Actor
 
 log = logging.getLogger("salond.cluster")
 
@@ -210,8 +220,12 @@ class ClusterRooms:
         self._live_handle: asyncio.Handle | None = None
         self.uplink_refused = 0
         """Uplink datagrams from an unknown member or for a room this node is not home of."""
+        self._acting: dict[int, asyncio.Future[Acted]] = {}
+        """Operator and plugin requests passed to a room's home, by reference, awaiting it."""
+        self._act_refs = itertools.count(1)
         server.cluster = self
         server.pipeline.observers.append(self._observe)
+        server.pipeline.route_action = self.act_at_home
 
     # ------------------------------------------------------------------ edge: requests
 
@@ -421,11 +435,105 @@ class ClusterRooms:
             del self._receiving[room]
             self._spawn(self.relay.unfollow(room))
 
+    # ------------------------------------------------------------------ operator actions
+
+    async def act_at_home(self, actor: Actor, room: str, request: Any) -> dict[str, Any] | None:
+        """An operator's or a plugin's request on ``room``: performed by the room's home when
+        that is another node (its result), else None (performed here). A home that does not
+        answer within a lease (it died, or the bus is down) is ``home_unreachable``: the
+        request may or may not have taken effect there."""
+        if self.leases.epoch(room) is not None:
+            return None
+        unreachable = msg.ErrorCode.HOME_UNREACHABLE
+        try:
+            home = await self._home_of(room)
+        except (RedisError, OSError) as exc:
+            raise CoreError(
+                unreachable, f"the cluster's room directory is unavailable: {exc}"
+            ) from exc
+        if home is None or home == self.node_id:
+            return None
+        ref = next(self._act_refs)
+        answer = self._acting[ref] = asyncio.get_running_loop().create_future()
+        identity = actor.identity
+        self.control.send(
+            home,
+            Act(
+                node=self.node_id,
+                ref=ref,
+                room=room,
+                kind=actor.kind,
+                user=identity.user,
+                display_name=identity.display_name,
+                verified=dict(identity.verified),
+                operator=identity.operator,
+                request=msg.encode(request),
+            ),
+        )
+        wait = self.leases.lease_ms / 1000
+        try:
+            acted = await asyncio.wait_for(answer, wait)
+        except asyncio.TimeoutError:
+            raise CoreError(
+                unreachable, f"node {home}, home of room {room}, did not answer within {wait:g} s"
+            ) from None
+        finally:
+            self._acting.pop(ref, None)
+        if acted.code:
+            try:
+                code = msg.ErrorCode(acted.code)
+            except ValueError:
+                code = msg.ErrorCode.INTERNAL_ERROR
+            raise CoreError(code, acted.message)
+        result = json.loads(acted.result)
+        return result if isinstance(result, dict) else {}
+
+    async def _act_for(self, message: Act) -> None:
+        """At the home: perform a request another node's operator or plugin made."""
+        from salon.daemon.pipeline import Actor
+        from salon.daemon.store.base import StoreUnavailable
+
+        identity = Identity(
+            message.user, message.display_name, dict(message.verified), message.operator
+        )
+        actor = Actor.plugin(identity) if message.kind == "plugin" else Actor.operator(identity)
+        try:
+            if self.leases.epoch(message.room) is None:
+                raise CoreError(
+                    msg.ErrorCode.HOME_UNREACHABLE,
+                    f"node {self.node_id} is not the home of room {message.room} any more: retry",
+                )
+            request = msg.decode_request(message.request)
+            result = await self.server.pipeline.perform(actor, message.room, request)
+            reply = Acted(ref=message.ref, result=json.dumps(result or {}).encode())
+        except CoreError as exc:
+            reply = Acted(ref=message.ref, code=exc.code.value, message=exc.message)
+        except msg.MessageError as exc:
+            reply = Acted(ref=message.ref, code=exc.code.value, message=str(exc))
+        except StoreUnavailable as exc:
+            reply = Acted(
+                ref=message.ref,
+                code=msg.ErrorCode.STORE_UNAVAILABLE.value,
+                message=f"not stored: {exc}",
+            )
+        except Exception:
+            log.exception("cluster: an action from node %s failed", message.node)
+            reply = Acted(
+                ref=message.ref, code=msg.ErrorCode.INTERNAL_ERROR.value, message="internal error"
+            )
+        self.control.send(message.node, reply)
+
     # ------------------------------------------------------------------ edge: the home's output
 
     def on_control(self, message: Any) -> None:
         if isinstance(message, Request):
             self._request_from_edge(message)
+        elif isinstance(message, Act):
+            self._spawn(self._act_for(message))
+        elif isinstance(message, Acted):
+            answer = self._acting.get(message.ref)
+            if answer is not None and not answer.done():
+                answer.set_result(message)
         elif isinstance(message, Gone):
             member = self._remote.pop((message.node, message.session), None)
             if member is not None:
@@ -791,3 +899,5 @@ class ClusterRooms:
         for task in list(self._tasks):
             task.cancel()
         self.server.cluster = None
+        if self.server.pipeline.route_action == self.act_at_home:
+            self.server.pipeline.route_action = None

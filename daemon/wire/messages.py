@@ -64,6 +64,7 @@ class ErrorCode(str, enum.Enum):
     SHUTTING_DOWN = "shutting_down"
     STORE_UNAVAILABLE = "store_unavailable"
     STREAM_UNAVAILABLE = "stream_unavailable"
+    HOME_UNREACHABLE = "home_unreachable"
     INTERNAL_ERROR = "internal_error"
 
 
