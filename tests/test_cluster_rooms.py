@@ -513,6 +513,13 @@ async def test_media_across_nodes_resumes_after_a_redis_restart(
                     await home_rooms.check_edges()  # b is back: its members stay
                 finally:
                     await redis.aclose()
+                # The home's relay reads interest again at most a second later (it missed b's
+                # announcement while its subscription reconnected).
+                edge_address = cluster_of(b).relay.address
+                await until(
+                    lambda: edge_address in (cluster_of(a).relay.interested("steady") or []),
+                    "the home's relay sends to b again",
+                )
                 heard.clear()
                 again = srtp_datagrams(key, 11, 10)
                 await speak(host, again, [heard])
@@ -612,3 +619,59 @@ async def test_operator_actions_are_performed_by_the_rooms_home(
             assert unreachable.value.code == "home_unreachable"
         finally:
             await admin.close()
+
+
+async def test_scheduled_and_persistent_rooms_run_on_their_home_only(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """Every node restores the shared store's scheduled and persistent rooms, but only the
+    room's home runs their timers (ban expiries, reminders, closing); when the home stops,
+    another node claims the room and runs them, from the store."""
+    from salon.daemon.admin.client import AdminClient
+
+    fast = {"cluster.lease_ms": 1500}
+    far = time.time() + 7200  # past every timer below
+    redis = Redis.from_url(redis_url)
+    try:
+        async with contextlib.AsyncExitStack() as first:
+            (a,) = await first.enter_async_context(
+                nodes(tmp_path, redis_url, postgres_url, ["a"], **fast)
+            )
+            admin = await AdminClient.connect(a.daemon.config.admin_socket)
+            try:
+                await admin.create_room("kept", "Kept", persistent=True)
+                await admin.create_room("later", "Later", scheduled_for=time.time() + 3600)
+                await admin.ban("kept", "guest-0123456789ab", duration=3600)
+            finally:
+                await admin.close()
+            await a.daemon.store.commit()
+            for room in ("kept", "later"):  # claimed by the node that created them
+                await until(lambda room=room: cluster_of(a).leases.holds(room), f"a holds {room}")
+            async with nodes(tmp_path, redis_url, postgres_url, ["b"], **fast) as (b,):
+                copies = b.daemon.core.rooms
+                assert {"kept", "later"} <= set(copies)  # restored from the shared store
+                rooms_b = cluster_of(b).rooms
+                assert not rooms_b.runs_timers("kept") and not rooms_b.runs_timers("later")
+                b.daemon.core.handle_timer(far)  # every timer of b's copies comes due: void
+                assert "guest-0123456789ab" in copies["kept"].bans
+                # The home stops: b claims both rooms, reloads them from the store, runs them.
+                await first.aclose()
+                copies = b.daemon.core.rooms
+                for room in ("kept", "later"):
+                    await until(
+                        lambda room=room: (
+                            rooms_b.runs_timers(room)
+                            and room in copies
+                            and room not in rooms_b._lookups
+                        ),
+                        f"b runs {room}",
+                    )
+                    home = parse_lease(await redis.get(LEASE_KEY.format(room)))
+                    assert home is not None and home.node == "b"
+                assert copies["later"].state == "scheduled"
+                b.daemon.core.handle_timer(far)
+                assert "guest-0123456789ab" not in copies["kept"].bans  # expired at b now
+    finally:
+        await redis.aclose()

@@ -156,12 +156,31 @@ class RoomLeases:
             return None
         return held.epoch
 
+    def holds(self, room: str) -> bool:
+        """Whether this node holds the room's lease, even suspended (it may take it again)."""
+        return room in self._held
+
     def rooms(self) -> list[str]:
         return list(self._held)
 
     async def home(self, room: str) -> Home | None:
         """The room's home as the directory says (None: no node holds it)."""
         return parse_lease(await self._redis.get(LEASE_KEY.format(room)))
+
+    async def redis_uptime(self) -> float:
+        """Seconds since Redis started (a restart forgets every lease and registry entry)."""
+        info = await self._redis.info("server")
+        try:
+            return float(info.get("uptime_in_seconds", "inf"))
+        except (TypeError, ValueError):
+            return float("inf")
+
+    async def homes(self, rooms: list[str]) -> list[Home | None]:
+        """The homes of several rooms in one round trip (None where no node holds it)."""
+        if not rooms:
+            return []
+        values = await self._redis.mget([LEASE_KEY.format(room) for room in rooms])
+        return [parse_lease(value) for value in values]
 
     async def acquire(self, room: str, floor: int = 0) -> int | None:
         """Become the room's home if nobody is: the new epoch (above ``floor``, the highest

@@ -220,6 +220,15 @@ class ClusterRooms:
         self._live_handle: asyncio.Handle | None = None
         self.uplink_refused = 0
         """Uplink datagrams from an unknown member or for a room this node is not home of."""
+        self._kept: set[str] = set()
+        """Scheduled and persistent rooms this node knows of (restored at start, or created
+        here): each runs on its home only, which this node claims when nobody holds it."""
+        self._fresh: set[str] = set()
+        """Kept rooms as restored from the store at start, no node having run them since."""
+        self._unclaimed: set[str] = set()
+        """Kept rooms without a home at the last check."""
+        self._restarted: bool | None = None
+        """Whether Redis restarted lately, as found during the current check (None: not asked)."""
         self._acting: dict[int, asyncio.Future[Acted]] = {}
         """Operator and plugin requests passed to a room's home, by reference, awaiting it."""
         self._act_refs = itertools.count(1)
@@ -295,15 +304,17 @@ class ClusterRooms:
         await self.relay.follow(room + UPLINK)
         return self.node_id
 
-    async def _take_over(self, room: str) -> bool:
-        """With the lease just taken: have the room live here, from the shared store when this
-        node does not run it (its previous home died, or it was created on another node)."""
+    async def _take_over(self, room: str, scheduled: bool = False) -> bool:
+        """With the lease just taken: have the room live here (or ``scheduled``), from the
+        shared store when this node does not run it (its previous home died, or it was created
+        on another node)."""
         core = self.server.core
         found = core.rooms.get(room)
-        if found is not None and found.state == "live":
+        states = ("live", "scheduled") if scheduled else ("live",)
+        if found is not None and found.state in states:
             return True
         record = await self._load_room(room)
-        if record is None or record.settings.state != "live":
+        if record is None or record.settings.state not in states:
             return False
         try:
             live = await self.leases.read_live(room)
@@ -643,6 +654,12 @@ class ClusterRooms:
         if isinstance(event, (MemberJoined, MemberLeft)):
             member = self.server.remote.get(event.session)
             if not isinstance(member, RemoteMember):
+                # Let go (detached: its edge died or it left there): the relay outlet goes
+                # with the room's last remote member all the same.
+                members = self._remote_members.get(event.room)
+                if isinstance(event, MemberLeft) and members and event.session in members:
+                    members.discard(event.session)
+                    self._update_relay(event.room)
                 return
             joined = isinstance(event, MemberJoined)
             members = self._remote_members.setdefault(event.room, set())
@@ -661,7 +678,12 @@ class ClusterRooms:
                 )
         elif isinstance(event, RoomCreated):
             self._spawn(self.leases.list_room(event.room))
+            found = self.server.core.rooms.get(event.room)
+            if found is not None and (found.persistent or found.state == "scheduled"):
+                self._kept.add(event.room)
+                self._spawn(self._claim(event.room))
         elif isinstance(event, RoomClosed):
+            self._kept.discard(event.room)
             if self.may_write(event.room):
                 self._spawn(self.leases.unlist_room(event.room))
             self._remote_members.pop(event.room, None)
@@ -798,6 +820,7 @@ class ClusterRooms:
     async def check_homes(self) -> None:
         """Rejoin local clients whose room's home changed (died: its lease expired, or moved)
         to wherever the room lives now -- possibly this node, which then takes it over."""
+        self._restarted = None
         homes: dict[tuple[str, str], list[int]] = {}
         for session, attached in self._attached.items():
             homes.setdefault((attached.room, attached.home), []).append(session)
@@ -806,9 +829,10 @@ class ClusterRooms:
             current = await self.leases.home(room)
             if current is not None and current.node == home:
                 continue
-            if current is None and room not in self._absent:
-                # Give a living home one check to take its lease again (after a Redis restart
-                # every lease is gone at once); a dead one stays absent.
+            if current is None and (room not in self._absent or await self._redis_restarted()):
+                # Give a living home time to take its lease again (after a Redis restart every
+                # lease is gone at once): one check, or while Redis restarted lately; a dead
+                # home stays absent.
                 absent.add(room)
                 continue
             log.warning(
@@ -834,6 +858,16 @@ class ClusterRooms:
                     self.closed(session)
                     self.server.enqueue(session, rejoin, on_behalf=room)
         self._absent = absent
+
+    async def _redis_restarted(self) -> bool:
+        """Whether Redis started less than two leases ago (asked once per check): every lease
+        and registry entry was lost then, and living nodes are still writing theirs again (the
+        first command after a restart often meets a closed connection), so a missing one is
+        no sign of death yet."""
+        if self._restarted is None:
+            uptime = await self.leases.redis_uptime()
+            self._restarted = uptime < 2 * self.leases.lease_ms / 1000
+        return self._restarted
 
     async def check_edges(self) -> None:
         """Let go of remote members whose edge node died or restarted.
@@ -870,9 +904,70 @@ class ClusterRooms:
                     del self._remote[key]
                     self.server.detach_remote(member.session_id)
 
+    def runs_timers(self, room: str) -> bool:
+        """Whether this node runs the room's timers: a scheduled or persistent room is known
+        to every node (restored from the shared store at start), but only its home reminds its
+        subscribers, lifts its bans, closes it (the other copies' timers are void)."""
+        return room not in self._kept or self.leases.holds(room)
+
+    async def claim_kept(self) -> None:
+        """Take the lease of each scheduled or persistent room nobody holds (at start, or its
+        home died): this node becomes its home, with the room as the store has it."""
+        self._restarted = None
+        rooms = sorted(room for room in self._kept if not self.leases.holds(room))
+        unclaimed = set()
+        for room, home in zip(rooms, await self.leases.homes(rooms), strict=True):
+            if home is not None:
+                self._fresh.discard(room)  # run elsewhere: the copy here may be stale now
+            elif room not in self._unclaimed or await self._redis_restarted():
+                # Give a living home time to take its lease again (as in check_homes).
+                unclaimed.add(room)
+            else:
+                await self._claim(room, reload=room not in self._fresh)
+        self._unclaimed = unclaimed
+
+    async def _claim(self, room: str, reload: bool = False) -> None:
+        """Become the home of a scheduled or persistent room. ``reload``: the copy here may
+        be stale and its timers void (another node ran the room): it is replaced by the room
+        as the store has it, timers armed afresh."""
+        if room in self._lookups or self.leases.holds(room):
+            return  # being looked up (a join takes it), or ours already
+        # A join or an action on the room meanwhile waits for the claim, as for a lookup.
+        lookup = self._lookups[room] = asyncio.get_running_loop().create_future()
+        try:
+            home = await self._claim_lease(room, reload)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                lookup.cancel()
+            else:
+                lookup.set_exception(exc)
+                lookup.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._lookups[room]
+        lookup.set_result(home)
+
+    async def _claim_lease(self, room: str, reload: bool) -> str | None:
+        if await self.leases.acquire(room, floor=self.guard.highest(room)) is None:
+            home = await self.leases.home(room)
+            return home.node if home is not None else None
+        self._deposed.discard(room)
+        if reload and self.server.core.forget_room(room):
+            log.info("cluster: room %s: reloading it from the store as its home", room)
+        if not await self._take_over(room, scheduled=True):
+            self._kept.discard(room)  # closed or deleted meanwhile
+            await self.leases.release(room)
+            return None
+        await self.relay.follow(room + UPLINK)
+        return self.node_id
+
     async def _watch(self) -> None:
         interval = self.leases.lease_ms / 3000
         while True:
+            try:
+                await self.claim_kept()
+            except (RedisError, OSError) as exc:
+                log.warning("cluster: claiming scheduled and persistent rooms failed: %s", exc)
             await asyncio.sleep(interval)
             try:
                 await self.check_homes()
@@ -881,6 +976,13 @@ class ClusterRooms:
                 log.warning("cluster: checking rooms' homes failed: %s", exc)
 
     def start(self) -> None:
+        self.server.core.gate_timers(self.runs_timers)
+        self._kept = {
+            room.id
+            for room in self.server.core.rooms.values()
+            if room.state != "closed" and (room.persistent or room.state == "scheduled")
+        }
+        self._fresh = set(self._kept)
         self._spawn(self._watch())
 
     # ------------------------------------------------------------------ tasks
@@ -899,5 +1001,6 @@ class ClusterRooms:
         for task in list(self._tasks):
             task.cancel()
         self.server.cluster = None
+        self.server.core.gate_timers(None)
         if self.server.pipeline.route_action == self.act_at_home:
             self.server.pipeline.route_action = None

@@ -131,6 +131,8 @@ class CoreContext:
         self.random_bytes = random_bytes
         self.forwarder = Forwarder(limits.max_datagram_size)
         self.rooms: dict[str, Room] = {}
+        self.timer_gate: Callable[[str], bool] | None = None
+        """Whether a room's timers run here (a cluster node: only the rooms it is home of)."""
         """Rooms by id: live, scheduled and recently closed ones."""
         self.sessions: dict[int, Session] = {}
         self.events: collections.deque[events.CoreEvent] = collections.deque()
@@ -161,9 +163,14 @@ class CoreContext:
         """Run every timer due at ``now``, oldest first, each through its kind's handler."""
         timers = self.timers
         handlers = self._timer_handlers
+        rooms = self.rooms
+        gate = self.timer_gate
         while timers and timers[0][0] <= now:
             _, _, kind, room, key = heapq.heappop(timers)
-            handlers[kind](room, key, now)
+            # A forgotten or replaced room's timers are void, and so are those of a room
+            # another cluster node runs.
+            if rooms.get(room.id) is room and (gate is None or gate(room.id)):
+                handlers[kind](room, key, now)
 
     # ------------------------------------------------------------------ outbox
 

@@ -434,6 +434,21 @@ class SalonCore:
         """
         self._lifecycle.restore_room(record, now)
 
+    def gate_timers(self, gate: Callable[[str], bool] | None) -> None:
+        """Run a room's timers only while ``gate(room id)`` says so (a cluster node runs only
+        those of the rooms it is home of, docs/cluster.md); None: all of them."""
+        self._ctx.timer_gate = gate
+
+    def forget_room(self, room_id: str) -> bool:
+        """Drop a room without a member or a knock from this server silently (no event,
+        nothing stored, its timers void): another cluster node runs it (docs/cluster.md).
+        False if it has members or knocks, or is not here."""
+        room = self._ctx.rooms.get(room_id)
+        if room is None or room.members or room.knocks or room.state == "closed":
+            return False
+        del self._ctx.rooms[room_id]
+        return True
+
     def restore_server_ban(self, user: str, ban: Ban, now: float) -> None:
         """Bring back a stored server-wide ban (ignored if it has expired). Emits nothing."""
         self._moderation.restore_server_ban(user, ban, now)
