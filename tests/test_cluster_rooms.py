@@ -22,6 +22,7 @@ from salon.client.connection import RequestError, SalonClient
 from salon.daemon.cluster.lease import (
     EPOCH_KEY,
     LEASE_KEY,
+    LIVE_KEY,
     ROOMS_KEY,
     EpochGuard,
     RoomLeases,
@@ -511,6 +512,10 @@ async def test_media_across_nodes_resumes_after_a_redis_restart(
                         assert loop.time() < restarted + WAIT, "no recovery after the restart"
                         await asyncio.sleep(0.05)
                     await home_rooms.check_edges()  # b is back: its members stay
+                    # The home wrote the room's volatile state again (Redis forgot it).
+                    while not await redis.exists(LIVE_KEY.format("steady")):
+                        assert loop.time() < restarted + WAIT, "volatile state not re-asserted"
+                        await asyncio.sleep(0.05)
                 finally:
                     await redis.aclose()
                 # The home's relay reads interest again at most a second later (it missed b's
@@ -675,3 +680,16 @@ async def test_scheduled_and_persistent_rooms_run_on_their_home_only(
                 assert "guest-0123456789ab" not in copies["kept"].bans  # expired at b now
     finally:
         await redis.aclose()
+
+
+def test_hands_given_back_after_a_failover_keep_their_first_order() -> None:
+    """Returning hands go back by when they went up at the previous home, ahead of hands
+    raised since, whatever order their users rejoin in."""
+    from salon.daemon.core.hands import HandQueue
+
+    queue = HandQueue()
+    assert queue.raise_hand("raised-at-the-new-home", 30.0)
+    assert queue.restore_hand("second", 20.0)
+    assert queue.restore_hand("first", 10.0)
+    assert not queue.restore_hand("first", 5.0)  # already queued: keeps its place
+    assert queue.users() == ["first", "second", "raised-at-the-new-home"]

@@ -123,7 +123,8 @@ class _Held:
 
 class RoomLeases:
     """The leases this node holds, renewed in the background; ``on_lost(room)`` when one ends
-    without :meth:`release` (taken over, or not renewed in time)."""
+    without :meth:`release` (taken over, or not renewed in time), ``on_regained(room)`` when one
+    Redis forgot (a restart) is taken again."""
 
     def __init__(
         self,
@@ -132,11 +133,13 @@ class RoomLeases:
         *,
         lease_ms: int,
         on_lost: Callable[[str], None],
+        on_regained: Callable[[str], None] | None = None,
     ) -> None:
         self._redis = redis
         self.node_id = node_id
         self.lease_ms = lease_ms
         self._on_lost = on_lost
+        self._on_regained = on_regained
         self._held: dict[str, _Held] = {}
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -246,6 +249,8 @@ class RoomLeases:
                 # Not ours in Redis (any more): gone after a Redis restart, or taken over.
                 if await self.acquire(room, floor=held.epoch) is not None:
                     log.info("cluster: lease of room %s taken again", room)
+                    if self._on_regained is not None:
+                        self._on_regained(room)
                 else:
                     self._lose(room, "taken over")
             except (RedisError, OSError) as exc:

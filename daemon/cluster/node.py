@@ -166,6 +166,7 @@ class ClusterNode:
             self.node_id,
             lease_ms=self.config.lease_ms,
             on_lost=lambda room: self.rooms.lease_lost(room) if self.rooms else None,
+            on_regained=lambda room: self.rooms.lease_regained(room) if self.rooms else None,
         )
         # The udp relay listens on the QUIC socket's host and tells other nodes the public
         # name when that host is a wildcard (the address clients are redirected to).

@@ -790,6 +790,11 @@ class ClusterRooms:
         """The store fence: a node that lost a room to another writes nothing of it."""
         return room not in self._deposed
 
+    def lease_regained(self, room: str) -> None:
+        """The lease was taken again after Redis forgot it (a restart): so was the room's
+        volatile state, which is written again now rather than at the room's next change."""
+        self._live_changed(room)
+
     def lease_lost(self, room: str) -> None:
         """Another node is the room's home now: this one becomes an edge. Remote members are
         let go (their edges rejoin the new home); local members leave the copy here (its
