@@ -315,6 +315,18 @@ async def test_one_room_spans_three_nodes(
             await host.wait_for_event(
                 msg.ParticipantLeft, timeout=WAIT, where=lambda e: e.user == on_c.user
             )
+
+            # 6. Node b restarts (its entry names a new registration): the members it had
+            # before go at once, at the first check.
+            restarting = cluster_of(b)
+            assert restarting._task is not None
+            restarting._task.cancel()
+            await redis.hset(NODE_KEY.format("b"), "started_at", repr(time.time() + 1))
+            await home_rooms.check_edges()
+            assert not any(m.node == "b" for m in home_rooms._remote.values())
+            await host.wait_for_event(
+                msg.ParticipantLeft, timeout=WAIT, where=lambda e: e.user == on_b.user
+            )
         finally:
             await redis.aclose()
 

@@ -121,6 +121,8 @@ class RemoteMember:
         self.address = address
         self.identity: Identity | None = None
         self.closed = False
+        self.since = time.time()
+        """When the home first heard of it (wall clock, like the registry's ``started_at``)."""
         self._pending: list[bytes] = []
 
     def send_control(self, framed: bytes) -> None:
@@ -890,22 +892,26 @@ class ClusterRooms:
             del self._edge_missing[node]
         for node in nodes:
             boot = await self._node_boot(node)
+            before = float("inf")
             if boot is not None:
                 self._edge_missing.pop(node, None)
                 known = self._edge_boots.setdefault(node, boot)
                 if known == boot:
                     continue
-                why = "restarted"
+                # Restarted: members from before the new process started are gone (those its
+                # new clients made since stay).
+                self._edge_boots[node] = boot
+                why, before = "restarted", boot
             else:
                 missing = self._edge_missing.setdefault(node, now)
                 if now - missing < self._edge_grace:
                     continue
+                del self._edge_missing[node]
+                self._edge_boots.pop(node, None)
                 why = "gone"
             log.warning("cluster: edge node %s is %s; its members leave", node, why)
-            self._edge_boots.pop(node, None)
-            self._edge_missing.pop(node, None)
             for key, member in list(self._remote.items()):
-                if member.node == node:
+                if member.node == node and member.since < before:
                     del self._remote[key]
                     self.server.detach_remote(member.session_id)
 
