@@ -213,9 +213,10 @@ class RequestPipeline:
         """
         core = self.core
         session = actor.session
-        if session is None and room is not None and self.route_action is not None:
+        target = request.room if isinstance(request, msg.StartRoom) else room
+        if session is None and target is not None and self.route_action is not None:
             # One writer per room: the room's home reviews and performs it.
-            routed = await self.route_action(actor, room, request)
+            routed = await self.route_action(actor, target, request)
             if routed is not None:
                 return routed
         if request.__struct_config__.tag in msg.STORED_REQUESTS and not self.store_available():

@@ -629,6 +629,11 @@ async def test_operator_actions_are_performed_by_the_rooms_home(
             with pytest.raises(AdminError) as refused:
                 await admin.remove("ruled", listener.user)
             assert refused.value.code == "participant_not_found"
+            # start_room names its room itself: it goes to the home too (b has no copy).
+            await host.create_room("Soon", room="soon", scheduled_for=time.time() + 3600)
+            await until(lambda: cluster_of(a).leases.holds("soon"), "a is home of soon")
+            await admin.start_room("soon")
+            assert a.daemon.core.rooms["soon"].state == "live"
             # The home stops answering (its control bus is down).
             await cancel_and_wait(cluster_of(a).control._tasks)
             with pytest.raises(AdminError) as unreachable:

@@ -517,7 +517,9 @@ class ClusterRooms:
                     f"node {self.node_id} is not the home of room {message.room} any more: retry",
                 )
             request = msg.decode_request(message.request)
-            result = await self.server.pipeline.perform(actor, message.room, request)
+            # start_room names its room itself (the admin path passes none, as here).
+            room = None if isinstance(request, msg.StartRoom) else message.room
+            result = await self.server.pipeline.perform(actor, room, request)
             reply = Acted(ref=message.ref, result=json.dumps(result or {}).encode())
         except CoreError as exc:
             reply = Acted(ref=message.ref, code=exc.code.value, message=exc.message)
