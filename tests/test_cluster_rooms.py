@@ -444,7 +444,10 @@ async def test_the_room_goes_on_when_its_home_is_killed(
                 # the owner answers at the new home.
                 state = (await event(host, msg.RoomState)).room
                 assert state.hand_queue == [second.user, listener.user]
-                assert [k.request_id for k in state.knocks] == [knocking["request_id"]]
+                knocks = [k.request_id for k in state.knocks]
+                if not knocks:  # the knocker's edge may rejoin it after the owner came back
+                    knocks = [(await event(host, msg.Knock)).request.request_id]
+                assert knocks == [knocking["request_id"]]
                 await host.call("approve_knock", request_id=knocking["request_id"])
                 await event(knocker, msg.RoomState)
                 # And it is heard: the moderator on c speaks, the listener on b hears it.
