@@ -263,6 +263,7 @@ def measure_flush(listeners: int, speakers: int, ticks: int, flushes: int = 1) -
                 pair = Pair(Path(tmp), CLIENT_ACK_DELAY, ("10.0.1.1", 30000 + len(pairs)))
                 protocol = Listener(pair.server)
                 protocol._loop = clock  # type: ignore[assignment]
+                protocol.timers = None  # armed on the clock, which never fires them
                 protocol._transport = transport  # type: ignore[assignment]
                 pairs.append(pair)
                 protocols.append(protocol)

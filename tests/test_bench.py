@@ -147,3 +147,12 @@ def test_the_sansio_bench_runs_every_configuration() -> None:
     assert len(results) == len(CONFIGURATIONS)
     assert all(math.isfinite(r["send_us"]) and r["send_us"] > 0 for r in results)
     assert len(summary_lines(results)) == 2 + len(CONFIGURATIONS)
+
+
+def test_the_sansio_flush_table_runs_on_salonds_transmit() -> None:
+    # It broke once when connections' timers moved to a per-loop heap bound to a closed loop.
+    from bench.sansio import measure_flush
+
+    one = measure_flush(listeners=3, speakers=1, ticks=20)
+    packed = measure_flush(listeners=3, speakers=4, ticks=20, flushes=1)
+    assert one["send_us"] > 0 and packed["send_us"] > 0

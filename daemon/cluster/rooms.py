@@ -725,7 +725,7 @@ class ClusterRooms:
                 knocks.setdefault(user, [back.request_id, back.requested_at, back.expires_at])
             state = {
                 "stage": sorted(stage | found.returning_stage),
-                "hands": sorted(([u, at] for u, at in hands.items()), key=lambda h: h[1]),
+                "hands": sorted(hands.items(), key=lambda hand: hand[1]),  # [user, raised at]
                 "knocks": knocks,
             }
             self._spawn(self.leases.write_live(room, epoch, json.dumps(state)))
