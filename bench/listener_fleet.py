@@ -11,8 +11,10 @@ drops what it does not:
 - **Then each connection is adopted** (:meth:`FastListener.adopt`): its 1-RTT keys, packet
   numbers, received ranges and pending ACK are copied out of aioquic, which is never called
   again. :class:`Fleet` reads the socket many datagrams per wake-up, removes header protection
-  and decrypts (AES-GCM through ``cryptography``, as salond's fast path does), reads the bench
-  fields of each DATAGRAM frame (send time) and skips the audio.
+  and decrypts in one call into salond's C extension (``salon.quic._speedups``; without it, or
+  with ``SALON_C_EXTENSION=0``, AES-GCM through ``cryptography`` and the mask in Python), reads
+  the bench fields of each DATAGRAM frame (send time) and skips the audio. ACK packets are
+  sealed the same way.
 - **It acknowledges exactly as the reference client does** (aioquic with
   ``salon.quic.protocol.CLIENT_ACK_DELAY``): an ACK-only packet ``ack_delay`` after the first
   ack-eliciting packet since the last ACK, the same ACK frame (ranges, ACK delay field), the
@@ -39,14 +41,19 @@ from time import monotonic_ns as time_ns
 from typing import Any
 
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoError, derive_key_iv_hp
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
 from cryptography.exceptions import InvalidTag
 
+from salon.quic import load_speedups
 from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
+
+_speedups = load_speedups()
 
 ONE_RTT = Epoch.ONE_RTT
 CID_LENGTH = 8
+PN_OFFSET = 1 + CID_LENGTH
 """Connection ids aioquic gives a client (``QuicConfiguration.connection_id_length``)."""
 PACKET_NUMBER_SIZE = 2
 ACK_DELAY_EXPONENT = 3
@@ -78,6 +85,40 @@ def read_varint(data: bytes, offset: int) -> tuple[int, int]:
     return value, offset + size
 
 
+def c_keys(context: Any, *, opener: bool) -> Any:
+    """The C extension's ``PacketOpener`` (or ``PacketSealer``) for an AES 1-RTT crypto
+    context of aioquic, or None: the extension is absent or off, or does not give aioquic's
+    bytes (checked once on a packet of each). The keys are derived again from the secret, as
+    aioquic did."""
+    if _speedups is None:
+        return None
+    keys = derive_key_iv_hp(
+        cipher_suite=context.cipher_suite, secret=context.secret, version=context.version
+    )
+    sealer = _speedups.PacketSealer(*keys)
+    header = bytes((0x40 | (context.key_phase << 2) | (PACKET_NUMBER_SIZE - 1),)) + bytes(
+        CID_LENGTH + PACKET_NUMBER_SIZE
+    )
+    payload = bytes(24)
+    if opener:
+        packet = sealer.protect(header, payload, 0)
+        try:
+            plain_header, expected, number, _ = context.decrypt_packet(packet, PN_OFFSET, 0)
+        except CryptoError:
+            return None
+        keeper = _speedups.PacketOpener(*keys)
+        if keeper.open(packet, PN_OFFSET, 0, context.key_phase) == (
+            plain_header[0],
+            expected,
+            number,
+        ):
+            return keeper
+        return None
+    if sealer.protect(header, payload, 0) == context.encrypt_packet(header, payload, 0):
+        return sealer
+    return None
+
+
 class FastListener:
     """One adopted connection: receives audio and acknowledges it as aioquic would.
 
@@ -88,9 +129,11 @@ class FastListener:
     __slots__ = (
         "_on_media",
         "_open",
+        "_opener",
         "_recv_hp",
         "_recv_iv",
         "_seal",
+        "_sealer",
         "_send",
         "_send_hp",
         "_send_iv",
@@ -142,6 +185,8 @@ class FastListener:
         stream_received: dict[int, int],
         send: Callable[[bytes], None],
         on_media: Callable[[bytes, int, int], None],
+        opener: Any = None,
+        sealer: Any = None,
     ) -> None:
         self.host_cid = host_cid
         self.peer_cid = peer_cid
@@ -151,6 +196,10 @@ class FastListener:
         self._seal = seal
         self._send_iv = send_iv
         self._send_hp = send_hp
+        self._opener = opener
+        """The C extension's ``PacketOpener`` for the receive keys (None: the Python path)."""
+        self._sealer = sealer
+        """The C extension's ``PacketSealer`` for the send keys (None: the Python path)."""
         self.key_phase = key_phase
         self.packet_number = packet_number
         self.largest_received = largest_received
@@ -245,50 +294,27 @@ class FastListener:
             },
             send=send,
             on_media=on_media,
+            opener=c_keys(crypto.recv, opener=True),
+            sealer=c_keys(crypto.send, opener=False),
         )
 
     # ------------------------------------------------------------------ receiving
 
     def receive(self, data: bytes, now: int) -> bool:
         """Take one short-header packet; True if an ACK became due later (see ack_at_ns)."""
-        # Header protection (RFC 9001 5.4) with the 16-byte sample after a 4-byte packet number.
-        pn_offset = 1 + CID_LENGTH
-        if len(data) < pn_offset + 20 or data[0] & 0x80:
-            self.unusual += 1
-            return False
-        mask = self._recv_hp(data[pn_offset + 4 : pn_offset + 20])
-        first = data[0] ^ (mask[0] & 0x1F)
-        pn_length = (first & 3) + 1
-        payload_offset = pn_offset + pn_length
-        if pn_length == 2:  # what salond (aioquic) sends
-            high = data[pn_offset] ^ mask[1]
-            low = data[pn_offset + 1] ^ mask[2]
-            truncated = (high << 8) | low
-            header = bytes((first,)) + data[1:pn_offset] + bytes((high, low))
-        else:
-            truncated = int.from_bytes(data[pn_offset:payload_offset], "big") ^ int.from_bytes(
-                mask[1 : 1 + pn_length], "big"
-            )
-            header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_length, "big")
-        # The full packet number nearest the expected one (RFC 9000 A.3).
-        expected = self.largest_received + 1
-        window = 1 << (pn_length * 8)
-        number = (expected & ~(window - 1)) | truncated
-        if number <= expected - window // 2 and number < (1 << 62) - window:
-            number += window
-        elif number > expected + window // 2 and number >= window:
-            number -= window
-        if (first >> 2) & 1 != self.key_phase:
-            self.unusual += 1  # a key update: not something salond starts
-            return False
-        try:
-            payload = self._open(
-                (self._recv_iv ^ number).to_bytes(12, "big"), data[payload_offset:], header
-            )
-        except InvalidTag:
-            self.undecryptable += 1
-            return False
-
+        opener = self._opener
+        # None from the C opener (too short, another key phase, not authentic): the Python
+        # path says which, and counts it.
+        opened = (
+            None
+            if opener is None
+            else opener.open(data, PN_OFFSET, self.largest_received + 1, self.key_phase)
+        )
+        if opened is None:
+            opened = self._open_in_python(data)
+            if opened is None:
+                return False
+        first, payload, number = opened
         # The frames: DATAGRAM (the audio), ACK (of our ACKs and PINGs), PADDING, PING.
         eliciting = False
         immediate = False
@@ -381,6 +407,48 @@ class FastListener:
                 if len(self.sent) > ACK_STATE_LIMIT:
                     self._transmit(now, ping=True)
         return armed
+
+    def _open_in_python(self, data: bytes) -> tuple[int, bytes, int] | None:
+        """Header protection (RFC 9001 5.4, the 16-byte sample after a 4-byte packet number)
+        and AES-GCM, as the C opener does: (first byte, payload, packet number), or None
+        (counted as unusual or undecryptable)."""
+        pn_offset = PN_OFFSET
+        if len(data) < pn_offset + 20 or data[0] & 0x80:
+            self.unusual += 1
+            return None
+        mask = self._recv_hp(data[pn_offset + 4 : pn_offset + 20])
+        first = data[0] ^ (mask[0] & 0x1F)
+        pn_length = (first & 3) + 1
+        payload_offset = pn_offset + pn_length
+        if pn_length == 2:  # what salond (aioquic) sends
+            high = data[pn_offset] ^ mask[1]
+            low = data[pn_offset + 1] ^ mask[2]
+            truncated = (high << 8) | low
+            header = bytes((first,)) + data[1:pn_offset] + bytes((high, low))
+        else:
+            truncated = int.from_bytes(data[pn_offset:payload_offset], "big") ^ int.from_bytes(
+                mask[1 : 1 + pn_length], "big"
+            )
+            header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_length, "big")
+        # The full packet number nearest the expected one (RFC 9000 A.3).
+        expected = self.largest_received + 1
+        window = 1 << (pn_length * 8)
+        number = (expected & ~(window - 1)) | truncated
+        if number <= expected - window // 2 and number < (1 << 62) - window:
+            number += window
+        elif number > expected + window // 2 and number >= window:
+            number -= window
+        if (first >> 2) & 1 != self.key_phase:
+            self.unusual += 1  # a key update: not something salond starts
+            return None
+        try:
+            payload = self._open(
+                (self._recv_iv ^ number).to_bytes(12, "big"), data[payload_offset:], header
+            )
+        except InvalidTag:
+            self.undecryptable += 1
+            return None
+        return first, payload, number
 
     def _add_received(self, number: int) -> None:
         ranges = self.ranges
@@ -475,6 +543,9 @@ class FastListener:
         self.packet_number = number + 1
         first = 0x40 | (self.spin_bit << 5) | (self.key_phase << 2) | (PACKET_NUMBER_SIZE - 1)
         header = bytes((first,)) + self.peer_cid + (number & 0xFFFF).to_bytes(2, "big")
+        if self._sealer is not None:
+            self._send(self._sealer.protect(header, payload, number))
+            return
         protected = self._seal((self._send_iv ^ number).to_bytes(12, "big"), payload, header)
         mask = self._send_hp(protected[2:18])
         self._send(

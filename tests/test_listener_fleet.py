@@ -19,9 +19,11 @@ import pytest
 from aioquic.quic import events as quic_events
 from aioquic.tls import Epoch
 
+from bench import listener_fleet
 from bench.common import SEND_TIME_OFFSET, media_datagram, read_media
 from bench.listener_fleet import SEND_TIME, FastListener, read_varint, varint
 from bench.sansio import SERVER_ADDR
+from salon.quic import fastpath
 from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
 from tests.test_ackpath import Side
 
@@ -120,7 +122,14 @@ def open_control_stream(side: Side) -> None:
         pass
 
 
-def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(tmp_path: Path):
+@pytest.mark.parametrize("crypto", ["C", "Python"])
+def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypto: str
+):
+    if crypto == "C" and not fastpath.speedups_available():
+        pytest.skip("the C extension was not built (test_speedups.py fails for that)")
+    if crypto == "Python":
+        monkeypatch.setattr(listener_fleet, "_speedups", None)
     sides = [Side(tmp_path / "a", fast_acks=True), Side(tmp_path / "b", fast_acks=True)]
     for side in sides:
         open_control_stream(side)
@@ -132,6 +141,8 @@ def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(tmp_p
         side.client_base = side.client._packet_number
     reference = ReferenceClient(sides[0])
     cheap = CheapClient(sides[1], start)
+    in_c = crypto == "C"
+    assert (cheap.listener._opener is not None) == (cheap.listener._sealer is not None) == in_c
     clients: list[Any] = [reference, cheap]
     to_client: list[list[bytes]] = [[], []]
     to_server: list[list[bytes]] = [[], []]
