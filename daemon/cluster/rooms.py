@@ -26,7 +26,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -274,9 +274,14 @@ class ClusterRooms:
             return await asyncio.shield(pending)
         if self.leases.epoch(room) is not None:
             return self.node_id
+        return await self._as_the_lookup(room, self._look_up(room))
+
+    async def _as_the_lookup(self, room: str, work: Coroutine[Any, Any, str | None]) -> str | None:
+        """Run ``work`` as the room's one lookup: :meth:`_home_of` calls meanwhile wait for
+        its answer (or its error) instead of starting their own."""
         lookup = self._lookups[room] = asyncio.get_running_loop().create_future()
         try:
-            home = await self._look_up(room)
+            home = await work
         except asyncio.CancelledError:
             lookup.cancel()
             raise
@@ -946,19 +951,7 @@ class ClusterRooms:
         if room in self._lookups or self.leases.holds(room):
             return  # being looked up (a join takes it), or ours already
         # A join or an action on the room meanwhile waits for the claim, as for a lookup.
-        lookup = self._lookups[room] = asyncio.get_running_loop().create_future()
-        try:
-            home = await self._claim_lease(room, reload)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                lookup.cancel()
-            else:
-                lookup.set_exception(exc)
-                lookup.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._lookups[room]
-        lookup.set_result(home)
+        await self._as_the_lookup(room, self._claim_lease(room, reload))
 
     async def _claim_lease(self, room: str, reload: bool) -> str | None:
         if await self.leases.acquire(room, floor=self.guard.highest(room)) is None:
