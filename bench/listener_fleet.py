@@ -41,12 +41,12 @@ from time import monotonic_ns as time_ns
 from typing import Any
 
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.crypto import CryptoError, derive_key_iv_hp
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
 from cryptography.exceptions import InvalidTag
 
 from salon.quic import load_speedups
+from salon.quic.ckeys import checked_opener, checked_sealer
 from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
 
 _speedups = load_speedups()
@@ -83,40 +83,6 @@ def read_varint(data: bytes, offset: int) -> tuple[int, int]:
     for index in range(offset + 1, offset + size):
         value = (value << 8) | data[index]
     return value, offset + size
-
-
-def c_keys(context: Any, *, opener: bool) -> Any:
-    """The C extension's ``PacketOpener`` (or ``PacketSealer``) for an AES 1-RTT crypto
-    context of aioquic, or None: the extension is absent or off, or does not give aioquic's
-    bytes (checked once on a packet of each). The keys are derived again from the secret, as
-    aioquic did."""
-    if _speedups is None:
-        return None
-    keys = derive_key_iv_hp(
-        cipher_suite=context.cipher_suite, secret=context.secret, version=context.version
-    )
-    sealer = _speedups.PacketSealer(*keys)
-    header = bytes((0x40 | (context.key_phase << 2) | (PACKET_NUMBER_SIZE - 1),)) + bytes(
-        CID_LENGTH + PACKET_NUMBER_SIZE
-    )
-    payload = bytes(24)
-    if opener:
-        packet = sealer.protect(header, payload, 0)
-        try:
-            plain_header, expected, number, _ = context.decrypt_packet(packet, PN_OFFSET, 0)
-        except CryptoError:
-            return None
-        keeper = _speedups.PacketOpener(*keys)
-        if keeper.open(packet, PN_OFFSET, 0, context.key_phase) == (
-            plain_header[0],
-            expected,
-            number,
-        ):
-            return keeper
-        return None
-    if sealer.protect(header, payload, 0) == context.encrypt_packet(header, payload, 0):
-        return sealer
-    return None
 
 
 class FastListener:
@@ -294,8 +260,8 @@ class FastListener:
             },
             send=send,
             on_media=on_media,
-            opener=c_keys(crypto.recv, opener=True),
-            sealer=c_keys(crypto.send, opener=False),
+            opener=checked_opener(_speedups, crypto.recv),
+            sealer=checked_sealer(_speedups, crypto.send),
         )
 
     # ------------------------------------------------------------------ receiving

@@ -13,6 +13,8 @@ package, and nowhere else (``tests/test_layering.py`` scans the other packages):
 - :mod:`salon.quic.timers`: every server connection's QUIC timer in one heap behind one loop
   timer;
 - :mod:`salon.quic.sendbatch`: the packets of one tick sent with one ``sendmmsg`` call.
+- :mod:`salon.quic.ckeys`: the C extension's sealer and opener for an aioquic crypto context,
+  checked once against aioquic's bytes (the fast path, the ACK path, the bench's listeners).
 - ``salon.quic._speedups`` (``_speedups.c``, optional, built by ``setup.py``): packing, sealing
   and header protection of the fast path's packets, opening the ACK fast path's, and the
   ``sendmmsg`` call, in C; where it was not built the same work runs in Python.

@@ -26,13 +26,14 @@ from typing import Any
 
 from aioquic.buffer import Buffer, BufferReadError
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.crypto import CryptoError, derive_key_iv_hp
+from aioquic.quic.crypto import CryptoError
 from aioquic.quic.events import DatagramFrameReceived
 from aioquic.quic.packet import PACKET_FIXED_BIT, PACKET_SPIN_BIT, QuicFrameType, pull_ack_frame
 from aioquic.quic.recovery import MAX_ACK_RANGES
-from aioquic.tls import CipherSuite, Epoch
+from aioquic.tls import Epoch
 
 from salon.quic import load_speedups
+from salon.quic.ckeys import checked_opener
 
 _speedups = load_speedups()
 
@@ -49,7 +50,6 @@ C_OPEN = _speedups is not None
 """Remove header protection and decrypt AES packets in one call into the C extension
 ``salon.quic._speedups`` (when it was built; False: aioquic's ``decrypt_packet``; the tests
 compare both)."""
-AES_SUITES = (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384)
 
 
 class AckFastPath:
@@ -80,25 +80,9 @@ class AckFastPath:
 
     def _c_opener(self, recv: Any) -> Any:
         """A C ``PacketOpener`` for ``recv``'s keys (kept while aioquic keeps its AEAD
-        object), or None (another suite, or refused by the check). The keys are derived again
-        from the secret, as aioquic did; a key update keeps the first header protection key,
-        so the opener is checked once against aioquic's ``decrypt_packet``."""
+        object), or None (another suite, or refused by the check: :mod:`salon.quic.ckeys`)."""
         self._opener_key = recv.aead
-        self._opener = None
-        if recv.cipher_suite not in AES_SUITES:
-            return None
-        keys = derive_key_iv_hp(
-            cipher_suite=recv.cipher_suite, secret=recv.secret, version=recv.version
-        )
-        opener = _speedups.PacketOpener(*keys)
-        header = bytes((PACKET_FIXED_BIT | (recv.key_phase << 2) | 1,)) + bytes(8) + b"\x00\x07"
-        packet = _speedups.PacketSealer(*keys).protect(header, bytes(24), 7)
-        try:
-            plain_header, payload, packet_number, _ = recv.decrypt_packet(packet, 9, 7)
-        except CryptoError:
-            return None
-        if opener.open(packet, 9, 7, recv.key_phase) == (plain_header[0], payload, packet_number):
-            self._opener = opener
+        self._opener = checked_opener(_speedups, recv)
         return self._opener
 
     def _receive(self, data: bytes, addr: Any, now: float) -> bool:

@@ -40,13 +40,13 @@ from typing import Any
 import aioquic
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.crypto import derive_key_iv_hp
 from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
-from aioquic.tls import CipherSuite, Epoch
+from aioquic.tls import Epoch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from salon.quic import AIOQUIC_VERSION, aioquic_matches, load_speedups
+from salon.quic.ckeys import checked_sealer
 
 _speedups = load_speedups()
 
@@ -361,21 +361,11 @@ class DatagramFastPath:
     def _c_sealer(self, send: Any) -> Any:
         """A C ``PacketSealer`` for ``send``'s keys (kept while aioquic keeps its AEAD object:
         deriving the keys costs more than a hundred packets), or None for a suite it does not
-        do. The keys are derived again from the secret, as aioquic did; a key update keeps the
-        first header protection key, so the sealer is checked against aioquic's bytes once."""
+        do or refused by the check (:mod:`salon.quic.ckeys`)."""
         cached = self._sealer_cache
         if cached is not None and cached[0] is send.aead:
             return cached[1]
-        self._sealer_cache = (send.aead, None)
-        if send.cipher_suite in (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384):
-            key, iv, hp_key = derive_key_iv_hp(
-                cipher_suite=send.cipher_suite, secret=send.secret, version=send.version
-            )
-            sealer = _speedups.PacketSealer(key, iv, hp_key)
-            header = bytes((PACKET_FIXED_BIT | 1,)) + bytes(10)
-            payload = bytes(32)
-            if sealer.protect(header, payload, 1) == send.encrypt_packet(header, payload, 1):
-                self._sealer_cache = (send.aead, sealer)
+        self._sealer_cache = (send.aead, checked_sealer(_speedups, send))
         return self._sealer_cache[1]
 
     def ack_due(self, now: float) -> bool:
