@@ -404,10 +404,7 @@ class SalonServer:
                     sink = self.media_sinks.get(outlet.session)
                     if sink is not None:
                         sink(outlet)
-            if self._media_flush_interval:
-                self._schedule_media_flush()
-            else:
-                self._schedule_flush()
+            self._schedule_media_flush()
         self.pipeline.pump()
 
     def media_queued(self, protocols: list[SessionProtocol]) -> None:
@@ -771,7 +768,8 @@ class SalonServer:
         """Flush at once, unless the last flush of media was less than
         ``media_flush_interval`` ago: then when that interval is over, so that what other
         speakers send meanwhile shares each listener's packet (a speaker alone, one datagram
-        every 20 ms, never waits). A flush already due takes the media along."""
+        every 20 ms, never waits; with an interval of 0 nothing waits). A flush already due
+        takes the media along."""
         loop = self._loop
         if self._flush_handle is not None or loop is None:
             return
