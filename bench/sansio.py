@@ -39,7 +39,7 @@ from aioquic.quic.connection import QuicConnection
 
 from bench.common import media_datagram
 from salon.daemon.tls import ensure_certificate
-from salon.quic import ackpath, fastpath
+from salon.quic import ackpath, fastpath, medialink
 from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
 from salon.quic.protocol import CLIENT_ACK_DELAY, delay_acks
@@ -224,22 +224,31 @@ class _Wire:
         return False
 
 
-def measure_flush(listeners: int, speakers: int, ticks: int, flushes: int = 1) -> dict[str, Any]:
+def measure_flush(
+    listeners: int, speakers: int, ticks: int, flushes: int = 1, link: str = "off"
+) -> dict[str, Any]:
     """CPU µs per copy of salond's flush (``ServerProtocol.transmit`` of every listener with
     media queued, under a held :class:`~salon.quic.sendbatch.BatchingTransport` whose
     ``sendmmsg`` is replaced by a list: no system call) over ``listeners`` connections, and
     of their ACKs through ``ServerProtocol.datagram_received`` (the ACK fast path). Each tick
     queues one datagram per speaker on every listener, as the forwarder does, in ``flushes``
     flushes spread over the 20 ms (speakers' datagrams arrive at different moments: one
-    flush for all of them is what ``tuning.media_flush_interval`` can make of it)."""
+    flush for all of them is what ``tuning.media_flush_interval`` can make of it).
+
+    ``link``: "off" (the Python fast paths), "per listener" (each listener's media link,
+    :mod:`salon.quic.medialink`, through its own ``transmit``) or "one call" (every loaded
+    link in one ``flush_links`` call, as salond's flush does)."""
     import asyncio
 
+    from salon.quic.medialink import flush_links
     from salon.quic.protocol import ServerProtocol
     from salon.quic.sendbatch import BatchingTransport
 
     class Listener(ServerProtocol):
+        closed = False
+
         def __init__(self, quic: QuicConnection) -> None:
-            super().__init__(quic)
+            super().__init__(quic, media_link=link != "off")
             self.queue: collections.deque[bytes] = collections.deque()
             self.peer_max_datagram = 1200
             self.sent_count = 0
@@ -283,8 +292,18 @@ def measure_flush(listeners: int, speakers: int, ticks: int, flushes: int = 1) -
                 protocol.queue.extend(datagrams[group::flushes])
             started = cpu()
             transport.hold()
-            for protocol in protocols:
-                protocol.transmit()
+            lists = transport.batch_lists()
+            if link == "one call" and lists is not None:
+                rest, sent = flush_links(protocols, clock.now, *lists)
+                protocols[0].sent_count += sent
+                for item in rest:
+                    if type(item) is tuple:
+                        item[0].after_link_send(item[1], item[2], item[3])
+                    else:
+                        item.transmit()
+            else:
+                for protocol in protocols:
+                    protocol.transmit()
             transport.release()
             send_cpu += cpu() - started
         now = clock.now
@@ -315,6 +334,8 @@ def measure_flush(listeners: int, speakers: int, ticks: int, flushes: int = 1) -
         "listeners": listeners,
         "speakers": speakers,
         "flushes": flushes,
+        "link": link,
+        "link_loads": sum(p.fastpath.link_loads for p in protocols if p.fastpath is not None),
         "send_us": send_cpu / copies * 1e6,
         "ack_us": ack_cpu / copies * 1e6,
     }
@@ -359,17 +380,23 @@ def run(copies: int = 5000, repeat: int = 1) -> list[dict[str, Any]]:
     return results
 
 
-FLUSH_CONFIGURATIONS: list[tuple[bool, int, int]] = [
-    (False, 1, 1),
-    (True, 1, 1),
-    (True, 4, 4),
-    (True, 4, 2),
-    (True, 4, 1),
+FLUSH_CONFIGURATIONS: list[tuple[bool, str, int, int]] = [
+    (False, "off", 1, 1),
+    (True, "off", 1, 1),
+    (True, "per listener", 1, 1),
+    (True, "one call", 1, 1),
+    (True, "off", 4, 4),
+    (True, "one call", 4, 4),
+    (True, "off", 4, 2),
+    (True, "one call", 4, 2),
+    (True, "off", 4, 1),
+    (True, "one call", 4, 1),
 ]
-"""(inlined bookkeeping, speakers, flushes per 20 ms) of :func:`measure_flush`: one speaker
-with aioquic's bookkeeping methods and with the inlined one; four speakers whose datagrams
-leave in four flushes (each on its own, as with ``media_flush_interval = 0`` and speakers 5 ms
-apart), two (the 10 ms default) or one."""
+"""(inlined bookkeeping, media link, speakers, flushes per 20 ms) of :func:`measure_flush`:
+one speaker with aioquic's bookkeeping methods, with the inlined one, and through the media
+link (each listener's transmit, or one ``flush_links`` call for all); four speakers whose
+datagrams leave in four flushes (each on its own, as with ``media_flush_interval = 0`` and
+speakers 5 ms apart), two (the 10 ms default) or one, without and with the link."""
 
 
 def run_flush(listeners: int, ticks: int, repeat: int = 1) -> list[dict[str, Any]]:
@@ -378,15 +405,21 @@ def run_flush(listeners: int, ticks: int, repeat: int = 1) -> list[dict[str, Any
     recovery = fastpath.INLINE_RECOVERY
     try:
         for _ in range(repeat):
-            for index, (inline, speakers, flushes) in enumerate(FLUSH_CONFIGURATIONS):
+            for index, (inline, link, speakers, flushes) in enumerate(FLUSH_CONFIGURATIONS):
+                if link != "off" and not medialink.available():
+                    continue
                 fastpath.INLINE_RECOVERY = inline
-                result = measure_flush(listeners, speakers, max(1, ticks // speakers), flushes)
+                result = measure_flush(
+                    listeners, speakers, max(1, ticks // speakers), flushes, link
+                )
                 result["bookkeeping"] = "inlined" if inline else "aioquic's methods"
                 runs[index].append(result)
     finally:
         fastpath.INLINE_RECOVERY = recovery
     results = []
     for samples in runs:
+        if not samples:
+            continue
         result = dict(samples[0])
         for key in ("send_us", "ack_us"):
             result[key] = min(sample[key] for sample in samples)
@@ -396,13 +429,14 @@ def run_flush(listeners: int, ticks: int, repeat: int = 1) -> list[dict[str, Any
 
 def flush_summary_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| listeners | bookkeeping | speakers | flushes per 20 ms | send µs/copy | ACK µs/copy"
-        " | total µs/copy |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| listeners | bookkeeping | media link | speakers | flushes per 20 ms | send µs/copy"
+        " | ACK µs/copy | total µs/copy |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
-            f"| {result['listeners']} | {result['bookkeeping']} | {result['speakers']}"
+            f"| {result['listeners']} | {result['bookkeeping']} | {result['link']}"
+            f" | {result['speakers']}"
             f" | {result['flushes']} | {result['send_us']:.1f} | {result['ack_us']:.1f}"
             f" | {result['send_us'] + result['ack_us']:.1f} |"
         )

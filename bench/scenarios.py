@@ -50,6 +50,7 @@ SERVER_TUNING: dict[str, dict[str, bool | int | str]] = {
     "salond-nohold": {"media_flush_interval": 0.0},
     "salond-owntimers": {"shared_timers": False},
     "salond-read5": {"read_interval": 0.005},
+    "salond-nolink": {"media_link": False},
     "naive": {},
 }
 """Servers to compare: salond with one ``[tuning]`` measure turned off, or on where it is off

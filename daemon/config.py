@@ -753,6 +753,10 @@ class TuningConfig(Section, frozen=True):
     """Apply listeners' ACK-only packets without aioquic's general receive path (same
     effect; switches itself off with ``fast_path`` on an aioquic release it was not written
     for)."""
+    media_link: bool = True
+    """While a listener's connection carries nothing but audio, its sends and the ACKs it
+    returns run in C on one compact copy of the connection's state (needs the C extension,
+    ``fast_path`` and ``ack_fast_path``; the same effect as without)."""
     send_batch: Literal["sendmmsg", "sendto"] = "sendmmsg"
     """``sendmmsg``: the packets of one loop tick leave in one system call (Linux; falls back
     to ``sendto`` elsewhere); ``sendto``: one system call per packet."""

@@ -16,6 +16,8 @@
 #include <sys/socket.h>
 
 #include <openssl/evp.h>
+#include <math.h>
+#include <structmember.h>
 
 #define NONCE_SIZE 12
 #define TAG_SIZE 16
@@ -135,28 +137,27 @@ done:
 
 #define DATAGRAM_WITH_LENGTH 0x31
 
-static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args) {
-    Py_buffer start;
-    unsigned long long packet_number;
-    PyObject *queue;
-    Py_ssize_t limit, max_payload;
-    if (!PyArg_ParseTuple(args, "y*KOnn", &start, &packet_number, &queue, &limit, &max_payload))
-        return NULL;
+/* As many datagrams from the front of queue as fit in one packet (up to the first over limit),
+ * in DATAGRAM frames after start and the packet number's low 2 bytes, sealed and protected;
+ * *count_out of them. The queue is left as it is. NULL with an exception on error. */
+static PyObject *seal_front(PacketSealer *self, const unsigned char *start, Py_ssize_t start_len,
+                            unsigned long long packet_number, PyObject *queue, Py_ssize_t limit,
+                            Py_ssize_t max_payload, Py_ssize_t *count_out) {
     PyObject *result = NULL, *iterator = NULL, *item;
     PyObject *items[256];
     Py_ssize_t count = 0, size = 0;
-    if (start.len < 1 || (((const unsigned char *)start.buf)[0] & 0x03) != 1) {
+    if (start_len < 1 || (start[0] & 0x03) != 1) {
         PyErr_SetString(PyExc_ValueError, "a header for a 2-byte packet number expected");
-        goto done;
+        return NULL;
     }
     iterator = PyObject_GetIter(queue);
-    if (iterator == NULL) goto done;
+    if (iterator == NULL) return NULL;
     /* As DatagramFastPath.send: as many datagrams as fit, from the front, in order. */
     while (count < 256 && (item = PyIter_Next(iterator)) != NULL) {
         if (!PyBytes_Check(item)) {
             Py_DECREF(item);
             PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
-            goto done;
+            goto release;
         }
         Py_ssize_t length = PyBytes_GET_SIZE(item);
         Py_ssize_t frame_size = length + (length >= 64 ? 3 : 2);
@@ -172,7 +173,7 @@ static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "the first datagram does not fit");
         goto release;
     }
-    Py_ssize_t header_len = start.len + 2;
+    Py_ssize_t header_len = start_len + 2;
     if (size + 2 < PN_MAX + SAMPLE_SIZE - TAG_SIZE) {
         PyErr_SetString(PyExc_ValueError, "packet too short to sample");
         goto release;
@@ -180,9 +181,9 @@ static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args)
     PyObject *packet = PyBytes_FromStringAndSize(NULL, header_len + size + TAG_SIZE);
     if (packet == NULL) goto release;
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(packet);
-    memcpy(out, start.buf, start.len);
-    out[start.len] = (unsigned char)(packet_number >> 8);
-    out[start.len + 1] = (unsigned char)packet_number;
+    memcpy(out, start, start_len);
+    out[start_len] = (unsigned char)(packet_number >> 8);
+    out[start_len + 1] = (unsigned char)packet_number;
     unsigned char *frame = out + header_len;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t length = PyBytes_GET_SIZE(items[i]);
@@ -202,13 +203,26 @@ static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal the packet");
         goto release;
     }
-    result = Py_BuildValue("(Nn)", packet, count);
+    result = packet;
+    *count_out = count;
 release:
     for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(items[i]);
-done:
     Py_XDECREF(iterator);
-    PyBuffer_Release(&start);
     return result;
+}
+
+static PyObject *PacketSealer_seal_datagrams(PacketSealer *self, PyObject *args) {
+    Py_buffer start;
+    unsigned long long packet_number;
+    PyObject *queue;
+    Py_ssize_t limit, max_payload, count = 0;
+    if (!PyArg_ParseTuple(args, "y*KOnn", &start, &packet_number, &queue, &limit, &max_payload))
+        return NULL;
+    PyObject *packet = seal_front(self, start.buf, start.len, packet_number, queue, limit,
+                                  max_payload, &count);
+    PyBuffer_Release(&start);
+    if (packet == NULL) return NULL;
+    return Py_BuildValue("(Nn)", packet, count);
 }
 
 static PyMethodDef PacketSealer_methods[] = {
@@ -254,25 +268,21 @@ static long long decode_packet_number(long long truncated, int bits, long long e
     return candidate;
 }
 
-static PyObject *PacketOpener_open(PacketOpener *self, PyObject *args) {
-    Py_buffer packet;
-    Py_ssize_t pn_offset;
-    long long expected;
-    int key_phase;
-    if (!PyArg_ParseTuple(args, "y*nLp", &packet, &pn_offset, &expected, &key_phase)) return NULL;
-    PyObject *result = NULL;
-    const unsigned char *data = packet.buf;
+/* Remove header protection and decrypt data into plain (room for len bytes): 1 opened (with
+ * *first_byte, *plain_len, *packet_number), 0 refused (too short, another key phase, not
+ * authentic), -1 an OpenSSL failure with an exception set. */
+static int open_packet(PacketOpener *self, const unsigned char *data, Py_ssize_t data_len,
+                       Py_ssize_t pn_offset, long long expected, int key_phase, int *first_byte,
+                       unsigned char *plain, Py_ssize_t *plain_len, long long *packet_number) {
     unsigned char mask[SAMPLE_SIZE + 16];
     unsigned char header[64];
     int len = 0;
     if (pn_offset < 1 || pn_offset + PN_MAX > (Py_ssize_t)sizeof(header) ||
-        pn_offset + PN_MAX + SAMPLE_SIZE > packet.len || packet.len > INT_MAX) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
+        pn_offset + PN_MAX + SAMPLE_SIZE > data_len || data_len > INT_MAX)
+        return 0;
     if (!EVP_EncryptUpdate(self->hp, mask, &len, data + pn_offset + PN_MAX, SAMPLE_SIZE) || len < 5) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to compute the header mask");
-        goto done;
+        return -1;
     }
     memcpy(header, data, pn_offset);
     header[0] ^= mask[0] & ((header[0] & 0x80) ? 0x0F : 0x1F);
@@ -283,36 +293,55 @@ static PyObject *PacketOpener_open(PacketOpener *self, PyObject *args) {
         truncated = (truncated << 8) | header[pn_offset + i];
     }
     Py_ssize_t header_len = pn_offset + pn_length;
-    if (!(header[0] & 0x80) && ((header[0] & 0x04) >> 2) != key_phase) {
-        result = Py_NewRef(Py_None); /* a key update: aioquic's path handles it */
-        goto done;
-    }
-    Py_ssize_t sealed_len = packet.len - header_len;
-    if (sealed_len < TAG_SIZE) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    long long packet_number = decode_packet_number(truncated, pn_length * 8, expected);
+    if (!(header[0] & 0x80) && ((header[0] & 0x04) >> 2) != key_phase)
+        return 0; /* a key update: aioquic's path handles it */
+    Py_ssize_t sealed_len = data_len - header_len;
+    if (sealed_len < TAG_SIZE) return 0;
+    long long number = decode_packet_number(truncated, pn_length * 8, expected);
     unsigned char nonce[NONCE_SIZE];
     memcpy(nonce, self->iv, NONCE_SIZE);
     for (int i = 0; i < 8; i++)
-        nonce[NONCE_SIZE - 1 - i] ^= (unsigned char)((unsigned long long)packet_number >> (8 * i));
-    Py_ssize_t plain_len = sealed_len - TAG_SIZE;
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, plain_len);
-    if (payload == NULL) goto done;
-    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(payload);
+        nonce[NONCE_SIZE - 1 - i] ^= (unsigned char)((unsigned long long)number >> (8 * i));
+    Py_ssize_t length = sealed_len - TAG_SIZE;
     const unsigned char *sealed = data + header_len;
     if (!EVP_DecryptInit_ex(self->aead, NULL, NULL, NULL, nonce) ||
         !EVP_DecryptUpdate(self->aead, NULL, &len, header, (int)header_len) ||
-        !EVP_DecryptUpdate(self->aead, plain, &len, sealed, (int)plain_len) ||
-        !EVP_CIPHER_CTX_ctrl(self->aead, EVP_CTRL_GCM_SET_TAG, TAG_SIZE,
-                             (void *)(sealed + plain_len)) ||
-        EVP_DecryptFinal_ex(self->aead, plain + len, &len) <= 0) {
+        !EVP_DecryptUpdate(self->aead, plain, &len, sealed, (int)length) ||
+        !EVP_CIPHER_CTX_ctrl(self->aead, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(sealed + length)) ||
+        EVP_DecryptFinal_ex(self->aead, plain + len, &len) <= 0)
+        return 0; /* not authentic: aioquic's path drops it */
+    *first_byte = header[0];
+    *plain_len = length;
+    *packet_number = number;
+    return 1;
+}
+
+static PyObject *PacketOpener_open(PacketOpener *self, PyObject *args) {
+    Py_buffer packet;
+    Py_ssize_t pn_offset;
+    long long expected;
+    int key_phase;
+    if (!PyArg_ParseTuple(args, "y*nLp", &packet, &pn_offset, &expected, &key_phase)) return NULL;
+    PyObject *result = NULL;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, packet.len);
+    if (payload == NULL) goto done;
+    int first_byte = 0;
+    Py_ssize_t plain_len = 0;
+    long long packet_number = 0;
+    int opened = open_packet(self, packet.buf, packet.len, pn_offset, expected, key_phase,
+                             &first_byte, (unsigned char *)PyBytes_AS_STRING(payload), &plain_len,
+                             &packet_number);
+    if (opened < 0) {
         Py_DECREF(payload);
-        result = Py_NewRef(Py_None); /* not authentic: aioquic's path drops it */
         goto done;
     }
-    result = Py_BuildValue("(iNL)", header[0], payload, packet_number);
+    if (opened == 0) {
+        Py_DECREF(payload);
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (_PyBytes_Resize(&payload, plain_len) < 0) goto done;
+    result = Py_BuildValue("(iNL)", first_byte, payload, packet_number);
 done:
     PyBuffer_Release(&packet);
     return result;
@@ -434,7 +463,823 @@ static PyObject *speedups_sendmmsg(PyObject *module, PyObject *args) {
     return Py_BuildValue("(ni)", done, error);
 }
 
+/* ------------------------------------------------------------------ MediaLink */
+
+/* One listener connection's media path while it carries nothing but audio: the state that
+ * aioquic's loss recovery, Reno congestion control, pacer and receive bookkeeping keep for its
+ * 1-RTT packets, in one compact struct, and the two things that happen to it thousands of
+ * times a second: sending queued datagrams (as DatagramFastPath.send) and applying an ACK-only
+ * packet (as AckFastPath and QuicPacketRecovery.on_ack_received). salon.quic.medialink loads
+ * the state from aioquic's objects and writes it back before anything else touches the
+ * connection; the arithmetic below is aioquic's, step for step and in the same order
+ * (tests/test_medialink.py replays the same traffic through both). Whatever this does not do —
+ * a loss to declare, another frame, a possible duplicate, a key phase change — is refused
+ * before any state changes, and aioquic handles it after the write-back.
+ *
+ * Why C: at 200 listeners the Python fast path was bound by touching aioquic's per-connection
+ * objects (a dozen per send, each out of the CPU's caches by its turn); here a connection's
+ * media state is one struct and an array of sent packets. */
+
+#define RECEIVED_MAX 64
+#define RECEIVED_WINDOW 128 /* aioquic's QuicPacketNumberWindow: 2 * MAX_ACK_RANGES */
+#define CID_MAX 20
+#define K_PACKET_THRESHOLD 3
+#define K_TIME_THRESHOLD (9.0 / 8.0)
+#define K_GRANULARITY 0.001
+#define K_MICRO_SECOND 0.000001
+#define K_SECOND 1.0
+#define MONITOR_SIZE 5
+#define ACK_RANGES_MAX 64
+#define SPIN_BIT 0x20
+#define RESERVED_BITS 0x18
+
+enum { LINK_SENT = 0, LINK_BLOCKED = 1, LINK_FALLBACK = 2 };
+enum { LINK_APPLIED = 0, LINK_REFUSED = 1 };
+
+typedef struct {
+    long long packet_number;
+    double sent_time;
+    long long sent_bytes;
+} SentRecord;
+
+typedef struct {
+    PyObject_HEAD
+    int active;
+    PyObject *sealer; /* PacketSealer */
+    PyObject *opener; /* PacketOpener */
+    PyObject *addr;   /* the peer's address (the connection's only path) */
+    PyObject *queue;  /* the connection's media queue (a deque), for flush_links */
+    Py_ssize_t limit; /* the largest datagram the peer takes, for flush_links */
+    unsigned char header_start[1 + CID_MAX];
+    Py_ssize_t header_start_len;
+    unsigned char host_cid[CID_MAX];
+    Py_ssize_t host_cid_len;
+    Py_ssize_t max_payload;
+    long long next_packet_number;
+    SentRecord *sent;
+    Py_ssize_t sent_count, sent_cap;
+    /* the 1-RTT space and loss recovery */
+    long long ack_eliciting_in_flight, largest_acked_packet, pto_count;
+    double loss_time; /* NAN: None */
+    int peer_completed_address_validation, rtt_initialized;
+    double rtt_initial, rtt_latest, rtt_min, rtt_smoothed, rtt_variance, rtt_first_sample_time;
+    double max_ack_delay, time_of_last_sent_ack_eliciting_packet;
+    /* Reno */
+    long long bytes_in_flight, congestion_window, ssthresh; /* ssthresh -1: None */
+    long long congestion_stash, cc_max_datagram_size;
+    double congestion_recovery_start_time;
+    /* Reno's RTT monitor (HyStart) */
+    long long monitor_increases, monitor_sample_idx;
+    int monitor_ready;
+    double monitor_filtered_min, monitor_sample_max, monitor_sample_min; /* NAN: None */
+    double monitor_sample_time;
+    double monitor_samples[MONITOR_SIZE];
+    /* the pacer */
+    double bucket_max, bucket_time, evaluation_time, packet_time; /* packet_time NAN: None */
+    long long pacer_max_datagram_size;
+    /* the connection */
+    double close_at, idle_timeout_config, ack_at; /* ack_at NAN: None */
+    int ack_eliciting_sent_since_receipt;
+    long long bytes_sent; /* since the load, for the path's counter */
+    /* receiving */
+    long long expected_packet_number, largest_received_packet, spin_highest_pn;
+    double largest_received_time; /* NAN: None */
+    int spin_bit, is_client, key_phase;
+    long long ack_delay_exponent;
+    long long received_floor; /* packet numbers up to it: aioquic decides (duplicates) */
+    long long received_highest;
+    long long received[RECEIVED_MAX];
+    Py_ssize_t received_count;
+    /* counters since the load */
+    long long packets_sent, acks_applied, datagrams_dropped;
+} MediaLink;
+
+static PyObject *str_popleft;
+
+static void MediaLink_dealloc(MediaLink *self) {
+    Py_XDECREF(self->sealer);
+    Py_XDECREF(self->opener);
+    Py_XDECREF(self->addr);
+    Py_XDECREF(self->queue);
+    PyMem_Free(self->sent);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int MediaLink_init(MediaLink *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    self->loss_time = self->ack_at = self->largest_received_time = NAN;
+    self->monitor_filtered_min = self->monitor_sample_max = self->monitor_sample_min = NAN;
+    self->packet_time = NAN;
+    self->rtt_min = INFINITY;
+    self->ssthresh = -1;
+    return 0;
+}
+
+/* QuicPacketRecovery.get_probe_timeout(include_max_ack_delay=True) */
+static double link_probe_timeout(const MediaLink *self) {
+    if (!self->rtt_initialized) return 2 * self->rtt_initial;
+    double variance = 4 * self->rtt_variance;
+    double pto = self->rtt_smoothed + (K_GRANULARITY > variance ? K_GRANULARITY : variance);
+    return pto + self->max_ack_delay;
+}
+
+/* QuicConnection._idle_timeout */
+static double link_idle_timeout(const MediaLink *self) {
+    double floor = 3 * link_probe_timeout(self);
+    return floor > self->idle_timeout_config ? floor : self->idle_timeout_config;
+}
+
+static int link_append(MediaLink *self, long long packet_number, double now, long long bytes) {
+    if (self->sent_count == self->sent_cap) {
+        Py_ssize_t cap = self->sent_cap ? self->sent_cap * 2 : 64;
+        SentRecord *grown = PyMem_Realloc(self->sent, cap * sizeof(SentRecord));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->sent = grown;
+        self->sent_cap = cap;
+    }
+    SentRecord *record = &self->sent[self->sent_count++];
+    record->packet_number = packet_number;
+    record->sent_time = now;
+    record->sent_bytes = bytes;
+    return 0;
+}
+
+/* As many datagrams from the front of queue as fit in one packet, sealed (PacketSealer's
+ * seal_datagrams); *count of them. NULL with an exception on error. */
+/* DatagramFastPath.send on the link's state: queue's datagrams in sealed packets appended to
+ * packets (the peer's address to addrs). Returns LINK_SENT, LINK_BLOCKED or LINK_FALLBACK, or
+ * -1 with an exception set; *sent and *dropped count datagrams, *armed: no ack-eliciting
+ * packet was in flight before. */
+static int link_send(MediaLink *self, PyObject *queue, Py_ssize_t limit, double now,
+                     PyObject *packets, PyObject *addrs, Py_ssize_t *sent, Py_ssize_t *dropped,
+                     int *armed) {
+    if (!self->active || self->sealer == NULL || self->addr == NULL ||
+        !PyObject_TypeCheck(self->sealer, &PacketSealerType)) {
+        PyErr_SetString(PyExc_RuntimeError, "the link is not loaded");
+        return -1;
+    }
+    *sent = *dropped = 0;
+    *armed = self->ack_eliciting_in_flight == 0;
+    if (!isnan(self->ack_at) && self->ack_at <= now) return LINK_FALLBACK; /* only aioquic writes ACKs */
+    for (;;) {
+        Py_ssize_t queued = PyObject_Length(queue);
+        if (queued < 0) return -1;
+        if (queued == 0) return LINK_SENT;
+        if (!isnan(self->packet_time)) {
+            /* QuicPacketPacer.next_send_time */
+            double bucket = self->bucket_time;
+            if (now > self->evaluation_time) {
+                bucket += now - self->evaluation_time;
+                if (bucket > self->bucket_max) bucket = self->bucket_max;
+                self->bucket_time = bucket;
+                self->evaluation_time = now;
+            }
+            if (bucket <= 0) return LINK_FALLBACK;
+        }
+        PyObject *first = PySequence_GetItem(queue, 0);
+        if (first == NULL) return -1;
+        if (!PyBytes_Check(first)) {
+            Py_DECREF(first);
+            PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
+            return -1;
+        }
+        Py_ssize_t first_len = PyBytes_GET_SIZE(first);
+        Py_DECREF(first);
+        if (first_len > limit || first_len + 3 > self->max_payload) {
+            /* Over the peer's limit, or too large for any packet: dropped. */
+            PyObject *gone = PyObject_CallMethodNoArgs(queue, str_popleft);
+            if (gone == NULL) return -1;
+            Py_DECREF(gone);
+            (*dropped)++;
+            self->datagrams_dropped++;
+            continue;
+        }
+        long long packet_number = self->next_packet_number;
+        Py_ssize_t count = 0;
+        PyObject *packet = seal_front((PacketSealer *)self->sealer, self->header_start,
+                                      self->header_start_len, (unsigned long long)packet_number,
+                                      queue, limit, self->max_payload, &count);
+        if (packet == NULL) return -1;
+        long long sent_bytes = PyBytes_GET_SIZE(packet);
+        if (self->bytes_in_flight + sent_bytes > self->congestion_window) {
+            Py_DECREF(packet);
+            return LINK_BLOCKED; /* the rest waits in the queue for the next ACK */
+        }
+        if (link_append(self, packet_number, now, sent_bytes) != 0 ||
+            PyList_Append(packets, packet) != 0 || PyList_Append(addrs, self->addr) != 0) {
+            Py_DECREF(packet);
+            return -1;
+        }
+        Py_DECREF(packet);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *gone = PyObject_CallMethodNoArgs(queue, str_popleft);
+            if (gone == NULL) return -1;
+            Py_DECREF(gone);
+        }
+        *sent += count;
+        self->next_packet_number = packet_number + 1;
+        /* QuicPacketRecovery.on_packet_sent and Reno's */
+        self->ack_eliciting_in_flight++;
+        self->time_of_last_sent_ack_eliciting_packet = now;
+        self->bytes_in_flight += sent_bytes;
+        if (!isnan(self->packet_time)) {
+            /* QuicPacketPacer.update_after_send (the bucket was brought to now above) */
+            double bucket = self->bucket_time;
+            self->bucket_time = bucket < self->packet_time ? 0.0 : bucket - self->packet_time;
+        }
+        /* The first ack-eliciting packet since the last one received restarts the idle timer
+         * (RFC 9000 section 10.1), as aioquic's _flush_builder. */
+        if (!self->ack_eliciting_sent_since_receipt) {
+            self->close_at = now + link_idle_timeout(self);
+            self->ack_eliciting_sent_since_receipt = 1;
+        }
+        self->bytes_sent += sent_bytes;
+        self->packets_sent++;
+    }
+}
+
+static PyObject *MediaLink_send(MediaLink *self, PyObject *args) {
+    PyObject *queue, *packets, *addrs;
+    Py_ssize_t limit, sent = 0, dropped = 0;
+    double now;
+    int armed = 0;
+    if (!PyArg_ParseTuple(args, "OndO!O!", &queue, &limit, &now, &PyList_Type, &packets,
+                          &PyList_Type, &addrs))
+        return NULL;
+    int result = link_send(self, queue, limit, now, packets, addrs, &sent, &dropped, &armed);
+    if (result < 0) return NULL;
+    return Py_BuildValue("(innO)", result, sent, dropped, armed ? Py_True : Py_False);
+}
+
+static PyTypeObject MediaLinkType;
+static PyObject *str_media_link, *str_closed;
+
+/* The flush of one tick for many connections: see the docstring in speedups_methods. */
+static PyObject *speedups_flush_links(PyObject *module, PyObject *args) {
+    PyObject *protocols, *packets, *addrs;
+    double now;
+    if (!PyArg_ParseTuple(args, "OdO!O!", &protocols, &now, &PyList_Type, &packets,
+                          &PyList_Type, &addrs))
+        return NULL;
+    PyObject *rest = PyList_New(0), *iterator = NULL, *protocol = NULL, *link_object = NULL;
+    Py_ssize_t total = 0;
+    if (rest == NULL) return NULL;
+    iterator = PyObject_GetIter(protocols);
+    if (iterator == NULL) goto error;
+    while ((protocol = PyIter_Next(iterator)) != NULL) {
+        link_object = PyObject_GetAttr(protocol, str_media_link);
+        if (link_object == NULL) {
+            /* Not a QUIC connection of this server (a cluster peer): its own transmit. */
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto error;
+            PyErr_Clear();
+            link_object = Py_NewRef(Py_None);
+        }
+        MediaLink *link = (MediaLink *)link_object;
+        int usable = Py_TYPE(link_object) == &MediaLinkType && link->active &&
+                     link->queue != NULL && link->queue != Py_None && link->limit > 0;
+        if (usable) {
+            PyObject *closed = PyObject_GetAttr(protocol, str_closed);
+            if (closed == NULL) goto error;
+            int is_closed = PyObject_IsTrue(closed);
+            Py_DECREF(closed);
+            if (is_closed < 0) goto error;
+            usable = !is_closed;
+        }
+        if (!usable) {
+            if (PyList_Append(rest, protocol) != 0) goto error;
+        } else {
+            Py_ssize_t sent = 0, dropped = 0;
+            int armed = 0;
+            int result = link_send(link, link->queue, link->limit, now, packets, addrs, &sent,
+                                   &dropped, &armed);
+            if (result < 0) goto error;
+            total += sent;
+            if (result == LINK_FALLBACK || armed || dropped) {
+                /* What only Python does: aioquic's writer, the timer, counting a drop. */
+                PyObject *item = Py_BuildValue("(OinO)", protocol, result, dropped,
+                                               armed ? Py_True : Py_False);
+                if (item == NULL) goto error;
+                int failed = PyList_Append(rest, item);
+                Py_DECREF(item);
+                if (failed) goto error;
+            }
+        }
+        Py_CLEAR(link_object);
+        Py_CLEAR(protocol);
+    }
+    if (PyErr_Occurred()) goto error;
+    Py_DECREF(iterator);
+    return Py_BuildValue("(Nn)", rest, total);
+error:
+    Py_XDECREF(link_object);
+    Py_XDECREF(protocol);
+    Py_XDECREF(iterator);
+    Py_DECREF(rest);
+    return NULL;
+}
+
+/* QUIC variable-length integer (RFC 9000 16); -1 past the end. */
+static long long pull_varint(const unsigned char *data, Py_ssize_t len, Py_ssize_t *pos) {
+    if (*pos >= len) return -1;
+    int size = 1 << (data[*pos] >> 6);
+    if (*pos + size > len) return -1;
+    long long value = data[*pos] & 0x3F;
+    for (int i = 1; i < size; i++) value = (value << 8) | data[*pos + i];
+    *pos += size;
+    return value;
+}
+
+/* QuicRttMonitor.is_rtt_increasing */
+static int link_rtt_increasing(MediaLink *self, double now, double rtt) {
+    if (now > self->monitor_sample_time + K_GRANULARITY) {
+        self->monitor_samples[self->monitor_sample_idx] = rtt;
+        self->monitor_sample_idx++;
+        if (self->monitor_sample_idx >= MONITOR_SIZE) {
+            self->monitor_sample_idx = 0;
+            self->monitor_ready = 1;
+        }
+        if (self->monitor_ready) {
+            self->monitor_sample_max = self->monitor_samples[0];
+            self->monitor_sample_min = self->monitor_samples[0];
+            for (int i = 1; i < MONITOR_SIZE; i++) {
+                double sample = self->monitor_samples[i];
+                if (sample < self->monitor_sample_min) self->monitor_sample_min = sample;
+                else if (sample > self->monitor_sample_max) self->monitor_sample_max = sample;
+            }
+        }
+        self->monitor_sample_time = now;
+        if (self->monitor_ready) {
+            if (isnan(self->monitor_filtered_min) ||
+                self->monitor_filtered_min > self->monitor_sample_max)
+                self->monitor_filtered_min = self->monitor_sample_max;
+            double delta = self->monitor_sample_min - self->monitor_filtered_min;
+            if (delta * 4 >= self->monitor_filtered_min) {
+                self->monitor_increases++;
+                if (self->monitor_increases >= MONITOR_SIZE) return 1;
+            } else if (delta > 0) {
+                self->monitor_increases = 0;
+            }
+        }
+    }
+    return 0;
+}
+
+static PyObject *MediaLink_receive(MediaLink *self, PyObject *args) {
+    Py_buffer packet;
+    PyObject *addr;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*Od", &packet, &addr, &now)) return NULL;
+    int result = LINK_REFUSED;
+    const unsigned char *data = packet.buf;
+    unsigned char payload[2048];
+    Py_ssize_t cid_end = 1 + self->host_cid_len;
+    if (!self->active || self->opener == NULL ||
+        !PyObject_TypeCheck(self->opener, &PacketOpenerType) || self->addr == NULL ||
+        packet.len < 1 || packet.len > (Py_ssize_t)sizeof(payload) || (data[0] & 0xC0) != 0x40 ||
+        packet.len < cid_end + 20 || memcmp(data + 1, self->host_cid, self->host_cid_len) != 0 ||
+        self->received_count >= RECEIVED_MAX)
+        goto done;
+    int same = PyObject_RichCompareBool(addr, self->addr, Py_EQ);
+    if (same < 0) goto error;
+    if (!same) goto done;
+    /* Opened with the connection's 1-RTT keys; refused: not authentic or another key phase. */
+    int first_byte = 0;
+    Py_ssize_t payload_len = 0, pos = 0;
+    long long packet_number = 0;
+    int opened = open_packet((PacketOpener *)self->opener, data, packet.len, cid_end,
+                             self->expected_packet_number, self->key_phase, &first_byte, payload,
+                             &payload_len, &packet_number);
+    if (opened < 0) goto error;
+    if (opened == 0) goto done;
+    if (first_byte & RESERVED_BITS) goto done;
+    /* Possible duplicates (QuicPacketNumberWindow) are aioquic's to judge. */
+    if (packet_number <= self->received_floor ||
+        packet_number <= self->received_highest - RECEIVED_WINDOW)
+        goto done;
+    for (Py_ssize_t i = 0; i < self->received_count; i++)
+        if (self->received[i] == packet_number) goto done;
+
+    /* One ACK frame and PADDING, or aioquic's path (parsed in full before anything changes). */
+    long long starts[ACK_RANGES_MAX], stops[ACK_RANGES_MAX]; /* descending */
+    int ranges = 0, acks = 0;
+    long long delay = 0;
+    while (pos < payload_len) {
+        long long frame_type = pull_varint(payload, payload_len, &pos);
+        if (frame_type == 0x00) {
+            while (pos < payload_len && payload[pos] == 0) pos++;
+        } else if ((frame_type == 0x02 || frame_type == 0x03) && acks == 0) {
+            acks++;
+            long long end = pull_varint(payload, payload_len, &pos);
+            delay = pull_varint(payload, payload_len, &pos);
+            long long range_count = pull_varint(payload, payload_len, &pos);
+            long long ack_count = pull_varint(payload, payload_len, &pos);
+            if (end < 0 || delay < 0 || range_count < 0 || ack_count < 0 ||
+                range_count >= ACK_RANGES_MAX)
+                goto done;
+            starts[ranges] = end - ack_count;
+            stops[ranges++] = end + 1;
+            end -= ack_count;
+            for (long long i = 0; i < range_count; i++) {
+                long long gap = pull_varint(payload, payload_len, &pos);
+                ack_count = pull_varint(payload, payload_len, &pos);
+                if (gap < 0 || ack_count < 0) goto done;
+                end -= gap + 2;
+                starts[ranges] = end - ack_count;
+                stops[ranges++] = end + 1;
+                end -= ack_count;
+            }
+            if (end < 0) goto done; /* aioquic: a negative packet number */
+            if (frame_type == 0x03) {
+                for (int i = 0; i < 3; i++)
+                    if (pull_varint(payload, payload_len, &pos) < 0) goto done;
+            }
+        } else {
+            goto done;
+        }
+    }
+    if (acks == 0 || delay >= (1LL << 53)) goto done;
+
+    /* QuicPacketRecovery.on_ack_received, first without changing anything: which packets are
+     * newly acknowledged, the RTT sample, and whether loss detection would declare a loss
+     * (then aioquic's path does it all). */
+    long long largest_acked = stops[0] - 1;
+    long long space_largest = self->largest_acked_packet;
+    if (largest_acked > space_largest) space_largest = largest_acked;
+    Py_ssize_t newest = -1; /* index of the largest newly acknowledged packet */
+    int range = ranges - 1;
+    Py_ssize_t acked_count = 0;
+    for (Py_ssize_t i = 0; i < self->sent_count && range >= 0; i++) {
+        long long number = self->sent[i].packet_number;
+        while (range >= 0 && number >= stops[range]) range--;
+        if (range >= 0 && number >= starts[range]) {
+            newest = i;
+            acked_count++;
+        }
+    }
+    double rtt_latest = self->rtt_latest, rtt_min = self->rtt_min;
+    double rtt_smoothed = self->rtt_smoothed, rtt_variance = self->rtt_variance;
+    int rtt_initialized = self->rtt_initialized, sample = 0;
+    double latest_rtt = 0;
+    if (newest >= 0 && largest_acked == self->sent[newest].packet_number) {
+        /* every packet of the link is ack-eliciting */
+        sample = 1;
+        latest_rtt = now - self->sent[newest].sent_time;
+        double ack_delay = ldexp((double)delay, (int)self->ack_delay_exponent) / 1000000;
+        if (ack_delay > self->max_ack_delay) ack_delay = self->max_ack_delay;
+        rtt_latest = 0.001 > latest_rtt ? 0.001 : latest_rtt;
+        if (rtt_latest < rtt_min) rtt_min = rtt_latest;
+        if (rtt_latest > rtt_min + ack_delay) rtt_latest -= ack_delay;
+        if (!rtt_initialized) {
+            rtt_initialized = 1;
+            rtt_variance = latest_rtt / 2;
+            rtt_smoothed = latest_rtt;
+        } else {
+            double gap = rtt_min - rtt_latest;
+            rtt_variance = 0.75 * rtt_variance + 0.25 * fabs(gap);
+            rtt_smoothed = 0.875 * rtt_smoothed + 0.125 * rtt_latest;
+        }
+    }
+    double loss_delay = 0, loss_time = NAN;
+    if (newest >= 0) {
+        /* _detect_loss over the packets left */
+        double base = rtt_initialized ? (rtt_smoothed > rtt_latest ? rtt_smoothed : rtt_latest)
+                                      : self->rtt_initial;
+        loss_delay = K_TIME_THRESHOLD * base;
+        long long packet_threshold = space_largest - K_PACKET_THRESHOLD;
+        double time_threshold = now - loss_delay;
+        range = ranges - 1;
+        for (Py_ssize_t i = 0; i < self->sent_count; i++) {
+            SentRecord *record = &self->sent[i];
+            long long number = record->packet_number;
+            while (range >= 0 && number >= stops[range]) range--;
+            if (range >= 0 && number >= starts[range]) continue; /* acknowledged */
+            if (number > space_largest) break;
+            if (number <= packet_threshold || record->sent_time <= time_threshold)
+                goto done; /* a loss: aioquic declares it */
+            double packet_loss_time = record->sent_time + loss_delay;
+            if (isnan(loss_time) || loss_time > packet_loss_time) loss_time = packet_loss_time;
+        }
+    }
+
+    /* Applied from here on: nothing below refuses. */
+    result = LINK_APPLIED;
+    if (packet_number > self->expected_packet_number)
+        self->expected_packet_number = packet_number + 1;
+    if (packet_number > self->spin_highest_pn) {
+        int spin = (first_byte & SPIN_BIT) != 0;
+        if (self->is_client) spin = !spin;
+        if (spin != self->spin_bit) {
+            self->spin_bit = spin;
+            self->header_start[0] ^= SPIN_BIT;
+        }
+        self->spin_highest_pn = packet_number;
+    }
+    self->peer_completed_address_validation = 1;
+    self->largest_acked_packet = space_largest;
+    if (newest >= 0) {
+        /* the acknowledged packets, in order: counters and Reno's on_packet_acked */
+        range = ranges - 1;
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t i = 0; i < self->sent_count; i++) {
+            SentRecord record = self->sent[i];
+            long long number = record.packet_number;
+            while (range >= 0 && number >= stops[range]) range--;
+            if (!(range >= 0 && number >= starts[range])) {
+                self->sent[kept++] = record;
+                continue;
+            }
+            self->ack_eliciting_in_flight--;
+            self->bytes_in_flight -= record.sent_bytes;
+            if (record.sent_time <= self->congestion_recovery_start_time) continue;
+            if (self->ssthresh < 0 || self->congestion_window < self->ssthresh) {
+                self->congestion_window += record.sent_bytes; /* slow start */
+            } else {
+                self->congestion_stash += record.sent_bytes; /* congestion avoidance */
+                long long count = self->congestion_stash / self->congestion_window;
+                if (count) {
+                    self->congestion_stash -= count * self->congestion_window;
+                    self->congestion_window += count * self->cc_max_datagram_size;
+                }
+            }
+        }
+        self->sent_count = kept;
+        if (sample) {
+            if (!self->rtt_initialized) self->rtt_first_sample_time = now;
+            self->rtt_latest = rtt_latest;
+            self->rtt_min = rtt_min;
+            self->rtt_smoothed = rtt_smoothed;
+            self->rtt_variance = rtt_variance;
+            self->rtt_initialized = 1;
+            /* Reno's on_rtt_measurement, then QuicPacketPacer.update_rate */
+            if (self->ssthresh < 0 && link_rtt_increasing(self, now, latest_rtt))
+                self->ssthresh = self->congestion_window;
+            double window = (double)self->congestion_window;
+            double pacing_rate = window / (K_MICRO_SECOND > rtt_smoothed ? K_MICRO_SECOND
+                                                                        : rtt_smoothed);
+            double packet_time = (double)self->pacer_max_datagram_size / pacing_rate;
+            if (!(packet_time <= K_SECOND)) packet_time = K_SECOND;
+            self->packet_time = K_MICRO_SECOND > packet_time ? K_MICRO_SECOND : packet_time;
+            long long burst = self->congestion_window / 4;
+            if (burst > 16 * self->pacer_max_datagram_size) burst = 16 * self->pacer_max_datagram_size;
+            if (2 * self->pacer_max_datagram_size > burst) burst = 2 * self->pacer_max_datagram_size;
+            self->bucket_max = (double)burst / pacing_rate;
+            if (self->bucket_time > self->bucket_max) self->bucket_time = self->bucket_max;
+        }
+        self->loss_time = loss_time;
+        if (self->peer_completed_address_validation) self->pto_count = 0;
+    }
+    self->close_at = now + link_idle_timeout(self);
+    self->ack_eliciting_sent_since_receipt = 0;
+    if (packet_number > self->largest_received_packet) {
+        self->largest_received_packet = packet_number;
+        self->largest_received_time = now;
+    }
+    self->received[self->received_count++] = packet_number;
+    if (packet_number > self->received_highest) self->received_highest = packet_number;
+    self->acks_applied++;
+done:
+    PyBuffer_Release(&packet);
+    return PyLong_FromLong(result);
+error:
+    PyBuffer_Release(&packet);
+    return NULL;
+}
+
+/* QuicConnection.get_timer for a loaded link: the idle/close time, an ACK due, loss detection
+ * (QuicPacketRecovery.get_loss_detection_time); None when nothing is due. */
+static PyObject *MediaLink_timer(MediaLink *self, PyObject *unused) {
+    double timer_at = self->close_at;
+    if (!isnan(self->ack_at) && self->ack_at < timer_at) timer_at = self->ack_at;
+    double loss_at = NAN;
+    if (!isnan(self->loss_time)) {
+        loss_at = self->loss_time;
+    } else if (!self->peer_completed_address_validation || self->ack_eliciting_in_flight) {
+        double timeout = ldexp(link_probe_timeout(self), (int)self->pto_count);
+        loss_at = self->time_of_last_sent_ack_eliciting_packet + timeout;
+    }
+    if (!isnan(loss_at) && loss_at < timer_at) timer_at = loss_at;
+    if (isnan(timer_at)) Py_RETURN_NONE;
+    return PyFloat_FromDouble(timer_at);
+}
+
+static PyObject *MediaLink_set_sent(MediaLink *self, PyObject *args) {
+    PyObject *records;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &records)) return NULL;
+    self->sent_count = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        long long number, bytes;
+        double sent_time;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(records, i), "LdL", &number, &sent_time, &bytes))
+            return NULL;
+        if (self->sent_count && number <= self->sent[self->sent_count - 1].packet_number) {
+            PyErr_SetString(PyExc_ValueError, "sent packets in increasing packet numbers expected");
+            return NULL;
+        }
+        if (link_append(self, number, sent_time, bytes) != 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *MediaLink_sent_packets(MediaLink *self, PyObject *unused) {
+    PyObject *list = PyList_New(self->sent_count);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < self->sent_count; i++) {
+        SentRecord *record = &self->sent[i];
+        PyObject *item = Py_BuildValue("(LdL)", record->packet_number, record->sent_time,
+                                       record->sent_bytes);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *MediaLink_set_header(MediaLink *self, PyObject *args) {
+    Py_buffer start, host_cid;
+    if (!PyArg_ParseTuple(args, "y*y*", &start, &host_cid)) return NULL;
+    PyObject *result = NULL;
+    if (start.len < 1 || start.len > 1 + CID_MAX || host_cid.len > CID_MAX ||
+        (((const unsigned char *)start.buf)[0] & 0x03) != 1) {
+        PyErr_SetString(PyExc_ValueError, "a short header for a 2-byte packet number expected");
+        goto done;
+    }
+    memcpy(self->header_start, start.buf, start.len);
+    self->header_start_len = start.len;
+    memcpy(self->host_cid, host_cid.buf, host_cid.len);
+    self->host_cid_len = host_cid.len;
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&start);
+    PyBuffer_Release(&host_cid);
+    return result;
+}
+
+static PyObject *MediaLink_header(MediaLink *self, PyObject *unused) {
+    return PyBytes_FromStringAndSize((const char *)self->header_start, self->header_start_len);
+}
+
+static PyObject *MediaLink_take_received(MediaLink *self, PyObject *unused) {
+    PyObject *list = PyList_New(self->received_count);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < self->received_count; i++) {
+        PyObject *number = PyLong_FromLongLong(self->received[i]);
+        if (number == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, number);
+    }
+    self->received_count = 0;
+    return list;
+}
+
+static PyObject *MediaLink_get_samples(MediaLink *self, void *closure) {
+    return Py_BuildValue("[ddddd]", self->monitor_samples[0], self->monitor_samples[1],
+                         self->monitor_samples[2], self->monitor_samples[3],
+                         self->monitor_samples[4]);
+}
+
+static int MediaLink_set_samples(MediaLink *self, PyObject *value, void *closure) {
+    if (value == NULL || !PySequence_Check(value) || PySequence_Length(value) != MONITOR_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "five RTT samples expected");
+        return -1;
+    }
+    double samples[MONITOR_SIZE];
+    for (int i = 0; i < MONITOR_SIZE; i++) {
+        PyObject *item = PySequence_GetItem(value, i);
+        if (item == NULL) return -1;
+        samples[i] = PyFloat_AsDouble(item);
+        Py_DECREF(item);
+        if (samples[i] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    memcpy(self->monitor_samples, samples, sizeof(samples));
+    return 0;
+}
+
+static PyGetSetDef MediaLink_getset[] = {
+    {"monitor_samples", (getter)MediaLink_get_samples, (setter)MediaLink_set_samples,
+     "Reno's RTT monitor's five samples.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#define LINK_MEMBER(name, type) {#name, type, offsetof(MediaLink, name), 0, NULL}
+
+static PyMemberDef MediaLink_members[] = {
+    LINK_MEMBER(active, T_INT),
+    {"sealer", T_OBJECT, offsetof(MediaLink, sealer), 0, NULL},
+    {"opener", T_OBJECT, offsetof(MediaLink, opener), 0, NULL},
+    {"addr", T_OBJECT, offsetof(MediaLink, addr), 0, NULL},
+    {"queue", T_OBJECT, offsetof(MediaLink, queue), 0, NULL},
+    LINK_MEMBER(limit, T_PYSSIZET),
+    LINK_MEMBER(max_payload, T_PYSSIZET),
+    LINK_MEMBER(next_packet_number, T_LONGLONG),
+    LINK_MEMBER(ack_eliciting_in_flight, T_LONGLONG),
+    LINK_MEMBER(largest_acked_packet, T_LONGLONG),
+    LINK_MEMBER(pto_count, T_LONGLONG),
+    LINK_MEMBER(loss_time, T_DOUBLE),
+    LINK_MEMBER(peer_completed_address_validation, T_INT),
+    LINK_MEMBER(rtt_initialized, T_INT),
+    LINK_MEMBER(rtt_initial, T_DOUBLE),
+    LINK_MEMBER(rtt_latest, T_DOUBLE),
+    LINK_MEMBER(rtt_min, T_DOUBLE),
+    LINK_MEMBER(rtt_smoothed, T_DOUBLE),
+    LINK_MEMBER(rtt_variance, T_DOUBLE),
+    LINK_MEMBER(rtt_first_sample_time, T_DOUBLE),
+    LINK_MEMBER(max_ack_delay, T_DOUBLE),
+    LINK_MEMBER(time_of_last_sent_ack_eliciting_packet, T_DOUBLE),
+    LINK_MEMBER(bytes_in_flight, T_LONGLONG),
+    LINK_MEMBER(congestion_window, T_LONGLONG),
+    LINK_MEMBER(ssthresh, T_LONGLONG),
+    LINK_MEMBER(congestion_stash, T_LONGLONG),
+    LINK_MEMBER(cc_max_datagram_size, T_LONGLONG),
+    LINK_MEMBER(congestion_recovery_start_time, T_DOUBLE),
+    LINK_MEMBER(monitor_increases, T_LONGLONG),
+    LINK_MEMBER(monitor_sample_idx, T_LONGLONG),
+    LINK_MEMBER(monitor_ready, T_INT),
+    LINK_MEMBER(monitor_filtered_min, T_DOUBLE),
+    LINK_MEMBER(monitor_sample_max, T_DOUBLE),
+    LINK_MEMBER(monitor_sample_min, T_DOUBLE),
+    LINK_MEMBER(monitor_sample_time, T_DOUBLE),
+    LINK_MEMBER(bucket_max, T_DOUBLE),
+    LINK_MEMBER(bucket_time, T_DOUBLE),
+    LINK_MEMBER(evaluation_time, T_DOUBLE),
+    LINK_MEMBER(packet_time, T_DOUBLE),
+    LINK_MEMBER(pacer_max_datagram_size, T_LONGLONG),
+    LINK_MEMBER(close_at, T_DOUBLE),
+    LINK_MEMBER(idle_timeout_config, T_DOUBLE),
+    LINK_MEMBER(ack_at, T_DOUBLE),
+    LINK_MEMBER(ack_eliciting_sent_since_receipt, T_INT),
+    LINK_MEMBER(bytes_sent, T_LONGLONG),
+    LINK_MEMBER(expected_packet_number, T_LONGLONG),
+    LINK_MEMBER(largest_received_packet, T_LONGLONG),
+    LINK_MEMBER(largest_received_time, T_DOUBLE),
+    LINK_MEMBER(spin_bit, T_INT),
+    LINK_MEMBER(is_client, T_INT),
+    LINK_MEMBER(key_phase, T_INT),
+    LINK_MEMBER(spin_highest_pn, T_LONGLONG),
+    LINK_MEMBER(ack_delay_exponent, T_LONGLONG),
+    LINK_MEMBER(received_floor, T_LONGLONG),
+    LINK_MEMBER(received_highest, T_LONGLONG),
+    LINK_MEMBER(packets_sent, T_LONGLONG),
+    LINK_MEMBER(acks_applied, T_LONGLONG),
+    LINK_MEMBER(datagrams_dropped, T_LONGLONG),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef MediaLink_methods[] = {
+    {"send", (PyCFunction)MediaLink_send, METH_VARARGS,
+     "send(queue, limit, now, packets, addrs) -> (result, sent, dropped, armed)\n\n"
+     "DatagramFastPath.send on the link's state: the queue's datagrams in sealed packets\n"
+     "appended to packets (and the peer's address to addrs); result 0 sent, 1 blocked by the\n"
+     "congestion window, 2 aioquic must send (pacing, an ACK due); armed: no ack-eliciting\n"
+     "packet was in flight before."},
+    {"receive", (PyCFunction)MediaLink_receive, METH_VARARGS,
+     "receive(packet, addr, now) -> 0 applied, 1 refused (nothing changed)"},
+    {"timer", (PyCFunction)MediaLink_timer, METH_NOARGS,
+     "timer() -> when the connection's timer is due (QuicConnection.get_timer), or None"},
+    {"set_sent", (PyCFunction)MediaLink_set_sent, METH_VARARGS,
+     "set_sent([(packet_number, sent_time, sent_bytes), ...]): the packets in flight"},
+    {"sent_packets", (PyCFunction)MediaLink_sent_packets, METH_NOARGS,
+     "sent_packets() -> [(packet_number, sent_time, sent_bytes), ...]"},
+    {"set_header", (PyCFunction)MediaLink_set_header, METH_VARARGS,
+     "set_header(header_start, host_cid): the short header's first byte and the peer's\n"
+     "connection id; the connection id the peer sends to"},
+    {"header", (PyCFunction)MediaLink_header, METH_NOARGS,
+     "header() -> the short header's start (its first byte follows the spin bit)"},
+    {"take_received", (PyCFunction)MediaLink_take_received, METH_NOARGS,
+     "take_received() -> the packet numbers applied since the last call, in order"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject MediaLinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "salon.quic._speedups.MediaLink",
+    .tp_doc = "MediaLink(): one connection's media path state (see salon.quic.medialink).",
+    .tp_basicsize = sizeof(MediaLink),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MediaLink_init,
+    .tp_dealloc = (destructor)MediaLink_dealloc,
+    .tp_methods = MediaLink_methods,
+    .tp_members = MediaLink_members,
+    .tp_getset = MediaLink_getset,
+};
+
 static PyMethodDef speedups_methods[] = {
+    {"flush_links", speedups_flush_links, METH_VARARGS,
+     "flush_links(protocols, now, packets, addrs) -> (rest, sent)\n\n"
+     "Send each protocol's queued media through its loaded media link (its media_link\n"
+     "attribute, with queue and limit set, and the protocol not closed), packets and\n"
+     "addresses appended to the lists. rest: the protocols without such a link (their own\n"
+     "transmit must run), and (protocol, result, dropped, armed) for a link that needs Python\n"
+     "(result 2: aioquic must send; armed: re-arm the timer; dropped: count them); sent: the\n"
+     "datagrams sent."},
     {"sendmmsg", speedups_sendmmsg, METH_VARARGS,
      "sendmmsg(fd, family, packets, addrs) -> (sent, errno)\n\n"
      "Send packets[i] to addrs[i] in order with sendmmsg, up to the first one the kernel\n"
@@ -449,7 +1294,13 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&PacketSealerType) < 0 || PyType_Ready(&PacketOpenerType) < 0) return NULL;
+    if (PyType_Ready(&PacketSealerType) < 0 || PyType_Ready(&PacketOpenerType) < 0 ||
+        PyType_Ready(&MediaLinkType) < 0)
+        return NULL;
+    str_popleft = PyUnicode_InternFromString("popleft");
+    str_media_link = PyUnicode_InternFromString("media_link");
+    str_closed = PyUnicode_InternFromString("closed");
+    if (str_popleft == NULL || str_media_link == NULL || str_closed == NULL) return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL) return NULL;
     Py_INCREF(&PacketSealerType);
@@ -461,6 +1312,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&PacketOpenerType);
     if (PyModule_AddObject(module, "PacketOpener", (PyObject *)&PacketOpenerType) < 0) {
         Py_DECREF(&PacketOpenerType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&MediaLinkType);
+    if (PyModule_AddObject(module, "MediaLink", (PyObject *)&MediaLinkType) < 0) {
+        Py_DECREF(&MediaLinkType);
         Py_DECREF(module);
         return NULL;
     }

@@ -45,7 +45,7 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from salon.quic import AIOQUIC_VERSION, aioquic_matches, load_speedups
+from salon.quic import AIOQUIC_VERSION, aioquic_matches, load_speedups, medialink
 from salon.quic.ckeys import checked_sealer
 
 _speedups = load_speedups()
@@ -76,7 +76,8 @@ READ_ONLY_MEMBERS = (
     "next_event",
     "original_destination_connection_id",
 )
-"""Public ``QuicConnection`` members that leave the cache valid."""
+"""Public ``QuicConnection`` members that leave the cache valid (``get_timer`` takes the
+state back from a media link first, as it reads loss recovery)."""
 
 # Short header: fixed bit, then spin bit, key phase, and a 2-byte packet number (as aioquic).
 PACKET_NUMBER_SIZE = 2
@@ -139,6 +140,15 @@ class FastQuicConnection(QuicConnection):
     fast_clean = False
     """True while :meth:`DatagramFastPath.refresh` found nothing but datagrams pending and
     no call into aioquic happened since."""
+    media_unload: Callable[[], None] | None = None
+    """Set while a ``MediaLink`` holds the connection's media state: gives it back to aioquic's
+    objects (:mod:`salon.quic.medialink`); every public method calls it first."""
+
+    def get_timer(self) -> float | None:
+        unload = self.media_unload
+        if unload is not None:
+            unload()
+        return QuicConnection.get_timer(self)
 
 
 def _invalidating(name: str) -> Callable[..., Any]:
@@ -146,6 +156,9 @@ def _invalidating(name: str) -> Callable[..., Any]:
 
     def method(self: FastQuicConnection, *args: Any, **kwargs: Any) -> Any:
         self.fast_clean = False
+        unload = self.media_unload
+        if unload is not None:
+            unload()
         return original(self, *args, **kwargs)
 
     method.__name__ = name
@@ -163,6 +176,7 @@ def adopt(quic: QuicConnection) -> FastQuicConnection:
     quic.__class__ = FastQuicConnection
     assert isinstance(quic, FastQuicConnection)
     quic.fast_clean = False
+    quic.media_unload = None
     return quic
 
 
@@ -202,13 +216,38 @@ class DatagramFastPath:
         "_spin",
         "armed_pto",
         "dropped",
+        "link",
+        "link_acks",
+        "link_foreign",
+        "link_loads",
+        "link_opener",
+        "link_opener_key",
+        "link_packets",
+        "link_wanted",
         "packets",
         "quic",
         "refreshes",
     )
 
-    def __init__(self, quic: QuicConnection) -> None:
+    record_type = FastSentPacket
+
+    def __init__(self, quic: QuicConnection, media_link: bool = False) -> None:
         self.quic = adopt(quic)
+        self.link: Any = medialink.new_link() if media_link else None
+        """The connection's ``MediaLink`` (:mod:`salon.quic.medialink`), or None: the C
+        extension was not built, or the link is off."""
+        self.link_wanted = False
+        """Whether the last check found the connection in a state the link covers."""
+        self.link_loads = 0
+        """How many times the link took the connection's media state."""
+        self.link_acks = 0
+        """ACK-only packets the link applied (counted when it gives the state back)."""
+        self.link_packets = 0
+        """Packets the link sent (counted when it gives the state back; also in
+        :attr:`packets`)."""
+        self.link_foreign: dict[int, Any] = {}
+        self.link_opener: Any = None
+        self.link_opener_key: Any = None
         self.packets = 0
         """Packets sent by the fast path."""
         self.refreshes = 0
@@ -338,6 +377,7 @@ class DatagramFastPath:
             packet.delivery_handlers for packet in self._space.sent_packets.values()
         )
         self._spin = quic._spin_bit
+        self.link_wanted = self.link is not None and self._only_fast and self._inline_recovery
         quic.fast_clean = True
         return True
 
@@ -348,15 +388,40 @@ class DatagramFastPath:
         header's spin bit follows the peer's (as a fresh check would). The ACK did change
         loss recovery and congestion state, which :meth:`send` reads each time, and possibly
         the loss detection time (the caller re-arms the timer)."""
-        quic = self.quic
-        if not (quic.fast_clean and self._only_fast):
+        if not (self.quic.fast_clean and self._only_fast):
             return False
-        spin = quic._spin_bit
+        self.follow_spin()
+        return True
+
+    def follow_spin(self) -> None:
+        """The cached header's spin bit follows the connection's (as a fresh check would)."""
+        spin = self.quic._spin_bit
         if spin != self._spin:
             self._spin = spin
             self._first_byte ^= 1 << 5
             self._header_start = bytes((self._first_byte,)) + self._peer_cid
-        return True
+
+    @staticmethod
+    def new_record(packet_number: int, sent_time: float, sent_bytes: int) -> FastSentPacket:
+        """A fast packet's record for aioquic's loss recovery."""
+        sent = new_object(FastSentPacket)
+        sent.packet_number = packet_number
+        sent.sent_time = sent_time
+        sent.sent_bytes = sent_bytes
+        return sent
+
+    def load_link(self) -> bool:
+        """Hand the connection's media state to the link (:func:`salon.quic.medialink.load`);
+        False if the connection is not in a state it covers (tried again after the next
+        check)."""
+        if medialink.load(self):
+            return True
+        self.link_wanted = False
+        return False
+
+    def unload_link(self) -> None:
+        """Take the state back from the link into aioquic's objects (if the link has it)."""
+        medialink.unload(self)
 
     def _c_sealer(self, send: Any) -> Any:
         """A C ``PacketSealer`` for ``send``'s keys (kept while aioquic keeps its AEAD object:

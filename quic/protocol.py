@@ -21,6 +21,8 @@ from aioquic.tls import Epoch
 
 from salon.quic.ackpath import AckFastPath
 from salon.quic.fastpath import DatagramFastPath, SendResult
+from salon.quic.medialink import APPLIED, FALLBACK
+from salon.quic.sendbatch import BatchingTransport
 from salon.quic.timers import ConnectionTimers, connection_timers
 
 ACK_STATE_CHECK = 64
@@ -100,6 +102,7 @@ class ServerProtocol(SalonQuicProtocol):
         fast_path: bool = True,
         ack_fast_path: bool = True,
         shared_timers: bool = True,
+        media_link: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -110,8 +113,15 @@ class ServerProtocol(SalonQuicProtocol):
         ``loop.call_at``, as aioquic does."""
         self.peer_max_datagram = 0
         """The largest datagram this peer is sent (0: none, it did not enable DATAGRAM)."""
-        self.fastpath: DatagramFastPath | None = DatagramFastPath(self._quic) if fast_path else None
+        self.fastpath: DatagramFastPath | None = (
+            DatagramFastPath(self._quic, media_link=media_link and ack_fast_path)
+            if fast_path
+            else None
+        )
         self.ackpath: AckFastPath | None = AckFastPath(self._quic) if ack_fast_path else None
+        self.media_link: Any = self.fastpath.link if self.fastpath is not None else None
+        """The connection's media link (:mod:`salon.quic.medialink`), or None; the server's
+        flush sends through it in C (``_speedups.flush_links``) while it is loaded."""
         self.datagram_prefix = b""
         """What every media datagram to this peer starts with: over WebTransport, the session's
         quarter stream id (RFC 9297); nothing on ``salon/1``."""
@@ -124,6 +134,7 @@ class ServerProtocol(SalonQuicProtocol):
         The fast path writes bare DATAGRAM frames, so such a connection goes without it.
         """
         self.fastpath = None
+        self.media_link = None
         self.datagram_prefix = prefix
         self.peer_max_datagram = min(self.peer_max_datagram, frame_payload_limit - len(prefix))
 
@@ -132,6 +143,17 @@ class ServerProtocol(SalonQuicProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         """ACK-only packets take the ACK fast path (:mod:`salon.quic.ackpath`); the rest
         aioquic's ``receive_datagram``."""
+        fast = self.fastpath
+        link = fast.link if fast is not None else None
+        if link is not None and link.active:
+            # Applied in C (salon.quic.medialink), or refused with nothing changed: then the
+            # state goes back to aioquic's objects and the packet takes the paths below.
+            if link.receive(data, addr, self._loop.time()) == APPLIED:
+                if self.media_queue():
+                    self.transmit()  # the window may have opened
+                self._arm_timer()  # the loss time may have moved earlier
+                return
+            fast.unload_link()  # type: ignore[union-attr]
         ackpath = self.ackpath
         # Only str from a datagram socket would be a bug in asyncio; the fast path reads bytes.
         if (
@@ -181,12 +203,24 @@ class ServerProtocol(SalonQuicProtocol):
             return
         now = self._loop.time()
         rearm = False
+        link = fast.link
+        if link is not None and link.active:
+            self._transmit_link(link, now)
+            return
         if not fast.quic.fast_clean:
             # Something called into aioquic since the last check (a packet, a timer, a send).
             if not fast.refresh() or fast.ack_due(now):
                 self._transmit_normal()
                 return
             rearm = True
+        if fast.link_wanted and fast.load_link():
+            link = fast.link
+            link.queue = self.media_queue()
+            link.limit = self.peer_max_datagram
+            self._transmit_link(link, now)
+            if rearm:
+                self._arm_timer()
+            return
         queue = self.media_queue()
         if queue:
             if self.peer_max_datagram == 0:
@@ -204,6 +238,37 @@ class ServerProtocol(SalonQuicProtocol):
                     return
                 rearm = rearm or fast.armed_pto
         if rearm:
+            self._arm_timer()
+
+    def _transmit_link(self, link: Any, now: float) -> None:
+        """Send queued media through the connection's loaded media link."""
+        queue = self.media_queue()
+        if not queue:
+            return
+        if self.peer_max_datagram == 0:
+            self.media_dropped("peer_no_datagrams", len(queue))
+            queue.clear()
+            return
+        transport: Any = self._transport
+        lists = transport.batch_lists() if isinstance(transport, BatchingTransport) else None
+        packets, addrs = lists if lists is not None else ([], [])
+        result, sent, dropped, armed = link.send(queue, self.peer_max_datagram, now, packets, addrs)
+        if lists is None:
+            for packet, addr in zip(packets, addrs, strict=True):
+                transport.sendto(packet, addr)
+        if sent:
+            self.media_sent(sent)
+        self.after_link_send(result, dropped, armed)
+
+    def after_link_send(self, result: int, dropped: int, armed: bool) -> None:
+        """What follows a media link's send in Python: counting datagrams it dropped,
+        aioquic's writer when the link could not send (pacing, an ACK due), re-arming the
+        timer when the first packet went in flight."""
+        if dropped:
+            self.media_dropped("peer_limit", dropped)
+        if result == FALLBACK:
+            self._transmit_normal()
+        elif armed:
             self._arm_timer()
 
     def _transmit_normal(self) -> None:
@@ -241,7 +306,9 @@ class ServerProtocol(SalonQuicProtocol):
         later, and :meth:`_handle_timer` re-arms a timer that fired early, which is cheaper
         than moving the timer on every packet.
         """
-        timer_at = self._quic.get_timer()
+        fast = self.fastpath
+        link = fast.link if fast is not None else None
+        timer_at = link.timer() if link is not None and link.active else self._quic.get_timer()
         if self._timer is not None:
             if timer_at is not None and self._timer_at is not None and self._timer_at <= timer_at:
                 return
@@ -252,6 +319,16 @@ class ServerProtocol(SalonQuicProtocol):
             self._timer = self._call_at(timer_at)
 
     def _handle_timer(self) -> None:
+        fast = self.fastpath
+        link = fast.link if fast is not None else None
+        if link is not None and link.active:
+            due = link.timer()
+            now = max(self._timer_at or 0.0, self._loop.time())
+            if due is not None and due > now:
+                self._timer = self._call_at(due)
+                self._timer_at = due
+                return
+            fast.unload_link()  # type: ignore[union-attr]
         if self.fastpath is not None:
             # get_timer also refreshes aioquic's loss detection time, which fast sends moved.
             due = self._quic.get_timer()

@@ -235,6 +235,13 @@ class BatchingTransport:
         self._counter(1, len(data))
         self._inner.sendto(data, addr)
 
+    def batch_lists(self) -> tuple[list[bytes], list[Any]] | None:
+        """While held (and batching): the lists the next ``sendmmsg`` sends, for a caller that
+        appends packets and their addresses itself (the media link, in C); else None."""
+        if self._held and self._sender is not None:
+            return self._packets, self._addrs
+        return None
+
     def hold(self) -> None:
         """Queue every ``sendto`` until the matching :meth:`release`."""
         self._held += 1

@@ -41,7 +41,7 @@ class ConnectionTimer:
 class ConnectionTimers:
     """The deadlines of every connection on one loop, behind one loop timer."""
 
-    __slots__ = ("_armed", "_armed_at", "_heap", "_loop", "_order", "_resolution")
+    __slots__ = ("_armed", "_armed_at", "_heap", "_loop", "_order", "_resolution", "batch")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -52,6 +52,9 @@ class ConnectionTimers:
         self._armed_at = 0.0
         # What asyncio's loop allows: a handle runs once its time is within this of now.
         self._resolution: float = getattr(loop, "_clock_resolution", 0.0)
+        self.batch: Any = None
+        """The server's batching transport (``hold``/``release``), or None: what the callbacks
+        of one firing send (ACKs falling due together, probes) leaves in one ``sendmmsg``."""
 
     def __len__(self) -> int:
         """Deadlines held, cancelled ones included until they are reached."""
@@ -80,6 +83,20 @@ class ConnectionTimers:
             due.append(heapq.heappop(heap)[2])
         # A callback may arm its connection again, at a deadline already due: that one runs
         # in the loop's next iteration, as with call_at, never in this loop.
+        batch = self.batch
+        if batch is not None:
+            batch.hold()
+        try:
+            self._run(due)
+        finally:
+            if batch is not None:
+                batch.release()
+        while heap and heap[0][2].callback is None:
+            heapq.heappop(heap)
+        if heap and (self._armed is None or heap[0][0] < self._armed_at):
+            self._arm(heap[0][0])
+
+    def _run(self, due: list[ConnectionTimer]) -> None:
         for timer in due:
             callback = timer.callback
             if callback is not None:
@@ -96,10 +113,6 @@ class ConnectionTimers:
                             "exception": exc,
                         }
                     )
-        while heap and heap[0][2].callback is None:
-            heapq.heappop(heap)
-        if heap and (self._armed is None or heap[0][0] < self._armed_at):
-            self._arm(heap[0][0])
 
 
 _PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionTimers] = (

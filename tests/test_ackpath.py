@@ -229,16 +229,23 @@ async def test_salond_applies_listener_acks_on_the_fast_path(tmp_path: Path, ena
             speaker.send_datagram(data)
             await asyncio.sleep(0.01)
         protocols = [live.daemon.server.sessions[c.session] for c in listeners]
+
+        def in_flight() -> list[int]:
+            for protocol in protocols:
+                protocol.fastpath.unload_link()  # a media link gives the state back
+            return [p.quic._loss.bytes_in_flight for p in protocols]
+
         for _ in range(200):
-            if len(received) == len(sent) and all(
-                p.quic._loss.bytes_in_flight == 0 for p in protocols
-            ):
+            if len(received) == len(sent) and not any(in_flight()):
                 break
             await asyncio.sleep(0.02)
         assert received == sent
-        assert all(p.quic._loss.bytes_in_flight == 0 for p in protocols)
+        assert not any(in_flight())
         for protocol in protocols:
             if enabled:
-                assert protocol.ackpath is not None and protocol.ackpath.applied > 0
+                # Applied by the Python ACK path, or by the media link (salon.quic.medialink)
+                # which takes over once only media flows.
+                assert protocol.ackpath is not None
+                assert protocol.ackpath.applied + protocol.fastpath.link_acks > 0
             else:
                 assert protocol.ackpath is None

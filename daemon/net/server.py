@@ -41,7 +41,9 @@ from salon.daemon.wire.text import TextError, check_text
 from salon.quic.congestion import MEDIA_CONGESTION_CONTROL
 from salon.quic.fastpath import supported as fastpath_supported
 from salon.quic.h3 import can_swap_to, present_certificate_for_alpn
+from salon.quic.medialink import flush_links
 from salon.quic.sendbatch import BatchingTransport
+from salon.quic.timers import connection_timers
 from salon.quic.traffic import UdpTraffic, enlarge_socket_buffers, server_transport
 
 log = logging.getLogger("salon.net")
@@ -232,6 +234,8 @@ class SalonServer:
         self._sending = self.traffic.attach(
             self._quic_server, tuning.read_batch, tuning.send_batch, tuning.read_interval
         )
+        if tuning.shared_timers:
+            connection_timers(asyncio.get_running_loop()).batch = self._sending
         transport = server_transport(self._quic_server)
         enlarge_socket_buffers(transport)  # see SOCKET_BUFFER_BYTES
         sockname = transport.get_extra_info("sockname")
@@ -790,9 +794,21 @@ class SalonServer:
         if sending is not None:
             sending.hold()
         try:
-            for protocol in dirty:
-                if not protocol.closed:
-                    protocol.transmit()
+            lists = sending.batch_lists() if sending is not None else None
+            if lists is None or flush_links is None or self._loop is None:
+                for protocol in dirty:
+                    if not protocol.closed:
+                        protocol.transmit()
+                return
+            # Listeners whose media link is loaded are sent to in one call into C; the rest
+            # (and what a link leaves to Python) as before.
+            rest, sent = flush_links(dirty, self._loop.time(), *lists)
+            self.stats.datagrams_out += sent
+            for item in rest:
+                if type(item) is tuple:
+                    item[0].after_link_send(item[1], item[2], item[3])
+                elif not item.closed:
+                    item.transmit()
         finally:
             if sending is not None:
                 sending.release()

@@ -77,6 +77,7 @@ class SessionProtocol(ServerProtocol):
             fast_path=server.fast_path,
             ack_fast_path=server.ack_fast_path,
             shared_timers=server.config.tuning.shared_timers,
+            media_link=server.config.tuning.media_link,
             **kwargs,
         )
         self.server = server
