@@ -76,6 +76,48 @@ async def test_the_same_calls_as_call_at_in_deadline_order() -> None:
     assert not loop_timers(loop) and len(timers) == 0
 
 
+async def test_callbacks_firing_together_send_in_one_batch() -> None:
+    """What the callbacks of one firing send is held together (the server's batching
+    transport: one ``sendmmsg``), and released even when a callback fails."""
+    loop = asyncio.get_running_loop()
+    timers = ConnectionTimers(loop)
+    events: list[str] = []
+
+    class Batch:
+        held = 0
+
+        def hold(self) -> None:
+            self.held += 1
+            events.append("hold")
+
+        def release(self) -> None:
+            self.held -= 1
+            events.append("release")
+
+    batch = Batch()
+    timers.batch = batch
+    done = loop.create_future()
+
+    def send(name: str) -> None:
+        events.append(f"{name} held={batch.held}")
+
+    def fail() -> None:
+        raise RuntimeError("a failing timer")
+
+    now = loop.time()
+    timers.call_at(now + 0.01, lambda: send("a"))
+    timers.call_at(now + 0.01, fail)
+    timers.call_at(now + 0.01, lambda: send("b"))
+    timers.call_at(now + 0.05, lambda: done.set_result(None))
+    loop.set_exception_handler(lambda loop, context: events.append("reported"))
+    try:
+        await asyncio.wait_for(done, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert events[:6] == ["hold", "a held=1", "reported", "b held=1", "release", "hold"]
+    assert batch.held == 0
+
+
 async def test_a_failing_callback_is_reported_and_the_others_still_run() -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
