@@ -401,3 +401,94 @@ async def test_salond_sends_and_applies_acks_through_the_link(tmp_path: Path, en
                 assert fast.link_packets > 0 and fast.link_acks > 0
             else:
                 assert protocol.media_link is None and fast.link_packets == 0
+
+
+def _varints(*values: int) -> bytes:
+    from aioquic.buffer import Buffer
+
+    buf = Buffer(capacity=8 * len(values) + 8)
+    for value in values:
+        buf.push_uint_var(value)
+    return buf.data
+
+
+def _client_packet(side: Side, payload: bytes) -> bytes:
+    """A 1-RTT packet from the side's client with this payload (any bytes), sealed with the
+    client's own keys: what a hostile client can send."""
+    client = side.client
+    number = client._packet_number
+    client._packet_number += 1
+    crypto = client._cryptos[Epoch.ONE_RTT]
+    first = 0x40 | (crypto.key_phase << 2) | 1
+    header = bytes((first,)) + client._peer_cid.cid + (number & 0xFFFF).to_bytes(2, "big")
+    payload = payload + bytes(max(0, 24 - len(payload)))  # PADDING up to a sample's length
+    return crypto.send.encrypt_packet(header, payload, number)
+
+
+HOSTILE = [
+    "acknowledges packets never sent",
+    "an absurd ACK delay",
+    "a range below packet number 0",
+    "a gap below packet number 0",
+    "more ranges than the link takes",
+    "ranges announced, missing",
+    "ACK_ECN with its counts",
+    "an ACK of the newest only (a loss to declare)",
+    "two ACK frames",
+    "ACK and PING",
+    "a frame type and nothing else",
+    "ACK's type in a two-byte encoding",
+]
+
+
+def _hostile_payload(side: Side, name: str) -> bytes:
+    """An ACK frame a well-behaved client never sends, relative to the server's packets."""
+    top = (side.link.next_packet_number if side.loaded else side.server._packet_number) - 1
+    return {
+        "acknowledges packets never sent": _varints(2, top + 50, 0, 0, 0),
+        "an absurd ACK delay": _varints(2, top, 10**15, 0, 0),
+        "a range below packet number 0": _varints(2, top, 0, 0, top + 5),
+        "a gap below packet number 0": _varints(2, top, 0, 1, 0, top, 0),
+        "more ranges than the link takes": _varints(2, top, 0, 70, 0, *([0, 0] * 70)),
+        "ranges announced, missing": _varints(2, top, 0, 3, 0),
+        "ACK_ECN with its counts": _varints(3, top, 0, 0, top, 1, 2, 3),
+        "an ACK of the newest only (a loss to declare)": _varints(2, top, 0, 0, 0),
+        "two ACK frames": _varints(2, top, 0, 0, 0, 2, top, 0, 0, 0),
+        "ACK and PING": _varints(2, top, 0, 0, 0, 1),
+        "a frame type and nothing else": b"\x02",
+        "ACK's type in a two-byte encoding": _varints(0x4002, top, 0, 0, 0),
+    }[name]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_ack_frames_leave_the_same_state(tmp_path: Path, name: str):
+    """A malformed or absurd ACK frame from the client: the link applies or refuses it, and
+    either way the connection ends as with the Python paths and aioquic (which may close it)."""
+    python, linked = _pairs(tmp_path)
+    now = max(python.pair.now, linked.pair.now)
+    for seq in range(20):
+        now += FRAME
+        for side in (python, linked):
+            sent = side.send(media_datagram(5, 0x1234, 0, seq, 0), now)
+            for packet in side.client_receives(sent, now + 0.005):
+                side.server_receives(packet, now + 0.01)
+    now += FRAME
+    for side in (python, linked):
+        side.send(media_datagram(5, 0x1234, 0, 100, 0), now)
+    assert linked.loaded  # the hostile packet reaches the link
+    linked.sender.unload_link()
+    linked.sender.load_link()
+    applied, refused = linked.sender.link_acks, linked.refused
+    for side in (python, linked):
+        side.server_receives(_client_packet(side, _hostile_payload(side, name)), now + 0.01)
+    assert linked.state() == python.state()  # (the link's counts are added at the unload)
+    applied = linked.sender.link_acks - applied
+    refused = linked.refused - refused
+    # What the link can do exactly as aioquic is applied in C, the rest refused. (A lone
+    # frame type is padded with zeros: an ACK of packet 0.)
+    applies = {
+        "acknowledges packets never sent",
+        "ACK_ECN with its counts",
+        "a frame type and nothing else",
+    }
+    assert (applied, refused) == ((1, 0) if name in applies else (0, 1))
