@@ -214,10 +214,7 @@ class ServerProtocol(SalonQuicProtocol):
                 return
             rearm = True
         if fast.link_wanted and fast.load_link():
-            link = fast.link
-            link.queue = self.media_queue()
-            link.limit = self.peer_max_datagram
-            self._transmit_link(link, now)
+            self._transmit_link(fast.link, now)
             if rearm:
                 self._arm_timer()
             return
@@ -243,6 +240,9 @@ class ServerProtocol(SalonQuicProtocol):
     def _transmit_link(self, link: Any, now: float) -> None:
         """Send queued media through the connection's loaded media link."""
         queue = self.media_queue()
+        # What the server's flush_links reads (the queue and limit may come after the load).
+        link.queue = queue
+        link.limit = self.peer_max_datagram
         if not queue:
             return
         if self.peer_max_datagram == 0:
