@@ -603,10 +603,31 @@ class Fleet:
         self.received: list[int] = []
         self.latencies: Any = None
         self.worst: dict[int, int] = {}
-        self.packets_in = 0
+        self._packets_in = 0
         self.packets_out = 0
-        self.unrouted = 0
+        self._unrouted = 0
         self.wakeups = 0
+        receiver_type = getattr(_speedups, "FleetReceiver", None)
+        self.receiver: Any = (
+            None
+            if receiver_type is None
+            else receiver_type(
+                FastListener, send_time_offset, ACK_STATE_CHECK, self.received, self.worst
+            )
+        )
+        """The C extension's loop step (``FleetReceiver``): it reads the socket, and takes
+        the usual packet (audio, in order) itself, the others to :meth:`FastListener.receive`
+        (None: every packet goes there)."""
+
+    @property
+    def packets_in(self) -> int:
+        """Datagrams read at a time within the window."""
+        return self._packets_in + (0 if self.receiver is None else self.receiver.packets_in)
+
+    @property
+    def unrouted(self) -> int:
+        """Datagrams for no connection id of the fleet's."""
+        return self._unrouted + (0 if self.receiver is None else self.receiver.unrouted)
 
     def send(self, packet: bytes) -> None:
         if self.window[0] <= time_ns() < self.window[1]:
@@ -620,6 +641,8 @@ class Fleet:
         self.listeners.append(listener)
         for issued in quic._host_cids:
             self.routes[issued.cid] = listener
+            if self.receiver is not None:
+                self.receiver.add(issued.cid, listener, index)
         if listener.ack_at_ns is not None:
             self.due.append((listener.ack_at_ns, listener))
             self.due = collections.deque(sorted(self.due, key=lambda item: item[0]))
@@ -643,17 +666,41 @@ class Fleet:
 
         return record
 
+    def start(self, window: tuple[int, int]) -> None:
+        """Record copies sent within ``window`` (monotonic ns) from now on."""
+        self.window = window
+        if self.receiver is not None:
+            self.receiver.start(*window, self.latencies)
+
+    def deliver(self, data: bytes, now: int) -> None:
+        """One datagram read from the socket at ``now``: the loop's step for each."""
+        if self.receiver is not None:
+            due = self.receiver.receive(data, now)
+            if due is not None:
+                self.due.append(due)
+            return
+        low, high = self.window
+        if low <= now < high:
+            self._packets_in += 1
+        target = self.routes.get(data[1 : 1 + CID_LENGTH])
+        if target is None:
+            self._unrouted += 1
+            return
+        if target.receive(data, now):
+            self.due.append((target.ack_at_ns, target))  # type: ignore[arg-type]
+
     def run(self, window: tuple[int, int], end: int) -> None:
         """Serve until ``end`` (monotonic ns), recording copies sent within ``window``."""
-        self.window = window
+        self.start(window)
         sock = self.sock
         sock.setblocking(False)
+        fileno = sock.fileno()
         poller = select.epoll()
-        poller.register(sock.fileno(), select.EPOLLIN)
+        poller.register(fileno, select.EPOLLIN)
         recv = sock.recv
-        routes = self.routes
+        deliver = self.deliver
+        receiver = self.receiver
         due = self.due
-        low, high = window
         # The loop makes no reference cycles: without the collector, the objects of aioquic's
         # set-up (hundreds of connections) are not scanned again and again while it runs.
         gc.collect()
@@ -672,26 +719,22 @@ class Fleet:
                 wake = min(due[0][0], end) if due else end
                 poller.poll(max(0, wake - now) / 1e9)
                 self.wakeups += 1
+                if receiver is not None:
+                    due.extend(receiver.drain(fileno))
+                    continue
                 while True:
                     try:
                         data = recv(2048)
                     except BlockingIOError:
                         break
-                    now = time_ns()
-                    if low <= now < high:
-                        self.packets_in += 1
-                    target = routes.get(data[1 : 1 + CID_LENGTH])
-                    if target is None:
-                        self.unrouted += 1
-                        continue
-                    if target.receive(data, now):
-                        due.append((target.ack_at_ns, target))  # type: ignore[arg-type]
+                    deliver(data, time_ns())
         finally:
             gc.enable()
             poller.close()
 
     def counts(self) -> dict[str, int]:
         """What the fleet did not read, and what it sent, over all its listeners."""
+        receiver = self.receiver
         frames: dict[str, int] = {}
         for listener in self.listeners:
             for kind, count in listener.unusual_frames.items():
@@ -706,6 +749,7 @@ class Fleet:
             "server_pings": sum(listener.pings_received for listener in self.listeners),
             "unrouted": self.unrouted,
             "wakeups": self.wakeups,
+            "read_in_c": 0 if receiver is None else receiver.in_c,
         }
 
 

@@ -1271,6 +1271,479 @@ static PyTypeObject MediaLinkType = {
     .tp_getset = MediaLink_getset,
 };
 
+/* ------------------------------------------------------------------ the bench's listener fleet */
+
+/* The receive loop of the load generator's cheap listeners (bench/listener_fleet.py, Fleet and
+ * FastListener): read the socket many datagrams per call, route each by connection id, open it,
+ * and, when it holds only DATAGRAM and PADDING frames, arrives in order and crosses no ACK-state
+ * check, do FastListener.receive's work here: record each copy's latency as the fleet's
+ * recorder does, update the received packet's bookkeeping and arm the delayed ACK. Any other
+ * packet goes, untouched, to FastListener.receive (in order, before the next one is read).
+ *
+ * The listener's state stays in its Python attributes (ints, None, a list of [start, stop]
+ * lists), read and written here through the offsets of its __slots__ (what the slots' member
+ * descriptors do): both paths share it, and the Python path is the reference. */
+
+#define FLEET_BATCH 64
+#define FLEET_PACKET 2048
+#define FLEET_CID_LENGTH 8
+#define FLEET_MAX_MEDIA 64
+
+enum {
+    FLEET_OPENER,
+    FLEET_KEY_PHASE,
+    FLEET_LARGEST,
+    FLEET_LARGEST_NS,
+    FLEET_SPIN_BIT,
+    FLEET_SPIN_HIGHEST,
+    FLEET_RANGES,
+    FLEET_ACK_AT,
+    FLEET_ACK_DELAY,
+    FLEET_DATAGRAMS,
+    FLEET_SLOTS
+};
+
+static const char *fleet_slot_names[FLEET_SLOTS] = {
+    "_opener",   "key_phase", "largest_received", "largest_received_ns", "spin_bit",
+    "spin_highest", "ranges", "ack_at_ns",        "ack_delay_ns",        "datagrams_received",
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *listener_type;
+    Py_ssize_t slots[FLEET_SLOTS];
+    PyObject *routes;         /* connection id -> (listener, index) */
+    PyObject *received;       /* copies recorded per listener index (the fleet's list) */
+    PyObject *worst;          /* the fleet's dict: half-second bucket -> worst latency (µs) */
+    PyObject *append_latency; /* the fleet's latencies.append */
+    long long low, high, send_time_offset, check_every;
+    long long packets_in, unrouted, in_c, in_python;
+    struct mmsghdr *messages;
+    struct iovec *vectors;
+    unsigned char *buffers;
+    unsigned char *plain;
+} FleetReceiver;
+
+static PyObject *str_receive;
+
+#define FLEET_SLOT(self, obj, i) (*(PyObject **)((char *)(obj) + (self)->slots[i]))
+
+static void fleet_set(FleetReceiver *self, PyObject *obj, int i, PyObject *value) {
+    PyObject *old = FLEET_SLOT(self, obj, i);
+    FLEET_SLOT(self, obj, i) = value;
+    Py_XDECREF(old);
+}
+
+/* An exact int slot as a C value: 0 when it is not one (the Python path takes the packet). */
+static int fleet_get(FleetReceiver *self, PyObject *obj, int i, long long *out) {
+    PyObject *value = FLEET_SLOT(self, obj, i);
+    if (value == NULL || !PyLong_CheckExact(value)) return 0;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+static void FleetReceiver_dealloc(FleetReceiver *self) {
+    Py_XDECREF(self->listener_type);
+    Py_XDECREF(self->routes);
+    Py_XDECREF(self->received);
+    Py_XDECREF(self->worst);
+    Py_XDECREF(self->append_latency);
+    PyMem_Free(self->messages);
+    PyMem_Free(self->vectors);
+    PyMem_Free(self->buffers);
+    PyMem_Free(self->plain);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int FleetReceiver_init(FleetReceiver *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"listener_type", "send_time_offset", "check_every", "received",
+                             "worst", NULL};
+    PyObject *type, *received, *worst;
+    long long offset, check_every;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LLO!O!", kwlist, &PyType_Type, &type,
+                                     &offset, &check_every, &PyList_Type, &received,
+                                     &PyDict_Type, &worst))
+        return -1;
+    if (offset < 0 || offset > FLEET_PACKET || check_every < 1) {
+        PyErr_SetString(PyExc_ValueError, "send_time_offset or check_every out of range");
+        return -1;
+    }
+    PyObject *dict = ((PyTypeObject *)type)->tp_dict;
+    for (int i = 0; i < FLEET_SLOTS; i++) {
+        PyObject *descr = dict ? PyDict_GetItemString(dict, fleet_slot_names[i]) : NULL;
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%R has no slot %s", type, fleet_slot_names[i]);
+            return -1;
+        }
+        self->slots[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    Py_XSETREF(self->listener_type, (PyTypeObject *)Py_NewRef(type));
+    Py_XSETREF(self->received, Py_NewRef(received));
+    Py_XSETREF(self->worst, Py_NewRef(worst));
+    Py_XSETREF(self->routes, PyDict_New());
+    if (self->routes == NULL) return -1;
+    self->send_time_offset = offset;
+    self->check_every = check_every;
+    if (self->messages == NULL) {
+        self->messages = PyMem_Calloc(FLEET_BATCH, sizeof(struct mmsghdr));
+        self->vectors = PyMem_Calloc(FLEET_BATCH, sizeof(struct iovec));
+        self->buffers = PyMem_Malloc(FLEET_BATCH * FLEET_PACKET);
+        self->plain = PyMem_Malloc(FLEET_PACKET);
+        if (!self->messages || !self->vectors || !self->buffers || !self->plain) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *FleetReceiver_add(FleetReceiver *self, PyObject *args) {
+    PyObject *cid, *listener;
+    Py_ssize_t index;
+    if (!PyArg_ParseTuple(args, "O!On", &PyBytes_Type, &cid, &listener, &index)) return NULL;
+    if (self->routes == NULL || !Py_IS_TYPE(listener, self->listener_type) || index < 0) {
+        PyErr_SetString(PyExc_TypeError, "a listener of the receiver's type expected");
+        return NULL;
+    }
+    PyObject *entry = Py_BuildValue("(On)", listener, index);
+    if (entry == NULL) return NULL;
+    int failed = PyDict_SetItem(self->routes, cid, entry);
+    Py_DECREF(entry);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FleetReceiver_start(FleetReceiver *self, PyObject *args) {
+    long long low, high;
+    PyObject *latencies;
+    if (!PyArg_ParseTuple(args, "LLO", &low, &high, &latencies)) return NULL;
+    PyObject *append = PyObject_GetAttrString(latencies, "append");
+    if (append == NULL) return NULL;
+    Py_XSETREF(self->append_latency, append);
+    self->low = low;
+    self->high = high;
+    self->packets_in = self->unrouted = self->in_c = self->in_python = 0;
+    Py_RETURN_NONE;
+}
+
+/* The fleet's recorder (Fleet._recorder) for the copy whose data starts at start. */
+static int fleet_record(FleetReceiver *self, Py_ssize_t index, const unsigned char *data,
+                        long long now) {
+    unsigned long long raw = 0;
+    for (int i = 0; i < 8; i++) raw = (raw << 8) | data[i];
+    long long sent = (long long)raw;
+    if (!(self->low <= sent && sent < self->high)) return 0;
+    if (self->append_latency == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "start() not called");
+        return -1;
+    }
+    long long latency = floor_div(now - sent, 1000);
+    PyObject *value = PyLong_FromLongLong(latency);
+    if (value == NULL) return -1;
+    PyObject *done = PyObject_CallOneArg(self->append_latency, value);
+    if (done == NULL) goto fail;
+    Py_DECREF(done);
+    if (index >= PyList_GET_SIZE(self->received)) {
+        PyErr_SetString(PyExc_IndexError, "no received count for the listener");
+        goto fail;
+    }
+    long long copies = PyLong_AsLongLong(PyList_GET_ITEM(self->received, index));
+    if (copies == -1 && PyErr_Occurred()) goto fail;
+    PyObject *count = PyLong_FromLongLong(copies + 1);
+    if (count == NULL) goto fail;
+    PyList_SetItem(self->received, index, count);
+    PyObject *bucket = PyLong_FromLongLong(floor_div(sent - self->low, 500000000));
+    if (bucket == NULL) goto fail;
+    PyObject *worst = PyDict_GetItemWithError(self->worst, bucket);
+    int greater = 1;
+    if (worst != NULL) greater = PyObject_RichCompareBool(value, worst, Py_GT);
+    else if (PyErr_Occurred()) greater = -1;
+    else greater = latency > 0;
+    if (greater < 0 || (greater && PyDict_SetItem(self->worst, bucket, value) < 0)) {
+        Py_DECREF(bucket);
+        goto fail;
+    }
+    Py_DECREF(bucket);
+    Py_DECREF(value);
+    return 0;
+fail:
+    Py_DECREF(value);
+    return -1;
+}
+
+/* FastListener.receive for the usual packet: 1 done (*armed set when the delayed ACK was
+ * armed), 0 the Python path must take it (nothing changed), -1 an exception. */
+static int fleet_receive_in_c(FleetReceiver *self, PyObject *listener, Py_ssize_t index,
+                              const unsigned char *data, Py_ssize_t len, long long now,
+                              int *armed) {
+    PyObject *opener = FLEET_SLOT(self, listener, FLEET_OPENER);
+    long long largest, key_phase, spin_highest, ack_delay, before, stop;
+    if (opener == NULL || !Py_IS_TYPE(opener, &PacketOpenerType) || len > FLEET_PACKET ||
+        !fleet_get(self, listener, FLEET_LARGEST, &largest) ||
+        !fleet_get(self, listener, FLEET_KEY_PHASE, &key_phase) ||
+        !fleet_get(self, listener, FLEET_SPIN_HIGHEST, &spin_highest) ||
+        !fleet_get(self, listener, FLEET_ACK_DELAY, &ack_delay) ||
+        !fleet_get(self, listener, FLEET_DATAGRAMS, &before) || (key_phase != 0 && key_phase != 1))
+        return 0;
+    PyObject *ack_at = FLEET_SLOT(self, listener, FLEET_ACK_AT);
+    PyObject *ranges = FLEET_SLOT(self, listener, FLEET_RANGES);
+    if (ack_at == NULL || ranges == NULL || !PyList_CheckExact(ranges) ||
+        PyList_GET_SIZE(ranges) == 0)
+        return 0;
+    PyObject *last = PyList_GET_ITEM(ranges, PyList_GET_SIZE(ranges) - 1);
+    if (!PyList_CheckExact(last) || PyList_GET_SIZE(last) != 2) return 0;
+    int first = 0;
+    Py_ssize_t n = 0;
+    long long number = 0;
+    int opened = open_packet((PacketOpener *)opener, data, len, 1 + FLEET_CID_LENGTH,
+                             largest + 1, (int)key_phase, &first, self->plain, &n, &number);
+    if (opened <= 0) {
+        PyErr_Clear(); /* the Python path opens it again and says what is wrong */
+        return 0;
+    }
+    /* Only DATAGRAM and PADDING frames, each whole, each with its send time. */
+    const unsigned char *p = self->plain;
+    Py_ssize_t starts[FLEET_MAX_MEDIA];
+    int media = 0;
+    Py_ssize_t position = 0;
+    long long offset = self->send_time_offset;
+    while (position < n) {
+        unsigned char kind = p[position];
+        if (kind == 0) {
+            while (position < n && p[position] == 0) position++;
+            continue;
+        }
+        Py_ssize_t start;
+        if (kind == 0x31) {
+            if (position + 1 >= n) return 0;
+            int size = 1 << (p[position + 1] >> 6);
+            if (position + 1 + size > n) return 0;
+            long long length = p[position + 1] & 0x3F;
+            for (int i = 1; i < size; i++) length = (length << 8) | p[position + 1 + i];
+            start = position + 1 + size;
+            if (length > n - start) return 0;
+            position = start + length;
+        } else if (kind == 0x30) {
+            start = position + 1;
+            position = n;
+        } else {
+            return 0;
+        }
+        if (media == FLEET_MAX_MEDIA || start + offset + 8 > n) return 0;
+        starts[media++] = start;
+    }
+    /* In order after the newest range, and no ACK-state check (a PING may be due) crossed. */
+    if (!PyLong_CheckExact(PyList_GET_ITEM(last, 1))) return 0;
+    int overflow = 0;
+    stop = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(last, 1), &overflow);
+    if (overflow || stop != number) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (media && (before + media) / self->check_every != before / self->check_every) return 0;
+    if (ack_at != Py_None && !PyLong_CheckExact(ack_at)) return 0;
+
+    for (int i = 0; i < media; i++)
+        if (fleet_record(self, index, p + starts[i] + offset, now) < 0) return -1;
+    PyObject *values[6] = {NULL};
+    values[0] = PyLong_FromLongLong(number);
+    values[1] = PyLong_FromLongLong(now);
+    values[2] = PyLong_FromLongLong(number + 1);
+    values[3] = PyLong_FromLongLong(now + ack_delay);
+    values[4] = PyLong_FromLongLong(before + media);
+    for (int i = 0; i < 5; i++)
+        if (values[i] == NULL) {
+            for (int j = 0; j < 5; j++) Py_XDECREF(values[j]);
+            return -1;
+        }
+    /* As FastListener.receive after the frames, in the same order. */
+    if (number > spin_highest) {
+        fleet_set(self, listener, FLEET_SPIN_BIT, PyBool_FromLong(!(first & 0x20)));
+        fleet_set(self, listener, FLEET_SPIN_HIGHEST, Py_NewRef(values[0]));
+    }
+    if (number > largest) {
+        fleet_set(self, listener, FLEET_LARGEST, Py_NewRef(values[0]));
+        fleet_set(self, listener, FLEET_LARGEST_NS, Py_NewRef(values[1]));
+    }
+    PyList_SetItem(last, 1, Py_NewRef(values[2]));
+    *armed = 0;
+    if (media && ack_at == Py_None) {
+        fleet_set(self, listener, FLEET_ACK_AT, Py_NewRef(values[3]));
+        *armed = 1;
+    }
+    if (media) fleet_set(self, listener, FLEET_DATAGRAMS, Py_NewRef(values[4]));
+    for (int i = 0; i < 5; i++) Py_DECREF(values[i]);
+    return 1;
+}
+
+/* One datagram read at now: the fleet's loop step. *due: a new (ack_at_ns, listener) when an
+ * ACK became due later, else NULL. */
+static int fleet_packet(FleetReceiver *self, const unsigned char *data, Py_ssize_t len,
+                        long long now, PyObject **due) {
+    *due = NULL;
+    if (self->routes == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
+        return -1;
+    }
+    if (self->low <= now && now < self->high) self->packets_in++;
+    Py_ssize_t cid_length = len - 1 < FLEET_CID_LENGTH ? len - 1 : FLEET_CID_LENGTH;
+    PyObject *cid = PyBytes_FromStringAndSize((const char *)data + 1, cid_length > 0 ? cid_length : 0);
+    if (cid == NULL) return -1;
+    PyObject *entry = PyDict_GetItemWithError(self->routes, cid);
+    Py_DECREF(cid);
+    if (entry == NULL) {
+        if (PyErr_Occurred()) return -1;
+        self->unrouted++;
+        return 0;
+    }
+    PyObject *listener = PyTuple_GET_ITEM(entry, 0);
+    Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+    Py_INCREF(listener);
+    int armed = 0;
+    int done = fleet_receive_in_c(self, listener, index, data, len, now, &armed);
+    if (done < 0) goto fail;
+    if (done) {
+        self->in_c++;
+    } else {
+        self->in_python++;
+        PyObject *packet = PyBytes_FromStringAndSize((const char *)data, len);
+        PyObject *when = PyLong_FromLongLong(now);
+        PyObject *result = NULL;
+        if (packet != NULL && when != NULL)
+            result = PyObject_CallMethodObjArgs(listener, str_receive, packet, when, NULL);
+        Py_XDECREF(packet);
+        Py_XDECREF(when);
+        if (result == NULL) goto fail;
+        armed = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        if (armed < 0) goto fail;
+    }
+    if (armed) {
+        PyObject *at = FLEET_SLOT(self, listener, FLEET_ACK_AT);
+        *due = PyTuple_Pack(2, at ? at : Py_None, listener);
+        if (*due == NULL) goto fail;
+    }
+    Py_DECREF(listener);
+    return 0;
+fail:
+    Py_DECREF(listener);
+    return -1;
+}
+
+static PyObject *FleetReceiver_receive(FleetReceiver *self, PyObject *args) {
+    Py_buffer packet;
+    long long now;
+    if (!PyArg_ParseTuple(args, "y*L", &packet, &now)) return NULL;
+    PyObject *due = NULL;
+    int failed = fleet_packet(self, packet.buf, packet.len, now, &due);
+    PyBuffer_Release(&packet);
+    if (failed) return NULL;
+    return due ? due : Py_NewRef(Py_None);
+}
+
+static PyObject *FleetReceiver_drain(FleetReceiver *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd)) return NULL;
+    if (self->messages == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
+        return NULL;
+    }
+    PyObject *dues = PyList_New(0);
+    if (dues == NULL) return NULL;
+    for (;;) {
+        for (int i = 0; i < FLEET_BATCH; i++) {
+            self->vectors[i].iov_base = self->buffers + (Py_ssize_t)i * FLEET_PACKET;
+            self->vectors[i].iov_len = FLEET_PACKET;
+            memset(&self->messages[i], 0, sizeof(struct mmsghdr));
+            self->messages[i].msg_hdr.msg_iov = &self->vectors[i];
+            self->messages[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(fd, self->messages, FLEET_BATCH, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) goto fail;
+                continue;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        for (int i = 0; i < got; i++) {
+            struct timespec clock;
+            clock_gettime(CLOCK_MONOTONIC, &clock);
+            long long now = (long long)clock.tv_sec * 1000000000LL + clock.tv_nsec;
+            PyObject *due = NULL;
+            if (fleet_packet(self, self->buffers + (Py_ssize_t)i * FLEET_PACKET,
+                             self->messages[i].msg_len, now, &due) < 0)
+                goto fail;
+            if (due != NULL) {
+                int failed = PyList_Append(dues, due);
+                Py_DECREF(due);
+                if (failed) goto fail;
+            }
+        }
+        if (got < FLEET_BATCH) break;
+    }
+    return dues;
+fail:
+    Py_DECREF(dues);
+    return NULL;
+}
+
+static PyMethodDef FleetReceiver_methods[] = {
+    {"add", (PyCFunction)FleetReceiver_add, METH_VARARGS,
+     "add(cid, listener, index): route packets for connection id cid to listener (its copies\n"
+     "counted at received[index])."},
+    {"start", (PyCFunction)FleetReceiver_start, METH_VARARGS,
+     "start(low, high, latencies): record copies sent in [low, high) (monotonic ns) into\n"
+     "latencies (µs), received and worst; zero the counters."},
+    {"receive", (PyCFunction)FleetReceiver_receive, METH_VARARGS,
+     "receive(packet, now) -> (ack_at_ns, listener) or None\n\n"
+     "One datagram read at now (monotonic ns), as Fleet's loop takes it: the listener and the\n"
+     "time of the ACK that became due later, if one did."},
+    {"drain", (PyCFunction)FleetReceiver_drain, METH_VARARGS,
+     "drain(fd) -> [(ack_at_ns, listener), ...]\n\n"
+     "Read the non-blocking socket fd with recvmmsg until it is empty (or a batch comes back\n"
+     "short), each datagram as receive() takes it at the time it was read."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef FleetReceiver_members[] = {
+    {"packets_in", T_LONGLONG, offsetof(FleetReceiver, packets_in), READONLY,
+     "datagrams read at a time in the window"},
+    {"unrouted", T_LONGLONG, offsetof(FleetReceiver, unrouted), READONLY,
+     "datagrams for no known connection id"},
+    {"in_c", T_LONGLONG, offsetof(FleetReceiver, in_c), READONLY, "packets taken here"},
+    {"in_python", T_LONGLONG, offsetof(FleetReceiver, in_python), READONLY,
+     "packets given to FastListener.receive"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject FleetReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "salon.quic._speedups.FleetReceiver",
+    .tp_doc = "FleetReceiver(listener_type, send_time_offset, check_every, received, worst):\n"
+              "the receive loop of the bench's listener fleet (bench/listener_fleet.py).",
+    .tp_basicsize = sizeof(FleetReceiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FleetReceiver_init,
+    .tp_dealloc = (destructor)FleetReceiver_dealloc,
+    .tp_methods = FleetReceiver_methods,
+    .tp_members = FleetReceiver_members,
+};
+
 static PyMethodDef speedups_methods[] = {
     {"flush_links", speedups_flush_links, METH_VARARGS,
      "flush_links(protocols, now, packets, addrs) -> (rest, sent)\n\n"
@@ -1295,8 +1768,10 @@ static struct PyModuleDef speedups_module = {
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&PacketSealerType) < 0 || PyType_Ready(&PacketOpenerType) < 0 ||
-        PyType_Ready(&MediaLinkType) < 0)
+        PyType_Ready(&MediaLinkType) < 0 || PyType_Ready(&FleetReceiverType) < 0)
         return NULL;
+    str_receive = PyUnicode_InternFromString("receive");
+    if (str_receive == NULL) return NULL;
     str_popleft = PyUnicode_InternFromString("popleft");
     str_media_link = PyUnicode_InternFromString("media_link");
     str_closed = PyUnicode_InternFromString("closed");
@@ -1318,6 +1793,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&MediaLinkType);
     if (PyModule_AddObject(module, "MediaLink", (PyObject *)&MediaLinkType) < 0) {
         Py_DECREF(&MediaLinkType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&FleetReceiverType);
+    if (PyModule_AddObject(module, "FleetReceiver", (PyObject *)&FleetReceiverType) < 0) {
+        Py_DECREF(&FleetReceiverType);
         Py_DECREF(module);
         return NULL;
     }
