@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import os
 import select
 import socket
 import struct
@@ -607,6 +608,8 @@ class Fleet:
         self.packets_out = 0
         self._unrouted = 0
         self.wakeups = 0
+        self.outbox: list[bytes] = []
+        """Packets for the server not sent yet (:meth:`flush`)."""
         receiver_type = getattr(_speedups, "FleetReceiver", None)
         self.receiver: Any = (
             None
@@ -630,14 +633,44 @@ class Fleet:
         return self._unrouted + (0 if self.receiver is None else self.receiver.unrouted)
 
     def send(self, packet: bytes) -> None:
+        """Queue a packet for the server (:meth:`flush` sends the queue, in order)."""
         if self.window[0] <= time_ns() < self.window[1]:
             self.packets_out += 1
-        self.sock.sendto(packet, self.server)
+        self.outbox.append(packet)
 
-    def adopt(self, quic: QuicConnection, loop_time: float) -> FastListener:
+    def flush(self) -> None:
+        """Send the queued packets: one ``sendmmsg`` with the C extension."""
+        outbox = self.outbox
+        if not outbox:
+            return
+        sendmmsg = getattr(_speedups, "sendmmsg", None)
+        if sendmmsg is None:
+            for packet in outbox:
+                self.sock.sendto(packet, self.server)
+            outbox.clear()
+            return
+        while outbox:
+            sent, error = sendmmsg(
+                self.sock.fileno(), self.sock.family, outbox, [self.server] * len(outbox)
+            )
+            if error or not sent:
+                raise OSError(error, os.strerror(error))
+            del outbox[:sent]
+
+    def adopt(
+        self, quic: QuicConnection, loop_time: float, now_ns: int | None = None
+    ) -> FastListener:
+        """Take over ``quic`` (see :meth:`FastListener.adopt`; ``now_ns``: the monotonic
+        time at ``loop_time``, by default now)."""
         index = len(self.listeners)
         self.received.append(0)
-        listener = FastListener.adopt(quic, time_ns(), loop_time, self.send, self._recorder(index))
+        listener = FastListener.adopt(
+            quic,
+            time_ns() if now_ns is None else now_ns,
+            loop_time,
+            self.send,
+            self._recorder(index),
+        )
         self.listeners.append(listener)
         for issued in quic._host_cids:
             self.routes[issued.cid] = listener
@@ -672,6 +705,20 @@ class Fleet:
         if self.receiver is not None:
             self.receiver.start(*window, self.latencies)
 
+    def acknowledge(self, now: int) -> None:
+        """Queue the ACK packets due at ``now`` (:meth:`FastListener.ack_packet_due`)."""
+        due = self.due
+        if not due or due[0][0] > now:
+            return
+        if self.receiver is not None:
+            self.receiver.acknowledge_due(due, now, self.send)
+            return
+        while due and due[0][0] <= now:
+            listener = due.popleft()[1]
+            at = listener.ack_at_ns
+            if at is not None and at <= now:
+                listener.ack_packet_due(now)
+
     def deliver(self, data: bytes, now: int) -> None:
         """One datagram read from the socket at ``now``: the loop's step for each."""
         if self.receiver is not None:
@@ -700,7 +747,6 @@ class Fleet:
         recv = sock.recv
         deliver = self.deliver
         receiver = self.receiver
-        due = self.due
         # The loop makes no reference cycles: without the collector, the objects of aioquic's
         # set-up (hundreds of connections) are not scanned again and again while it runs.
         gc.collect()
@@ -709,13 +755,12 @@ class Fleet:
         try:
             while True:
                 now = time_ns()
-                while due and due[0][0] <= now:
-                    listener = due.popleft()[1]
-                    at = listener.ack_at_ns
-                    if at is not None and at <= now:
-                        listener.ack_packet_due(now)
+                self.acknowledge(now)
+                # With the ACKs that receiving made due at once (control data).
+                self.flush()
                 if now >= end:
                     return
+                due = self.due
                 wake = min(due[0][0], end) if due else end
                 poller.poll(max(0, wake - now) / 1e9)
                 self.wakeups += 1

@@ -1300,12 +1300,20 @@ enum {
     FLEET_ACK_AT,
     FLEET_ACK_DELAY,
     FLEET_DATAGRAMS,
+    FLEET_SEALER,
+    FLEET_PACKET_NUMBER,
+    FLEET_PEER_CID,
+    FLEET_SENT,
+    FLEET_ACKS_SENT,
+    FLEET_PINGS_SENT,
     FLEET_SLOTS
 };
 
 static const char *fleet_slot_names[FLEET_SLOTS] = {
     "_opener",   "key_phase", "largest_received", "largest_received_ns", "spin_bit",
     "spin_highest", "ranges", "ack_at_ns",        "ack_delay_ns",        "datagrams_received",
+    "_sealer",   "packet_number", "peer_cid",     "sent",                "acks_sent",
+    "pings_sent",
 };
 
 typedef struct {
@@ -1317,14 +1325,14 @@ typedef struct {
     PyObject *worst;          /* the fleet's dict: half-second bucket -> worst latency (µs) */
     PyObject *append_latency; /* the fleet's latencies.append */
     long long low, high, send_time_offset, check_every;
-    long long packets_in, unrouted, in_c, in_python;
+    long long packets_in, unrouted, in_c, in_python, acks_in_c;
     struct mmsghdr *messages;
     struct iovec *vectors;
     unsigned char *buffers;
     unsigned char *plain;
 } FleetReceiver;
 
-static PyObject *str_receive;
+static PyObject *str_receive, *str_ack_packet_due;
 
 #define FLEET_SLOT(self, obj, i) (*(PyObject **)((char *)(obj) + (self)->slots[i]))
 
@@ -1433,7 +1441,7 @@ static PyObject *FleetReceiver_start(FleetReceiver *self, PyObject *args) {
     Py_XSETREF(self->append_latency, append);
     self->low = low;
     self->high = high;
-    self->packets_in = self->unrouted = self->in_c = self->in_python = 0;
+    self->packets_in = self->unrouted = self->in_c = self->in_python = self->acks_in_c = 0;
     Py_RETURN_NONE;
 }
 
@@ -1701,7 +1709,217 @@ fail:
     return NULL;
 }
 
+
+#define FLEET_ACK_DELAY_EXPONENT 3
+#define FLEET_ACK_FRAME_MAX 1200
+
+static unsigned char *fleet_varint(unsigned char *out, unsigned long long value) {
+    if (value < 0x40) {
+        *out++ = (unsigned char)value;
+    } else if (value < 0x4000) {
+        *out++ = (unsigned char)(0x40 | (value >> 8));
+        *out++ = (unsigned char)value;
+    } else if (value < 0x40000000) {
+        for (int i = 3; i >= 0; i--) *out++ = (unsigned char)(value >> (8 * i));
+        out[-4] |= 0x80;
+    } else {
+        for (int i = 7; i >= 0; i--) *out++ = (unsigned char)(value >> (8 * i));
+        out[-8] |= 0xC0;
+    }
+    return out;
+}
+
+/* A [start, stop) pair of the ranges list, checked: 0 when it is not one. */
+static int fleet_range(PyObject *ranges, Py_ssize_t i, long long *start, long long *stop) {
+    PyObject *pair = PyList_GET_ITEM(ranges, i);
+    if (!PyList_CheckExact(pair) || PyList_GET_SIZE(pair) != 2 ||
+        !PyLong_CheckExact(PyList_GET_ITEM(pair, 0)) || !PyLong_CheckExact(PyList_GET_ITEM(pair, 1)))
+        return 0;
+    int overflow = 0;
+    *start = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(pair, 0), &overflow);
+    if (overflow || (*start == -1 && PyErr_Occurred())) goto bad;
+    *stop = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(pair, 1), &overflow);
+    if (overflow || (*stop == -1 && PyErr_Occurred())) goto bad;
+    return *start >= 0 && *stop > *start && *stop < (1LL << 62);
+bad:
+    PyErr_Clear();
+    return 0;
+}
+
+/* FastListener._transmit(now, ping=False) for an ACK that is due and ranges to acknowledge:
+ * *packet the sealed ACK packet; 1 done, 0 the Python path must do it (nothing changed),
+ * -1 an exception. */
+static int fleet_transmit_in_c(FleetReceiver *self, PyObject *listener, long long now,
+                               PyObject **packet) {
+    *packet = NULL;
+    PyObject *sealer = FLEET_SLOT(self, listener, FLEET_SEALER);
+    PyObject *ranges = FLEET_SLOT(self, listener, FLEET_RANGES);
+    PyObject *peer_cid = FLEET_SLOT(self, listener, FLEET_PEER_CID);
+    PyObject *sent = FLEET_SLOT(self, listener, FLEET_SENT);
+    PyObject *spin = FLEET_SLOT(self, listener, FLEET_SPIN_BIT);
+    long long number, largest, largest_ns, key_phase, acks, pings;
+    if (sealer == NULL || !Py_IS_TYPE(sealer, &PacketSealerType) || ranges == NULL ||
+        !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) == 0 || peer_cid == NULL ||
+        !PyBytes_CheckExact(peer_cid) || PyBytes_GET_SIZE(peer_cid) > 20 || sent == NULL ||
+        !PyDict_CheckExact(sent) || spin == NULL || (spin != Py_True && spin != Py_False) ||
+        !fleet_get(self, listener, FLEET_PACKET_NUMBER, &number) || number < 0 ||
+        number >= (1LL << 62) || !fleet_get(self, listener, FLEET_LARGEST, &largest) ||
+        !fleet_get(self, listener, FLEET_LARGEST_NS, &largest_ns) ||
+        !fleet_get(self, listener, FLEET_KEY_PHASE, &key_phase) ||
+        (key_phase != 0 && key_phase != 1) ||
+        !fleet_get(self, listener, FLEET_ACKS_SENT, &acks) ||
+        !fleet_get(self, listener, FLEET_PINGS_SENT, &pings))
+        return 0;
+    Py_ssize_t count = PyList_GET_SIZE(ranges);
+    if (count > (FLEET_ACK_FRAME_MAX - 40) / 16) return 0;
+    /* aioquic's push_ack_frame: newest range first, the delay in units of 8 µs. */
+    unsigned char payload[FLEET_ACK_FRAME_MAX];
+    unsigned char *out = payload;
+    long long start, stop, older_start, older_stop;
+    if (!fleet_range(ranges, count - 1, &start, &stop)) return 0;
+    long long delay = floor_div(now - largest_ns, 1000) >> FLEET_ACK_DELAY_EXPONENT;
+    if (delay >= (1LL << 62)) return 0;
+    *out++ = 0x02;
+    out = fleet_varint(out, (unsigned long long)(stop - 1));
+    out = fleet_varint(out, (unsigned long long)(delay > 0 ? delay : 0));
+    out = fleet_varint(out, (unsigned long long)(count - 1));
+    out = fleet_varint(out, (unsigned long long)(stop - 1 - start));
+    for (Py_ssize_t i = count - 2; i >= 0; i--) {
+        if (!fleet_range(ranges, i, &older_start, &older_stop) || older_stop >= start) return 0;
+        out = fleet_varint(out, (unsigned long long)(start - older_stop - 1));
+        out = fleet_varint(out, (unsigned long long)(older_stop - 1 - older_start));
+        start = older_start;
+    }
+    int ping = count > 1 && number % 8 == 0; /* aioquic's ACK-of-ACK trigger */
+    if (ping) *out++ = 0x01;
+    Py_ssize_t payload_len = out - payload;
+
+    unsigned char header[1 + 20 + 2];
+    Py_ssize_t cid_len = PyBytes_GET_SIZE(peer_cid);
+    header[0] = (unsigned char)(0x40 | ((spin == Py_True) << 5) | (key_phase << 2) | 1);
+    memcpy(header + 1, PyBytes_AS_STRING(peer_cid), cid_len);
+    header[1 + cid_len] = (unsigned char)(number >> 8);
+    header[2 + cid_len] = (unsigned char)number;
+    Py_ssize_t header_len = cid_len + 3;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, header_len + payload_len + TAG_SIZE);
+    PyObject *key = PyLong_FromLongLong(number);
+    PyObject *highest = PyLong_FromLongLong(largest);
+    PyObject *next = PyLong_FromLongLong(number + 1);
+    PyObject *acks_now = PyLong_FromLongLong(acks + 1);
+    PyObject *pings_now = ping ? PyLong_FromLongLong(pings + 1) : Py_NewRef(Py_None);
+    if (result == NULL || key == NULL || highest == NULL || next == NULL || acks_now == NULL ||
+        pings_now == NULL)
+        goto fail;
+    if (seal_into((PacketSealer *)sealer, header, header_len, payload, payload_len,
+                  (unsigned long long)number, (unsigned char *)PyBytes_AS_STRING(result)) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal the packet");
+        goto fail;
+    }
+    if (PyDict_SetItem(sent, key, highest) < 0) goto fail;
+    /* As FastListener._transmit, in the same order. */
+    fleet_set(self, listener, FLEET_ACK_AT, Py_NewRef(Py_None));
+    fleet_set(self, listener, FLEET_ACKS_SENT, acks_now);
+    if (ping) fleet_set(self, listener, FLEET_PINGS_SENT, pings_now);
+    else Py_DECREF(pings_now);
+    fleet_set(self, listener, FLEET_PACKET_NUMBER, next);
+    Py_DECREF(key);
+    Py_DECREF(highest);
+    *packet = result;
+    return 1;
+fail:
+    Py_XDECREF(result);
+    Py_XDECREF(key);
+    Py_XDECREF(highest);
+    Py_XDECREF(next);
+    Py_XDECREF(acks_now);
+    Py_XDECREF(pings_now);
+    return -1;
+}
+
+static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *args) {
+    PyObject *due, *send;
+    long long now;
+    if (!PyArg_ParseTuple(args, "OLO", &due, &now, &send)) return NULL;
+    if (self->routes == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
+        return NULL;
+    }
+    long long sent_in_c = 0;
+    for (;;) {
+        Py_ssize_t waiting = PyObject_Length(due);
+        if (waiting < 0) return NULL;
+        if (waiting == 0) break;
+        PyObject *head = PySequence_GetItem(due, 0);
+        if (head == NULL) return NULL;
+        if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2 ||
+            !Py_IS_TYPE(PyTuple_GET_ITEM(head, 1), self->listener_type)) {
+            Py_DECREF(head);
+            PyErr_SetString(PyExc_TypeError, "(time, listener) pairs expected");
+            return NULL;
+        }
+        long long when = PyLong_AsLongLong(PyTuple_GET_ITEM(head, 0));
+        if (when == -1 && PyErr_Occurred()) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        if (when > now) {
+            Py_DECREF(head);
+            break;
+        }
+        PyObject *gone = PyObject_CallMethodNoArgs(due, str_popleft);
+        if (gone == NULL) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        Py_DECREF(gone);
+        PyObject *listener = Py_NewRef(PyTuple_GET_ITEM(head, 1));
+        Py_DECREF(head);
+        long long at;
+        PyObject *at_object = FLEET_SLOT(self, listener, FLEET_ACK_AT);
+        int failed = 0;
+        if (at_object != NULL && at_object != Py_None && fleet_get(self, listener, FLEET_ACK_AT, &at) && at <= now) {
+            PyObject *packet = NULL;
+            int done = fleet_transmit_in_c(self, listener, now, &packet);
+            if (done < 0) {
+                failed = 1;
+            } else if (done) {
+                sent_in_c++;
+                PyObject *r = PyObject_CallOneArg(send, packet);
+                Py_DECREF(packet);
+                if (r == NULL) failed = 1;
+                Py_XDECREF(r);
+            } else {
+                PyObject *when_now = PyLong_FromLongLong(now);
+                PyObject *r = when_now ? PyObject_CallMethodOneArg(listener, str_ack_packet_due, when_now) : NULL;
+                Py_XDECREF(when_now);
+                if (r == NULL) failed = 1;
+                Py_XDECREF(r);
+            }
+        } else if (at_object != NULL && at_object != Py_None && !PyLong_CheckExact(at_object)) {
+            /* Not an int the C path reads: FastListener's own check decides. */
+            PyObject *when_now = PyLong_FromLongLong(now);
+            PyObject *r = when_now ? PyObject_RichCompare(at_object, when_now, Py_LE) : NULL;
+            int is_due = r ? PyObject_IsTrue(r) : -1;
+            Py_XDECREF(r);
+            PyObject *r2 = NULL;
+            if (is_due > 0) r2 = PyObject_CallMethodOneArg(listener, str_ack_packet_due, when_now);
+            Py_XDECREF(when_now);
+            if (is_due < 0 || (is_due > 0 && r2 == NULL)) failed = 1;
+            Py_XDECREF(r2);
+        }
+        Py_DECREF(listener);
+        if (failed) return NULL;
+    }
+    self->acks_in_c += sent_in_c;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef FleetReceiver_methods[] = {
+    {"acknowledge_due", (PyCFunction)FleetReceiver_acknowledge_due, METH_VARARGS,
+     "acknowledge_due(due, now, send)\n\n"
+     "Fleet's timer step: pop the (time, listener) pairs of the deque due up to now and send\n"
+     "each listener's ACK packet due (FastListener.ack_packet_due), through send(packet) when\n"
+     "built here."},
     {"add", (PyCFunction)FleetReceiver_add, METH_VARARGS,
      "add(cid, listener, index): route packets for connection id cid to listener (its copies\n"
      "counted at received[index])."},
@@ -1727,6 +1945,8 @@ static PyMemberDef FleetReceiver_members[] = {
     {"in_c", T_LONGLONG, offsetof(FleetReceiver, in_c), READONLY, "packets taken here"},
     {"in_python", T_LONGLONG, offsetof(FleetReceiver, in_python), READONLY,
      "packets given to FastListener.receive"},
+    {"acks_in_c", T_LONGLONG, offsetof(FleetReceiver, acks_in_c), READONLY,
+     "ACK packets built here"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1771,7 +1991,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         PyType_Ready(&MediaLinkType) < 0 || PyType_Ready(&FleetReceiverType) < 0)
         return NULL;
     str_receive = PyUnicode_InternFromString("receive");
-    if (str_receive == NULL) return NULL;
+    str_ack_packet_due = PyUnicode_InternFromString("ack_packet_due");
+    if (str_receive == NULL || str_ack_packet_due == NULL) return NULL;
     str_popleft = PyUnicode_InternFromString("popleft");
     str_media_link = PyUnicode_InternFromString("media_link");
     str_closed = PyUnicode_InternFromString("closed");

@@ -21,7 +21,7 @@ from aioquic.tls import Epoch
 
 from bench import listener_fleet
 from bench.common import SEND_TIME_OFFSET, media_datagram, read_media
-from bench.listener_fleet import SEND_TIME, FastListener, read_varint, varint
+from bench.listener_fleet import Fleet, read_varint, varint
 from bench.sansio import SERVER_ADDR
 from salon.quic import fastpath
 from salon.quic.protocol import ACK_STATE_CHECK, ACK_STATE_LIMIT
@@ -42,11 +42,12 @@ class ReferenceClient:
     def __init__(self, side: Side) -> None:
         self.quic = side.client
         self.datagrams = 0
-        self.media: list[int] = []
-        """Send times of the audio received."""
+        self.latencies: list[int] = []
+        """Latency of each copy received (µs), as the fleet records it."""
 
     def receive(self, packet: bytes, now: float) -> list[bytes]:
         quic = self.quic
+        self.now_ns = ns(now)
         quic.receive_datagram(packet, SERVER_ADDR, now)
         if any(isinstance(event, quic_events.StreamDataReceived) for event in quic._events):
             for space in quic._spaces.values():
@@ -54,7 +55,7 @@ class ReferenceClient:
                     space.ack_at = now
         while (event := quic.next_event()) is not None:
             if isinstance(event, quic_events.DatagramFrameReceived):
-                self.media.append(read_media(event.data)[2])
+                self.latencies.append((self.now_ns - read_media(event.data)[2]) // 1000)
                 # SalonQuicProtocol.count_datagram_received
                 self.datagrams += 1
                 space = quic._spaces[Epoch.ONE_RTT]
@@ -73,29 +74,28 @@ class ReferenceClient:
 
 
 class CheapClient:
-    """The same connection adopted by the listener fleet after the handshake."""
+    """The same connection adopted by the listener fleet after the handshake, driven through
+    the fleet's own loop steps (:meth:`Fleet.deliver`, :meth:`Fleet.acknowledge`): with the C
+    extension, its ``FleetReceiver``."""
 
     def __init__(self, side: Side, now: float) -> None:
-        self.out: list[bytes] = []
-        self.media: list[int] = []
-
-        def record(payload: bytes, start: int, when: int) -> None:
-            self.media.append(SEND_TIME.unpack_from(payload, start + SEND_TIME_OFFSET)[0])
-
-        self.listener = FastListener.adopt(side.client, ns(now), now, self.out.append, record)
+        # No socket: what the fleet would send is taken from its outbox.
+        self.fleet = Fleet(None, SERVER_ADDR, SEND_TIME_OFFSET)  # type: ignore[arg-type]
+        self.fleet.latencies = []
+        self.fleet.start((0, 2**62))
+        self.listener = self.fleet.adopt(side.client, now, now_ns=ns(now))
 
     def receive(self, packet: bytes, now: float) -> list[bytes]:
-        self.listener.receive(packet, ns(now))
+        self.fleet.deliver(packet, ns(now))
         return self._drain()
 
     def timer(self, now: float) -> list[bytes]:
-        at = self.listener.ack_at_ns
-        if at is not None and at <= ns(now):
-            self.listener.ack_packet_due(ns(now))
+        self.fleet.acknowledge(ns(now))
         return self._drain()
 
     def _drain(self) -> list[bytes]:
-        out, self.out[:] = list(self.out), []
+        out = list(self.fleet.outbox)
+        self.fleet.outbox.clear()
         return out
 
 
@@ -122,13 +122,13 @@ def open_control_stream(side: Side) -> None:
         pass
 
 
-@pytest.mark.parametrize("crypto", ["C", "Python"])
+@pytest.mark.parametrize("path", ["C", "Python"])
 def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crypto: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ):
-    if crypto == "C" and not fastpath.speedups_available():
+    if path == "C" and not fastpath.speedups_available():
         pytest.skip("the C extension was not built (test_speedups.py fails for that)")
-    if crypto == "Python":
+    if path == "Python":
         monkeypatch.setattr(listener_fleet, "_speedups", None)
     sides = [Side(tmp_path / "a", fast_acks=True), Side(tmp_path / "b", fast_acks=True)]
     for side in sides:
@@ -141,8 +141,9 @@ def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(
         side.client_base = side.client._packet_number
     reference = ReferenceClient(sides[0])
     cheap = CheapClient(sides[1], start)
-    in_c = crypto == "C"
+    in_c = path == "C"
     assert (cheap.listener._opener is not None) == (cheap.listener._sealer is not None) == in_c
+    assert (cheap.fleet.receiver is not None) == in_c
     clients: list[Any] = [reference, cheap]
     to_client: list[list[bytes]] = [[], []]
     to_server: list[list[bytes]] = [[], []]
@@ -171,12 +172,19 @@ def test_the_server_cannot_tell_a_cheap_listener_from_the_reference_client(
             # Without losses, only the ACK-state PING gets the client's ACKs acknowledged.
             assert cheap.listener.pings_sent >= 1
     assert sent_by_client[0] == sent_by_client[1]
-    assert cheap.media == reference.media and len(cheap.media) > 400
+    assert cheap.fleet.latencies == reference.latencies and len(reference.latencies) > 400
+    assert cheap.fleet.received == [len(reference.latencies)]
     listener = cheap.listener
     # The replay exercised what matters: losses, several ACK ranges, the server's ACKs of
     # the client's PINGs, control data acknowledged at once.
     assert sides[0].lost and listener.pings_sent > 0 and listener.stream_frames >= 7
     assert listener.acks_sent > 100 and listener.undecryptable == listener.unusual == 0
+    receiver = cheap.fleet.receiver
+    if in_c:
+        # The C loop step took the audio and built the ACKs; the rest (control data, the
+        # server's ACKs, packets after a loss, the ACK-state PING) went to the Python path.
+        assert receiver.in_c > 400 and receiver.acks_in_c > 100
+        assert receiver.in_python > 10 and receiver.acks_in_c < listener.acks_sent
 
 
 def test_varint_round_trip() -> None:
