@@ -1316,9 +1316,20 @@ static const char *fleet_slot_names[FLEET_SLOTS] = {
     "pings_sent",
 };
 
+/* Connection ids to listeners: open addressing on the id's 8 bytes (the dict of routes holds
+ * the references; a table slot is empty when its listener is NULL). */
+typedef struct {
+    unsigned long long cid;
+    PyObject *listener;
+    Py_ssize_t index;
+} FleetRoute;
+
 typedef struct {
     PyObject_HEAD
     PyTypeObject *listener_type;
+    FleetRoute *table;
+    Py_ssize_t table_size, table_used;
+    long long worst_bucket, worst_seen;
     Py_ssize_t slots[FLEET_SLOTS];
     PyObject *routes;         /* connection id -> (listener, index) */
     PyObject *received;       /* copies recorded per listener index (the fleet's list) */
@@ -1370,6 +1381,7 @@ static void FleetReceiver_dealloc(FleetReceiver *self) {
     PyMem_Free(self->vectors);
     PyMem_Free(self->buffers);
     PyMem_Free(self->plain);
+    PyMem_Free(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1416,6 +1428,52 @@ static int FleetReceiver_init(FleetReceiver *self, PyObject *args, PyObject *kwd
     return 0;
 }
 
+static unsigned long long fleet_cid(const unsigned char *data) {
+    unsigned long long cid;
+    memcpy(&cid, data, FLEET_CID_LENGTH);
+    return cid;
+}
+
+static FleetRoute *fleet_route(FleetReceiver *self, unsigned long long cid) {
+    if (self->table == NULL) return NULL;
+    size_t mask = (size_t)self->table_size - 1;
+    size_t slot = (size_t)((cid * 0x9E3779B97F4A7C15ULL) >> 20) & mask;
+    while (self->table[slot].listener != NULL) {
+        if (self->table[slot].cid == cid) return &self->table[slot];
+        slot = (slot + 1) & mask;
+    }
+    return &self->table[slot]; /* the empty slot where it would go */
+}
+
+static int fleet_route_add(FleetReceiver *self, unsigned long long cid, PyObject *listener,
+                           Py_ssize_t index) {
+    if ((self->table_used + 1) * 2 > self->table_size) {
+        Py_ssize_t size = self->table_size ? self->table_size * 2 : 64;
+        FleetRoute *old = self->table;
+        Py_ssize_t old_size = self->table_size;
+        self->table = PyMem_Calloc(size, sizeof(FleetRoute));
+        if (self->table == NULL) {
+            self->table = old;
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->table_size = size;
+        self->table_used = 0;
+        for (Py_ssize_t i = 0; i < old_size; i++)
+            if (old[i].listener != NULL) {
+                *fleet_route(self, old[i].cid) = old[i];
+                self->table_used++;
+            }
+        PyMem_Free(old);
+    }
+    FleetRoute *route = fleet_route(self, cid);
+    if (route->listener == NULL) self->table_used++;
+    route->cid = cid;
+    route->listener = listener;
+    route->index = index;
+    return 0;
+}
+
 static PyObject *FleetReceiver_add(FleetReceiver *self, PyObject *args) {
     PyObject *cid, *listener;
     Py_ssize_t index;
@@ -1429,6 +1487,11 @@ static PyObject *FleetReceiver_add(FleetReceiver *self, PyObject *args) {
     int failed = PyDict_SetItem(self->routes, cid, entry);
     Py_DECREF(entry);
     if (failed) return NULL;
+    /* Routed by the table when the id has the length the fleet's packets carry. */
+    if (PyBytes_GET_SIZE(cid) == FLEET_CID_LENGTH &&
+        fleet_route_add(self, fleet_cid((const unsigned char *)PyBytes_AS_STRING(cid)), listener,
+                        index) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1442,6 +1505,7 @@ static PyObject *FleetReceiver_start(FleetReceiver *self, PyObject *args) {
     self->low = low;
     self->high = high;
     self->packets_in = self->unrouted = self->in_c = self->in_python = self->acks_in_c = 0;
+    self->worst_bucket = -1;
     Py_RETURN_NONE;
 }
 
@@ -1471,7 +1535,13 @@ static int fleet_record(FleetReceiver *self, Py_ssize_t index, const unsigned ch
     PyObject *count = PyLong_FromLongLong(copies + 1);
     if (count == NULL) goto fail;
     PyList_SetItem(self->received, index, count);
-    PyObject *bucket = PyLong_FromLongLong(floor_div(sent - self->low, 500000000));
+    long long bucket_number = floor_div(sent - self->low, 500000000);
+    /* The dict's worst only grows: at or below what it held last time, nothing to do. */
+    if (bucket_number == self->worst_bucket && latency <= self->worst_seen) {
+        Py_DECREF(value);
+        return 0;
+    }
+    PyObject *bucket = PyLong_FromLongLong(bucket_number);
     if (bucket == NULL) goto fail;
     PyObject *worst = PyDict_GetItemWithError(self->worst, bucket);
     int greater = 1;
@@ -1481,6 +1551,12 @@ static int fleet_record(FleetReceiver *self, Py_ssize_t index, const unsigned ch
     if (greater < 0 || (greater && PyDict_SetItem(self->worst, bucket, value) < 0)) {
         Py_DECREF(bucket);
         goto fail;
+    }
+    self->worst_bucket = bucket_number;
+    self->worst_seen = greater ? latency : (worst != NULL ? PyLong_AsLongLong(worst) : 0);
+    if (self->worst_seen == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        self->worst_bucket = -1;
     }
     Py_DECREF(bucket);
     Py_DECREF(value);
@@ -1605,18 +1681,29 @@ static int fleet_packet(FleetReceiver *self, const unsigned char *data, Py_ssize
         return -1;
     }
     if (self->low <= now && now < self->high) self->packets_in++;
-    Py_ssize_t cid_length = len - 1 < FLEET_CID_LENGTH ? len - 1 : FLEET_CID_LENGTH;
-    PyObject *cid = PyBytes_FromStringAndSize((const char *)data + 1, cid_length > 0 ? cid_length : 0);
-    if (cid == NULL) return -1;
-    PyObject *entry = PyDict_GetItemWithError(self->routes, cid);
-    Py_DECREF(cid);
-    if (entry == NULL) {
-        if (PyErr_Occurred()) return -1;
-        self->unrouted++;
-        return 0;
+    /* The routes dict says which ids exist; the table holds those of 8 bytes (all of them:
+     * a shorter datagram's id is looked up in the dict, as Python would). */
+    FleetRoute *route = len > FLEET_CID_LENGTH ? fleet_route(self, fleet_cid(data + 1)) : NULL;
+    PyObject *listener;
+    Py_ssize_t index;
+    if (route != NULL && route->listener != NULL) {
+        listener = route->listener;
+        index = route->index;
+    } else {
+        Py_ssize_t cid_length = len - 1 < FLEET_CID_LENGTH ? len - 1 : FLEET_CID_LENGTH;
+        PyObject *cid = PyBytes_FromStringAndSize((const char *)data + 1,
+                                                  cid_length > 0 ? cid_length : 0);
+        if (cid == NULL) return -1;
+        PyObject *entry = PyDict_GetItemWithError(self->routes, cid);
+        Py_DECREF(cid);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) return -1;
+            self->unrouted++;
+            return 0;
+        }
+        listener = PyTuple_GET_ITEM(entry, 0);
+        index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
     }
-    PyObject *listener = PyTuple_GET_ITEM(entry, 0);
-    Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
     Py_INCREF(listener);
     int armed = 0;
     int done = fleet_receive_in_c(self, listener, index, data, len, now, &armed);
