@@ -605,7 +605,7 @@ class Fleet:
         self.latencies: Any = None
         self.worst: dict[int, int] = {}
         self._packets_in = 0
-        self.packets_out = 0
+        self._packets_out = 0
         self._unrouted = 0
         self.wakeups = 0
         self.outbox: list[bytes] = []
@@ -628,6 +628,11 @@ class Fleet:
         return self._packets_in + (0 if self.receiver is None else self.receiver.packets_in)
 
     @property
+    def packets_out(self) -> int:
+        """Packets sent at a time within the window."""
+        return self._packets_out + (0 if self.receiver is None else self.receiver.packets_out)
+
+    @property
     def unrouted(self) -> int:
         """Datagrams for no connection id of the fleet's."""
         return self._unrouted + (0 if self.receiver is None else self.receiver.unrouted)
@@ -635,7 +640,7 @@ class Fleet:
     def send(self, packet: bytes) -> None:
         """Queue a packet for the server (:meth:`flush` sends the queue, in order)."""
         if self.window[0] <= time_ns() < self.window[1]:
-            self.packets_out += 1
+            self._packets_out += 1
         self.outbox.append(packet)
 
     def flush(self) -> None:
@@ -711,7 +716,7 @@ class Fleet:
         if not due or due[0][0] > now:
             return
         if self.receiver is not None:
-            self.receiver.acknowledge_due(due, now, self.send)
+            self.receiver.acknowledge_due(due, now, self.outbox)
             return
         while due and due[0][0] <= now:
             listener = due.popleft()[1]
@@ -753,6 +758,11 @@ class Fleet:
         gc.freeze()
         gc.disable()
         try:
+            if receiver is not None:
+                self.wakeups += receiver.run(
+                    fileno, self.due, end, self.outbox, self.server, sock.family
+                )
+                return
             while True:
                 now = time_ns()
                 self.acknowledge(now)
@@ -764,9 +774,6 @@ class Fleet:
                 wake = min(due[0][0], end) if due else end
                 poller.poll(max(0, wake - now) / 1e9)
                 self.wakeups += 1
-                if receiver is not None:
-                    due.extend(receiver.drain(fileno))
-                    continue
                 while True:
                     try:
                         data = recv(2048)

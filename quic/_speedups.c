@@ -1284,6 +1284,10 @@ static PyTypeObject MediaLinkType = {
  * lists), read and written here through the offsets of its __slots__ (what the slots' member
  * descriptors do): both paths share it, and the Python path is the reference. */
 
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
 #define FLEET_BATCH 64
 #define FLEET_PACKET 2048
 #define FLEET_CID_LENGTH 8
@@ -1336,7 +1340,7 @@ typedef struct {
     PyObject *worst;          /* the fleet's dict: half-second bucket -> worst latency (µs) */
     PyObject *append_latency; /* the fleet's latencies.append */
     long long low, high, send_time_offset, check_every;
-    long long packets_in, unrouted, in_c, in_python, acks_in_c;
+    long long packets_in, unrouted, in_c, in_python, acks_in_c, packets_out;
     struct mmsghdr *messages;
     struct iovec *vectors;
     unsigned char *buffers;
@@ -1344,6 +1348,13 @@ typedef struct {
 } FleetReceiver;
 
 static PyObject *str_receive, *str_ack_packet_due;
+
+static long long fleet_clock(void) {
+    struct timespec clock;
+    clock_gettime(CLOCK_MONOTONIC, &clock);
+    return (long long)clock.tv_sec * 1000000000LL + clock.tv_nsec;
+}
+
 
 #define FLEET_SLOT(self, obj, i) (*(PyObject **)((char *)(obj) + (self)->slots[i]))
 
@@ -1504,7 +1515,8 @@ static PyObject *FleetReceiver_start(FleetReceiver *self, PyObject *args) {
     Py_XSETREF(self->append_latency, append);
     self->low = low;
     self->high = high;
-    self->packets_in = self->unrouted = self->in_c = self->in_python = self->acks_in_c = 0;
+    self->packets_in = self->unrouted = self->in_c = self->in_python = self->acks_in_c =
+        self->packets_out = 0;
     self->worst_bucket = -1;
     Py_RETURN_NONE;
 }
@@ -1775,9 +1787,7 @@ static PyObject *FleetReceiver_drain(FleetReceiver *self, PyObject *args) {
             goto fail;
         }
         for (int i = 0; i < got; i++) {
-            struct timespec clock;
-            clock_gettime(CLOCK_MONOTONIC, &clock);
-            long long now = (long long)clock.tv_sec * 1000000000LL + clock.tv_nsec;
+            long long now = fleet_clock();
             PyObject *due = NULL;
             if (fleet_packet(self, self->buffers + (Py_ssize_t)i * FLEET_PACKET,
                              self->messages[i].msg_len, now, &due) < 0)
@@ -1923,31 +1933,25 @@ fail:
     return -1;
 }
 
-static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *args) {
-    PyObject *due, *send;
-    long long now;
-    if (!PyArg_ParseTuple(args, "OLO", &due, &now, &send)) return NULL;
-    if (self->routes == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
-        return NULL;
-    }
+/* Fleet.acknowledge: 0, or -1 with an exception. */
+static int fleet_acknowledge(FleetReceiver *self, PyObject *due, long long now, PyObject *outbox) {
     long long sent_in_c = 0;
     for (;;) {
         Py_ssize_t waiting = PyObject_Length(due);
-        if (waiting < 0) return NULL;
+        if (waiting < 0) return -1;
         if (waiting == 0) break;
         PyObject *head = PySequence_GetItem(due, 0);
-        if (head == NULL) return NULL;
+        if (head == NULL) return -1;
         if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2 ||
             !Py_IS_TYPE(PyTuple_GET_ITEM(head, 1), self->listener_type)) {
             Py_DECREF(head);
             PyErr_SetString(PyExc_TypeError, "(time, listener) pairs expected");
-            return NULL;
+            return -1;
         }
         long long when = PyLong_AsLongLong(PyTuple_GET_ITEM(head, 0));
         if (when == -1 && PyErr_Occurred()) {
             Py_DECREF(head);
-            return NULL;
+            return -1;
         }
         if (when > now) {
             Py_DECREF(head);
@@ -1956,7 +1960,7 @@ static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *ar
         PyObject *gone = PyObject_CallMethodNoArgs(due, str_popleft);
         if (gone == NULL) {
             Py_DECREF(head);
-            return NULL;
+            return -1;
         }
         Py_DECREF(gone);
         PyObject *listener = Py_NewRef(PyTuple_GET_ITEM(head, 1));
@@ -1971,10 +1975,11 @@ static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *ar
                 failed = 1;
             } else if (done) {
                 sent_in_c++;
-                PyObject *r = PyObject_CallOneArg(send, packet);
+                /* As Fleet.send: counted when sent within the window, queued. */
+                long long clock = fleet_clock();
+                if (self->low <= clock && clock < self->high) self->packets_out++;
+                if (PyList_Append(outbox, packet) < 0) failed = 1;
                 Py_DECREF(packet);
-                if (r == NULL) failed = 1;
-                Py_XDECREF(r);
             } else {
                 PyObject *when_now = PyLong_FromLongLong(now);
                 PyObject *r = when_now ? PyObject_CallMethodOneArg(listener, str_ack_packet_due, when_now) : NULL;
@@ -1995,18 +2000,143 @@ static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *ar
             Py_XDECREF(r2);
         }
         Py_DECREF(listener);
-        if (failed) return NULL;
+        if (failed) return -1;
     }
     self->acks_in_c += sent_in_c;
+    return 0;
+}
+
+static PyObject *FleetReceiver_acknowledge_due(FleetReceiver *self, PyObject *args) {
+    PyObject *due, *outbox;
+    long long now;
+    if (!PyArg_ParseTuple(args, "OLO!", &due, &now, &PyList_Type, &outbox)) return NULL;
+    if (self->routes == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
+        return NULL;
+    }
+    if (fleet_acknowledge(self, due, now, outbox) < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *FleetReceiver_drain(FleetReceiver *self, PyObject *args);
+
+/* Fleet.flush with sendmmsg: 0, or -1 with an exception. */
+static int fleet_flush(PyObject *outbox, int fd, int family, PyObject *server) {
+    while (PyList_GET_SIZE(outbox) > 0) {
+        Py_ssize_t count = PyList_GET_SIZE(outbox);
+        PyObject *addrs = PyList_New(count);
+        if (addrs == NULL) return -1;
+        for (Py_ssize_t i = 0; i < count; i++) PyList_SET_ITEM(addrs, i, Py_NewRef(server));
+        PyObject *call = Py_BuildValue("(iiOO)", fd, family, outbox, addrs);
+        Py_DECREF(addrs);
+        if (call == NULL) return -1;
+        PyObject *result = speedups_sendmmsg(NULL, call);
+        Py_DECREF(call);
+        if (result == NULL) return -1;
+        Py_ssize_t sent = 0;
+        int error = 0;
+        int parsed = PyArg_ParseTuple(result, "ni", &sent, &error);
+        Py_DECREF(result);
+        if (!parsed) return -1;
+        if (error || sent == 0) {
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyList_SetSlice(outbox, 0, sent, NULL) < 0) return -1;
+    }
+    return 0;
+}
+
+static PyObject *FleetReceiver_run(FleetReceiver *self, PyObject *args) {
+    int fd, family;
+    PyObject *due, *outbox, *server, *extend = NULL, *dues = NULL;
+    long long end;
+    if (!PyArg_ParseTuple(args, "iOLO!Oi", &fd, &due, &end, &PyList_Type, &outbox, &server,
+                          &family))
+        return NULL;
+    if (self->routes == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FleetReceiver not initialised");
+        return NULL;
+    }
+    int poller = epoll_create1(EPOLL_CLOEXEC);
+    if (poller < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    struct epoll_event event = {.events = EPOLLIN, .data = {.fd = fd}};
+    long long wakeups = 0;
+    if (epoll_ctl(poller, EPOLL_CTL_ADD, fd, &event) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    extend = PyObject_GetAttrString(due, "extend");
+    if (extend == NULL) goto fail;
+    PyObject *drain_args = Py_BuildValue("(i)", fd);
+    if (drain_args == NULL) goto fail;
+    for (;;) {
+        /* Fleet.run's loop, step for step. */
+        long long now = fleet_clock();
+        if (fleet_acknowledge(self, due, now, outbox) < 0 ||
+            fleet_flush(outbox, fd, family, server) < 0)
+            goto fail_args;
+        if (now >= end) break;
+        long long wake = end;
+        Py_ssize_t waiting = PyObject_Length(due);
+        if (waiting < 0) goto fail_args;
+        if (waiting > 0) {
+            PyObject *head = PySequence_GetItem(due, 0);
+            if (head == NULL) goto fail_args;
+            long long first = PyTuple_Check(head) && PyTuple_GET_SIZE(head) == 2
+                                  ? PyLong_AsLongLong(PyTuple_GET_ITEM(head, 0))
+                                  : -1;
+            Py_DECREF(head);
+            if (first == -1 && PyErr_Occurred()) goto fail_args;
+            if (first < wake) wake = first;
+        }
+        /* select.epoll.poll's timeout: milliseconds, rounded up. */
+        long long wait = wake > now ? wake - now : 0;
+        int timeout = (int)((wait + 999999) / 1000000);
+        struct epoll_event ready;
+        int got;
+        Py_BEGIN_ALLOW_THREADS
+        got = epoll_wait(poller, &ready, 1, timeout);
+        Py_END_ALLOW_THREADS
+        if (got < 0 && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail_args;
+        }
+        if (PyErr_CheckSignals() < 0) goto fail_args;
+        wakeups++;
+        dues = FleetReceiver_drain(self, drain_args);
+        if (dues == NULL) goto fail_args;
+        if (PyList_GET_SIZE(dues) > 0) {
+            PyObject *r = PyObject_CallOneArg(extend, dues);
+            if (r == NULL) goto fail_args;
+            Py_DECREF(r);
+        }
+        Py_CLEAR(dues);
+    }
+    Py_DECREF(drain_args);
+    Py_DECREF(extend);
+    close(poller);
+    return PyLong_FromLongLong(wakeups);
+fail_args:
+    Py_XDECREF(dues);
+    Py_DECREF(drain_args);
+fail:
+    Py_XDECREF(extend);
+    close(poller);
+    return NULL;
 }
 
 static PyMethodDef FleetReceiver_methods[] = {
     {"acknowledge_due", (PyCFunction)FleetReceiver_acknowledge_due, METH_VARARGS,
-     "acknowledge_due(due, now, send)\n\n"
-     "Fleet's timer step: pop the (time, listener) pairs of the deque due up to now and send\n"
-     "each listener's ACK packet due (FastListener.ack_packet_due), through send(packet) when\n"
-     "built here."},
+     "acknowledge_due(due, now, outbox)\n\n"
+     "Fleet.acknowledge: pop the (time, listener) pairs of the deque due up to now and queue\n"
+     "each listener's ACK packet due (FastListener.ack_packet_due) on the outbox list (those\n"
+     "built here counted in packets_out)."},
+    {"run", (PyCFunction)FleetReceiver_run, METH_VARARGS,
+     "run(fd, due, end, outbox, server, family) -> wake-ups\n\n"
+     "Fleet.run's loop until end (monotonic ns): ACKs due sent, the outbox flushed with\n"
+     "sendmmsg to server, epoll on fd until the next ACK is due, the socket drained."},
     {"add", (PyCFunction)FleetReceiver_add, METH_VARARGS,
      "add(cid, listener, index): route packets for connection id cid to listener (its copies\n"
      "counted at received[index])."},
@@ -2034,6 +2164,8 @@ static PyMemberDef FleetReceiver_members[] = {
      "packets given to FastListener.receive"},
     {"acks_in_c", T_LONGLONG, offsetof(FleetReceiver, acks_in_c), READONLY,
      "ACK packets built here"},
+    {"packets_out", T_LONGLONG, offsetof(FleetReceiver, packets_out), READONLY,
+     "ACK packets built here and queued at a time in the window"},
     {NULL, 0, 0, 0, NULL},
 };
 
