@@ -11,10 +11,15 @@ drops what it does not:
 - **Then each connection is adopted** (:meth:`FastListener.adopt`): its 1-RTT keys, packet
   numbers, received ranges and pending ACK are copied out of aioquic, which is never called
   again. :class:`Fleet` reads the socket many datagrams per wake-up, removes header protection
-  and decrypts in one call into salond's C extension (``salon.quic._speedups``; without it, or
-  with ``SALON_C_EXTENSION=0``, AES-GCM through ``cryptography`` and the mask in Python), reads
-  the bench fields of each DATAGRAM frame (send time) and skips the audio. ACK packets are
-  sealed the same way.
+  and decrypts, reads the bench fields of each DATAGRAM frame (send time) and skips the audio,
+  and seals its ACK packets.
+- **The loop runs in salond's C extension** (``salon.quic._speedups.FleetReceiver``): epoll,
+  ``recvmmsg``, routing, opening, the latency record, the bookkeeping of an audio packet that
+  arrives in order, the delayed ACK's packet and a ``sendmmsg`` of what is due. A packet with
+  anything else (control data, the server's ACKs or PINGs, a gap, an ACK-state check, a
+  packet it cannot open) goes to :meth:`FastListener.receive`, which is the reference: both
+  share the listener's attributes. Without the extension, or with ``SALON_C_EXTENSION=0``,
+  the same loop runs in Python (AES-GCM through ``cryptography``, the mask in Python).
 - **It acknowledges exactly as the reference client does** (aioquic with
   ``salon.quic.protocol.CLIENT_ACK_DELAY``): an ACK-only packet ``ack_delay`` after the first
   ack-eliciting packet since the last ACK, the same ACK frame (ranges, ACK delay field), the
@@ -586,7 +591,8 @@ class Fleet:
     """Every adopted listener of one process, served from one socket by one blocking loop.
 
     Per wake-up it reads every datagram waiting (non-blocking ``recv`` until the socket is
-    empty), then sends the ACKs that fell due. Records, per listener, the copies whose send
+    empty), then sends the ACKs that fell due (with the C extension, :attr:`receiver` runs
+    the loop). Records, per listener, the copies whose send
     time lies in the window, their latency and the worst latency per 500 ms of send time,
     and counts the UDP packets in and out while the window is open.
     """
@@ -802,6 +808,7 @@ class Fleet:
             "unrouted": self.unrouted,
             "wakeups": self.wakeups,
             "read_in_c": 0 if receiver is None else receiver.in_c,
+            "acks_built_in_c": 0 if receiver is None else receiver.acks_in_c,
         }
 
 
