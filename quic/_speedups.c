@@ -1382,17 +1382,36 @@ static long long floor_div(long long a, long long b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+/* The listeners refer back to the fleet that holds the receiver: a cycle the collector breaks. */
+static int FleetReceiver_traverse(FleetReceiver *self, visitproc visit, void *arg) {
+    Py_VISIT(self->listener_type);
+    Py_VISIT(self->routes);
+    Py_VISIT(self->received);
+    Py_VISIT(self->worst);
+    Py_VISIT(self->append_latency);
+    return 0;
+}
+
+static int FleetReceiver_clear(FleetReceiver *self) {
+    /* The table's listeners are the routes dict's: gone with it. */
+    PyMem_Free(self->table);
+    self->table = NULL;
+    self->table_size = self->table_used = 0;
+    Py_CLEAR(self->listener_type);
+    Py_CLEAR(self->routes);
+    Py_CLEAR(self->received);
+    Py_CLEAR(self->worst);
+    Py_CLEAR(self->append_latency);
+    return 0;
+}
+
 static void FleetReceiver_dealloc(FleetReceiver *self) {
-    Py_XDECREF(self->listener_type);
-    Py_XDECREF(self->routes);
-    Py_XDECREF(self->received);
-    Py_XDECREF(self->worst);
-    Py_XDECREF(self->append_latency);
+    PyObject_GC_UnTrack(self);
+    FleetReceiver_clear(self);
     PyMem_Free(self->messages);
     PyMem_Free(self->vectors);
     PyMem_Free(self->buffers);
     PyMem_Free(self->plain);
-    PyMem_Free(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1422,6 +1441,9 @@ static int FleetReceiver_init(FleetReceiver *self, PyObject *args, PyObject *kwd
     Py_XSETREF(self->listener_type, (PyTypeObject *)Py_NewRef(type));
     Py_XSETREF(self->received, Py_NewRef(received));
     Py_XSETREF(self->worst, Py_NewRef(worst));
+    PyMem_Free(self->table); /* routes from an earlier init are forgotten with their dict */
+    self->table = NULL;
+    self->table_size = self->table_used = 0;
     Py_XSETREF(self->routes, PyDict_New());
     if (self->routes == NULL) return -1;
     self->send_time_offset = offset;
@@ -2093,6 +2115,7 @@ static PyObject *FleetReceiver_run(FleetReceiver *self, PyObject *args) {
         }
         /* select.epoll.poll's timeout: milliseconds, rounded up. */
         long long wait = wake > now ? wake - now : 0;
+        if (wait > 1000000000000LL) wait = 1000000000000LL; /* 1000 s: then look again */
         int timeout = (int)((wait + 999999) / 1000000);
         struct epoll_event ready;
         int got;
@@ -2175,7 +2198,9 @@ static PyTypeObject FleetReceiverType = {
     .tp_doc = "FleetReceiver(listener_type, send_time_offset, check_every, received, worst):\n"
               "the receive loop of the bench's listener fleet (bench/listener_fleet.py).",
     .tp_basicsize = sizeof(FleetReceiver),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)FleetReceiver_traverse,
+    .tp_clear = (inquiry)FleetReceiver_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)FleetReceiver_init,
     .tp_dealloc = (destructor)FleetReceiver_dealloc,
