@@ -79,7 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--per-process", type=int, default=50, help="full clients' connections per process"
     )
     parser.add_argument(
-        "--fleet-per-process", type=int, default=200, help="fleet connections per process"
+        "--fleet-per-process",
+        type=int,
+        default=400,
+        help="fleet connections per process (one process wakes once for a whole tick)",
     )
     parser.add_argument(
         "--generator",
