@@ -95,3 +95,7 @@ def piecewise(source: np.ndarray, recorded: np.ndarray, seconds: float = 1.0) ->
 
 def median_envelope(alignments: list[Alignment]) -> float:
     return float(np.median([a.envelope_correlation for a in alignments]))
+
+
+def median_correlation(alignments: list[Alignment]) -> float:
+    return float(np.median([a.correlation for a in alignments]))

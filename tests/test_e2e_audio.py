@@ -16,7 +16,14 @@ import pytest
 from salon.client.audiofile import read_audio, write_wav
 from salon.client.connection import SalonClient
 from salon.daemon.wire import messages as msg
-from tests.audio_checks import align, band_energy, speech, tone
+from tests.audio_checks import (
+    band_energy,
+    median_correlation,
+    median_envelope,
+    piecewise,
+    speech,
+    tone,
+)
 from tests.conftest import SalondProcess, salon_cli
 
 pytestmark = pytest.mark.e2e
@@ -125,20 +132,23 @@ async def test_speech_reaches_listener_intact(salond, tmp_path):
         await host.close()
     source = read_audio(source_path)
     heard = read_audio(tmp_path / "heard.wav")
-    result = align(source, heard)
-    # Opus at 32 kbit/s keeps speech's waveform closely (0.5-0.9 measured here, lower when the
-    # machine is loaded and the jitter buffer conceals a frame); other speech scores near 0,
-    # which the control below shows.
-    assert result.correlation > 0.4, result
-    assert result.envelope_correlation > 0.85, result
+    # Each second of the speech is looked for on its own: on a loaded machine the listener's
+    # playout conceals late frames and skips ahead when its process stalls, which shifts all
+    # that follows, and one alignment of the whole phrase then fails although every word came.
+    pieces = piecewise(source, heard)
+    # Opus at 32 kbit/s keeps speech's waveform closely: a median of 0.95-0.97 per second on a
+    # quiet machine, 0.88-0.95 with two busy loops on the two cores (the worst second 0.52);
+    # other speech scores near 0 (0.14-0.17), which the control below shows.
+    assert median_correlation(pieces) > 0.5, pieces
+    assert median_envelope(pieces) > 0.85, pieces
     other = read_audio(
         speech("Something else entirely, said at another pace.", tmp_path / "other.wav")
     )
-    control = align(other, heard)
-    assert control.correlation < 0.25, control
-    # The speech arrived whole: no long stretch of it is missing in the recording.
-    aligned = heard[result.lag : result.lag + len(source)].astype(np.float64)
-    assert len(aligned) == len(source)
+    control = piecewise(other, heard)
+    assert median_correlation(control) < 0.25, control
+    # The speech arrived whole and in order: every second of it is found after the one before.
+    lags = [piece.lag for piece in pieces]
+    assert lags == sorted(set(lags)), pieces
 
 
 async def test_moderator_mute_stops_audio_and_outsider_hears_nothing(salond, tmp_path):
