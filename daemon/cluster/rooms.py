@@ -242,7 +242,14 @@ class ClusterRooms:
 
     async def route(self, peer: Peer, request: Any, payload: bytes) -> bool:
         if isinstance(peer, RemoteMember):
-            return False  # at the home: handled here
+            # At the home: handled here, but a join waits while this node is still taking the
+            # room over (its lease is already in Redis, so an edge may send its rejoins before
+            # the room is loaded here; they used to find no room).
+            if isinstance(request, msg.Join):
+                pending = self._lookups.get(request.room)
+                if pending is not None:
+                    await asyncio.wait([pending])
+            return False
         session = peer.session_id
         attached = self._attached.get(session)
         if attached is not None:
