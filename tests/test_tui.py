@@ -41,7 +41,8 @@ SIZE = (140, 44)
 # ----------------------------------------------------------------------------- helpers
 
 
-async def until(pilot: Pilot[None], check: Callable[[], object], what: str, timeout=15.0) -> None:
+async def until(pilot: Pilot[None], check: Callable[[], object], what: str, timeout=60.0) -> None:
+    """Pause the app until ``check()`` holds; the bound only stops a hang."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():
