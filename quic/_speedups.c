@@ -555,6 +555,18 @@ typedef struct {
 } MediaLink;
 
 static PyObject *str_popleft;
+static PyTypeObject *deque_type;    /* collections.deque */
+static PyObject *deque_popleft;     /* its popleft method descriptor */
+
+/* queue.popleft(), without looking the method up on each call for a deque. */
+static int queue_popleft(PyObject *queue) {
+    PyObject *gone = (deque_popleft != NULL && Py_IS_TYPE(queue, deque_type))
+                         ? PyObject_CallOneArg(deque_popleft, queue)
+                         : PyObject_CallMethodNoArgs(queue, str_popleft);
+    if (gone == NULL) return -1;
+    Py_DECREF(gone);
+    return 0;
+}
 
 static void MediaLink_dealloc(MediaLink *self) {
     Py_XDECREF(self->sealer);
@@ -651,9 +663,7 @@ static int link_send(MediaLink *self, PyObject *queue, Py_ssize_t limit, double 
         Py_DECREF(first);
         if (first_len > limit || first_len + 3 > self->max_payload) {
             /* Over the peer's limit, or too large for any packet: dropped. */
-            PyObject *gone = PyObject_CallMethodNoArgs(queue, str_popleft);
-            if (gone == NULL) return -1;
-            Py_DECREF(gone);
+            if (queue_popleft(queue) != 0) return -1;
             (*dropped)++;
             self->datagrams_dropped++;
             continue;
@@ -675,11 +685,8 @@ static int link_send(MediaLink *self, PyObject *queue, Py_ssize_t limit, double 
             return -1;
         }
         Py_DECREF(packet);
-        for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *gone = PyObject_CallMethodNoArgs(queue, str_popleft);
-            if (gone == NULL) return -1;
-            Py_DECREF(gone);
-        }
+        for (Py_ssize_t i = 0; i < count; i++)
+            if (queue_popleft(queue) != 0) return -1;
         *sent += count;
         self->next_packet_number = packet_number + 1;
         /* QuicPacketRecovery.on_packet_sent and Reno's */
@@ -2241,6 +2248,19 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     str_media_link = PyUnicode_InternFromString("media_link");
     str_closed = PyUnicode_InternFromString("closed");
     if (str_popleft == NULL || str_media_link == NULL || str_closed == NULL) return NULL;
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) return NULL;
+    PyObject *deque = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque == NULL) return NULL;
+    if (!PyType_Check(deque)) {
+        Py_DECREF(deque);
+        PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
+        return NULL;
+    }
+    deque_type = (PyTypeObject *)deque; /* kept for the module's life */
+    deque_popleft = PyObject_GetAttr(deque, str_popleft);
+    if (deque_popleft == NULL) return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL) return NULL;
     Py_INCREF(&PacketSealerType);
