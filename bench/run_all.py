@@ -38,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import scenarios as scenarios_module
 from bench.common import machine_description
 from bench.scenarios import SERVER_TUNING, Result, Scenario, run_scenario
 from salon.client.connection import CLIENT_ACK_DELAY
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=parse_sizes, help="broadcast listener counts")
     parser.add_argument("--warmup", type=float, help="seconds of traffic before the window")
     parser.add_argument("--window", type=float, help="seconds measured per run")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the server and the load generators on any CPU (default: pinned apart)",
+    )
     parser.add_argument("--conference-speakers", type=int)
     parser.add_argument("--conference-listeners", type=int)
     parser.add_argument("--stalled-size", type=int)
@@ -308,6 +314,7 @@ def stalled_summary(results: list[tuple[Result, float]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    scenarios_module.PIN_CPUS = not args.no_pin
     started = time.monotonic()
     machine = machine_description()
     log(

@@ -190,6 +190,42 @@ def wait_until_idle(pid: int, share: float = 0.05, timeout: float = 120.0) -> fl
     return time.monotonic() - started
 
 
+PIN_CPUS = True
+"""During the measured window, the server on one CPU and the load generators on the others
+(``--no-pin`` in ``bench/run_all.py`` turns it off). On a small machine a generator woken by
+the server's packets on the server's CPU preempts it: salond at 1->200 was switched out about
+2,400 times a second, and the switches were charged to it (BENCHMARKS.md, "Pinned")."""
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Every thread of process ``pid`` onto ``cpus``; False where the system cannot."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(task), cpus)
+    except (OSError, AttributeError, ValueError):
+        return False
+    return True
+
+
+def pin_window(server_pid: int, generator_pids: list[int]) -> str:
+    """Pin for the measured window (see :data:`PIN_CPUS`); what was done, for the notes."""
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return "not pinned: no CPU affinity here"
+    if not PIN_CPUS:
+        return "not pinned (--no-pin)"
+    if len(available) < 2:
+        return "not pinned: one CPU"
+    ok = pin(server_pid, {available[0]})
+    for pid in generator_pids:
+        ok = pin(pid, set(available[1:])) and ok
+    if not ok:
+        return "pinning failed"
+    rest = ", ".join(map(str, available[1:]))
+    return f"pinned: server on CPU {available[0]}, load generators on CPU {rest}"
+
+
 def run_scenario(
     scenario: Scenario, server_kind: str, log: Any = None, profile: Path | None = None
 ) -> Result:
@@ -240,6 +276,7 @@ def run_scenario(
                 children.append(stalled)
                 stalled.wait_for("ready", 60)
 
+            result.notes.append(pin_window(server.pid, [c.proc.pid for c in children]))
             settle = wait_until_idle(server.pid)
             result.notes.append(f"server settled {settle:.1f} s after the joins")
             start = now_ns() + 200_000_000

@@ -156,3 +156,39 @@ def test_the_sansio_flush_table_runs_on_salonds_transmit() -> None:
     one = measure_flush(listeners=3, speakers=1, ticks=20)
     packed = measure_flush(listeners=3, speakers=4, ticks=20, flushes=1)
     assert one["send_us"] > 0 and packed["send_us"] > 0
+
+
+def test_the_window_pins_the_server_and_the_generators_apart(monkeypatch):
+    """Two real processes (with a thread each) pinned to disjoint CPUs, every thread."""
+    import os
+    import subprocess
+    import sys
+
+    from bench import scenarios
+
+    cpus = sorted(os.sched_getaffinity(0))
+    code = (
+        "import threading, time;"
+        " threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    try:
+        monkeypatch.setattr(scenarios, "PIN_CPUS", False)
+        assert scenarios.pin_window(procs[0].pid, [procs[1].pid]).startswith("not pinned")
+        monkeypatch.setattr(scenarios, "PIN_CPUS", True)
+        note = scenarios.pin_window(procs[0].pid, [procs[1].pid])
+        if len(cpus) < 2:
+            assert note == "not pinned: one CPU"
+            return
+        assert note.startswith("pinned: server on CPU")
+
+        def affinities(pid: int) -> set[frozenset[int]]:
+            tasks = os.listdir(f"/proc/{pid}/task")
+            return {frozenset(os.sched_getaffinity(int(task))) for task in tasks}
+
+        assert affinities(procs[0].pid) == {frozenset({cpus[0]})}
+        assert affinities(procs[1].pid) == {frozenset(cpus[1:])}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
