@@ -163,6 +163,7 @@ def test_the_window_pins_the_server_and_the_generators_apart(monkeypatch):
     import os
     import subprocess
     import sys
+    import time
 
     from bench import scenarios
 
@@ -173,6 +174,11 @@ def test_the_window_pins_the_server_and_the_generators_apart(monkeypatch):
     )
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     try:
+        # Each thread started before the pinning (a thread started later inherits it).
+        for _ in range(500):
+            if all(len(os.listdir(f"/proc/{p.pid}/task")) >= 2 for p in procs):
+                break
+            time.sleep(0.01)
         monkeypatch.setattr(scenarios, "PIN_CPUS", False)
         assert scenarios.pin_window(procs[0].pid, [procs[1].pid]).startswith("not pinned")
         monkeypatch.setattr(scenarios, "PIN_CPUS", True)
