@@ -62,14 +62,6 @@ def new_link() -> Any:
     return _speedups.MediaLink() if available() else None
 
 
-def _none_as_nan(value: float | None) -> float:
-    return NAN if value is None else value
-
-
-def _nan_as_none(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
 def _reno(cc: Any) -> bool:
     """Whether ``cc`` acts as aioquic's Reno when packets are sent and acknowledged (Reno or
     Salon's MediaReno, which only differ on loss)."""
@@ -80,6 +72,67 @@ def _reno(cc: Any) -> bool:
         and kind.on_packet_sent is RenoCongestionControl.on_packet_sent
         and kind.on_rtt_measurement is RenoCongestionControl.on_rtt_measurement
     )
+
+
+SHARED_FIELDS: list[tuple[str, str, str, str]] = [
+    # (the link's member, the aioquic object, its attribute, conversion)
+    ("next_packet_number", "quic", "_packet_number", ""),
+    ("close_at", "quic", "_close_at", ""),
+    ("ack_eliciting_sent_since_receipt", "quic", "_ack_eliciting_sent_since_receipt", "bool"),
+    ("spin_bit", "quic", "_spin_bit", "bool"),
+    ("spin_highest_pn", "quic", "_spin_highest_pn", ""),
+    ("ack_eliciting_in_flight", "space", "ack_eliciting_in_flight", ""),
+    ("largest_acked_packet", "space", "largest_acked_packet", ""),
+    ("loss_time", "space", "loss_time", "none"),
+    ("expected_packet_number", "space", "expected_packet_number", ""),
+    ("largest_received_packet", "space", "largest_received_packet", ""),
+    ("largest_received_time", "space", "largest_received_time", "none"),
+    ("pto_count", "loss", "_pto_count", ""),
+    ("peer_completed_address_validation", "loss", "peer_completed_address_validation", "bool"),
+    ("rtt_initialized", "loss", "_rtt_initialized", "bool"),
+    ("rtt_latest", "loss", "_rtt_latest", ""),
+    ("rtt_min", "loss", "_rtt_min", ""),
+    ("rtt_smoothed", "loss", "_rtt_smoothed", ""),
+    ("rtt_variance", "loss", "_rtt_variance", ""),
+    ("rtt_first_sample_time", "loss", "_rtt_first_sample_time", ""),
+    (
+        "time_of_last_sent_ack_eliciting_packet",
+        "loss",
+        "_time_of_last_sent_ack_eliciting_packet",
+        "",
+    ),
+    ("bytes_in_flight", "cc", "bytes_in_flight", ""),
+    ("congestion_window", "cc", "congestion_window", ""),
+    ("ssthresh", "cc", "ssthresh", "ssthresh"),
+    ("congestion_stash", "cc", "_congestion_stash", ""),
+    ("monitor_increases", "monitor", "_increases", ""),
+    ("monitor_sample_idx", "monitor", "_sample_idx", ""),
+    ("monitor_ready", "monitor", "_ready", "bool"),
+    ("monitor_filtered_min", "monitor", "_filtered_min", "none"),
+    ("monitor_sample_max", "monitor", "_sample_max", "none"),
+    ("monitor_sample_min", "monitor", "_sample_min", "none"),
+    ("monitor_sample_time", "monitor", "_sample_time", ""),
+    ("monitor_samples", "monitor", "_samples", ""),
+    ("bucket_max", "pacer", "bucket_max", ""),
+    ("bucket_time", "pacer", "bucket_time", ""),
+    ("evaluation_time", "pacer", "evaluation_time", ""),
+    ("packet_time", "pacer", "packet_time", "none"),
+]
+"""What the link holds and writes back: each is loaded from aioquic's object and written back
+to it. Conversions: "none", None as NaN; "ssthresh", None as -1; "bool", written back as a
+bool. The link only reads the rest (keys, addresses, limits, the initial RTT...)."""
+
+
+def _owners(quic: Any) -> dict[str, Any]:
+    loss = quic._loss
+    return {
+        "quic": quic,
+        "space": quic._spaces[ONE_RTT],
+        "loss": loss,
+        "cc": loss._cc,
+        "monitor": loss._cc._rtt_monitor,
+        "pacer": loss._pacer,
+    }
 
 
 def load(fast: DatagramFastPath) -> bool:
@@ -126,8 +179,6 @@ def load(fast: DatagramFastPath) -> bool:
         fast.link_opener = checked_opener(_speedups, recv)
     if fast.link_opener is None:
         return False
-    monitor = cc._rtt_monitor
-
     link.set_sent(records)
     fast.link_foreign = foreign
     link.sealer = fast._sealer
@@ -135,57 +186,28 @@ def load(fast: DatagramFastPath) -> bool:
     link.addr = fast._addr
     link.set_header(fast._header_start, quic.host_cid)
     link.max_payload = fast._max_payload
-    link.next_packet_number = quic._packet_number
-    link.ack_eliciting_in_flight = space.ack_eliciting_in_flight
-    link.largest_acked_packet = space.largest_acked_packet
-    link.loss_time = _none_as_nan(space.loss_time)
-    link.pto_count = loss._pto_count
-    link.peer_completed_address_validation = loss.peer_completed_address_validation
-    link.rtt_initialized = loss._rtt_initialized
+    owners = _owners(quic)
+    for name, owner, attr, kind in SHARED_FIELDS:
+        value = getattr(owners[owner], attr)
+        if kind == "none":
+            value = NAN if value is None else value
+        elif kind == "ssthresh":
+            value = -1 if value is None else value
+        setattr(link, name, value)
     link.rtt_initial = loss._rtt_initial
-    link.rtt_latest = loss._rtt_latest
-    link.rtt_min = loss._rtt_min
-    link.rtt_smoothed = loss._rtt_smoothed
-    link.rtt_variance = loss._rtt_variance
-    link.rtt_first_sample_time = loss._rtt_first_sample_time
     link.max_ack_delay = loss.max_ack_delay
-    link.time_of_last_sent_ack_eliciting_packet = loss._time_of_last_sent_ack_eliciting_packet
-    link.bytes_in_flight = cc.bytes_in_flight
-    link.congestion_window = cc.congestion_window
-    link.ssthresh = -1 if cc.ssthresh is None else cc.ssthresh
-    link.congestion_stash = cc._congestion_stash
     link.cc_max_datagram_size = cc._max_datagram_size
     link.congestion_recovery_start_time = cc._congestion_recovery_start_time
-    link.monitor_increases = monitor._increases
-    link.monitor_sample_idx = monitor._sample_idx
-    link.monitor_ready = monitor._ready
-    link.monitor_filtered_min = _none_as_nan(monitor._filtered_min)
-    link.monitor_sample_max = _none_as_nan(monitor._sample_max)
-    link.monitor_sample_min = _none_as_nan(monitor._sample_min)
-    link.monitor_sample_time = monitor._sample_time
-    link.monitor_samples = monitor._samples
-    link.bucket_max = pacer.bucket_max
-    link.bucket_time = pacer.bucket_time
-    link.evaluation_time = pacer.evaluation_time
-    link.packet_time = _none_as_nan(pacer.packet_time)
     link.pacer_max_datagram_size = pacer._max_datagram_size
-    link.close_at = quic._close_at
     idle = quic._configuration.idle_timeout
     remote = quic._remote_max_idle_timeout
     link.idle_timeout_config = idle if remote is None else min(idle, remote)
-    link.ack_at = _none_as_nan(space.ack_at)
-    link.ack_eliciting_sent_since_receipt = quic._ack_eliciting_sent_since_receipt
-    link.bytes_sent = 0
-    link.expected_packet_number = space.expected_packet_number
-    link.largest_received_packet = space.largest_received_packet
-    link.largest_received_time = _none_as_nan(space.largest_received_time)
-    link.spin_bit = quic._spin_bit
+    link.ack_at = NAN if space.ack_at is None else space.ack_at
     link.is_client = quic._is_client
     link.key_phase = recv.key_phase
-    link.spin_highest_pn = quic._spin_highest_pn
     link.ack_delay_exponent = quic._remote_ack_delay_exponent
-    link.received_floor = space.largest_received_packet
-    link.received_highest = space.largest_received_packet
+    link.received_floor = link.received_highest = space.largest_received_packet
+    link.bytes_sent = 0
     link.take_received()
     link.packets_sent = link.acks_applied = link.datagrams_dropped = 0
     link.active = 1
@@ -202,12 +224,7 @@ def unload(fast: DatagramFastPath) -> None:
     link.active = 0
     quic: Any = fast.quic
     quic.media_unload = None
-    loss = quic._loss
-    cc = loss._cc
-    pacer = loss._pacer
     space = quic._spaces[ONE_RTT]
-    monitor = cc._rtt_monitor
-
     sent_packets = space.sent_packets
     foreign = fast.link_foreign
     sent_packets.clear()
@@ -217,44 +234,18 @@ def unload(fast: DatagramFastPath) -> None:
             packet = fast.new_record(number, sent_time, sent_bytes)
         sent_packets[number] = packet
     fast.link_foreign = {}
-    quic._packet_number = link.next_packet_number
-    space.ack_eliciting_in_flight = link.ack_eliciting_in_flight
-    space.largest_acked_packet = link.largest_acked_packet
-    space.loss_time = _nan_as_none(link.loss_time)
-    loss._pto_count = link.pto_count
-    loss.peer_completed_address_validation = bool(link.peer_completed_address_validation)
-    loss._rtt_initialized = bool(link.rtt_initialized)
-    loss._rtt_latest = link.rtt_latest
-    loss._rtt_min = link.rtt_min
-    loss._rtt_smoothed = link.rtt_smoothed
-    loss._rtt_variance = link.rtt_variance
-    loss._rtt_first_sample_time = link.rtt_first_sample_time
-    loss._time_of_last_sent_ack_eliciting_packet = link.time_of_last_sent_ack_eliciting_packet
-    cc.bytes_in_flight = link.bytes_in_flight
-    cc.congestion_window = link.congestion_window
-    cc.ssthresh = None if link.ssthresh < 0 else link.ssthresh
-    cc._congestion_stash = link.congestion_stash
-    monitor._increases = link.monitor_increases
-    monitor._sample_idx = link.monitor_sample_idx
-    monitor._ready = bool(link.monitor_ready)
-    monitor._filtered_min = _nan_as_none(link.monitor_filtered_min)
-    monitor._sample_max = _nan_as_none(link.monitor_sample_max)
-    monitor._sample_min = _nan_as_none(link.monitor_sample_min)
-    monitor._sample_time = link.monitor_sample_time
-    monitor._samples = link.monitor_samples
-    pacer.bucket_max = link.bucket_max
-    pacer.bucket_time = link.bucket_time
-    pacer.evaluation_time = link.evaluation_time
-    pacer.packet_time = _nan_as_none(link.packet_time)
-    quic._close_at = link.close_at
-    quic._ack_eliciting_sent_since_receipt = bool(link.ack_eliciting_sent_since_receipt)
+    owners = _owners(quic)
+    for name, owner, attr, kind in SHARED_FIELDS:
+        value = getattr(link, name)
+        if kind == "none":
+            value = None if math.isnan(value) else value
+        elif kind == "ssthresh":
+            value = None if value < 0 else value
+        elif kind == "bool":
+            value = bool(value)
+        setattr(owners[owner], attr, value)
     fast._path.bytes_sent += link.bytes_sent
     link.bytes_sent = 0
-    space.expected_packet_number = link.expected_packet_number
-    space.largest_received_packet = link.largest_received_packet
-    space.largest_received_time = _nan_as_none(link.largest_received_time)
-    quic._spin_bit = bool(link.spin_bit)
-    quic._spin_highest_pn = link.spin_highest_pn
     ack_queue = space.ack_queue
     received = space.received_packets
     for number in link.take_received():
@@ -269,4 +260,4 @@ def unload(fast: DatagramFastPath) -> None:
     link.packets_sent = link.acks_applied = link.datagrams_dropped = 0
     fast.follow_spin()
     # aioquic's handle_timer acts on the loss detection time its last get_timer computed.
-    quic._loss_at = loss.get_loss_detection_time(amplification_limited=False)
+    quic._loss_at = quic._loss.get_loss_detection_time(amplification_limited=False)
