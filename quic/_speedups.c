@@ -1127,10 +1127,6 @@ done:
     return result;
 }
 
-static PyObject *MediaLink_header(MediaLink *self, PyObject *unused) {
-    return PyBytes_FromStringAndSize((const char *)self->header_start, self->header_start_len);
-}
-
 static PyObject *MediaLink_take_received(MediaLink *self, PyObject *unused) {
     PyObject *list = PyList_New(self->received_count);
     if (list == NULL) return NULL;
@@ -1257,8 +1253,6 @@ static PyMethodDef MediaLink_methods[] = {
     {"set_header", (PyCFunction)MediaLink_set_header, METH_VARARGS,
      "set_header(header_start, host_cid): the short header's first byte and the peer's\n"
      "connection id; the connection id the peer sends to"},
-    {"header", (PyCFunction)MediaLink_header, METH_NOARGS,
-     "header() -> the short header's start (its first byte follows the spin bit)"},
     {"take_received", (PyCFunction)MediaLink_take_received, METH_NOARGS,
      "take_received() -> the packet numbers applied since the last call, in order"},
     {NULL, NULL, 0, NULL},

@@ -144,7 +144,7 @@ class ServerProtocol(SalonQuicProtocol):
         """ACK-only packets take the ACK fast path (:mod:`salon.quic.ackpath`); the rest
         aioquic's ``receive_datagram``."""
         fast = self.fastpath
-        link = fast.link if fast is not None else None
+        link = self.media_link
         if link is not None and link.active:
             # Applied in C (salon.quic.medialink), or refused with nothing changed: then the
             # state goes back to aioquic's objects and the packet takes the paths below.
@@ -203,7 +203,7 @@ class ServerProtocol(SalonQuicProtocol):
             return
         now = self._loop.time()
         rearm = False
-        link = fast.link
+        link = self.media_link
         if link is not None and link.active:
             self._transmit_link(link, now)
             return
@@ -219,21 +219,17 @@ class ServerProtocol(SalonQuicProtocol):
                 self._arm_timer()
             return
         queue = self.media_queue()
-        if queue:
-            if self.peer_max_datagram == 0:
-                self.media_dropped("peer_no_datagrams", len(queue))
-                queue.clear()
-            else:
-                queued = len(queue)
-                dropped = fast.dropped
-                result = fast.send(queue, self.peer_max_datagram, now, self._transport.sendto)  # type: ignore[union-attr]
-                if fast.dropped != dropped:
-                    self.media_dropped("peer_limit", fast.dropped - dropped)
-                self.media_sent(queued - len(queue) - (fast.dropped - dropped))
-                if result == SendResult.FALLBACK:
-                    self._transmit_normal()
-                    return
-                rearm = rearm or fast.armed_pto
+        if queue and not self._dropped_for_no_datagrams(queue):
+            queued = len(queue)
+            dropped = fast.dropped
+            result = fast.send(queue, self.peer_max_datagram, now, self._transport.sendto)  # type: ignore[union-attr]
+            if fast.dropped != dropped:
+                self.media_dropped("peer_limit", fast.dropped - dropped)
+            self.media_sent(queued - len(queue) - (fast.dropped - dropped))
+            if result == SendResult.FALLBACK:
+                self._transmit_normal()
+                return
+            rearm = rearm or fast.armed_pto
         if rearm:
             self._arm_timer()
 
@@ -243,11 +239,7 @@ class ServerProtocol(SalonQuicProtocol):
         # What the server's flush_links reads (the queue and limit may come after the load).
         link.queue = queue
         link.limit = self.peer_max_datagram
-        if not queue:
-            return
-        if self.peer_max_datagram == 0:
-            self.media_dropped("peer_no_datagrams", len(queue))
-            queue.clear()
+        if not queue or self._dropped_for_no_datagrams(queue):
             return
         transport: Any = self._transport
         lists = transport.batch_lists() if isinstance(transport, BatchingTransport) else None
@@ -306,8 +298,7 @@ class ServerProtocol(SalonQuicProtocol):
         later, and :meth:`_handle_timer` re-arms a timer that fired early, which is cheaper
         than moving the timer on every packet.
         """
-        fast = self.fastpath
-        link = fast.link if fast is not None else None
+        link = self.media_link
         timer_at = link.timer() if link is not None and link.active else self._quic.get_timer()
         if self._timer is not None:
             if timer_at is not None and self._timer_at is not None and self._timer_at <= timer_at:
@@ -320,7 +311,7 @@ class ServerProtocol(SalonQuicProtocol):
 
     def _handle_timer(self) -> None:
         fast = self.fastpath
-        link = fast.link if fast is not None else None
+        link = self.media_link
         if link is not None and link.active:
             due = link.timer()
             now = max(self._timer_at or 0.0, self._loop.time())
@@ -339,10 +330,17 @@ class ServerProtocol(SalonQuicProtocol):
                 return
         super()._handle_timer()
 
+    def _dropped_for_no_datagrams(self, queue: collections.deque[bytes]) -> bool:
+        """A peer that did not enable DATAGRAM gets no media: the queue is dropped and
+        counted (``peer_no_datagrams``). True if that was the case."""
+        if self.peer_max_datagram != 0:
+            return False
+        self.media_dropped("peer_no_datagrams", len(queue))
+        queue.clear()
+        return True
+
     def _move_queue_to_quic(self, queue: collections.deque[bytes]) -> None:
-        if self.peer_max_datagram == 0:
-            self.media_dropped("peer_no_datagrams", len(queue))
-            queue.clear()
+        if self._dropped_for_no_datagrams(queue):
             return
         pending = self._quic._datagrams_pending
         room = AIOQUIC_DATAGRAM_BACKLOG - len(pending)
